@@ -1,0 +1,385 @@
+//! fluxmedic's own API: the `RemediationPolicy` and `Remediation` custom resources.
+//! `crds/` is generated from these types (`fluxmedic crds`); a test fails if it is stale.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diagnose::{Case, Evidence, NativeState};
+
+pub const GROUP: &str = "fluxmedic.io";
+pub const FIELD_MANAGER: &str = "fluxmedic";
+/// Approve a Remediation waiting in AwaitingApproval: `kubectl annotate remediation X fluxmedic.io/approve=true`.
+pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
+/// Label on Remediations: hash of the target's kind/namespace/name.
+pub const TARGET_LABEL: &str = "fluxmedic.io/target";
+/// Label on Remediations: "true" while the incident is open.
+pub const OPEN_LABEL: &str = "fluxmedic.io/open";
+/// Annotation fluxmedic sets on a HelmRelease it suspended, naming the Remediation that owns the suspension.
+pub const SUSPENDED_BY_ANNOTATION: &str = "fluxmedic.io/suspended-by";
+
+const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')";
+const DURATION_MSG: &str = "must be a duration such as 30s, 5m or 1h30m";
+
+/// How fluxmedic handles a case.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    /// Act without asking.
+    Auto,
+    /// Plan, then wait until a person approves the Remediation.
+    RequireApproval,
+    /// Plan and record, change nothing.
+    #[default]
+    Observe,
+    /// Ignore the case entirely: no Remediation is recorded.
+    Off,
+}
+
+/// The actions a policy can allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum ActionKind {
+    /// Request a reconcile (`reconcile.fluxcd.io/requestedAt`) of the target or its source.
+    Reconcile,
+    /// HelmRelease: request a retry with fresh requestedAt + resetAt + forceAt (`flux reconcile hr --force --reset`).
+    Retry,
+    /// HelmRelease: suspend, roll back to the last good revision, keep suspended until the fix lands.
+    Rollback,
+    /// Stale lock: mark the pending release failed, as helm-controller does.
+    Unlock,
+    /// Stale lock: delete the pending release Secret instead of marking it failed.
+    DeletePendingRelease,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TargetKind {
+    Kustomization,
+    HelmRelease,
+    GitRepository,
+}
+
+/// Which Flux objects a policy covers. Every given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSelector {
+    /// Kinds covered; empty = all three.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<TargetKind>,
+    /// Label selector on the Flux objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Object names covered; empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Other namespaces covered, or `*` for all. Honoured only for policies in the
+    /// operator's namespace; elsewhere it is reported in the policy's status and ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+/// What to do for one case.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.actions) || self.actions.all(a, !(a in ['Rollback', 'Retry']) || self.case == 'failed-release')"
+).message("actions Retry and Rollback apply only to case failed-release"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.actions) || self.actions.all(a, !(a in ['Unlock', 'DeletePendingRelease']) || self.case == 'stale-lock')"
+).message("actions Unlock and DeletePendingRelease apply only to case stale-lock"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.actions) || !('Unlock' in self.actions && 'DeletePendingRelease' in self.actions)"
+).message("choose one of Unlock or DeletePendingRelease"))]
+pub struct CaseRule {
+    pub case: Case,
+    pub mode: Mode,
+    /// Allowed actions. Empty = the case's safe defaults (Reconcile; Retry for failed-release; Unlock for stale-lock).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionKind>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Actions per incident before fluxmedic stops and escalates.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: u32,
+    /// Minimum time between two actions on the same target.
+    #[serde(default = "default_cooldown")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    pub cooldown: String,
+    /// Polling interval for a source while a fix is awaited (doubles up to `maxPollInterval`).
+    #[serde(default = "default_poll")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    pub poll_interval: String,
+    #[serde(default = "default_max_poll")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    pub max_poll_interval: String,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_cooldown() -> String {
+    "2m".into()
+}
+fn default_poll() -> String {
+    "10s".into()
+}
+fn default_max_poll() -> String {
+    "2m".into()
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_attempts: default_max_attempts(),
+            cooldown: default_cooldown(),
+            poll_interval: default_poll(),
+            max_poll_interval: default_max_poll(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StaleLockSettings {
+    /// A pending release older than this is stale. Default: the HelmRelease's action timeout plus 1m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    pub threshold: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Escalation {
+    /// An incident still open after this is Escalated (phase, Event, metric).
+    #[serde(default = "default_escalate")]
+    #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    pub after: String,
+}
+
+fn default_escalate() -> String {
+    "30m".into()
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Escalation { after: default_escalate() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// When more Flux objects than this fail at once, act only on shared roots.
+    /// Honoured only in the operator's namespace (it is cluster-wide).
+    #[schemars(range(min = 1))]
+    pub max_failing_targets: u32,
+}
+
+/// RemediationPolicy: which failures fluxmedic may fix, how, and how often.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "fluxmedic.io",
+    version = "v1alpha1",
+    kind = "RemediationPolicy",
+    namespaced,
+    status = "RemediationPolicyStatus",
+    shortname = "rempol",
+    category = "fluxmedic",
+    printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.rules) || self.rules.all(r, self.rules.exists_one(s, s.case == r.case))"
+).message("each case may appear in at most one rule"))]
+pub struct RemediationPolicySpec {
+    #[serde(default)]
+    pub targets: TargetSelector,
+    /// Higher wins when several policies cover a target. Ties: the policy in the target's
+    /// namespace wins over one in the operator's namespace, then the lower name.
+    #[serde(default)]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub priority: i32,
+    /// One rule per case; a case without a rule is recorded only (Observe).
+    #[serde(default)]
+    pub rules: Vec<CaseRule>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub stale_lock: StaleLockSettings,
+    #[serde(default)]
+    pub escalation: Escalation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationPolicyStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Valid`: whether fluxmedic can use the policy, and why not.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Targets this policy covers but another policy wins for (first few).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridden: Vec<String>,
+}
+
+/// The phase of an incident.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Seen and diagnosed; nothing done (yet), see `status.blocked`.
+    #[default]
+    Detected,
+    AwaitingApproval,
+    Remediating,
+    /// Rolled back and suspended; resumes when the HelmRelease or its chart/values change.
+    AwaitingFix,
+    /// fluxmedic acted and the target is Ready.
+    Succeeded,
+    /// Attempts used up; the target still fails.
+    Failed,
+    /// Open longer than the policy allows; a person is needed.
+    Escalated,
+    /// The target became Ready without an action of fluxmedic.
+    Resolved,
+}
+
+impl Phase {
+    pub fn is_open(self) -> bool {
+        !matches!(self, Phase::Succeeded | Phase::Resolved)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl TargetRef {
+    pub fn from_key(k: &crate::flux::ObjectKey) -> Self {
+        TargetRef { kind: k.kind.as_str().into(), namespace: k.namespace.clone(), name: k.name.clone() }
+    }
+    pub fn to_key(&self) -> Option<crate::flux::ObjectKey> {
+        Some(crate::flux::ObjectKey::new(
+            crate::flux::FluxKind::from_kind(&self.kind)?,
+            self.namespace.clone(),
+            self.name.clone(),
+        ))
+    }
+}
+
+impl std::fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// Remediation: one incident on one Flux object.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "fluxmedic.io",
+    version = "v1alpha1",
+    kind = "Remediation",
+    namespaced,
+    status = "RemediationStatus",
+    shortname = "rem",
+    category = "fluxmedic",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetName"}"#,
+    printcolumn = r#"{"name":"Case","type":"string","jsonPath":".spec.case"}"#,
+    printcolumn = r#"{"name":"Action","type":"string","jsonPath":".status.action"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationSpec {
+    pub target: TargetRef,
+    /// `Kind/name`, for `kubectl get remediations`.
+    pub target_name: String,
+    pub case: Case,
+    /// Set to true (or annotate fluxmedic.io/approve=true) to approve a planned action.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approved: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub action: String,
+    /// Planned, Running, Succeeded, Failed.
+    pub outcome: String,
+    /// The reconcile token written (for annotation actions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosisRecord {
+    pub summary: String,
+    pub retryable: bool,
+    pub native: NativeState,
+    #[serde(default)]
+    pub evidence: Vec<Evidence>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemediationStatus {
+    #[serde(default)]
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<DiagnosisRecord>,
+    /// First failing ancestor, when it is not the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<TargetRef>,
+    /// `namespace/name` of the policy that decided, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// The current or last action, for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Why nothing is being done right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_action_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_recovery_seconds: Option<f64>,
+    /// What the fix is awaited on: the target's generation and source revision seen when acting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_revision: Option<String>,
+    /// resourceVersion of the source's Secret when detected (git cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_secret_version: Option<String>,
+    /// Number of source polls while awaiting a fix.
+    #[serde(default)]
+    pub polls: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

@@ -1,0 +1,457 @@
+//! Diagnosis: pure functions over a [`Snapshot`] of Flux objects, Helm release
+//! storage metadata and source Secrets. No API calls.
+
+mod classify;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use classify::{Classification, HELM_LOCK_TEXT, classify_condition};
+
+use crate::{
+    flux::{FluxKind, FluxObject, ObjectKey, ReleaseStrategy},
+    helm::{ReleaseHistory, StoredRelease},
+};
+
+/// The runbook case of a failure.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Case {
+    FailedRelease,
+    InvalidManifests,
+    GitAuth,
+    GitUnreachable,
+    DependencyCascade,
+    StaleLock,
+    Other,
+}
+
+impl Case {
+    pub const ALL: [Case; 7] = [
+        Case::FailedRelease,
+        Case::InvalidManifests,
+        Case::GitAuth,
+        Case::GitUnreachable,
+        Case::DependencyCascade,
+        Case::StaleLock,
+        Case::Other,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Case::FailedRelease => "failed-release",
+            Case::InvalidManifests => "invalid-manifests",
+            Case::GitAuth => "git-auth",
+            Case::GitUnreachable => "git-unreachable",
+            Case::DependencyCascade => "dependency-cascade",
+            Case::StaleLock => "stale-lock",
+            Case::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Case {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What Flux itself is doing about the failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum NativeState {
+    /// Flux will try again by itself (retries left, RetryOnFailure, interval-based retry).
+    Retrying,
+    /// helm-controller already rolled back or uninstalled; the cluster runs the last good release.
+    Remediated,
+    /// Flux has stopped trying (Stalled) and waits for a new input or a request.
+    Exhausted,
+}
+
+/// Metadata of a Secret a source references: key names only, never values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct SecretInfo {
+    pub keys: BTreeSet<String>,
+    pub resource_version: Option<String>,
+}
+
+/// Everything the diagnosis reads, captured at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub objects: BTreeMap<ObjectKey, FluxObject>,
+    /// Helm storage per (storage namespace, release name).
+    pub releases: HashMap<(String, String), ReleaseHistory>,
+    /// Secrets referenced by sources, per (namespace, name). `None` in the map = known missing.
+    pub secrets: HashMap<(String, String), SecretInfo>,
+    /// Whether Secrets were observed at all (a dump without Secrets cannot say one is missing).
+    pub secrets_observed: bool,
+    /// Now, in unix seconds.
+    pub now: i64,
+}
+
+impl Snapshot {
+    pub fn new(objects: impl IntoIterator<Item = FluxObject>, now: i64) -> Self {
+        Snapshot {
+            objects: objects.into_iter().map(|o| (o.key.clone(), o)).collect(),
+            now,
+            ..Default::default()
+        }
+    }
+
+    pub fn add_release(&mut self, r: StoredRelease) {
+        let entry = self.releases.entry((r.namespace.clone(), r.release.clone())).or_default();
+        entry.releases.push(r);
+        entry.releases.sort_by_key(|r| r.version);
+    }
+
+    pub fn history_of(&self, obj: &FluxObject) -> Option<&ReleaseHistory> {
+        let h = obj.helm.as_ref()?;
+        self.releases.get(&(h.storage_namespace.clone(), h.release_name.clone()))
+    }
+
+    fn failing(&self, key: &ObjectKey) -> bool {
+        self.objects.get(key).is_some_and(|o| o.is_failing() || self.stale_lock_of(o).is_some())
+    }
+
+    /// A pending latest release that helm-controller is not working on and that is older
+    /// than the release timeout plus a minute.
+    pub fn stale_lock_of(&self, obj: &FluxObject) -> Option<&StoredRelease> {
+        let h = obj.helm.as_ref()?;
+        if obj.is_running_helm_action() {
+            return None;
+        }
+        self.history_of(obj)?.stale_pending(self.now, h.timeout + Duration::from_secs(60))
+    }
+}
+
+/// One piece of evidence for a diagnosis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// Where it was seen: `condition/Ready`, `helm-storage`, `secret`, `dependency`.
+    pub source: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    pub message: String,
+}
+
+/// Messages can be huge (multi-error Helm output); evidence keeps a bounded prefix.
+pub const MAX_EVIDENCE_MESSAGE: usize = 2048;
+
+fn bounded(s: &str) -> String {
+    if s.len() <= MAX_EVIDENCE_MESSAGE {
+        return s.to_string();
+    }
+    let mut end = MAX_EVIDENCE_MESSAGE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes truncated)", &s[..end], s.len() - end)
+}
+
+/// The diagnosis of one failing Flux object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnosis {
+    pub target: ObjectKey,
+    pub case: Case,
+    pub retryable: bool,
+    /// First failing ancestor (dependsOn, source refs, health checks); the target itself when none.
+    pub root: ObjectKey,
+    /// Path from the target to the root, excluding the target.
+    pub chain: Vec<ObjectKey>,
+    pub native: NativeState,
+    pub summary: String,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Diagnosis {
+    pub fn is_root(&self) -> bool {
+        self.root == self.target
+    }
+}
+
+/// Result of diagnosing a whole snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// One per failing object, ordered by key.
+    pub diagnoses: Vec<Diagnosis>,
+    /// Roots shared by several failures, most affected first.
+    pub shared_roots: Vec<(ObjectKey, usize)>,
+}
+
+impl Report {
+    pub fn get(&self, key: &ObjectKey) -> Option<&Diagnosis> {
+        self.diagnoses.binary_search_by(|d| d.target.cmp(key)).ok().map(|i| &self.diagnoses[i])
+    }
+}
+
+/// Pick the decisive condition of a failing object and classify it.
+fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification, Vec<Evidence>)> {
+    let kind = obj.key.kind;
+    let ev = |c: &crate::flux::Condition| Evidence {
+        source: format!("condition/{}", c.type_),
+        reason: c.reason.clone(),
+        message: bounded(&c.message),
+    };
+    // A stale pending release is decisive whatever the conditions say (the HelmRelease may
+    // be suspended, or gated before helm-controller's own unlock can run).
+    if let Some(stale) = snap.stale_lock_of(obj) {
+        let mut evidence = vec![Evidence {
+            source: "helm-storage".into(),
+            reason: stale.status.0.clone(),
+            message: format!(
+                "latest release {} (Secret {}/{}) is {} and not being worked on",
+                stale.version, stale.namespace, stale.secret_name, stale.status.0
+            ),
+        }];
+        evidence.extend(obj.conditions.iter().filter(|c| c.type_ == "Ready" && !c.is_true()).map(ev));
+        return Some((
+            Classification { case: Case::StaleLock, retryable: true, rule: "a stale pending release holds the Helm lock" },
+            evidence,
+        ));
+    }
+    if !obj.is_failing() {
+        return None;
+    }
+    // Order: a lock message anywhere, Stalled, Released/Remediated detail, then Ready.
+    let lock = obj.conditions.iter().find(|c| {
+        let cl = classify_condition(kind, &c.type_, &c.status, &c.reason, &c.message);
+        cl.case == Case::StaleLock && !c.is_true()
+    });
+    if let Some(cond) = lock {
+        return Some((classify_condition(kind, &cond.type_, &cond.status, &cond.reason, &cond.message), vec![ev(cond)]));
+    }
+    let ready = obj.condition("Ready");
+    let stalled = obj.condition("Stalled").filter(|c| c.is_true());
+    match (stalled, ready) {
+        (Some(s), Some(r)) if kind == FluxKind::HelmRelease => {
+            // Stalled says retries are exhausted; Ready's tail says whether a retry can help.
+            let sc = classify_condition(kind, &s.type_, &s.status, &s.reason, &s.message);
+            let rc = classify_condition(kind, &r.type_, &r.status, &r.reason, &r.message);
+            let cl = if rc.case == Case::FailedRelease || rc.case == Case::Other && sc.case == Case::FailedRelease {
+                Classification { case: Case::FailedRelease, retryable: sc.retryable && rc.retryable, rule: rc.rule }
+            } else {
+                rc
+            };
+            Some((cl, vec![ev(s), ev(r)]))
+        }
+        (_, Some(r)) if r.is_false() => Some((classify_condition(kind, &r.type_, &r.status, &r.reason, &r.message), vec![ev(r)])),
+        (Some(s), _) => Some((classify_condition(kind, &s.type_, &s.status, &s.reason, &s.message), vec![ev(s)])),
+        _ => None,
+    }
+}
+
+/// What Flux does by itself about this object's failure.
+fn native_state(obj: &FluxObject) -> NativeState {
+    let Some(h) = obj.helm.as_ref() else { return NativeState::Retrying };
+    let ready_reason = obj.condition("Ready").map(|c| c.reason.as_str()).unwrap_or("");
+    let stalled = obj.condition("Stalled").is_some_and(|c| c.is_true());
+    let strategy = match h.last_attempted_release_action.as_deref() {
+        Some("install") => h.install_strategy,
+        _ => h.upgrade_strategy,
+    };
+    if matches!(ready_reason, "RollbackSucceeded" | "UninstallSucceeded") {
+        NativeState::Remediated
+    } else if stalled {
+        NativeState::Exhausted
+    } else if strategy == Some(ReleaseStrategy::RetryOnFailure) {
+        NativeState::Retrying
+    } else {
+        let (failures, retries) = match h.last_attempted_release_action.as_deref() {
+            Some("install") => (h.install_failures, h.install_retries),
+            _ => (h.upgrade_failures, h.upgrade_retries),
+        };
+        if retries >= 0 && failures > retries { NativeState::Exhausted } else { NativeState::Retrying }
+    }
+}
+
+/// Keys of Flux objects named in a health-check message (`HelmRelease/ns/name status: ...`).
+fn health_check_refs(message: &str) -> Vec<ObjectKey> {
+    let mut out = vec![];
+    for kind in [FluxKind::HelmRelease, FluxKind::Kustomization] {
+        let needle = format!("{}/", kind.as_str());
+        let mut rest = message;
+        while let Some(i) = rest.find(&needle) {
+            let tail = &rest[i + needle.len()..];
+            let end = tail.find(|c: char| c.is_whitespace() || c == ',' || c == ']').unwrap_or(tail.len());
+            if let Some((ns, name)) = tail[..end].split_once('/') {
+                out.push(ObjectKey::new(kind, ns, name));
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
+/// `dependency 'ns/name' ...` in a DependencyNotReady message.
+fn named_dependency(kind: FluxKind, message: &str) -> Option<ObjectKey> {
+    let start = message.find("dependency '")? + "dependency '".len();
+    let end = message[start..].find('\'')? + start;
+    let (ns, name) = message[start..end].split_once('/')?;
+    Some(ObjectKey::new(kind, ns, name))
+}
+
+/// The objects whose failure can cause `obj` to fail.
+pub fn parents(obj: &FluxObject) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = obj.depends_on.clone();
+    out.extend(obj.source_ref.iter().cloned());
+    for c in &obj.conditions {
+        if c.is_true() {
+            continue;
+        }
+        if c.reason == "HealthCheckFailed" {
+            out.extend(health_check_refs(&c.message));
+        }
+        if c.reason == "DependencyNotReady" {
+            out.extend(named_dependency(obj.key.kind, &c.message));
+        }
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|k| k != &obj.key && seen.insert(k.clone()));
+    out
+}
+
+struct RootFinder<'a> {
+    snap: &'a Snapshot,
+    memo: HashMap<ObjectKey, Vec<ObjectKey>>,
+}
+
+impl RootFinder<'_> {
+    /// Chain from `key` (exclusive) to its root: the first failing ancestor with no failing
+    /// ancestor of its own. Deterministic (parents in declared order), cycle-safe.
+    fn chain(&mut self, key: &ObjectKey, visiting: &mut BTreeSet<ObjectKey>) -> Vec<ObjectKey> {
+        if let Some(c) = self.memo.get(key) {
+            return c.clone();
+        }
+        let Some(obj) = self.snap.objects.get(key) else { return vec![] };
+        visiting.insert(key.clone());
+        let mut result = vec![];
+        for p in parents(obj) {
+            if visiting.contains(&p) {
+                continue;
+            }
+            let missing = !self.snap.objects.contains_key(&p);
+            let named_missing = missing && obj.conditions.iter().any(|c| c.reason == "DependencyNotReady");
+            if named_missing {
+                // A dependency that does not exist is the root of the cascade.
+                result = vec![p];
+                break;
+            }
+            if self.snap.failing(&p) {
+                let mut c = vec![p.clone()];
+                c.extend(self.chain(&p, visiting));
+                result = c;
+                break;
+            }
+        }
+        visiting.remove(key);
+        self.memo.insert(key.clone(), result.clone());
+        result
+    }
+}
+
+/// Diagnose one object within its snapshot; `None` if it is not failing.
+pub fn diagnose_object(snap: &Snapshot, obj: &FluxObject) -> Option<Diagnosis> {
+    let mut finder = RootFinder { snap, memo: HashMap::new() };
+    diagnose_with(snap, obj, &mut finder)
+}
+
+fn diagnose_with(snap: &Snapshot, obj: &FluxObject, finder: &mut RootFinder<'_>) -> Option<Diagnosis> {
+    let (cl, mut evidence) = classify_object(snap, obj)?;
+    let chain = finder.chain(&obj.key, &mut BTreeSet::new());
+    let root = chain.last().cloned().unwrap_or_else(|| obj.key.clone());
+    let source_gate = matches!(
+        obj.condition("Ready").map(|c| c.reason.as_str()),
+        Some("SourceNotReady" | "ArtifactFailed" | "DependencyNotReady" | "HealthCheckFailed")
+    );
+    let (case, retryable) = if root != obj.key && (cl.case == Case::DependencyCascade || cl.case == Case::Other && source_gate) {
+        (Case::DependencyCascade, true)
+    } else {
+        (cl.case, cl.retryable)
+    };
+    if root != obj.key {
+        let state = if snap.objects.contains_key(&root) { "is failing" } else { "does not exist" };
+        evidence.push(Evidence {
+            source: "dependency".into(),
+            reason: String::new(),
+            message: format!("root cause {root} {state} (via {})", chain.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" -> ")),
+        });
+    }
+    if let (Some(secret), true) = (&obj.secret_ref, matches!(case, Case::GitAuth | Case::GitUnreachable)) {
+        evidence.push(secret_evidence(snap, obj, secret));
+    }
+    let summary = if root == obj.key {
+        format!("{}: {}", case, cl.rule)
+    } else {
+        format!("{}: blocked by {}", case, root)
+    };
+    Some(Diagnosis {
+        target: obj.key.clone(),
+        case,
+        retryable,
+        root,
+        chain,
+        native: native_state(obj),
+        summary,
+        evidence,
+    })
+}
+
+/// Keys a Secret needs for a Git URL (source-controller's auth options).
+fn secret_evidence(snap: &Snapshot, obj: &FluxObject, secret: &str) -> Evidence {
+    let url = obj.url.as_deref().unwrap_or("");
+    let wanted: &[&[&str]] = if url.starts_with("ssh://") {
+        &[&["identity"], &["known_hosts"]]
+    } else {
+        &[&["username", "password"], &["bearerToken"]]
+    };
+    let key = (obj.key.namespace.clone(), secret.to_string());
+    let message = match snap.secrets.get(&key) {
+        None if !snap.secrets_observed => format!("Secret {}/{} referenced (not inspected)", key.0, key.1),
+        None => format!("Secret {}/{} does not exist", key.0, key.1),
+        Some(info) => {
+            let keys: Vec<&str> = info.keys.iter().map(String::as_str).collect();
+            let ok = if url.starts_with("ssh://") {
+                wanted.iter().all(|g| g.iter().all(|k| info.keys.contains(*k)))
+            } else {
+                wanted.iter().any(|g| g.iter().all(|k| info.keys.contains(*k)))
+            };
+            let need = wanted.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(if url.starts_with("ssh://") { " and " } else { " or " });
+            if ok {
+                format!("Secret {}/{} has keys [{}]; the server rejects them or is unreachable", key.0, key.1, keys.join(", "))
+            } else {
+                format!("Secret {}/{} has keys [{}] but a {} URL needs {}", key.0, key.1, keys.join(", "), url.split("://").next().unwrap_or("?"), need)
+            }
+        }
+    };
+    Evidence { source: "secret".into(), reason: String::new(), message }
+}
+
+/// Diagnose every failing object of the snapshot.
+pub fn diagnose(snap: &Snapshot) -> Report {
+    let mut finder = RootFinder { snap, memo: HashMap::new() };
+    let diagnoses: Vec<Diagnosis> = snap.objects.values().filter_map(|o| diagnose_with(snap, o, &mut finder)).collect();
+    let mut counts: BTreeMap<ObjectKey, usize> = BTreeMap::new();
+    for d in diagnoses.iter().filter(|d| !d.is_root()) {
+        *counts.entry(d.root.clone()).or_default() += 1;
+    }
+    let mut shared_roots: Vec<(ObjectKey, usize)> = counts.into_iter().collect();
+    shared_roots.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Report { diagnoses, shared_roots }
+}
+
+/// Dependents of `root` among `report`'s diagnoses, in topological order (closest first).
+pub fn dependents_in_order(report: &Report, root: &ObjectKey) -> Vec<ObjectKey> {
+    let mut v: Vec<&Diagnosis> = report.diagnoses.iter().filter(|d| &d.root == root && !d.is_root()).collect();
+    v.sort_by(|a, b| a.chain.len().cmp(&b.chain.len()).then_with(|| a.target.cmp(&b.target)));
+    v.into_iter().map(|d| d.target.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests;

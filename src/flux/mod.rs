@@ -1,0 +1,365 @@
+//! Typed views of the Flux objects fluxmedic reads.
+//!
+//! Each kind has a small serde view that reads only the fields the diagnosis
+//! needs and ignores everything else, so new Flux fields never break parsing.
+//! The views are folded into one normalised [`FluxObject`], the unit the pure
+//! diagnosis engine works on.
+
+mod views;
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use views::{ParseError, from_value};
+
+/// The Flux kinds fluxmedic understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum FluxKind {
+    Kustomization,
+    HelmRelease,
+    GitRepository,
+    HelmChart,
+    HelmRepository,
+    OCIRepository,
+    Bucket,
+}
+
+impl FluxKind {
+    pub const ALL: [FluxKind; 7] = [
+        FluxKind::Kustomization,
+        FluxKind::HelmRelease,
+        FluxKind::GitRepository,
+        FluxKind::HelmChart,
+        FluxKind::HelmRepository,
+        FluxKind::OCIRepository,
+        FluxKind::Bucket,
+    ];
+
+    pub fn from_kind(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => "Kustomization",
+            FluxKind::HelmRelease => "HelmRelease",
+            FluxKind::GitRepository => "GitRepository",
+            FluxKind::HelmChart => "HelmChart",
+            FluxKind::HelmRepository => "HelmRepository",
+            FluxKind::OCIRepository => "OCIRepository",
+            FluxKind::Bucket => "Bucket",
+        }
+    }
+
+    /// API group of the kind.
+    pub fn group(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => "kustomize.toolkit.fluxcd.io",
+            FluxKind::HelmRelease => "helm.toolkit.fluxcd.io",
+            _ => "source.toolkit.fluxcd.io",
+        }
+    }
+
+    /// The served version fluxmedic reads and writes.
+    pub fn version(self) -> &'static str {
+        match self {
+            FluxKind::HelmRelease => "v2",
+            _ => "v1",
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => "kustomizations",
+            FluxKind::HelmRelease => "helmreleases",
+            FluxKind::GitRepository => "gitrepositories",
+            FluxKind::HelmChart => "helmcharts",
+            FluxKind::HelmRepository => "helmrepositories",
+            FluxKind::OCIRepository => "ocirepositories",
+            FluxKind::Bucket => "buckets",
+        }
+    }
+
+    pub fn is_source(self) -> bool {
+        !matches!(self, FluxKind::Kustomization | FluxKind::HelmRelease)
+    }
+
+    /// Short form used in Remediation names.
+    pub fn abbrev(self) -> &'static str {
+        match self {
+            FluxKind::Kustomization => "ks",
+            FluxKind::HelmRelease => "hr",
+            FluxKind::GitRepository => "gitrepo",
+            FluxKind::HelmChart => "hc",
+            FluxKind::HelmRepository => "helmrepo",
+            FluxKind::OCIRepository => "ocirepo",
+            FluxKind::Bucket => "bucket",
+        }
+    }
+}
+
+impl fmt::Display for FluxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a Flux object: kind, namespace, name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ObjectKey {
+    pub kind: FluxKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: FluxKind, namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { kind, namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A status condition, as every Flux kind writes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub last_transition_time: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
+    }
+    pub fn is_false(&self) -> bool {
+        self.status == "False"
+    }
+}
+
+/// One entry of a HelmRelease's `status.history` (newest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSnapshot {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub version: i64,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub chart_name: String,
+    #[serde(default)]
+    pub chart_version: String,
+    #[serde(default)]
+    pub digest: String,
+}
+
+/// How helm-controller handles a failed release, as configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseStrategy {
+    RemediateOnFailure,
+    RetryOnFailure,
+}
+
+/// The HelmRelease-specific part of a [`FluxObject`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HelmReleaseInfo {
+    /// Helm release name (spec.releaseName or `[<targetNamespace>-]<name>`).
+    pub release_name: String,
+    /// Namespace holding the Helm storage Secrets.
+    pub storage_namespace: String,
+    /// The Helm action timeout (spec.timeout, default 5m).
+    pub timeout: Duration,
+    pub install_retries: i64,
+    pub upgrade_retries: i64,
+    /// `None` when the spec sets no strategy (then the controller's feature gate decides).
+    pub install_strategy: Option<ReleaseStrategy>,
+    pub upgrade_strategy: Option<ReleaseStrategy>,
+    pub failures: i64,
+    pub install_failures: i64,
+    pub upgrade_failures: i64,
+    pub last_attempted_release_action: Option<String>,
+    pub last_attempted_revision: Option<String>,
+    pub last_attempted_config_digest: Option<String>,
+    pub last_attempted_generation: Option<i64>,
+    pub history: Vec<ReleaseSnapshot>,
+    pub last_handled_reconcile_at: Option<String>,
+    pub last_handled_force_at: Option<String>,
+    pub last_handled_reset_at: Option<String>,
+    /// `<ns>/<name>` of the HelmChart helm-controller created (status.helmChart).
+    pub helm_chart: Option<String>,
+}
+
+/// A Flux object, normalised across kinds. Only what diagnosis and planning need.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxObject {
+    pub key: ObjectKey,
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    /// The reconcile.fluxcd.io/* annotations currently set.
+    pub reconcile_annotations: BTreeMap<String, String>,
+    pub suspended: bool,
+    pub conditions: Vec<Condition>,
+    /// spec.dependsOn, resolved to keys of the same kind.
+    pub depends_on: Vec<ObjectKey>,
+    /// The source the object consumes (Kustomization/HelmRelease/HelmChart).
+    pub source_ref: Option<ObjectKey>,
+    /// spec.secretRef.name of a source.
+    pub secret_ref: Option<String>,
+    /// spec.url of a source.
+    pub url: Option<String>,
+    /// status.artifact.revision of a source.
+    pub artifact_revision: Option<String>,
+    /// status.lastAttemptedRevision of a Kustomization / HelmRelease.
+    pub last_attempted_revision: Option<String>,
+    pub interval: Option<Duration>,
+    pub retry_interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub helm: Option<HelmReleaseInfo>,
+}
+
+impl FluxObject {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.condition("Ready").is_some_and(Condition::is_true)
+    }
+
+    /// Ready=False, or Stalled=True: Flux says it is failing.
+    pub fn is_failing(&self) -> bool {
+        self.condition("Ready").is_some_and(Condition::is_false)
+            || self.condition("Stalled").is_some_and(Condition::is_true)
+    }
+
+    /// helm-controller is running a Helm action right now and legitimately holds the lock.
+    pub fn is_running_helm_action(&self) -> bool {
+        self.conditions.iter().any(|c| {
+            (c.type_ == "Reconciling" && c.is_true() || c.type_ == "Ready" && c.status == "Unknown")
+                && c.message.starts_with("Running '")
+                && c.message.contains("' action")
+        })
+    }
+
+    /// The moment the object last went not-ready, if Flux recorded it.
+    pub fn failing_since(&self) -> Option<jiff::Timestamp> {
+        self.condition("Ready").and_then(|c| c.last_transition_time)
+    }
+}
+
+/// Parse a Go `time.Duration` string as Flux writes it ("5m", "1m30s", "10m0s", "500ms").
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if num_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+/// Render a duration the way Flux and kubectl users write it ("90s" -> "1m30s").
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    let (h, m, s) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// Convenience for tests and the CLI: parse any JSON value that is a Flux object.
+pub fn parse(value: &Value) -> Result<FluxObject, ParseError> {
+    from_value(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("10m0s"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration(""), None);
+        assert_eq!(parse_go_duration("5 minutes"), None);
+        assert_eq!(parse_go_duration("m5"), None);
+        assert_eq!(parse_go_duration("5x"), None);
+    }
+
+    #[test]
+    fn durations_render_compactly() {
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn kinds_roundtrip() {
+        for k in FluxKind::ALL {
+            assert_eq!(FluxKind::from_kind(k.as_str()), Some(k));
+        }
+        assert_eq!(FluxKind::from_kind("Deployment"), None);
+    }
+}

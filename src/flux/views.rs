@@ -1,0 +1,477 @@
+//! serde views of each Flux kind: only the fields fluxmedic reads, unknown fields ignored.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use super::{
+    Condition, FluxKind, FluxObject, HelmReleaseInfo, ObjectKey, ReleaseSnapshot, ReleaseStrategy,
+    parse_go_duration,
+};
+
+/// Why a document could not be read as a Flux object. Names the field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("not an object")]
+    NotAnObject,
+    #[error("missing field `{0}`")]
+    Missing(&'static str),
+    #[error("kind `{0}` is not a Flux kind fluxmedic reads")]
+    UnknownKind(String),
+    #[error("apiVersion `{api_version}` is not a known version of {kind}")]
+    UnknownVersion { kind: String, api_version: String },
+    #[error("field `{path}`: {message}")]
+    Field { path: String, message: String },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Meta {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct NamedRef {
+    #[serde(default)]
+    kind: Option<String>,
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SecretRef {
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct KustomizationSpec {
+    #[serde(default)]
+    depends_on: Vec<NamedRef>,
+    #[serde(default)]
+    source_ref: Option<NamedRef>,
+    #[serde(default)]
+    suspend: bool,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    retry_interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct CommonStatus {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+    #[serde(default)]
+    observed_generation: Option<i64>,
+    #[serde(default)]
+    last_attempted_revision: Option<String>,
+    #[serde(default)]
+    artifact: Option<Artifact>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Artifact {
+    #[serde(default)]
+    revision: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HelmChartTemplate {
+    #[serde(default)]
+    spec: HelmChartTemplateSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HelmChartTemplateSpec {
+    #[serde(default)]
+    source_ref: Option<NamedRef>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Strategy {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Remediation {
+    #[serde(default)]
+    retries: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ReleaseAction {
+    #[serde(default)]
+    remediation: Option<Remediation>,
+    #[serde(default)]
+    strategy: Option<Strategy>,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HelmReleaseSpec {
+    #[serde(default)]
+    depends_on: Vec<NamedRef>,
+    #[serde(default)]
+    chart: Option<HelmChartTemplate>,
+    #[serde(default)]
+    chart_ref: Option<NamedRef>,
+    #[serde(default)]
+    suspend: bool,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    release_name: Option<String>,
+    #[serde(default)]
+    target_namespace: Option<String>,
+    #[serde(default)]
+    storage_namespace: Option<String>,
+    #[serde(default)]
+    install: Option<ReleaseAction>,
+    #[serde(default)]
+    upgrade: Option<ReleaseAction>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HelmReleaseStatus {
+    #[serde(default)]
+    conditions: Vec<Condition>,
+    #[serde(default)]
+    observed_generation: Option<i64>,
+    #[serde(default)]
+    history: Vec<ReleaseSnapshot>,
+    #[serde(default)]
+    failures: i64,
+    #[serde(default)]
+    install_failures: i64,
+    #[serde(default)]
+    upgrade_failures: i64,
+    #[serde(default)]
+    last_attempted_release_action: Option<String>,
+    #[serde(default)]
+    last_attempted_revision: Option<String>,
+    #[serde(default)]
+    last_attempted_config_digest: Option<String>,
+    #[serde(default)]
+    last_attempted_generation: Option<i64>,
+    #[serde(default)]
+    storage_namespace: Option<String>,
+    #[serde(default)]
+    helm_chart: Option<String>,
+    #[serde(default)]
+    last_handled_reconcile_at: Option<String>,
+    #[serde(default)]
+    last_handled_force_at: Option<String>,
+    #[serde(default)]
+    last_handled_reset_at: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SourceSpec {
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    secret_ref: Option<SecretRef>,
+    #[serde(default)]
+    suspend: bool,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    /// HelmChart only.
+    #[serde(default)]
+    source_ref: Option<NamedRef>,
+}
+
+fn field<T: DeserializeOwned + Default>(obj: &Value, name: &'static str) -> Result<T, ParseError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => serde_path_to_error::deserialize(v).map_err(|e| ParseError::Field {
+            path: if e.path().to_string() == "." { name.to_string() } else { format!("{name}.{}", e.path()) },
+            message: e.inner().to_string(),
+        }),
+    }
+}
+
+fn duration_field(raw: Option<String>, path: &str) -> Result<Option<Duration>, ParseError> {
+    match raw {
+        None => Ok(None),
+        Some(s) => parse_go_duration(&s)
+            .map(Some)
+            .ok_or_else(|| ParseError::Field { path: path.to_string(), message: format!("`{s}` is not a duration") }),
+    }
+}
+
+fn known_version(kind: FluxKind, api_version: &str) -> bool {
+    let Some((group, version)) = api_version.split_once('/') else { return false };
+    if group != kind.group() {
+        return false;
+    }
+    match kind {
+        // v2beta2 is still served by helm-controller v1.x and has the same status shape.
+        FluxKind::HelmRelease => matches!(version, "v2" | "v2beta2"),
+        FluxKind::Kustomization => matches!(version, "v1" | "v1beta2"),
+        _ => matches!(version, "v1" | "v1beta2"),
+    }
+}
+
+fn strategy(action: &Option<ReleaseAction>) -> Option<ReleaseStrategy> {
+    match action.as_ref()?.strategy.as_ref()?.name.as_deref()? {
+        "RetryOnFailure" => Some(ReleaseStrategy::RetryOnFailure),
+        "RemediateOnFailure" => Some(ReleaseStrategy::RemediateOnFailure),
+        _ => None,
+    }
+}
+
+fn retries(action: &Option<ReleaseAction>) -> i64 {
+    action.as_ref().and_then(|a| a.remediation.as_ref()).and_then(|r| r.retries).unwrap_or(0)
+}
+
+/// Read one Flux object from its JSON form (as the API server or `kubectl get -o json` returns it).
+pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
+    let obj = value.as_object().ok_or(ParseError::NotAnObject)?;
+    let kind_str = obj.get("kind").and_then(Value::as_str).ok_or(ParseError::Missing("kind"))?;
+    let kind = FluxKind::from_kind(kind_str).ok_or_else(|| ParseError::UnknownKind(kind_str.to_string()))?;
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).ok_or(ParseError::Missing("apiVersion"))?;
+    if !known_version(kind, api_version) {
+        return Err(ParseError::UnknownVersion { kind: kind_str.to_string(), api_version: api_version.to_string() });
+    }
+    if obj.get("metadata").and_then(|m| m.get("name")).is_none() {
+        return Err(ParseError::Missing("metadata.name"));
+    }
+    let meta: Meta = field(value, "metadata")?;
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
+    let reconcile_annotations =
+        meta.annotations.into_iter().filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/")).collect();
+    let mut out = FluxObject {
+        key: ObjectKey::new(kind, namespace.clone(), meta.name.clone()),
+        uid: meta.uid,
+        generation: meta.generation,
+        observed_generation: None,
+        labels: meta.labels,
+        reconcile_annotations,
+        suspended: false,
+        conditions: vec![],
+        depends_on: vec![],
+        source_ref: None,
+        secret_ref: None,
+        url: None,
+        artifact_revision: None,
+        last_attempted_revision: None,
+        interval: None,
+        retry_interval: None,
+        timeout: None,
+        helm: None,
+    };
+    let dep_keys = |deps: Vec<NamedRef>| {
+        deps.into_iter()
+            .map(|d| ObjectKey::new(kind, d.namespace.unwrap_or_else(|| namespace.clone()), d.name))
+            .collect::<Vec<_>>()
+    };
+    let source_key = |r: NamedRef, default_kind: FluxKind| {
+        let k = r.kind.as_deref().and_then(FluxKind::from_kind).unwrap_or(default_kind);
+        ObjectKey::new(k, r.namespace.unwrap_or_else(|| namespace.clone()), r.name)
+    };
+    match kind {
+        FluxKind::Kustomization => {
+            let spec: KustomizationSpec = field(value, "spec")?;
+            let status: CommonStatus = field(value, "status")?;
+            out.depends_on = dep_keys(spec.depends_on);
+            out.source_ref = spec.source_ref.map(|r| source_key(r, FluxKind::GitRepository));
+            out.suspended = spec.suspend;
+            out.interval = duration_field(spec.interval, "spec.interval")?;
+            out.retry_interval = duration_field(spec.retry_interval, "spec.retryInterval")?;
+            out.timeout = duration_field(spec.timeout, "spec.timeout")?;
+            out.conditions = status.conditions;
+            out.observed_generation = status.observed_generation;
+            out.last_attempted_revision = status.last_attempted_revision;
+        }
+        FluxKind::HelmRelease => {
+            let spec: HelmReleaseSpec = field(value, "spec")?;
+            let status: HelmReleaseStatus = field(value, "status")?;
+            out.depends_on = dep_keys(spec.depends_on);
+            out.source_ref = if let Some(r) = spec.chart_ref {
+                Some(source_key(r, FluxKind::OCIRepository))
+            } else if let Some((ns, name)) = status.helm_chart.as_deref().and_then(|s| s.split_once('/')) {
+                Some(ObjectKey::new(FluxKind::HelmChart, ns, name))
+            } else {
+                spec.chart.as_ref().and_then(|c| c.spec.source_ref.as_ref()).map(|r| {
+                    let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
+                    ObjectKey::new(FluxKind::HelmChart, ns, format!("{}-{}", namespace, meta.name))
+                })
+            };
+            out.suspended = spec.suspend;
+            out.interval = duration_field(spec.interval, "spec.interval")?;
+            let timeout = duration_field(spec.timeout, "spec.timeout")?;
+            out.timeout = timeout;
+            let action_timeout = |a: &Option<ReleaseAction>, path: &str| {
+                duration_field(a.as_ref().and_then(|a| a.timeout.clone()), path)
+            };
+            let install_timeout = action_timeout(&spec.install, "spec.install.timeout")?;
+            let upgrade_timeout = action_timeout(&spec.upgrade, "spec.upgrade.timeout")?;
+            let release_name = status.history.first().map(|s| s.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(
+                || match (&spec.release_name, &spec.target_namespace) {
+                    (Some(r), _) => r.clone(),
+                    (None, Some(t)) => format!("{t}-{}", meta.name),
+                    (None, None) => meta.name.clone(),
+                },
+            );
+            let storage_namespace = status
+                .storage_namespace
+                .clone()
+                .or(spec.storage_namespace.clone())
+                .or(spec.target_namespace.clone())
+                .unwrap_or_else(|| namespace.clone());
+            let base = timeout.unwrap_or(Duration::from_secs(300));
+            out.helm = Some(HelmReleaseInfo {
+                release_name,
+                storage_namespace,
+                timeout: base.max(install_timeout.unwrap_or(base)).max(upgrade_timeout.unwrap_or(base)),
+                install_retries: retries(&spec.install),
+                upgrade_retries: retries(&spec.upgrade),
+                install_strategy: strategy(&spec.install),
+                upgrade_strategy: strategy(&spec.upgrade),
+                failures: status.failures,
+                install_failures: status.install_failures,
+                upgrade_failures: status.upgrade_failures,
+                last_attempted_release_action: status.last_attempted_release_action,
+                last_attempted_revision: status.last_attempted_revision.clone(),
+                last_attempted_config_digest: status.last_attempted_config_digest,
+                last_attempted_generation: status.last_attempted_generation,
+                history: status.history,
+                last_handled_reconcile_at: status.last_handled_reconcile_at,
+                last_handled_force_at: status.last_handled_force_at,
+                last_handled_reset_at: status.last_handled_reset_at,
+                helm_chart: status.helm_chart,
+            });
+            out.conditions = status.conditions;
+            out.observed_generation = status.observed_generation;
+            out.last_attempted_revision = status.last_attempted_revision;
+        }
+        _ => {
+            let spec: SourceSpec = field(value, "spec")?;
+            let status: CommonStatus = field(value, "status")?;
+            out.url = spec.url;
+            out.secret_ref = spec.secret_ref.map(|s| s.name);
+            out.suspended = spec.suspend;
+            out.interval = duration_field(spec.interval, "spec.interval")?;
+            out.timeout = duration_field(spec.timeout, "spec.timeout")?;
+            if kind == FluxKind::HelmChart {
+                out.source_ref = spec.source_ref.map(|r| source_key(r, FluxKind::HelmRepository));
+            }
+            out.conditions = status.conditions;
+            out.observed_generation = status.observed_generation;
+            out.artifact_revision = status.artifact.and_then(|a| a.revision);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn helmrelease_view_reads_what_it_needs_and_ignores_the_rest() {
+        let hr = json!({
+            "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "podinfo", "namespace": "apps", "generation": 3,
+                         "annotations": {"reconcile.fluxcd.io/requestedAt": "t1", "other": "x"}},
+            "spec": {"interval": "10m", "timeout": "2m", "targetNamespace": "web",
+                     "chart": {"spec": {"chart": "podinfo", "sourceRef": {"kind": "HelmRepository", "name": "repo", "namespace": "flux-system"}}},
+                     "upgrade": {"remediation": {"retries": 2}, "timeout": "7m", "strategy": {"name": "RetryOnFailure"}},
+                     "dependsOn": [{"name": "db"}, {"name": "cache", "namespace": "infra"}],
+                     "someFutureField": {"a": 1}},
+            "status": {"upgradeFailures": 3, "lastAttemptedReleaseAction": "upgrade",
+                       "history": [{"name": "web-podinfo", "namespace": "web", "version": 4, "status": "failed", "chartVersion": "6.0.1"}],
+                       "conditions": [{"type": "Ready", "status": "False", "reason": "UpgradeFailed", "message": "boom",
+                                       "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        });
+        let o = from_value(&hr).unwrap();
+        assert_eq!(o.key, ObjectKey::new(FluxKind::HelmRelease, "apps", "podinfo"));
+        assert_eq!(
+            o.depends_on,
+            vec![
+                ObjectKey::new(FluxKind::HelmRelease, "apps", "db"),
+                ObjectKey::new(FluxKind::HelmRelease, "infra", "cache")
+            ]
+        );
+        assert_eq!(o.source_ref, Some(ObjectKey::new(FluxKind::HelmChart, "flux-system", "apps-podinfo")));
+        assert_eq!(o.reconcile_annotations.len(), 1);
+        let h = o.helm.clone().unwrap();
+        assert_eq!(h.release_name, "web-podinfo");
+        assert_eq!(h.storage_namespace, "web");
+        assert_eq!(h.timeout, Duration::from_secs(420));
+        assert_eq!(h.upgrade_retries, 2);
+        assert_eq!(h.upgrade_strategy, Some(ReleaseStrategy::RetryOnFailure));
+        assert_eq!(h.upgrade_failures, 3);
+        assert!(o.is_failing());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": "a"}, "spec": {"dependsOn": [{"name": 5}]}});
+        let err = from_value(&bad).unwrap_err();
+        assert_eq!(err.to_string(), "field `spec.dependsOn[0].name`: invalid type: integer `5`, expected a string");
+        let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": "a"}, "spec": {"interval": "soon"}});
+        assert_eq!(from_value(&bad).unwrap_err().to_string(), "field `spec.interval`: `soon` is not a duration");
+        let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v9", "kind": "Kustomization", "metadata": {"name": "a"}});
+        assert!(matches!(from_value(&bad), Err(ParseError::UnknownVersion { .. })));
+        let bad = json!({"apiVersion": "v1", "kind": "Kustomization"});
+        assert!(matches!(from_value(&bad), Err(ParseError::UnknownVersion { .. })));
+        let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {}});
+        assert_eq!(from_value(&bad), Err(ParseError::Missing("metadata.name")));
+    }
+
+    #[test]
+    fn sources_and_charts() {
+        let gr = json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+            "metadata": {"name": "repo", "namespace": "flux-system"},
+            "spec": {"url": "http://git/x.git", "secretRef": {"name": "creds"}, "interval": "1m"},
+            "status": {"artifact": {"revision": "main@sha1:abc"}}});
+        let o = from_value(&gr).unwrap();
+        assert_eq!(o.secret_ref.as_deref(), Some("creds"));
+        assert_eq!(o.artifact_revision.as_deref(), Some("main@sha1:abc"));
+        let hc = json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
+            "metadata": {"name": "apps-podinfo", "namespace": "flux-system"},
+            "spec": {"sourceRef": {"kind": "HelmRepository", "name": "repo"}}});
+        assert_eq!(
+            from_value(&hc).unwrap().source_ref,
+            Some(ObjectKey::new(FluxKind::HelmRepository, "flux-system", "repo"))
+        );
+    }
+}

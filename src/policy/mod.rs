@@ -1,0 +1,167 @@
+//! Policy: which RemediationPolicy governs a target (pure matching with deterministic
+//! precedence) and what to do about a diagnosis (pure planning).
+
+mod plan;
+
+use std::{cmp::Ordering, time::Duration};
+
+use kube::core::{Selector, SelectorExt};
+
+pub use plan::{Action, Blocked, Decision, IncidentView, PlanContext, plan};
+
+use crate::{
+    api::{ActionKind, CaseRule, Mode, RemediationPolicySpec, TargetKind},
+    diagnose::Case,
+    flux::{FluxKind, FluxObject, parse_go_duration},
+};
+
+/// A policy, validated and ready to use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub spec: RemediationPolicySpec,
+    selector: Option<Selector>,
+    pub cooldown: Duration,
+    pub poll_interval: Duration,
+    pub max_poll_interval: Duration,
+    pub escalate_after: Duration,
+    pub stale_threshold: Option<Duration>,
+}
+
+/// Why a policy cannot be used. Shown in the policy's status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("spec.targets.selector is invalid: {0}")]
+    Selector(String),
+    #[error("{field} `{value}` is not a duration")]
+    Duration { field: &'static str, value: String },
+    #[error("case {0} appears in more than one rule")]
+    DuplicateCase(Case),
+    #[error("spec.limits.pollInterval must not exceed spec.limits.maxPollInterval")]
+    PollOrder,
+}
+
+fn dur(field: &'static str, value: &str) -> Result<Duration, PolicyError> {
+    parse_go_duration(value).ok_or_else(|| PolicyError::Duration { field, value: value.into() })
+}
+
+impl Policy {
+    /// Validate a spec (the CRD schema rejects most mistakes; this is the last line for
+    /// what the schema cannot say).
+    pub fn new(namespace: &str, name: &str, spec: RemediationPolicySpec) -> Result<Self, PolicyError> {
+        let selector = match &spec.targets.selector {
+            None => None,
+            Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| PolicyError::Selector(e.to_string()))?),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &spec.rules {
+            if !seen.insert(r.case) {
+                return Err(PolicyError::DuplicateCase(r.case));
+            }
+        }
+        let poll_interval = dur("spec.limits.pollInterval", &spec.limits.poll_interval)?;
+        let max_poll_interval = dur("spec.limits.maxPollInterval", &spec.limits.max_poll_interval)?;
+        if poll_interval > max_poll_interval {
+            return Err(PolicyError::PollOrder);
+        }
+        Ok(Policy {
+            namespace: namespace.into(),
+            name: name.into(),
+            selector,
+            cooldown: dur("spec.limits.cooldown", &spec.limits.cooldown)?,
+            poll_interval,
+            max_poll_interval,
+            escalate_after: dur("spec.escalation.after", &spec.escalation.after)?,
+            stale_threshold: spec.stale_lock.threshold.as_deref().map(|t| dur("spec.staleLock.threshold", t)).transpose()?,
+            spec,
+        })
+    }
+
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether this policy covers `obj`. Cross-namespace selection only for policies in
+    /// `operator_ns`.
+    pub fn covers(&self, obj: &FluxObject, operator_ns: &str) -> bool {
+        let t = &self.spec.targets;
+        let ns_ok = obj.key.namespace == self.namespace
+            || self.namespace == operator_ns
+                && t.namespaces.iter().any(|n| n == "*" || n == &obj.key.namespace);
+        if !ns_ok {
+            return false;
+        }
+        let kind_ok = t.kinds.is_empty()
+            || t.kinds.iter().any(|k| {
+                matches!(
+                    (k, obj.key.kind),
+                    (TargetKind::Kustomization, FluxKind::Kustomization)
+                        | (TargetKind::HelmRelease, FluxKind::HelmRelease)
+                        | (TargetKind::GitRepository, FluxKind::GitRepository)
+                )
+            });
+        let name_ok = t.names.is_empty() || t.names.iter().any(|n| n == &obj.key.name);
+        let labels_ok = self.selector.as_ref().is_none_or(|s| s.matches(&obj.labels));
+        kind_ok && name_ok && labels_ok
+    }
+
+    pub fn rule(&self, case: Case) -> Option<&CaseRule> {
+        self.spec.rules.iter().find(|r| r.case == case)
+    }
+
+    /// The mode for a case: its rule's, else Observe.
+    pub fn mode(&self, case: Case) -> Mode {
+        self.rule(case).map(|r| r.mode).unwrap_or(Mode::Observe)
+    }
+
+    /// Whether `action` is allowed for `case` (explicit list, else the case's safe defaults).
+    pub fn allows(&self, case: Case, action: ActionKind) -> bool {
+        match self.rule(case) {
+            Some(r) if !r.actions.is_empty() => r.actions.contains(&action),
+            _ => default_actions(case).contains(&action),
+        }
+    }
+}
+
+/// Actions a rule allows when it lists none: the ones that cannot make things worse.
+pub fn default_actions(case: Case) -> &'static [ActionKind] {
+    match case {
+        Case::FailedRelease => &[ActionKind::Reconcile, ActionKind::Retry],
+        Case::StaleLock => &[ActionKind::Reconcile, ActionKind::Unlock],
+        _ => &[ActionKind::Reconcile],
+    }
+}
+
+/// Precedence: higher priority, then the target's own namespace, then the lower name.
+fn precedence(a: &Policy, b: &Policy, target_ns: &str) -> Ordering {
+    b.spec
+        .priority
+        .cmp(&a.spec.priority)
+        .then_with(|| (b.namespace == target_ns).cmp(&(a.namespace == target_ns)))
+        .then_with(|| a.namespace.cmp(&b.namespace))
+        .then_with(|| a.name.cmp(&b.name))
+}
+
+/// The policy governing `obj`, and the ones it overrode.
+pub fn select<'a>(policies: &'a [Policy], obj: &FluxObject, operator_ns: &str) -> (Option<&'a Policy>, Vec<&'a Policy>) {
+    let mut matching: Vec<&Policy> = policies.iter().filter(|p| p.covers(obj, operator_ns)).collect();
+    matching.sort_by(|a, b| precedence(a, b, &obj.key.namespace));
+    let mut it = matching.into_iter();
+    let winner = it.next();
+    (winner, it.collect())
+}
+
+/// The cluster-wide circuit breaker threshold: the smallest one set by a policy in the
+/// operator's namespace, else `default`.
+pub fn circuit_breaker_threshold(policies: &[Policy], operator_ns: &str, default: u32) -> u32 {
+    policies
+        .iter()
+        .filter(|p| p.namespace == operator_ns)
+        .filter_map(|p| p.spec.circuit_breaker.as_ref().map(|c| c.max_failing_targets))
+        .min()
+        .unwrap_or(default)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,396 @@
+use serde_json::json;
+
+use super::*;
+use crate::{
+    api::{CaseRule, CircuitBreaker, Limits, Phase, StaleLockSettings, TargetSelector},
+    diagnose::{self, Diagnosis, SecretInfo, Snapshot},
+    flux::{self, ObjectKey},
+    helm::{ReleaseStatus, StoredRelease},
+};
+
+const NOW: i64 = 1_000_000;
+
+fn cond(t: &str, s: &str, r: &str, m: &str) -> serde_json::Value {
+    json!({"type": t, "status": s, "reason": r, "message": m})
+}
+
+fn policy_with(rules: Vec<CaseRule>) -> Policy {
+    let spec = RemediationPolicySpec {
+        targets: TargetSelector::default(),
+        priority: 0,
+        rules,
+        limits: Limits::default(),
+        stale_lock: StaleLockSettings::default(),
+        escalation: Default::default(),
+        circuit_breaker: None,
+    };
+    Policy::new("apps", "p", spec).unwrap()
+}
+
+fn all_cases(mode: Mode, actions: &[ActionKind]) -> Policy {
+    policy_with(
+        Case::ALL
+            .iter()
+            .map(|c| CaseRule {
+                case: *c,
+                mode,
+                actions: actions.iter().copied().filter(|a| crate::policy::default_actions(*c).contains(a) || matches!((c, a), (Case::FailedRelease, ActionKind::Rollback))).collect(),
+            })
+            .collect(),
+    )
+}
+
+/// One scenario per case that, under Auto, leads to an action.
+struct Scenario {
+    snap: Snapshot,
+    target: ObjectKey,
+    inc: IncidentView,
+}
+
+fn stored(v: i64, status: &str, t: i64) -> StoredRelease {
+    StoredRelease {
+        secret_name: format!("sh.helm.release.v1.web.v{v}"),
+        namespace: "apps".into(),
+        release: "web".into(),
+        version: v,
+        status: ReleaseStatus(status.into()),
+        modified_at: Some(t),
+    }
+}
+
+fn hr(conds: Vec<serde_json::Value>) -> flux::FluxObject {
+    flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": "apps", "generation": 2},
+        "spec": {"timeout": "1m", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}},
+        "status": {"conditions": conds, "upgradeFailures": 1, "lastAttemptedReleaseAction": "upgrade",
+                   "history": [{"name": "web", "namespace": "apps", "version": 3, "status": "failed"}]}}))
+    .unwrap()
+}
+
+fn ks(name: &str, conds: Vec<serde_json::Value>, deps: &[&str]) -> flux::FluxObject {
+    let deps: Vec<_> = deps.iter().map(|d| json!({"name": d})).collect();
+    flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": name, "namespace": "apps"},
+        "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo"}, "dependsOn": deps},
+        "status": {"conditions": conds}}))
+    .unwrap()
+}
+
+fn git(conds: Vec<serde_json::Value>) -> flux::FluxObject {
+    flux::from_value(&json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "repo", "namespace": "apps"},
+        "spec": {"url": "http://127.0.0.1/repo.git", "secretRef": {"name": "creds"}},
+        "status": {"conditions": conds, "artifact": {"revision": "main@sha1:aaa"}}}))
+    .unwrap()
+}
+
+fn ready() -> serde_json::Value {
+    cond("Ready", "True", "Succeeded", "ok")
+}
+
+fn scenario(case: Case) -> Scenario {
+    let inc = IncidentView { detected_at: NOW - 10, ..Default::default() };
+    match case {
+        Case::FailedRelease => {
+            let o = hr(vec![
+                cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded"),
+                cond("Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)"),
+            ]);
+            let mut snap = Snapshot::new([o.clone()], NOW);
+            snap.add_release(stored(2, "superseded", 0));
+            snap.add_release(stored(3, "failed", 0));
+            Scenario { snap, target: o.key, inc }
+        }
+        Case::InvalidManifests => {
+            let o = ks("app", vec![cond("Ready", "False", "BuildFailed", "kustomize build failed: yaml: line 2: bad")], &[]);
+            Scenario { snap: Snapshot::new([o.clone(), git(vec![ready()])], NOW), target: o.key, inc }
+        }
+        Case::GitAuth => {
+            let o = git(vec![cond("Ready", "False", "GitOperationFailed", "failed to checkout and determine revision: unable to clone 'x': authentication required")]);
+            let mut snap = Snapshot::new([o.clone()], NOW);
+            snap.secrets_observed = true;
+            snap.secrets.insert(("apps".into(), "creds".into()), SecretInfo { keys: Default::default(), resource_version: Some("2".into()) });
+            Scenario { snap, target: o.key, inc: IncidentView { observed_secret_version: Some("1".into()), ..inc } }
+        }
+        Case::GitUnreachable => {
+            let o = git(vec![cond("Ready", "False", "GitOperationFailed", "failed to checkout and determine revision: unable to clone 'x': dial tcp 127.0.0.1:1: connect: connection refused")]);
+            Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key, inc }
+        }
+        Case::DependencyCascade => {
+            // dependency healthy again, dependent still says not ready
+            let o = ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]);
+            Scenario { snap: Snapshot::new([o.clone(), ks("infra", vec![ready()], &[]), git(vec![ready()])], NOW), target: o.key, inc }
+        }
+        Case::StaleLock => {
+            let o = hr(vec![cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: another operation (install/upgrade/rollback) is in progress")]);
+            let mut snap = Snapshot::new([o.clone()], NOW);
+            snap.add_release(stored(2, "deployed", 0));
+            snap.add_release(stored(3, "pending-upgrade", NOW - 3600));
+            Scenario { snap, target: o.key, inc }
+        }
+        Case::Other => {
+            let o = ks("app", vec![cond("Ready", "False", "PruneFailed", "delete failed")], &[]);
+            Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key, inc }
+        }
+    }
+}
+
+fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
+    let report = diagnose::diagnose(&s.snap);
+    let d = report.get(&s.target).cloned().expect("scenario target is failing");
+    let ctx = PlanContext { snapshot: &s.snap, failing_targets: report.diagnoses.len(), circuit_breaker: 20, shared_root: false };
+    let dec = plan(&d, &s.snap.objects[&s.target], p, &s.inc, &ctx);
+    (d, dec)
+}
+
+#[test]
+fn every_case_under_every_mode() {
+    let all_actions = [ActionKind::Reconcile, ActionKind::Retry, ActionKind::Rollback, ActionKind::Unlock];
+    for case in Case::ALL {
+        let s = scenario(case);
+        let (d, _) = decide(&s, None);
+        assert_eq!(d.case, case, "scenario for {case} diagnoses as {}", d.case);
+
+        let (_, none) = decide(&s, None);
+        assert_eq!(none.blocked, Some(Blocked::NoPolicy), "{case}: no policy = record only");
+        assert!(none.act().is_none());
+
+        let auto = decide(&s, Some(&all_cases(Mode::Auto, &all_actions))).1;
+        if case == Case::Other {
+            assert_eq!(auto.blocked, Some(Blocked::NoRunbook));
+            continue;
+        }
+        assert!(auto.act().is_some(), "{case}: Auto acts, got {:?}", auto.blocked);
+        let planned = auto.planned.clone().unwrap();
+
+        let observe = decide(&s, Some(&all_cases(Mode::Observe, &all_actions))).1;
+        assert_eq!(observe.planned.as_ref(), Some(&planned), "{case}: Observe still plans");
+        assert_eq!(observe.blocked, Some(Blocked::Observe));
+
+        let off = decide(&s, Some(&all_cases(Mode::Off, &all_actions))).1;
+        assert_eq!(off.mode, Mode::Off);
+        assert!(off.act().is_none());
+
+        let approval = decide(&s, Some(&all_cases(Mode::RequireApproval, &all_actions))).1;
+        assert_eq!(approval.blocked, Some(Blocked::AwaitingApproval), "{case}");
+        let mut approved = scenario(case);
+        approved.inc.approved = true;
+        let ok = decide(&approved, Some(&all_cases(Mode::RequireApproval, &all_actions))).1;
+        assert_eq!(ok.act(), Some(&planned), "{case}: approval releases the plan");
+
+        // A case without a rule is Observe.
+        let unruled = decide(&s, Some(&policy_with(vec![]))).1;
+        assert_eq!(unruled.mode, Mode::Observe);
+        assert!(unruled.act().is_none());
+    }
+}
+
+#[test]
+fn runbook_actions_per_case() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile, ActionKind::Retry, ActionKind::Rollback, ActionKind::Unlock]);
+    let act = |c| decide(&scenario(c), Some(&p)).1.planned.unwrap();
+    assert_eq!(act(Case::FailedRelease), Action::RetryRelease { with_source: None });
+    assert_eq!(act(Case::InvalidManifests), Action::ReconcileSource { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
+    assert_eq!(act(Case::GitAuth), Action::ReconcileSourceAndConsumers { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
+    assert_eq!(act(Case::GitUnreachable), Action::ReconcileSource { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
+    assert_eq!(act(Case::DependencyCascade), Action::Reconcile);
+    assert_eq!(
+        act(Case::StaleLock),
+        Action::UnlockRelease { namespace: "apps".into(), secret: "sh.helm.release.v1.web.v3".into(), version: 3, delete: false }
+    );
+}
+
+#[test]
+fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let mut s = scenario(Case::FailedRelease);
+    s.inc.attempts = 3; // max attempts used by retries
+    s.inc.last_action_at = Some(NOW - 3600);
+    let dec = decide(&s, Some(&p)).1;
+    assert_eq!(dec.act(), Some(&Action::Rollback { to_version: 2 }));
+
+    // Without Rollback allowed: max attempts.
+    let p2 = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    assert_eq!(decide(&s, Some(&p2)).1.blocked, Some(Blocked::MaxAttempts));
+
+    // After the rollback: suspended, awaiting a fix; a spec change resumes.
+    s.inc.rolled_back = true;
+    s.inc.phase = Phase::AwaitingFix;
+    s.inc.observed_generation = Some(2);
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::AwaitingFix(_))));
+    s.inc.observed_generation = Some(1);
+    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Resume));
+}
+
+#[test]
+fn failed_release_is_left_to_flux_while_it_retries_or_after_it_rolled_back() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let o = hr(vec![cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded")]);
+    let mut v = serde_json::to_value(&o).unwrap();
+    v["helm"]["upgradeRetries"] = json!(3);
+    let o: flux::FluxObject = serde_json::from_value(v).unwrap();
+    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::FluxRemediating(_))));
+
+    let o = hr(vec![cond("Ready", "False", "RollbackSucceeded", "Helm rollback to previous release apps/web.v2 with chart web@1 succeeded")]);
+    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::RetryCannotHelp(_))));
+}
+
+#[test]
+fn non_retryable_release_is_not_retried() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    let o = hr(vec![
+        cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: values don't meet the specifications of the schema(s)"),
+        cond("Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)"),
+    ]);
+    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::RetryCannotHelp(_))));
+}
+
+#[test]
+fn cooldown_and_max_attempts() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    let mut s = scenario(Case::FailedRelease);
+    s.inc.last_action_at = Some(NOW - 30);
+    assert_eq!(decide(&s, Some(&p)).1.blocked, Some(Blocked::Cooldown { remaining: std::time::Duration::from_secs(90) }));
+    s.inc.last_action_at = Some(NOW - 120);
+    assert!(decide(&s, Some(&p)).1.act().is_some());
+    s.inc.attempts = 3;
+    assert_eq!(decide(&s, Some(&p)).1.blocked, Some(Blocked::MaxAttempts));
+}
+
+#[test]
+fn polling_backs_off() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut s = scenario(Case::InvalidManifests);
+    s.inc.last_action_at = Some(NOW - 15);
+    s.inc.polls = 0; // 10s
+    assert!(decide(&s, Some(&p)).1.act().is_some());
+    s.inc.polls = 1; // 20s
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::Cooldown { .. })));
+    s.inc.polls = 30; // capped at 2m
+    s.inc.last_action_at = Some(NOW - 121);
+    assert!(decide(&s, Some(&p)).1.act().is_some());
+    // A new source revision: reconcile the Kustomization at once.
+    s.inc.observed_revision = Some("main@sha1:old".into());
+    s.inc.last_action_at = Some(NOW - 5);
+    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Reconcile));
+}
+
+#[test]
+fn circuit_breaker_limits_action_to_shared_roots() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    let s = scenario(Case::FailedRelease);
+    let report = diagnose::diagnose(&s.snap);
+    let d = report.get(&s.target).unwrap();
+    let ctx = |shared| PlanContext { snapshot: &s.snap, failing_targets: 50, circuit_breaker: 20, shared_root: shared };
+    let blocked = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(false));
+    assert_eq!(blocked.blocked, Some(Blocked::CircuitBreakerOpen { failing: 50, threshold: 20 }));
+    let ok = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(true));
+    assert!(ok.act().is_some());
+}
+
+#[test]
+fn dependents_wait_for_their_root() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let snap = Snapshot::new(
+        [
+            ks("infra", vec![cond("Ready", "False", "BuildFailed", "kustomize build failed: x")], &[]),
+            ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]),
+            git(vec![ready()]),
+        ],
+        NOW,
+    );
+    let s = Scenario { snap, target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"), inc: IncidentView::default() };
+    let dec = decide(&s, Some(&p)).1;
+    assert_eq!(dec.blocked, Some(Blocked::BlockedByRoot(ObjectKey::new(flux::FluxKind::Kustomization, "apps", "infra"))));
+}
+
+#[test]
+fn stale_lock_respects_threshold_and_running_actions() {
+    let mut p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
+    let s = scenario(Case::StaleLock);
+    p.stale_threshold = Some(std::time::Duration::from_secs(7200));
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::NotStale(_))));
+    // delete instead of unlock when the policy says so
+    let del = policy_with(vec![CaseRule { case: Case::StaleLock, mode: Mode::Auto, actions: vec![ActionKind::DeletePendingRelease] }]);
+    assert!(matches!(decide(&s, Some(&del)).1.act(), Some(Action::UnlockRelease { delete: true, .. })));
+}
+
+#[test]
+fn escalation_after_the_policy_duration() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut s = scenario(Case::GitAuth);
+    s.inc.detected_at = NOW - 29 * 60;
+    assert!(!decide(&s, Some(&p)).1.escalate);
+    s.inc.detected_at = NOW - 31 * 60;
+    assert!(decide(&s, Some(&p)).1.escalate);
+}
+
+// ---------- matching ----------
+
+fn named(ns: &str, name: &str, priority: i32, targets: TargetSelector) -> Policy {
+    let mut p = policy_with(vec![]);
+    p.spec.priority = priority;
+    p.spec.targets = targets.clone();
+    Policy::new(ns, name, p.spec).unwrap()
+}
+
+#[test]
+fn selection_is_deterministic_and_tenant_scoped() {
+    let target = ks("app", vec![], &[]);
+    let mut labelled = target.clone();
+    labelled.labels.insert("tier".into(), "web".into());
+    let sel = TargetSelector {
+        selector: Some(serde_json::from_value(json!({"matchLabels": {"tier": "web"}})).unwrap()),
+        ..Default::default()
+    };
+    let ps = vec![
+        named("apps", "b", 0, TargetSelector::default()),
+        named("apps", "a", 0, TargetSelector::default()),
+        named("flux-system", "global", 0, TargetSelector { namespaces: vec!["*".into()], ..Default::default() }),
+        named("other", "tenant", 100, TargetSelector { namespaces: vec!["*".into()], ..Default::default() }),
+        named("apps", "labelled", 5, sel),
+    ];
+    let (w, losers) = select(&ps, &target, "flux-system");
+    assert_eq!(w.unwrap().id(), "apps/a", "same priority: own namespace, then name");
+    assert_eq!(losers.iter().map(|p| p.id()).collect::<Vec<_>>(), vec!["apps/b", "flux-system/global"]);
+    assert!(!ps[3].covers(&target, "flux-system"), "a tenant policy never reaches another namespace");
+    assert_eq!(select(&ps, &labelled, "flux-system").0.unwrap().id(), "apps/labelled");
+    let kinds = TargetSelector { kinds: vec![crate::api::TargetKind::HelmRelease], ..Default::default() };
+    assert!(!named("apps", "k", 0, kinds).covers(&target, "flux-system"));
+}
+
+#[test]
+fn circuit_breaker_threshold_comes_from_the_operator_namespace() {
+    let mut a = named("flux-system", "a", 0, TargetSelector::default());
+    a.spec.circuit_breaker = Some(CircuitBreaker { max_failing_targets: 7 });
+    let mut t = named("apps", "t", 0, TargetSelector::default());
+    t.spec.circuit_breaker = Some(CircuitBreaker { max_failing_targets: 1 });
+    assert_eq!(circuit_breaker_threshold(&[a, t.clone()], "flux-system", 20), 7);
+    assert_eq!(circuit_breaker_threshold(&[t], "flux-system", 20), 20);
+}
+
+#[test]
+fn invalid_specs_are_explained() {
+    let mut p = policy_with(vec![]);
+    p.spec.limits.cooldown = "soon".into();
+    assert_eq!(
+        Policy::new("a", "b", p.spec.clone()).unwrap_err().to_string(),
+        "spec.limits.cooldown `soon` is not a duration"
+    );
+    let dup = vec![
+        CaseRule { case: Case::GitAuth, mode: Mode::Auto, actions: vec![] },
+        CaseRule { case: Case::GitAuth, mode: Mode::Observe, actions: vec![] },
+    ];
+    assert_eq!(Policy::new("a", "b", policy_with(vec![]).spec.clone().tap(|s| s.rules = dup)).unwrap_err(), PolicyError::DuplicateCase(Case::GitAuth));
+}
+
+trait Tap: Sized {
+    fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+impl<T> Tap for T {}
