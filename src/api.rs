@@ -70,10 +70,12 @@ pub struct TargetSelector {
     pub selector: Option<LabelSelector>,
     /// Object names covered; empty = all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub names: Vec<String>,
     /// Other namespaces covered, or `*` for all. Honoured only for policies in the
     /// operator's namespace; elsewhere it is reported in the policy's status and ignored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub namespaces: Vec<String>,
 }
 
@@ -94,6 +96,7 @@ pub struct CaseRule {
     pub mode: Mode,
     /// Allowed actions. Empty = the case's safe defaults (Reconcile; Retry for failed-release; Unlock for stale-lock).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 5))]
     pub actions: Vec<ActionKind>,
 }
 
@@ -107,13 +110,16 @@ pub struct Limits {
     /// Minimum time between two actions on the same target.
     #[serde(default = "default_cooldown")]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    #[schemars(length(max = 32))]
     pub cooldown: String,
     /// Polling interval for a source while a fix is awaited (doubles up to `maxPollInterval`).
     #[serde(default = "default_poll")]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    #[schemars(length(max = 32))]
     pub poll_interval: String,
     #[serde(default = "default_max_poll")]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    #[schemars(length(max = 32))]
     pub max_poll_interval: String,
 }
 
@@ -147,6 +153,7 @@ pub struct StaleLockSettings {
     /// A pending release older than this is stale. Default: the HelmRelease's action timeout plus 1m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    #[schemars(length(max = 32))]
     pub threshold: Option<String>,
 }
 
@@ -156,6 +163,7 @@ pub struct Escalation {
     /// An incident still open after this is Escalated (phase, Event, metric).
     #[serde(default = "default_escalate")]
     #[x_kube(validation = kube::core::Rule::new(DURATION_RULE).message(DURATION_MSG))]
+    #[schemars(length(max = 32))]
     pub after: String,
 }
 
@@ -206,6 +214,7 @@ pub struct RemediationPolicySpec {
     pub priority: i32,
     /// One rule per case; a case without a rule is recorded only (Observe).
     #[serde(default)]
+    #[schemars(length(max = 7))]
     pub rules: Vec<CaseRule>,
     #[serde(default)]
     pub limits: Limits,
@@ -314,6 +323,9 @@ pub struct RemediationSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub action: String,
+    /// The planned action, machine-readable, so a step interrupted by a crash can be re-run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// Planned, Running, Succeeded, Failed.
     pub outcome: String,
     /// The reconcile token written (for annotation actions).
@@ -382,4 +394,14 @@ pub struct RemediationStatus {
     pub polls: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// Both CRDs as YAML documents, in a stable order: what `fluxmedic crds` prints and
+/// what `crds/` holds.
+pub fn crd_documents() -> Vec<(&'static str, String)> {
+    use kube::CustomResourceExt;
+    vec![
+        ("remediationpolicies.fluxmedic.io.yaml", serde_yaml_ng::to_string(&RemediationPolicy::crd()).expect("CRD serialises")),
+        ("remediations.fluxmedic.io.yaml", serde_yaml_ng::to_string(&Remediation::crd()).expect("CRD serialises")),
+    ]
 }

@@ -3,11 +3,17 @@
 //! The pipeline is visible in the modules: [`flux`] (typed views) and [`helm`]
 //! (release storage) are read by [`diagnose`] (pure), whose output [`policy`]
 //! plans (pure); [`remedy`] acts and [`controller`] drives it all, recorded
-//! through [`telemetry`].
+//! through [`telemetry`]. [`api`] holds fluxmedic's own CRDs.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
+pub mod controller;
 pub mod diagnose;
+pub mod error;
 pub mod flux;
 pub mod helm;
+pub mod input;
 pub mod policy;
+pub mod remedy;
+pub mod telemetry;

@@ -1,1 +1,178 @@
-fn main() {}
+//! The `fluxmedic` binary: thin, everything lives in the library.
+
+use std::{io::Read, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fluxmedic::{api, cli, controller, input, policy};
+
+#[derive(Parser)]
+#[command(name = "fluxmedic", version, about = "Diagnose and safely remediate FluxCD failures")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (uses the kubeconfig or the in-cluster service account).
+    Run {
+        /// The operator's namespace (policies here may cover other namespaces).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
+        namespace: String,
+        /// Only act in these namespaces (comma-separated; default all).
+        #[arg(long, value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Circuit breaker threshold when no policy in the operator's namespace sets one.
+        #[arg(long, default_value_t = 20)]
+        circuit_breaker: u32,
+        /// Closed Remediations kept per target.
+        #[arg(long, default_value_t = 5)]
+        history_limit: usize,
+        /// Seconds between periodic re-evaluations.
+        #[arg(long, default_value_t = 5)]
+        tick_seconds: u64,
+        /// The helm binary used for rollbacks (Helm 4, as helm-controller v1.5+ uses).
+        #[arg(long, env = "FLUXMEDIC_HELM", default_value = "helm")]
+        helm: PathBuf,
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
+    Diagnose {
+        /// A List or multi-document YAML/JSON (`-` for stdin). Without it: the live cluster.
+        #[arg(short = 'f', long = "file")]
+        file: Option<String>,
+        /// A RemediationPolicy YAML to judge by (default: the built-in default policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// Print the CustomResourceDefinitions.
+    Crds,
+}
+
+fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
+    let (ns, name, mut spec) = match path {
+        None => ("fluxmedic".to_string(), "built-in-default".to_string(), policy::default_policy_spec()),
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let rp: api::RemediationPolicy = serde_yaml_ng::from_str(&text)
+                .map_err(|e| format!("{}: not a RemediationPolicy: {e}", p.display()))?;
+            let ns = rp.metadata.namespace.clone().unwrap_or_else(|| "fluxmedic".into());
+            (ns, rp.metadata.name.clone().unwrap_or_default(), rp.spec)
+        }
+    };
+    // Judged as if it sat in the operator's namespace covering every namespace it names (all if none).
+    if spec.targets.namespaces.is_empty() {
+        spec.targets.namespaces = vec!["*".into()];
+    }
+    policy::Policy::new(&ns, &name, spec).map_err(|e| format!("invalid policy: {e}"))
+}
+
+async fn diagnose(file: Option<String>, policy: Option<PathBuf>, output: Output) -> Result<(), (u8, String)> {
+    let now = jiff::Timestamp::now().as_second();
+    let pol = load_policy(policy).map_err(|e| (2, e))?;
+    let (snap, warnings) = match file {
+        Some(f) => {
+            let mut text = String::new();
+            if f == "-" {
+                std::io::stdin().read_to_string(&mut text).map_err(|e| (2, format!("stdin: {e}")))?;
+            } else {
+                text = std::fs::read_to_string(&f).map_err(|e| (2, format!("{f}: {e}")))?;
+            }
+            let name = if f == "-" { "stdin".to_string() } else { f.clone() };
+            let (snap, summary) = input::parse_dump(&text, now).map_err(|e| (2, format!("{name}: {e}")))?;
+            (snap, summary.warnings)
+        }
+        None => {
+            let client = kube::Client::try_default().await.map_err(|e| (1, format!("cannot reach the cluster: {e}")))?;
+            cli::live_snapshot(client, now).await.map_err(|e| (1, e.to_string()))?
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let ns = pol.namespace.clone();
+    let (report, rows) = cli::evaluate(&snap, &[pol], &ns, 20);
+    let text = match output {
+        Output::Table => cli::render_table(&report, &rows, snap.objects.len()),
+        Output::Json => serde_json::to_string_pretty(&rows).expect("rows serialise") + "\n",
+    };
+    write_stdout(&text)
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+fn write_stdout(text: &str) -> Result<(), (u8, String)> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err((1, format!("stdout: {e}"))),
+        _ => Ok(()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match cli.command {
+        Command::Crds => {
+            let all: String = api::crd_documents().into_iter().map(|(_, doc)| format!("---\n{doc}")).collect();
+            match write_stdout(&all) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((code, _)) => ExitCode::from(code),
+            }
+        }
+        Command::Diagnose { file, policy, output } => match rt.block_on(diagnose(file, policy, output)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, msg)) => {
+                eprintln!("error: {msg}");
+                ExitCode::from(code)
+            }
+        },
+        Command::Run {
+            namespace,
+            watch_namespaces,
+            metrics_addr,
+            concurrency,
+            circuit_breaker,
+            history_limit,
+            tick_seconds,
+            helm,
+            log_json,
+        } => {
+            fluxmedic::telemetry::init_logging(log_json);
+            let opts = controller::Options {
+                namespace,
+                watch_namespaces,
+                metrics_addr,
+                concurrency: concurrency.max(1),
+                circuit_breaker,
+                history_limit,
+                debounce: Duration::from_millis(100),
+                tick: Duration::from_secs(tick_seconds.max(1)),
+                helm_bin: helm,
+            };
+            let res = rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                controller::run(client, opts).await
+            });
+            match res {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}

@@ -218,7 +218,7 @@ pub struct FluxObject {
     pub generation: Option<i64>,
     pub observed_generation: Option<i64>,
     pub labels: BTreeMap<String, String>,
-    /// The reconcile.fluxcd.io/* annotations currently set.
+    /// The reconcile.fluxcd.io/* and fluxmedic.io/* annotations currently set.
     pub reconcile_annotations: BTreeMap<String, String>,
     pub suspended: bool,
     pub conditions: Vec<Condition>,

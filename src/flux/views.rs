@@ -272,7 +272,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
     let meta: Meta = field(value, "metadata")?;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
     let reconcile_annotations =
-        meta.annotations.into_iter().filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/")).collect();
+        meta.annotations.into_iter().filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/") || k.starts_with("fluxmedic.io/")).collect();
     let mut out = FluxObject {
         key: ObjectKey::new(kind, namespace.clone(), meta.name.clone()),
         uid: meta.uid,

@@ -7,7 +7,7 @@ use std::{cmp::Ordering, time::Duration};
 
 use kube::core::{Selector, SelectorExt};
 
-pub use plan::{Action, Blocked, Decision, IncidentView, PlanContext, plan};
+pub use plan::{Action, Blocked, Decision, IncidentView, PlanContext, plan, source_revision};
 
 use crate::{
     api::{ActionKind, CaseRule, Mode, RemediationPolicySpec, TargetKind},
@@ -165,3 +165,23 @@ pub fn circuit_breaker_threshold(policies: &[Policy], operator_ns: &str, default
 
 #[cfg(test)]
 mod tests;
+
+/// The built-in default policy (used by `fluxmedic diagnose` when no `--policy` is given,
+/// and shipped as the chart's optional default policy): every runbook case Auto with its
+/// safe default actions, `other` recorded only.
+pub fn default_policy_spec() -> RemediationPolicySpec {
+    use crate::api::{CaseRule, Limits, StaleLockSettings, TargetSelector};
+    RemediationPolicySpec {
+        targets: TargetSelector { namespaces: vec!["*".into()], ..Default::default() },
+        priority: -100,
+        rules: Case::ALL
+            .iter()
+            .filter(|c| **c != Case::Other)
+            .map(|c| CaseRule { case: *c, mode: Mode::Auto, actions: vec![] })
+            .collect(),
+        limits: Limits::default(),
+        stale_lock: StaleLockSettings::default(),
+        escalation: Default::default(),
+        circuit_breaker: None,
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::{fmt, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Policy;
 use crate::{
@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// What fluxmedic does to a target.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// requestedAt on the target.
     Reconcile,

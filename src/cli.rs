@@ -1,0 +1,189 @@
+//! `fluxmedic diagnose`: the pure pipeline (diagnose -> plan) over a snapshot, rendered
+//! as a table or JSON.
+
+use serde::Serialize;
+
+use crate::{
+    diagnose::{self, Case, Evidence, NativeState, Report, Snapshot},
+    policy::{self, IncidentView, PlanContext, Policy},
+};
+
+/// One line of the report: what is wrong and what fluxmedic would do.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub case: Case,
+    pub root: String,
+    pub retryable: bool,
+    pub native: NativeState,
+    pub summary: String,
+    /// The action fluxmedic would take now, if any.
+    pub action: Option<String>,
+    /// Why it would not act now.
+    pub blocked: Option<String>,
+    pub policy: Option<String>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Diagnose and plan every failing object. `policies` as the operator would see them.
+pub fn evaluate(snap: &Snapshot, policies: &[Policy], operator_ns: &str, breaker_default: u32) -> (Report, Vec<Row>) {
+    let report = diagnose::diagnose(snap);
+    let threshold = policy::circuit_breaker_threshold(policies, operator_ns, breaker_default);
+    let rows = report
+        .diagnoses
+        .iter()
+        .map(|d| {
+            let obj = &snap.objects[&d.target];
+            let (p, _) = policy::select(policies, obj, operator_ns);
+            let ctx = PlanContext {
+                snapshot: snap,
+                failing_targets: report.diagnoses.len(),
+                circuit_breaker: threshold,
+                shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
+            };
+            let inc = IncidentView { detected_at: snap.now, ..Default::default() };
+            let dec = policy::plan(d, obj, p, &inc, &ctx);
+            let action = match (&dec.planned, &dec.blocked) {
+                (Some(a), None) => Some(a.to_string()),
+                (Some(a), Some(_)) => Some(format!("({a})")),
+                _ => None,
+            };
+            Row {
+                kind: d.target.kind.to_string(),
+                namespace: d.target.namespace.clone(),
+                name: d.target.name.clone(),
+                case: d.case,
+                root: if d.is_root() { "-".into() } else { d.root.to_string() },
+                retryable: d.retryable,
+                native: d.native,
+                summary: d.summary.clone(),
+                action,
+                blocked: dec.blocked.map(|b| b.to_string()),
+                policy: p.map(Policy::id),
+                evidence: d.evidence.clone(),
+            }
+        })
+        .collect();
+    (report, rows)
+}
+
+/// A table readable in a terminal.
+pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> String {
+    let mut out = String::new();
+    if rows.is_empty() {
+        out.push_str(&format!("All {total_objects} Flux objects are healthy.\n"));
+        return out;
+    }
+    let header = ["KIND", "NAMESPACE/NAME", "CASE", "ROOT CAUSE", "RETRY", "FLUXMEDIC WOULD"];
+    let lines: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            let would = match (&r.action, &r.blocked) {
+                (Some(a), None) => a.clone(),
+                (_, Some(b)) => format!("wait: {b}"),
+                (None, None) => "-".into(),
+            };
+            [
+                r.kind.clone(),
+                format!("{}/{}", r.namespace, r.name),
+                r.case.to_string(),
+                r.root.clone(),
+                if r.retryable { "yes".into() } else { "no".into() },
+                would,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for l in &lines {
+        for (i, c) in l.iter().enumerate().take(5) {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let fmt_line = |cells: [&str; 6]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i < 5 {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            } else {
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    out.push_str(&fmt_line(header));
+    for l in &lines {
+        out.push_str(&fmt_line([&l[0], &l[1], &l[2], &l[3], &l[4], &l[5]]));
+    }
+    out.push_str(&format!("\n{} of {} Flux objects failing.", rows.len(), total_objects));
+    if !report.shared_roots.is_empty() {
+        out.push_str(" Shared roots:");
+        for (k, n) in &report.shared_roots {
+            out.push_str(&format!(" {k} ({n} blocked)"));
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Read the live cluster into a snapshot (what `diagnose` does without `--file`).
+pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Snapshot, Vec<String>)> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::{
+        Api, ResourceExt,
+        api::{DynamicObject, ListParams},
+    };
+    let mut snap = Snapshot { now, secrets_observed: true, ..Default::default() };
+    let mut warnings = vec![];
+    for kind in crate::controller::index::WATCHED_KINDS {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &crate::remedy::api_resource(kind));
+        let list = match api.list(&ListParams::default()).await {
+            Ok(l) => l,
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                warnings.push(format!("{kind}: CRD not installed"));
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", kind.plural())),
+        };
+        for o in list.items {
+            let mut v = serde_json::to_value(&o)?;
+            v["apiVersion"] = format!("{}/{}", kind.group(), kind.version()).into();
+            v["kind"] = kind.as_str().into();
+            match crate::flux::from_value(&v) {
+                Ok(obj) => {
+                    snap.objects.insert(obj.key.clone(), obj);
+                }
+                Err(e) => warnings.push(format!("{kind} {}/{}: {e}", o.namespace().unwrap_or_default(), o.name_any())),
+            }
+        }
+    }
+    let secrets: Api<Secret> = Api::all(client.clone());
+    for m in secrets.list_metadata(&ListParams::default()).await?.items {
+        let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
+        if let Some(r) = crate::helm::StoredRelease::from_metadata(&name, &ns, m.labels()) {
+            snap.add_release(r);
+        } else {
+            snap.secrets.insert((ns, name), diagnose::SecretInfo { keys: Default::default(), resource_version: m.resource_version() });
+        }
+    }
+    // Key names of Secrets referenced by failing Git sources.
+    let actuator = crate::remedy::Actuator { client, helm_bin: "helm".into() };
+    let wanted: Vec<(String, String)> = snap
+        .objects
+        .values()
+        .filter(|o| o.is_failing())
+        .filter_map(|o| o.secret_ref.as_ref().map(|s| (o.key.namespace.clone(), s.clone())))
+        .collect();
+    for (ns, name) in wanted {
+        match actuator.secret_info(&ns, &name).await? {
+            Some(info) => {
+                snap.secrets.insert((ns, name), info);
+            }
+            None => {
+                snap.secrets.remove(&(ns, name));
+            }
+        }
+    }
+    Ok((snap, warnings))
+}

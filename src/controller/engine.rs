@@ -1,0 +1,699 @@
+//! The evaluation pass: snapshot -> diagnose -> plan -> act -> record, and the
+//! per-incident state machine persisted in each Remediation's status.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
+    runtime::events::{Event, EventType},
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Context;
+use crate::{
+    api::{
+        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, Mode, OPEN_LABEL, Phase, Remediation, RemediationPolicy,
+        RemediationPolicyStatus, RemediationSpec, RemediationStatus, SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL,
+        TargetRef,
+    },
+    diagnose::{self, Diagnosis, Report, Snapshot},
+    error::{Error, Result},
+    flux::{FluxKind, FluxObject, ObjectKey},
+    policy::{self, Action, Blocked, Decision, IncidentView, PlanContext, Policy, source_revision},
+    remedy::{UnlockOutcome, fresh_token},
+    telemetry::{CaseLabels, CategoryLabels, ReasonLabels},
+};
+
+/// FNV-1a: a stable hash for Remediation names and labels (stable across restarts and builds).
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn now_s() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn rfc3339(t: i64) -> String {
+    jiff::Timestamp::from_second(t).map(|t| t.to_string()).unwrap_or_default()
+}
+
+fn parse_ts(s: &Option<String>) -> Option<i64> {
+    s.as_deref().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second())
+}
+
+pub fn target_label(key: &ObjectKey) -> String {
+    format!("{:016x}", stable_hash(&key.to_string()))
+}
+
+/// Deterministic name of the incident that started at `since` on `key`.
+pub fn remediation_name(key: &ObjectKey, since: i64) -> String {
+    let mut base: String = key.name.chars().take(40).collect();
+    base = base.trim_end_matches(['-', '.']).to_string();
+    format!("{}-{}-{:08x}", key.kind.abbrev(), base, stable_hash(&format!("{key}@{since}")) as u32)
+}
+
+fn object_ref(obj: &FluxObject) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", obj.key.kind.group(), obj.key.kind.version())),
+        kind: Some(obj.key.kind.as_str().into()),
+        name: Some(obj.key.name.clone()),
+        namespace: Some(obj.key.namespace.clone()),
+        uid: obj.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// Views the incident through what its Remediation recorded.
+fn incident_view(rem: &Remediation) -> IncidentView {
+    let s = rem.status.clone().unwrap_or_default();
+    let approved = rem.spec.approved
+        || rem.annotations().get(APPROVE_ANNOTATION).is_some_and(|v| v == "true");
+    IncidentView {
+        phase: s.phase,
+        attempts: s.attempts,
+        polls: s.polls,
+        approved,
+        detected_at: parse_ts(&s.detected_at).unwrap_or_else(now_s),
+        last_action_at: parse_ts(&s.last_action_at),
+        rolled_back: s.steps.iter().any(|st| st.action == "rollback" && st.outcome == "Succeeded")
+            && !s.steps.iter().any(|st| st.action == "resume" && st.outcome == "Succeeded"),
+        observed_generation: s.observed_generation,
+        observed_revision: s.observed_revision.clone(),
+        observed_secret_version: s.observed_secret_version.clone(),
+    }
+}
+
+fn source_secret_version(snap: &Snapshot, obj: &FluxObject) -> Option<String> {
+    let secret = obj.secret_ref.as_ref()?;
+    snap.secrets.get(&(obj.key.namespace.clone(), secret.clone())).and_then(|s| s.resource_version.clone())
+}
+
+/// Kustomizations, HelmReleases and HelmCharts that consume `source` (directly or via a HelmChart).
+pub fn consumers(snap: &Snapshot, source: &ObjectKey) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = vec![];
+    let charts: Vec<ObjectKey> = snap
+        .objects
+        .values()
+        .filter(|o| o.key.kind == FluxKind::HelmChart && o.source_ref.as_ref() == Some(source))
+        .map(|o| o.key.clone())
+        .collect();
+    for o in snap.objects.values() {
+        if o.key.kind.is_source() && o.key.kind != FluxKind::HelmChart {
+            continue;
+        }
+        if let Some(s) = &o.source_ref
+            && (s == source || charts.contains(s))
+        {
+            out.push(o.key.clone());
+        }
+    }
+    out.sort_by_key(|k| (k.kind != FluxKind::HelmChart, k.clone()));
+    out
+}
+
+enum Work {
+    Incident { d: Diagnosis, policy: Option<Policy>, existing: Option<Arc<Remediation>> },
+    Close { rem: Arc<Remediation>, reason: &'static str },
+    Orphan { key: ObjectKey },
+}
+
+impl Work {
+    fn key(&self) -> Option<ObjectKey> {
+        match self {
+            Work::Incident { d, .. } => Some(d.target.clone()),
+            Work::Close { rem, .. } => rem.spec.target.to_key(),
+            Work::Orphan { key } => Some(key.clone()),
+        }
+    }
+}
+
+/// One evaluation pass over the whole index.
+pub async fn pass(ctx: &Arc<Context>) {
+    let started = Instant::now();
+    let now = now_s();
+    let (snap, raw_policies, remediations) = {
+        let idx = ctx.index.read().await;
+        (idx.snapshot(now), idx.policies.values().cloned().collect::<Vec<_>>(), idx.remediations.clone())
+    };
+    let policies = validate_policies(ctx, &raw_policies).await;
+    let snap = enrich_secrets(ctx, snap).await;
+    let report = diagnose::diagnose(&snap);
+    let threshold = policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
+    ctx.metrics.failing_targets.set(report.diagnoses.len() as i64);
+    ctx.metrics.circuit_breaker_open.set((report.diagnoses.len() > threshold as usize) as i64);
+
+    let mut open: HashMap<ObjectKey, Arc<Remediation>> = HashMap::new();
+    for r in remediations.values() {
+        if r.status.as_ref().map(|s| s.phase).unwrap_or_default().is_open()
+            && let Some(k) = r.spec.target.to_key()
+        {
+            open.insert(k, r.clone());
+        }
+    }
+    ctx.metrics.open_incidents.set(open.len() as i64);
+
+    let mut work = vec![];
+    for d in &report.diagnoses {
+        let obj = &snap.objects[&d.target];
+        if !ctx.in_scope(&d.target.namespace) {
+            continue;
+        }
+        let p = policy::select(&policies, obj, &ctx.opts.namespace).0.cloned();
+        if p.as_ref().is_some_and(|p| p.mode(d.case) == Mode::Off) {
+            continue;
+        }
+        let existing = open.remove(&d.target);
+        work.push(Work::Incident { d: d.clone(), policy: p, existing });
+    }
+    for (_, rem) in open {
+        work.push(Work::Close { rem, reason: "Ready" });
+    }
+    // A HelmRelease suspended by fluxmedic whose Remediation no longer holds it is resumed.
+    for o in snap.objects.values() {
+        if let Some(owner) = o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) {
+            let rem = remediations.get(&(o.key.namespace.clone(), owner.clone()));
+            let holds = rem.is_some_and(|r| {
+                let s = r.status.clone().unwrap_or_default();
+                s.phase.is_open()
+                    && (s.phase == Phase::AwaitingFix || s.steps.last().is_some_and(|st| st.outcome == "Running"))
+            });
+            if !holds && o.suspended {
+                work.push(Work::Orphan { key: o.key.clone() });
+            }
+        }
+    }
+
+    let report = Arc::new(report);
+    let snap = Arc::new(snap);
+    let ctx2 = ctx.clone();
+    futures::stream::iter(work)
+        .for_each_concurrent(ctx.opts.concurrency, |w| {
+            let (ctx, report, snap) = (ctx2.clone(), report.clone(), snap.clone());
+            async move {
+                let key = w.key();
+                if let Some(k) = &key
+                    && !ctx.backoff_ready(k, now)
+                {
+                    return;
+                }
+                let res = match w {
+                    Work::Incident { d, policy, existing } => {
+                        handle_incident(&ctx, &snap, &report, &d, policy.as_ref(), existing, threshold).await
+                    }
+                    Work::Close { rem, reason } => close(&ctx, &snap, &rem, reason).await,
+                    Work::Orphan { key } => resume_orphan(&ctx, &key).await,
+                };
+                if let Some(k) = key {
+                    match res {
+                        Ok(()) => ctx.backoff_reset(&k),
+                        Err(e) => {
+                            ctx.metrics.errors.get_or_create(&CategoryLabels { category: e.category().into() }).inc();
+                            let delay = ctx.backoff_fail(&k, now);
+                            warn!(target = %k, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+    gc_history(ctx, &remediations).await;
+    ctx.metrics.passes.inc();
+    ctx.metrics.pass_duration.observe(started.elapsed().as_secs_f64());
+}
+
+/// Validate every policy; write `Valid` into its status when it changes.
+async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -> Vec<Policy> {
+    let mut out = vec![];
+    for p in raw {
+        let ns = p.namespace().unwrap_or_default();
+        let name = p.name_any();
+        let (valid, reason, message) = match Policy::new(&ns, &name, p.spec.clone()) {
+            Ok(pol) => {
+                let cross = !pol.spec.targets.namespaces.is_empty() && ns != ctx.opts.namespace;
+                let breaker = pol.spec.circuit_breaker.is_some() && ns != ctx.opts.namespace;
+                out.push(pol);
+                if cross || breaker {
+                    (
+                        "True",
+                        "PartiallyIgnored",
+                        format!(
+                            "valid; {} honoured only in the operator's namespace {}",
+                            if cross { "spec.targets.namespaces is" } else { "spec.circuitBreaker is" },
+                            ctx.opts.namespace
+                        ),
+                    )
+                } else {
+                    ("True", "Valid", "the policy is in use".to_string())
+                }
+            }
+            Err(e) => ("False", "Invalid", e.to_string()),
+        };
+        let current = p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
+        let gen_ = p.metadata.generation;
+        if current.is_some_and(|c| c.status == valid && c.message == message && c.observed_generation == gen_) {
+            continue;
+        }
+        let status = RemediationPolicyStatus {
+            observed_generation: gen_,
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: "Valid".into(),
+                status: valid.into(),
+                reason: reason.into(),
+                message,
+                observed_generation: gen_,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            }],
+            overridden: vec![],
+        };
+        let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy", "status": status});
+        if let Err(e) = api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+            warn!(policy = %format!("{ns}/{name}"), error = %e, "cannot write policy status");
+        }
+    }
+    out
+}
+
+/// Fetch key names of Secrets referenced by failing Git sources (values are not kept).
+async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
+    let wanted: Vec<(String, String)> = snap
+        .objects
+        .values()
+        .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
+        .filter_map(|o| o.secret_ref.as_ref().map(|s| (o.key.namespace.clone(), s.clone())))
+        .filter(|k| snap.secrets.get(k).is_some_and(|s| s.keys.is_empty()))
+        .collect();
+    for (ns, name) in wanted {
+        match ctx.actuator.secret_info(&ns, &name).await {
+            Ok(Some(info)) => {
+                snap.secrets.insert((ns.clone(), name.clone()), info.clone());
+                ctx.index.write().await.secret_keys.insert((ns, name), info);
+            }
+            Ok(None) => {
+                snap.secrets.remove(&(ns, name));
+            }
+            Err(e) => warn!(secret = %format!("{ns}/{name}"), error = %e, "cannot read Secret key names"),
+        }
+    }
+    snap
+}
+
+async fn event(ctx: &Context, regarding: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
+        warn!(error = %e, reason, "cannot publish Event");
+    }
+}
+
+fn rem_ref(rem: &Remediation) -> ObjectReference {
+    rem.object_ref(&())
+}
+
+async fn write_status(ctx: &Context, rem: &Remediation, status: &RemediationStatus) -> Result<Remediation> {
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
+    let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
+    let out = api.patch_status(&rem.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    let key = (out.namespace().unwrap_or_default(), out.name_any());
+    super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), key);
+    Ok(out)
+}
+
+async fn create_remediation(
+    ctx: &Context,
+    snap: &Snapshot,
+    d: &Diagnosis,
+    obj: &FluxObject,
+    policy: Option<&Policy>,
+) -> Result<Remediation> {
+    let now = snap.now;
+    let since = obj.failing_since().map(|t| t.as_second()).unwrap_or(now);
+    let name = remediation_name(&d.target, since);
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &d.target.namespace);
+    let rem = Remediation {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(d.target.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (TARGET_LABEL.to_string(), target_label(&d.target)),
+                (OPEN_LABEL.to_string(), "true".to_string()),
+                ("fluxmedic.io/case".to_string(), d.case.to_string()),
+            ])),
+            ..Default::default()
+        },
+        spec: RemediationSpec {
+            target: TargetRef::from_key(&d.target),
+            target_name: format!("{}/{}", d.target.kind, d.target.name),
+            case: d.case,
+            approved: false,
+        },
+        status: None,
+    };
+    let created = match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &rem).await {
+        Ok(r) => r,
+        // Created before a crash, or by the previous leader: adopt it.
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
+        Err(e) => return Err(e.into()),
+    };
+    let status = RemediationStatus {
+        phase: Phase::Detected,
+        diagnosis: Some(record(d)),
+        root: (!d.is_root()).then(|| TargetRef::from_key(&d.root)),
+        policy: policy.map(Policy::id),
+        mode: Some(policy.map(|p| p.mode(d.case)).unwrap_or(Mode::Observe)),
+        detected_at: Some(rfc3339(now)),
+        observed_generation: obj.generation,
+        observed_revision: source_revision(snap, obj).or_else(|| obj.artifact_revision.clone()),
+        observed_secret_version: source_secret_version(snap, obj),
+        ..Default::default()
+    };
+    let out = write_status(ctx, &created, &status).await?;
+    ctx.metrics.incidents.get_or_create(&CaseLabels { case: d.case.to_string() }).inc();
+    ctx.metrics.time_to_detect.observe((now - since).max(0) as f64);
+    info!(target = %d.target, case = %d.case, remediation = %name, "incident detected");
+    let note = format!("{} ({}): {}", d.case, if d.retryable { "retry can help" } else { "retry cannot help" }, d.summary);
+    event(ctx, &object_ref(obj), EventType::Warning, "FailureDetected", "Diagnose", note.clone()).await;
+    event(ctx, &rem_ref(&out), EventType::Warning, "FailureDetected", "Diagnose", note).await;
+    Ok(out)
+}
+
+fn record(d: &Diagnosis) -> DiagnosisRecord {
+    DiagnosisRecord { summary: d.summary.clone(), retryable: d.retryable, native: d.native, evidence: d.evidence.clone() }
+}
+
+async fn handle_incident(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    report: &Report,
+    d: &Diagnosis,
+    policy: Option<&Policy>,
+    existing: Option<Arc<Remediation>>,
+    threshold: u32,
+) -> Result<()> {
+    let obj = &snap.objects[&d.target];
+    let rem = match existing {
+        Some(r) if r.spec.case == d.case => (*r).clone(),
+        Some(r) => {
+            // The failure changed nature: close this incident, open one for the new case.
+            close(ctx, snap, &r, "Superseded").await?;
+            create_remediation(ctx, snap, d, obj, policy).await?
+        }
+        None => create_remediation(ctx, snap, d, obj, policy).await?,
+    };
+    let mut status = rem.status.clone().unwrap_or_default();
+    // A step interrupted by a crash is finished first, with the token it recorded.
+    if let Some(step) = status.steps.last().filter(|s| s.outcome == "Running").cloned() {
+        let action: Option<Action> = step.detail.as_deref().and_then(|s| serde_json::from_str(s).ok());
+        if let Some(action) = action {
+            info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
+            return run_step(ctx, snap, obj, &rem, status, action, step.token.unwrap_or_else(fresh_token), false).await;
+        }
+    }
+    let inc = incident_view(&rem);
+    let pctx = PlanContext {
+        snapshot: snap,
+        failing_targets: report.diagnoses.len(),
+        circuit_breaker: threshold,
+        shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
+    };
+    let dec: Decision = policy::plan(d, obj, policy, &inc, &pctx);
+    status.diagnosis = Some(record(d));
+    status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
+    status.policy = policy.map(Policy::id);
+    status.mode = Some(dec.mode);
+    if dec.escalate && status.phase != Phase::Escalated && status.phase.is_open() {
+        status.phase = Phase::Escalated;
+        ctx.metrics.escalations.get_or_create(&CaseLabels { case: d.case.to_string() }).inc();
+        let note = format!("{} has been failing since {} ({}); a person is needed", d.target, status.detected_at.clone().unwrap_or_default(), d.summary);
+        event(ctx, &object_ref(obj), EventType::Warning, "Escalated", "Escalate", note.clone()).await;
+        event(ctx, &rem_ref(&rem), EventType::Warning, "Escalated", "Escalate", note).await;
+    }
+    if let Some(action) = dec.act().cloned() {
+        return run_step(ctx, snap, obj, &rem, status, action, fresh_token(), true).await;
+    }
+    let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
+    let text = match &dec.planned {
+        Some(a) => format!("planned {a}; {blocked}"),
+        None => blocked.to_string(),
+    };
+    if status.phase != Phase::Escalated {
+        status.phase = match &blocked {
+            Blocked::AwaitingApproval => Phase::AwaitingApproval,
+            Blocked::MaxAttempts => Phase::Failed,
+            Blocked::AwaitingFix(_) => Phase::AwaitingFix,
+            _ if status.phase == Phase::AwaitingApproval => Phase::Detected,
+            _ => status.phase,
+        };
+    }
+    if dec.planned.is_some() && status.action.is_none() {
+        status.action = dec.planned.as_ref().map(|a| format!("{}?", a.name()));
+    }
+    let changed_reason = status.blocked.as_deref() != Some(text.as_str());
+    if changed_reason {
+        if status.blocked.as_deref().map(|b| b.split(';').next() != text.split(';').next()).unwrap_or(true) {
+            ctx.metrics.blocked.get_or_create(&ReasonLabels { reason: blocked.label().into() }).inc();
+            if matches!(blocked, Blocked::AwaitingApproval | Blocked::MaxAttempts | Blocked::CircuitBreakerOpen { .. }) {
+                event(ctx, &rem_ref(&rem), EventType::Normal, "ActionBlocked", "Plan", text.clone()).await;
+            }
+        }
+        status.blocked = Some(text);
+    }
+    if rem.status.as_ref() != Some(&status) {
+        write_status(ctx, &rem, &status).await?;
+    }
+    Ok(())
+}
+
+/// Persist the intent, act, persist the outcome.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    obj: &FluxObject,
+    rem: &Remediation,
+    mut status: RemediationStatus,
+    action: Action,
+    token: String,
+    fresh: bool,
+) -> Result<()> {
+    let now = now_s();
+    if fresh {
+        status.steps.push(Step {
+            action: action.name().into(),
+            detail: serde_json::to_string(&action).ok(),
+            outcome: "Running".into(),
+            token: Some(token.clone()),
+            started_at: rfc3339(now),
+            finished_at: None,
+            message: action.to_string(),
+        });
+        // Bound the step list: keep the first and the latest ones.
+        if status.steps.len() > 30 {
+            status.steps.drain(1..status.steps.len() - 29);
+        }
+        if action.is_attempt() {
+            status.attempts += 1;
+        }
+        if matches!(action, Action::ReconcileSource { .. }) {
+            status.polls += 1;
+        }
+        status.last_action_at = Some(rfc3339(now));
+        status.action = Some(action.name().into());
+        status.blocked = None;
+        if status.phase != Phase::Escalated {
+            status.phase = Phase::Remediating;
+        }
+        write_status(ctx, rem, &status).await?;
+    }
+    let result = perform(ctx, snap, obj, rem, &action, &token).await;
+    let last = status.steps.last_mut().expect("a step was recorded");
+    last.finished_at = Some(rfc3339(now_s()));
+    let (etype, reason) = match &result {
+        Ok(msg) => {
+            last.outcome = "Succeeded".into();
+            last.message = msg.clone();
+            (EventType::Normal, "ActionSucceeded".to_string())
+        }
+        Err(e) => {
+            last.outcome = "Failed".into();
+            last.message = e.to_string();
+            (EventType::Warning, e.category().to_string())
+        }
+    };
+    let note = format!("{}: {}", action, last.message);
+    ctx.metrics.action(action.name(), if result.is_ok() { "succeeded" } else { "failed" });
+    if result.is_ok() {
+        match &action {
+            Action::Rollback { .. } => {
+                status.phase = Phase::AwaitingFix;
+                // The generation after our own suspend, and the chart revision now: a change
+                // of either means the fix landed.
+                let (generation, _, _) = ctx.actuator.generation_and_owner(&obj.key).await?;
+                status.observed_generation = generation;
+                status.observed_revision = source_revision(snap, obj);
+            }
+            Action::Reconcile if matches!(status.diagnosis.as_ref(), Some(_)) => {
+                status.observed_revision = source_revision(snap, obj).or(status.observed_revision.clone());
+            }
+            Action::ReconcileSourceAndConsumers { .. } => {
+                status.observed_secret_version = source_secret_version(snap, obj);
+            }
+            Action::Resume => status.phase = Phase::Remediating,
+            _ => {}
+        }
+    }
+    write_status(ctx, rem, &status).await?;
+    event(ctx, &object_ref(obj), etype, &reason, action.name(), note.clone()).await;
+    event(ctx, &rem_ref(rem), etype, &reason, action.name(), note).await;
+    result.map(|_| ())
+}
+
+async fn perform(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    obj: &FluxObject,
+    rem: &Remediation,
+    action: &Action,
+    token: &str,
+) -> Result<String> {
+    let a = &ctx.actuator;
+    let key = &obj.key;
+    match action {
+        Action::Reconcile => {
+            a.request_reconcile(key, token, false, false).await?;
+            Ok(format!("requested reconcile of {key}"))
+        }
+        Action::ReconcileSource { source } => {
+            a.request_reconcile(source, token, false, false).await?;
+            Ok(format!("requested reconcile of {source}"))
+        }
+        Action::ReconcileSourceAndConsumers { source } => {
+            a.request_reconcile(source, token, false, false).await?;
+            let consumers = consumers(snap, source);
+            for c in &consumers {
+                a.request_reconcile(c, token, false, false).await?;
+            }
+            Ok(format!("requested reconcile of {source} and {} consumer(s)", consumers.len()))
+        }
+        Action::RetryRelease { with_source } => {
+            if let Some(s) = with_source {
+                a.request_reconcile(s, token, false, false).await?;
+            }
+            a.request_reconcile(key, token, true, true).await?;
+            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})"))
+        }
+        Action::Rollback { to_version } => {
+            let h = obj.helm.as_ref().ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
+            a.set_suspend(key, true, &rem.name_any()).await?;
+            match a.helm_rollback(&h.storage_namespace, &h.release_name, *to_version, h.timeout).await {
+                Ok(msg) => Ok(format!("suspended {key}; {msg}; stays suspended until the fix lands")),
+                Err(e) => {
+                    // Never leave it suspended because of a failed step.
+                    if let Err(undo) = a.set_suspend(key, false, "").await {
+                        warn!(target = %key, error = %undo, "cannot resume after a failed rollback; will retry");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Action::Resume => {
+            a.set_suspend(key, false, "").await?;
+            Ok(format!("resumed {key}: the fix landed"))
+        }
+        Action::UnlockRelease { namespace, secret, delete, .. } => {
+            let outcome = a.unlock(namespace, secret, *delete).await?;
+            a.request_reconcile(key, token, false, false).await?;
+            Ok(match outcome {
+                UnlockOutcome::Unlocked { previous } => format!("marked {namespace}/{secret} failed (was {previous}); requested reconcile"),
+                UnlockOutcome::Deleted => format!("deleted stale {namespace}/{secret}; requested reconcile"),
+                UnlockOutcome::AlreadyUnlocked { status } => format!("{namespace}/{secret} was already {status}; requested reconcile"),
+                UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
+            })
+        }
+    }
+}
+
+/// Close an incident whose target recovered (or vanished, or changed case).
+async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &'static str) -> Result<()> {
+    let mut status = rem.status.clone().unwrap_or_default();
+    let target = rem.spec.target.to_key();
+    let obj = target.as_ref().and_then(|k| snap.objects.get(k));
+    // Our suspension never outlives the incident.
+    if let Some(o) = obj
+        && o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rem.name_any())
+    {
+        ctx.actuator.set_suspend(&o.key, false, "").await?;
+    }
+    let now = now_s();
+    let acted = status.steps.iter().any(|s| s.outcome == "Succeeded");
+    status.phase = if acted { Phase::Succeeded } else { Phase::Resolved };
+    status.closed_at = Some(rfc3339(now));
+    status.blocked = None;
+    let detected = parse_ts(&status.detected_at).unwrap_or(now);
+    let ttr = (now - detected).max(0) as f64;
+    status.time_to_recovery_seconds = Some(ttr);
+    status.message = Some(match (reason, obj) {
+        ("Superseded", _) => "the failure changed; a new Remediation records it".into(),
+        (_, None) => "the target no longer exists".into(),
+        _ => "the target is Ready".into(),
+    });
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
+    write_status(ctx, rem, &status).await?;
+    api.patch(
+        &rem.name_any(),
+        &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+        &Patch::Merge(json!({"metadata": {"labels": {OPEN_LABEL: "false"}}})),
+    )
+    .await?;
+    ctx.metrics.time_to_recover.get_or_create(&CaseLabels { case: rem.spec.case.to_string() }).observe(ttr);
+    let note = format!("{} recovered after {}s ({:?})", rem.spec.target, ttr as i64, status.phase);
+    if let Some(o) = obj {
+        event(ctx, &object_ref(o), EventType::Normal, "Recovered", "Close", note.clone()).await;
+    }
+    event(ctx, &rem_ref(rem), EventType::Normal, "Recovered", "Close", note).await;
+    info!(target = %rem.spec.target, phase = ?status.phase, ttr, "incident closed");
+    Ok(())
+}
+
+async fn resume_orphan(ctx: &Arc<Context>, key: &ObjectKey) -> Result<()> {
+    warn!(target = %key, "resuming a HelmRelease left suspended without an open Remediation");
+    ctx.actuator.set_suspend(key, false, "").await?;
+    ctx.metrics.action("resume-orphan", "succeeded");
+    Ok(())
+}
+
+/// Keep at most `history_limit` closed Remediations per target.
+async fn gc_history(ctx: &Arc<Context>, remediations: &BTreeMap<(String, String), Arc<Remediation>>) {
+    let mut by_target: HashMap<String, Vec<&Arc<Remediation>>> = HashMap::new();
+    for r in remediations.values() {
+        if !r.status.as_ref().map(|s| s.phase).unwrap_or_default().is_open() {
+            by_target.entry(r.spec.target.to_string()).or_default().push(r);
+        }
+    }
+    for (_, mut closed) in by_target {
+        if closed.len() <= ctx.opts.history_limit {
+            continue;
+        }
+        closed.sort_by_key(|r| std::cmp::Reverse(r.status.as_ref().and_then(|s| s.closed_at.clone())));
+        for r in closed.into_iter().skip(ctx.opts.history_limit) {
+            let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+            match api.delete(&r.name_any(), &DeleteParams::default()).await {
+                Ok(_) => info!(remediation = %r.name_any(), "garbage-collected old Remediation"),
+                Err(e) => warn!(remediation = %r.name_any(), error = %e, "cannot garbage-collect Remediation"),
+            }
+        }
+    }
+}
+

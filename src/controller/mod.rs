@@ -1,0 +1,172 @@
+//! `fluxmedic run`: watches feed the index; a debounced evaluation pass diagnoses the
+//! snapshot, plans under the policies and acts with bounded concurrency.
+
+pub mod engine;
+pub mod index;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use kube::{
+    Api, Client,
+    runtime::events::{Recorder, Reporter},
+};
+use tokio::sync::{Mutex, Notify, RwLock};
+use tracing::{info, warn};
+
+use crate::{
+    api::{Remediation, RemediationPolicy},
+    remedy::Actuator,
+    telemetry::Metrics,
+};
+
+/// Settings of the operator (flags of `fluxmedic run`).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The operator's namespace: policies here may cover other namespaces and set the circuit breaker.
+    pub namespace: String,
+    /// Only these namespaces (empty = all).
+    pub watch_namespaces: Vec<String>,
+    pub metrics_addr: SocketAddr,
+    /// Targets remediated at the same time.
+    pub concurrency: usize,
+    /// Circuit breaker threshold when no policy in the operator's namespace sets one.
+    pub circuit_breaker: u32,
+    /// Closed Remediations kept per target.
+    pub history_limit: usize,
+    /// Debounce between a change and the evaluation pass.
+    pub debounce: Duration,
+    /// Re-evaluate at least this often (cooldowns, staleness and escalation are time-based).
+    pub tick: Duration,
+    pub helm_bin: PathBuf,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub opts: Options,
+    pub index: index::SharedIndex,
+    pub notify: Arc<Notify>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub actuator: Actuator,
+    backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
+}
+
+impl Context {
+    pub fn in_scope(&self, ns: &str) -> bool {
+        self.opts.watch_namespaces.is_empty() || self.opts.watch_namespaces.iter().any(|n| n == ns)
+    }
+
+    fn backoff_ready(&self, key: &crate::flux::ObjectKey, now: i64) -> bool {
+        self.backoff.try_lock().map(|b| b.get(key).is_none_or(|(_, next)| *next <= now)).unwrap_or(true)
+    }
+
+    fn backoff_reset(&self, key: &crate::flux::ObjectKey) {
+        if let Ok(mut b) = self.backoff.try_lock() {
+            b.remove(key);
+        }
+    }
+
+    /// Exponential per-target backoff after an error: 1s, 2s, 4s … 5m. Returns the delay.
+    fn backoff_fail(&self, key: &crate::flux::ObjectKey, now: i64) -> i64 {
+        let Ok(mut b) = self.backoff.try_lock() else { return 0 };
+        let e = b.entry(key.clone()).or_insert((0, now));
+        e.0 = (e.0 + 1).min(16);
+        let delay = (1i64 << (e.0 - 1)).min(300);
+        e.1 = now + delay;
+        delay
+    }
+}
+
+async fn metrics_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        ctx.metrics.render(),
+    )
+}
+
+async fn ready_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
+    if ctx.index.read().await.all_synced() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "syncing") }
+}
+
+/// Run the operator until SIGTERM/SIGINT.
+pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+    // Fail early and clearly if fluxmedic's CRDs are not installed.
+    let rems: Api<Remediation> = Api::all(client.clone());
+    if let Err(e) = rems.list(&kube::api::ListParams::default().limit(1)).await {
+        anyhow::bail!("cannot list Remediations ({e}); install the CRDs: fluxmedic crds | kubectl apply -f -");
+    }
+    let reporter = Reporter {
+        controller: "fluxmedic".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        index: Arc::new(RwLock::new(index::Index::default())),
+        notify: Arc::new(Notify::new()),
+        metrics: Metrics::default(),
+        recorder: Recorder::new(client.clone(), reporter),
+        actuator: Actuator { client: client.clone(), helm_bin: opts.helm_bin.clone() },
+        backoff: Mutex::new(HashMap::new()),
+        opts,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for kind in index::WATCHED_KINDS {
+        tasks.spawn(index::watch_flux(client.clone(), kind, ctx.index.clone(), ctx.notify.clone()));
+    }
+    tasks.spawn(index::watch_secrets(client.clone(), ctx.index.clone(), ctx.notify.clone()));
+    tasks.spawn(index::watch_own(
+        Api::<RemediationPolicy>::all(client.clone()),
+        ctx.index.clone(),
+        ctx.notify.clone(),
+        "RemediationPolicy",
+        index::put_policy,
+    ));
+    tasks.spawn(index::watch_own(rems, ctx.index.clone(), ctx.notify.clone(), "Remediation", index::put_remediation));
+
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(ctx.clone());
+    let listener = tokio::net::TcpListener::bind(ctx.opts.metrics_addr).await?;
+    info!(addr = %ctx.opts.metrics_addr, "serving /metrics, /healthz, /readyz");
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+
+    let engine_ctx = ctx.clone();
+    let engine = async move {
+        loop {
+            tokio::select! {
+                _ = engine_ctx.notify.notified() => {}
+                _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
+            }
+            if !engine_ctx.index.read().await.all_synced() {
+                continue;
+            }
+            tokio::time::sleep(engine_ctx.opts.debounce).await;
+            engine::pass(&engine_ctx).await;
+        }
+    };
+    tokio::select! {
+        _ = engine => {}
+        _ = shutdown_signal() => info!("shutting down"),
+        Some(r) = tasks.join_next() => warn!(?r, "a watch task ended"),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}
