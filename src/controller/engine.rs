@@ -152,8 +152,10 @@ pub async fn pass(ctx: &Arc<Context>) {
     let snap = enrich_secrets(ctx, snap).await;
     let report = diagnose::diagnose(&snap);
     let threshold = policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
-    ctx.metrics.failing_targets.set(report.diagnoses.len() as i64);
-    ctx.metrics.circuit_breaker_open.set((report.diagnoses.len() > threshold as usize) as i64);
+    // Objects outside the watched namespaces still count as roots, not as failures of ours.
+    let failing = report.diagnoses.iter().filter(|d| ctx.in_scope(&d.target.namespace)).count();
+    ctx.metrics.failing_targets.set(failing as i64);
+    ctx.metrics.circuit_breaker_open.set((failing > threshold as usize) as i64);
 
     let mut open: HashMap<ObjectKey, Arc<Remediation>> = HashMap::new();
     for r in remediations.values() {
@@ -211,7 +213,7 @@ pub async fn pass(ctx: &Arc<Context>) {
                 }
                 let res = match w {
                     Work::Incident { d, policy, existing } => {
-                        handle_incident(&ctx, &snap, &report, &d, policy.as_ref(), existing, threshold).await
+                        handle_incident(&ctx, &snap, &report, &d, policy.as_ref(), existing, (failing, threshold)).await
                     }
                     Work::Close { rem, reason } => close(&ctx, &snap, &rem, reason).await,
                     Work::Orphan { key } => resume_orphan(&ctx, &key).await,
@@ -400,7 +402,7 @@ async fn handle_incident(
     d: &Diagnosis,
     policy: Option<&Policy>,
     existing: Option<Arc<Remediation>>,
-    threshold: u32,
+    (failing, threshold): (usize, u32),
 ) -> Result<()> {
     let obj = &snap.objects[&d.target];
     let rem = match existing {
@@ -424,7 +426,7 @@ async fn handle_incident(
     let inc = incident_view(&rem);
     let pctx = PlanContext {
         snapshot: snap,
-        failing_targets: report.diagnoses.len(),
+        failing_targets: failing,
         circuit_breaker: threshold,
         shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
     };

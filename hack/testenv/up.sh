@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Start the test control plane on loopback: etcd, kube-apiserver (RBAC), kube-controller-manager,
+# Flux's source-, kustomize- and helm-controller, and the Git/chart fixture server.
+# Idempotent: if it is already up and healthy, it only prints the env file.
+#
+#   hack/testenv/up.sh            # builds (cached) then starts
+#   source "$FLUXMEDIC_TESTENV_DIR/env.sh"   # KUBECONFIG etc. for kubectl and fluxmedic
+#   hack/testenv/down.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv}
+base=${FLUXMEDIC_TESTENV_PORT_BASE:-18400}
+log() { echo "[testenv up $(date +%H:%M:%S)] $*" >&2; }
+
+bin=$("$here/build.sh" | tail -n1)
+# One starter at a time (test binaries and shells may race to start it).
+mkdir -p "$(dirname "$dir")"
+exec 9>"$dir.lock"
+flock 9
+crds=$(dirname "$bin")/crds
+
+P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 57))
+P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80))
+P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
+
+healthy() { [ -f "$dir/env.sh" ] && curl -sf --max-time 2 -k "https://127.0.0.1:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
+if healthy; then
+  log "already up ($dir)"
+  echo "$dir/env.sh"
+  exit 0
+fi
+"$here/down.sh" >/dev/null 2>&1 || true
+rm -rf "$dir"; mkdir -p "$dir"/{pki,logs,pids,etcd,artifacts,fixture}
+t0=$SECONDS
+
+# --- PKI: a CA, a serving cert for 127.0.0.1/localhost, an admin client cert, SA keys ---
+pki=$dir/pki
+(
+  cd "$pki"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=fluxmedic-testenv-ca" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
+  printf "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth" > san.ext
+  openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile san.ext 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=admin" 2>/dev/null
+  printf "extendedKeyUsage=clientAuth" > client.ext
+  openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile client.ext 2>/dev/null
+  openssl genrsa -out sa.key 2048 2>/dev/null
+  openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+)
+token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$token" > "$dir/token"
+echo "$token,admin,admin,system:masters" > "$pki/tokens.csv"
+
+cat > "$dir/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster: {server: "https://127.0.0.1:$P_API", certificate-authority: "$pki/ca.crt"}
+users:
+- name: admin
+  user: {client-certificate: "$pki/admin.crt", client-key: "$pki/admin.key"}
+contexts:
+- name: testenv
+  context: {cluster: testenv, user: admin}
+current-context: testenv
+EOF
+export KUBECONFIG=$dir/kubeconfig
+
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$dir/logs/$name.log" 2>&1 9>&- &
+  echo $! > "$dir/pids/$name"
+}
+wait_for() { # what, timeout-seconds, command...
+  local what=$1 to=$2; shift 2
+  local deadline=$((SECONDS + to))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      log "timed out waiting for $what; last log lines:"; tail -n 30 "$dir/logs/$what.log" >&2 || true
+      exit 1
+    fi
+    sleep 0.3
+  done
+}
+
+start etcd "$bin/etcd" --name=testenv --data-dir="$dir/etcd" \
+  --listen-client-urls="http://127.0.0.1:$P_ETCD" --advertise-client-urls="http://127.0.0.1:$P_ETCD" \
+  --listen-peer-urls="http://127.0.0.1:$P_PEER" --initial-advertise-peer-urls="http://127.0.0.1:$P_PEER" \
+  --initial-cluster="testenv=http://127.0.0.1:$P_PEER" --unsafe-no-fsync=true --log-level=warn \
+  --listen-metrics-urls="http://127.0.0.1:$((base + 3))"
+wait_for etcd 30 curl -sf "http://127.0.0.1:$P_ETCD/health"
+
+start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_ETCD" \
+  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$P_API" \
+  --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+  --client-ca-file="$pki/ca.crt" --token-auth-file="$pki/tokens.csv" \
+  --authorization-mode=RBAC --service-cluster-ip-range=10.0.0.0/24 \
+  --service-account-issuer="https://127.0.0.1:$P_API" \
+  --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
+  --disable-admission-plugins=ServiceAccount --allow-privileged=true --endpoint-reconciler-type=none
+wait_for kube-apiserver 90 kubectl get --raw /readyz
+
+start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBECONFIG" \
+  --authentication-kubeconfig="$KUBECONFIG" --authorization-kubeconfig="$KUBECONFIG" \
+  --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
+  --service-cluster-ip-range=10.0.0.0/24 --leader-elect=false \
+  --controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token \
+  --bind-address=127.0.0.1 --secure-port="$P_KCM" --cert-dir="$dir/kcm"
+
+log "applying Flux CRDs"
+for c in source-controller kustomize-controller helm-controller; do
+  kubectl apply --server-side --force-conflicts -f "$crds/$c/" >/dev/null
+done
+kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
+
+common=(--enable-leader-election=false --log-encoding=console --watch-all-namespaces=true)
+start source-controller env KUBECONFIG="$KUBECONFIG" "$bin/source-controller" "${common[@]}" \
+  --storage-path="$dir/artifacts" --storage-addr="127.0.0.1:$P_STORAGE" --storage-adv-addr="127.0.0.1:$P_STORAGE" \
+  --metrics-addr="127.0.0.1:$P_SC_M" --health-addr="127.0.0.1:$P_SC_H"
+start kustomize-controller env KUBECONFIG="$KUBECONFIG" "$bin/kustomize-controller" "${common[@]}" \
+  --metrics-addr="127.0.0.1:$P_KC_M" --health-addr="127.0.0.1:$P_KC_H"
+start helm-controller env KUBECONFIG="$KUBECONFIG" "$bin/helm-controller" "${common[@]}" \
+  --metrics-addr="127.0.0.1:$P_HC_M" --health-addr="127.0.0.1:$P_HC_H"
+start fixture-server python3 "$here/fixture-server.py" --root "$dir/fixture" --port "$P_FIXTURE"
+wait_for source-controller 60 curl -sf "http://127.0.0.1:$P_SC_H/readyz"
+wait_for kustomize-controller 60 curl -sf "http://127.0.0.1:$P_KC_H/readyz"
+wait_for helm-controller 60 curl -sf "http://127.0.0.1:$P_HC_H/readyz"
+wait_for fixture-server 30 curl -sf "http://127.0.0.1:$P_FIXTURE/healthz"
+
+cat > "$dir/env.sh" <<EOF
+export KUBECONFIG=$dir/kubeconfig
+export FLUXMEDIC_TESTENV_DIR=$dir
+export FLUXMEDIC_TESTENV_BIN=$bin
+export FLUXMEDIC_FIXTURE_URL=http://127.0.0.1:$P_FIXTURE
+export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
+export FLUXMEDIC_HELM=$bin/helm
+export FLUXMEDIC_API_URL=https://127.0.0.1:$P_API
+export FLUXMEDIC_PORT_BASE=$base
+EOF
+log "up in $((SECONDS - t0))s: source $dir/env.sh"
+echo "$dir/env.sh"

@@ -1,0 +1,388 @@
+//! Shared fixture for tests against the real control plane (hack/testenv/up.sh):
+//! a kube client, a namespace per test, Git repositories on the fixture server, a chart
+//! repository, and a fluxmedic operator process scoped to the test's namespace.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api, Client, Config,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    core::ApiResource,
+};
+use serde_json::{Value, json};
+
+pub struct Env {
+    pub vars: BTreeMap<String, String>,
+}
+
+static ENV: OnceLock<Env> = OnceLock::new();
+
+/// Start (or reuse) the test control plane. Panics with the script's output if it fails.
+pub fn env() -> &'static Env {
+    ENV.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("hack/testenv/up.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run hack/testenv/up.sh");
+        assert!(out.status.success(), "hack/testenv/up.sh failed");
+        let env_file = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        let text = std::fs::read_to_string(&env_file).expect("testenv env file");
+        let vars = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env { vars }
+    })
+}
+
+impl Env {
+    pub fn var(&self, k: &str) -> &str {
+        self.vars.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} not in testenv env"))
+    }
+    pub fn kubeconfig(&self) -> &str {
+        self.var("KUBECONFIG")
+    }
+    pub fn fixture_url(&self) -> &str {
+        self.var("FLUXMEDIC_FIXTURE_URL")
+    }
+    pub fn fixture_root(&self) -> PathBuf {
+        PathBuf::from(self.var("FLUXMEDIC_FIXTURE_ROOT"))
+    }
+    pub fn helm(&self) -> &str {
+        self.var("FLUXMEDIC_HELM")
+    }
+
+    pub async fn client(&self) -> Client {
+        let kc = Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
+        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+        Client::try_from(cfg).expect("client")
+    }
+}
+
+/// A fresh namespace for one test.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    let n = format!("{prefix}-{}", std::process::id() as u64 * 1000 + (jiff::Timestamp::now().as_millisecond() as u64 % 1000));
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": n}})).unwrap();
+    api.create(&PostParams::default(), &ns).await.expect("create namespace");
+    n
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A Git repository on the fixture server, with a working tree to commit from.
+pub struct Repo {
+    pub name: String,
+    pub url: String,
+    bare: PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl Repo {
+    /// `private` repos need basic auth `user:password` (see [`Repo::set_server_credentials`]).
+    pub fn new(env: &Env, name: &str, private: bool) -> Repo {
+        let bare = env.fixture_root().join("git").join(format!("{name}.git"));
+        let _ = std::fs::remove_dir_all(&bare);
+        run(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
+        run(Command::new("git").args(["config", "http.receivepack", "false"]).current_dir(&bare));
+        let work = tempfile::tempdir().unwrap();
+        run(Command::new("git").args(["init", "-q", "-b", "main"]).current_dir(work.path()));
+        for (k, v) in [("user.email", "test@fluxmedic.invalid"), ("user.name", "fluxmedic-test")] {
+            run(Command::new("git").args(["config", k, v]).current_dir(work.path()));
+        }
+        run(Command::new("git").args(["remote", "add", "origin"]).arg(&bare).current_dir(work.path()));
+        let prefix = if private { "private" } else { "git" };
+        Repo { name: name.into(), url: format!("{}/{prefix}/{name}.git", env.fixture_url()), bare, work }
+    }
+
+    /// Write files (path, content; None deletes) and push a commit. Returns the commit SHA.
+    pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        for (path, content) in files {
+            let p = self.work.path().join(path);
+            match content {
+                Some(c) => {
+                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    std::fs::write(&p, c).unwrap();
+                }
+                None => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        run(Command::new("git").args(["add", "-A"]).current_dir(self.work.path()));
+        run(Command::new("git").args(["commit", "-q", "--allow-empty", "-m", message]).current_dir(self.work.path()));
+        run(Command::new("git").args(["push", "-q", "origin", "main"]).current_dir(self.work.path()));
+        run(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.work.path())).trim().to_string()
+    }
+
+    /// The credentials the server accepts for this (private) repo.
+    pub fn set_server_credentials(&self, env: &Env, user: &str, password: &str) {
+        std::fs::write(env.fixture_root().join("auth").join(&self.name), format!("{user}:{password}")).unwrap();
+    }
+
+    pub fn bare_path(&self) -> &Path {
+        &self.bare
+    }
+}
+
+/// A chart repository directory on the fixture server: `<fixture>/charts/<name>/`.
+pub struct ChartRepo {
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl ChartRepo {
+    pub fn new(env: &Env, name: &str) -> ChartRepo {
+        let dir = env.fixture_root().join("charts").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        ChartRepo { url: format!("{}/charts/{name}/", env.fixture_url()), dir }
+    }
+
+    /// Package a chart made of `templates` (file name, content) at `version`, and re-index.
+    pub fn publish(&self, env: &Env, chart: &str, version: &str, templates: &[(&str, &str)], values: &str) {
+        let src = tempfile::tempdir().unwrap();
+        let cdir = src.path().join(chart);
+        std::fs::create_dir_all(cdir.join("templates")).unwrap();
+        std::fs::write(cdir.join("Chart.yaml"), format!("apiVersion: v2\nname: {chart}\nversion: {version}\n")).unwrap();
+        std::fs::write(cdir.join("values.yaml"), values).unwrap();
+        for (f, c) in templates {
+            std::fs::write(cdir.join("templates").join(f), c).unwrap();
+        }
+        run(Command::new(env.helm()).arg("package").arg(&cdir).arg("-d").arg(&self.dir));
+        run(Command::new(env.helm()).args(["repo", "index"]).arg(&self.dir).arg("--url").arg(&self.url));
+    }
+}
+
+pub fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+pub fn flux_api(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
+    let k = fluxmedic::flux::FluxKind::from_kind(kind).expect("flux kind");
+    Api::namespaced_with(client.clone(), ns, &fluxmedic::remedy::api_resource(k))
+}
+
+/// Server-side apply any object (YAML/JSON value with apiVersion/kind/metadata).
+pub async fn apply(client: &Client, obj: Value) -> DynamicObject {
+    let api_version = obj["apiVersion"].as_str().unwrap().to_string();
+    let kind = obj["kind"].as_str().unwrap().to_string();
+    let ns = obj["metadata"]["namespace"].as_str().map(String::from);
+    let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let plural = match kind.as_str() {
+        "GitRepository" => "gitrepositories".to_string(),
+        "HelmRepository" => "helmrepositories".to_string(),
+        "RemediationPolicy" => "remediationpolicies".to_string(),
+        k => format!("{}s", k.to_lowercase()),
+    };
+    let r = ar(group, version, &kind, &plural);
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), &ns, &r),
+        None => Api::all_with(client.clone(), &r),
+    };
+    api.patch(&name, &PatchParams::apply("fluxmedic-test").force(), &Patch::Apply(obj)).await.unwrap_or_else(|e| panic!("apply {kind}/{name}: {e}"))
+}
+
+/// Merge-patch a Flux object as a person would with kubectl.
+pub async fn merge_patch(client: &Client, ns: &str, kind: &str, name: &str, patch: Value) {
+    flux_api(client, ns, kind)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("patch {kind}/{name}: {e}"));
+}
+
+/// Ask Flux to reconcile now (what `flux reconcile` does).
+pub async fn request_reconcile(client: &Client, ns: &str, kind: &str, name: &str) {
+    let token = jiff::Timestamp::now().to_string();
+    merge_patch(client, ns, kind, name, json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})).await;
+}
+
+pub async fn get(client: &Client, ns: &str, kind: &str, name: &str) -> Option<Value> {
+    flux_api(client, ns, kind).get_opt(name).await.unwrap().map(|o| serde_json::to_value(o).unwrap())
+}
+
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+}
+
+pub fn is_ready(obj: &Value) -> bool {
+    condition(obj, "Ready").is_some_and(|c| c["status"] == "True")
+}
+
+/// Poll `f` every 250ms until it returns Some, or panic with `what` and the last state.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => panic!("timed out after {timeout:?} waiting for {what}; last: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+pub async fn wait_ready(client: &Client, ns: &str, kind: &str, name: &str, timeout: Duration) -> Value {
+    wait_for(&format!("{kind} {ns}/{name} Ready"), timeout, || async {
+        match get(client, ns, kind, name).await {
+            Some(o) if is_ready(&o) => Ok(o),
+            Some(o) => Err(format!("{:?}", condition(&o, "Ready"))),
+            None => Err("not found".into()),
+        }
+    })
+    .await
+}
+
+/// Wait until the object's Ready condition is False with `reason`.
+pub async fn wait_failing(client: &Client, ns: &str, kind: &str, name: &str, reason: &str, timeout: Duration) -> Value {
+    wait_for(&format!("{kind} {ns}/{name} Ready=False/{reason}"), timeout, || async {
+        match get(client, ns, kind, name).await {
+            Some(o) if condition(&o, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == reason) => Ok(o),
+            Some(o) => Err(format!("{:?}", condition(&o, "Ready"))),
+            None => Err("not found".into()),
+        }
+    })
+    .await
+}
+
+/// A running `fluxmedic run`, scoped to one namespace, killed on drop.
+pub struct Operator {
+    child: Child,
+    pub metrics_url: String,
+    pub log: PathBuf,
+}
+
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+impl Operator {
+    pub fn start(env: &Env, ns: &str, extra: &[&str]) -> Operator {
+        let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().unwrap();
+        let port = base + 200 + (std::process::id() % 50) as u16 * 20 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+            .args(["run", "--namespace", ns, "--watch-namespaces", ns, "--metrics-addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--tick-seconds", "1", "--helm", env.helm()])
+            .args(extra)
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("RUST_LOG", "info,fluxmedic=debug,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start fluxmedic");
+        Operator { child, metrics_url: format!("http://127.0.0.1:{port}/metrics"), log }
+    }
+
+    /// The value of a metric line (exact series, e.g. `fluxmedic_incidents_total{case="git-auth"}`).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest_get(&self.metrics_url).await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A tiny HTTP GET over a TCP socket (no client crate needed for /metrics).
+pub async fn reqwest_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.ok()?;
+    buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Remediations in a namespace, as JSON.
+pub async fn remediations(client: &Client, ns: &str) -> Vec<Value> {
+    let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default()).await.unwrap().items.into_iter().map(|r| serde_json::to_value(r).unwrap()).collect()
+}
+
+/// The Remediation of a target (`Kind/name`), newest first.
+pub async fn remediation_for(client: &Client, ns: &str, target_name: &str) -> Option<Value> {
+    let mut all: Vec<Value> = remediations(client, ns).await.into_iter().filter(|r| r["spec"]["targetName"] == target_name).collect();
+    all.sort_by_key(|r| std::cmp::Reverse(r["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string()));
+    all.into_iter().next()
+}
+
+/// Events (events.k8s.io) in a namespace about an object name: (reason, note).
+pub async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+/// Install fluxmedic's CRDs (idempotent).
+pub async fn install_crds(client: &Client) {
+    use kube::CustomResourceExt;
+    let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    for crd in [fluxmedic::api::RemediationPolicy::crd(), fluxmedic::api::Remediation::crd()] {
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply("fluxmedic-test").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+    }
+    wait_for("fluxmedic CRDs established", Duration::from_secs(30), || async {
+        let rems: Api<fluxmedic::api::Remediation> = Api::all(client.clone());
+        let pols: Api<fluxmedic::api::RemediationPolicy> = Api::all(client.clone());
+        match (rems.list(&Default::default()).await, pols.list(&Default::default()).await) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (a, b) => Err(format!("{:?} {:?}", a.err(), b.err())),
+        }
+    })
+    .await;
+}
