@@ -542,8 +542,9 @@ async fn circuit_breaker_stops_action_when_many_targets_fail_at_once() {
     let mut spec = auto(json!([{"case": "invalid-manifests", "mode": "Auto"}]));
     spec["circuitBreaker"] = json!({"maxFailingTargets": 2});
     apply(&client, policy(&ns, "auto", spec)).await;
-    let op = Operator::start(env, &ns, &[]);
+    // A storm: three targets are failing at once when fluxmedic looks.
     break_all(&client, &ns, &repo, 3).await;
+    let op = Operator::start(env, &ns, &[]);
     for i in 0..3 {
         let rem = wait_remediation(&client, &ns, &format!("Kustomization/app{i}"), "blocked by the breaker", MIN, |r| {
             r["status"]["blocked"].as_str().is_some_and(|b| b.contains("circuit breaker open"))

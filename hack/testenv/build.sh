@@ -9,7 +9,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 command -v go >/dev/null || { echo "go is required (Go >= 1.26)" >&2; exit 1; }
-key=$( (cat "$here/versions.env" "$here/build.sh"; go env GOVERSION) | sha256sum | cut -c1-12)
+# The cache key is the pinned versions and the Go toolchain; after changing how a component
+# is built, remove its binary from the cache (or the whole directory) to rebuild it.
+key=$( (grep -v '^#' "$here/versions.env"; go env GOVERSION) | sha256sum | cut -c1-12)
 root=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}/$key
 bin=$root/bin
 mkdir -p "$bin" "$root/src"
@@ -38,7 +40,7 @@ build_kube() {
   sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" | while read -r m; do
     go mod edit -replace="$m=$m@v0.$minor.$patch"
   done
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBERNETES_VERSION"
+  local c; for c in "$@"; do go get "k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"; done
   local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   local ld="-s -w"
   for p in $v $c; do
@@ -62,7 +64,7 @@ build_helm() {
 }
 
 have etcd || timed "etcd $ETCD_VERSION" build_etcd
-{ have kube-apiserver && have kube-controller-manager; } || timed "kube-apiserver+kube-controller-manager $KUBERNETES_VERSION" build_kube kube-apiserver kube-controller-manager
+{ have kube-apiserver && have kube-controller-manager && have kubectl; } || timed "kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION" build_kube kube-apiserver kube-controller-manager kubectl
 have source-controller || timed "source-controller $SOURCE_CONTROLLER_VERSION" build_flux_controller source-controller "$SOURCE_CONTROLLER_VERSION"
 have kustomize-controller || timed "kustomize-controller $KUSTOMIZE_CONTROLLER_VERSION" build_flux_controller kustomize-controller "$KUSTOMIZE_CONTROLLER_VERSION"
 have helm-controller || timed "helm-controller $HELM_CONTROLLER_VERSION" build_flux_controller helm-controller "$HELM_CONTROLLER_VERSION"

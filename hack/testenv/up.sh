@@ -23,6 +23,7 @@ P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 5
 P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80))
 P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
 
+export PATH=$bin:$PATH
 healthy() { [ -f "$dir/env.sh" ] && curl -sf --max-time 2 -k "https://127.0.0.1:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
 if healthy; then
   log "already up ($dir)"
@@ -66,6 +67,7 @@ contexts:
 current-context: testenv
 EOF
 export KUBECONFIG=$dir/kubeconfig
+export PATH=$bin:$PATH   # kubectl of the same minor as the apiserver
 
 start() { # name, command...
   local name=$1; shift
@@ -138,6 +140,7 @@ export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
 export FLUXMEDIC_HELM=$bin/helm
 export FLUXMEDIC_API_URL=https://127.0.0.1:$P_API
 export FLUXMEDIC_PORT_BASE=$base
+export PATH=$bin:\$PATH
 EOF
 log "up in $((SECONDS - t0))s: source $dir/env.sh"
 echo "$dir/env.sh"

@@ -180,8 +180,13 @@ pub async fn pass(ctx: &Arc<Context>) {
         let existing = open.remove(&d.target);
         work.push(Work::Incident { d: d.clone(), policy: p, existing });
     }
-    for (_, rem) in open {
-        work.push(Work::Close { rem, reason: "Ready" });
+    // Close only on recovery (Ready=True) or when the target is gone; a target that is
+    // merely progressing (Ready=Unknown while Flux works) keeps its incident open.
+    for (key, rem) in open {
+        match snap.objects.get(&key) {
+            Some(o) if !o.is_ready() => {}
+            _ => work.push(Work::Close { rem, reason: "Ready" }),
+        }
     }
     // A HelmRelease suspended by fluxmedic whose Remediation no longer holds it is resumed.
     for o in snap.objects.values() {

@@ -212,7 +212,8 @@ fn runbook(
     match d.case {
         Case::FailedRelease => {
             if inc.rolled_back || inc.phase == Phase::AwaitingFix {
-                let new_generation = target.generation.is_some() && target.generation != inc.observed_generation;
+                // Generations only grow: an older one is a stale view of our own suspend.
+                let new_generation = matches!((target.generation, inc.observed_generation), (Some(g), Some(o)) if g > o);
                 let new_revision = inc.observed_revision.is_some() && source_revision(snap, target) != inc.observed_revision;
                 return if new_generation || new_revision {
                     Ok(Action::Resume)

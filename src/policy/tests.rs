@@ -218,6 +218,8 @@ fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
     s.inc.phase = Phase::AwaitingFix;
     s.inc.observed_generation = Some(2);
     assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::AwaitingFix(_))));
+    s.inc.observed_generation = Some(3);
+    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::AwaitingFix(_))), "an older generation is a stale view, not a fix");
     s.inc.observed_generation = Some(1);
     assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Resume));
 }
