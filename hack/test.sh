@@ -31,4 +31,4 @@ trap 'bash hack/testenv/down.sh' EXIT
 bash hack/testenv/up.sh >/dev/null
 log "running the tests"
 # End-to-end tests mostly wait on Flux; more threads than cores keeps the wall time down.
-cargo test --locked -- --test-threads="${FLUXMEDIC_TEST_THREADS:-6}"
+cargo test --locked --no-fail-fast -- --test-threads="${FLUXMEDIC_TEST_THREADS:-6}"

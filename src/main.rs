@@ -46,6 +46,9 @@ enum Command {
         helm: PathBuf,
         #[arg(long)]
         log_json: bool,
+        /// Run with others: hold the `fluxmedic-leader` Lease in --namespace to act.
+        #[arg(long)]
+        leader_elect: bool,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -149,6 +152,7 @@ fn main() -> ExitCode {
             tick_seconds,
             helm,
             log_json,
+            leader_elect,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             let opts = controller::Options {
@@ -161,6 +165,8 @@ fn main() -> ExitCode {
                 debounce: Duration::from_millis(100),
                 tick: Duration::from_secs(tick_seconds.max(1)),
                 helm_bin: helm,
+                leader_elect,
+                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };
             let res = rt.block_on(async {
                 let client = kube::Client::try_default().await?;

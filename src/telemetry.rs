@@ -45,6 +45,7 @@ pub struct Metrics {
     pub open_incidents: Gauge,
     pub circuit_breaker_open: Gauge,
     pub passes: Counter,
+    pub leader: Gauge,
     pub pass_duration: Histogram,
 }
 
@@ -63,6 +64,7 @@ impl Default for Metrics {
         let open_incidents = Gauge::default();
         let circuit_breaker_open = Gauge::default();
         let passes = Counter::default();
+        let leader = Gauge::default();
         let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter());
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
         registry.register("actions", "Remediation actions, by action and outcome", actions.clone());
@@ -82,6 +84,7 @@ impl Default for Metrics {
         registry.register("failing_targets", "Flux objects failing now", failing_targets.clone());
         registry.register("open_incidents", "Remediations open now", open_incidents.clone());
         registry.register("circuit_breaker_open", "1 while the circuit breaker is open", circuit_breaker_open.clone());
+        registry.register("leader", "1 while this replica holds the leader Lease (or runs without election)", leader.clone());
         registry.register("evaluations", "Evaluation passes over the whole snapshot", passes.clone());
         registry.register("evaluation_duration_seconds", "Duration of an evaluation pass", pass_duration.clone());
         Metrics {
@@ -97,6 +100,7 @@ impl Default for Metrics {
             open_incidents,
             circuit_breaker_open,
             passes,
+            leader,
             pass_duration,
         }
     }

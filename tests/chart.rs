@@ -24,12 +24,13 @@ fn chart_lints_and_renders_every_mode() {
     let (ok, out) = helm(env, &["template", "fm", CHART, "-n", "flux-system"]);
     assert!(ok, "{out}");
     assert!(out.contains("kind: ClusterRole") && out.contains("runAsNonRoot: true") && out.contains("readOnlyRootFilesystem: true"));
-    assert!(!out.contains("kind: Role\n"), "cluster mode uses a ClusterRole");
+    assert_eq!(out.matches("kind: Role\n").count(), 1, "cluster mode: a ClusterRole, plus the leader-election Role");
+    assert!(out.contains("--leader-elect"));
     let (ok, out) = helm(env, &["template", "fm", CHART, "-n", "flux-system", "--set", "watchNamespaces={apps,data}",
         "--set", "rollback.enabled=true", "--set", "defaultPolicy.enabled=true",
         "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"]);
     assert!(ok, "{out}");
-    assert_eq!(out.matches("kind: Role\n").count(), 2, "one Role per watched namespace");
+    assert_eq!(out.matches("kind: Role\n").count(), 3, "one Role per watched namespace, plus leader election");
     assert!(out.contains("--watch-namespaces=apps,data"));
     for want in ["kind: ServiceMonitor", "kind: PrometheusRule", "FluxmedicIncidentEscalated", "FluxmedicCircuitBreakerOpen",
                  "kind: RemediationPolicy", "Retry, Rollback", "name: cluster-admin"] {
@@ -44,7 +45,7 @@ fn chart_lints_and_renders_every_mode() {
 #[test]
 fn bad_values_fail_at_install_with_a_clear_message() {
     let env = env();
-    for (set, want) in [("replicas=3", "replicas"), ("concurrency=0", "concurrency"), ("logFormat=xml", "logFormat"), ("nosuchvalue=1", "nosuchvalue")] {
+    for (set, want) in [("replicas=9", "replicas"), ("concurrency=0", "concurrency"), ("logFormat=xml", "logFormat"), ("nosuchvalue=1", "nosuchvalue")] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");
         assert!(out.contains("values don't meet the specifications of the schema") && out.contains(want), "{set}: {out}");

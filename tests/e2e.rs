@@ -75,11 +75,16 @@ fn has_step(r: &Value, action: &str, outcome: &str) -> bool {
     steps(r).iter().any(|(a, o)| a == action && o == outcome)
 }
 
+/// Events are published right after the status they report; give them a moment.
 async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) {
-    let evs = events_about(client, ns, name).await;
-    for r in reasons {
-        assert!(evs.iter().any(|(reason, _)| reason == r), "no {r} Event about {name}: {evs:?}");
-    }
+    wait_for(&format!("Events {reasons:?} about {name}"), Duration::from_secs(15), || async {
+        let evs = events_about(client, ns, name).await;
+        match reasons.iter().find(|r| !evs.iter().any(|(reason, _)| reason == *r)) {
+            None => Ok(()),
+            Some(missing) => Err(format!("no {missing} Event: {evs:?}")),
+        }
+    })
+    .await
 }
 
 fn auto(rules: Value) -> Value {

@@ -42,6 +42,15 @@ pub fn stable_hash(s: &str) -> u64 {
     h
 }
 
+/// Fault injection for the crash-safety tests: `FLUXMEDIC_CRASH_AT=<point>` aborts the
+/// process (no cleanup, like SIGKILL) when a step reaches that point. Unset in production.
+fn crash_point(point: &str) {
+    if std::env::var("FLUXMEDIC_CRASH_AT").is_ok_and(|p| p == point) {
+        eprintln!("FLUXMEDIC_CRASH_AT={point}: aborting");
+        std::process::abort();
+    }
+}
+
 fn now_s() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -523,8 +532,10 @@ async fn run_step(
             status.phase = Phase::Remediating;
         }
         write_status(ctx, rem, &status).await?;
+        crash_point(&format!("{}:after-intent", action.name()));
     }
     let result = perform(ctx, snap, obj, rem, &action, &token).await;
+    crash_point(&format!("{}:after-act", action.name()));
     let last = status.steps.last_mut().expect("a step was recorded");
     last.finished_at = Some(rfc3339(now_s()));
     let (etype, reason) = match &result {
@@ -604,6 +615,7 @@ async fn perform(
         Action::Rollback { to_version } => {
             let h = obj.helm.as_ref().ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
             a.set_suspend(key, true, &rem.name_any()).await?;
+            crash_point("rollback:after-suspend");
             match a.helm_rollback(&h.storage_namespace, &h.release_name, *to_version, h.timeout).await {
                 Ok(msg) => Ok(format!("suspended {key}; {msg}; stays suspended until the fix lands")),
                 Err(e) => {

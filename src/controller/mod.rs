@@ -39,6 +39,10 @@ pub struct Options {
     /// Re-evaluate at least this often (cooldowns, staleness and escalation are time-based).
     pub tick: Duration,
     pub helm_bin: PathBuf,
+    /// Hold a Lease in `namespace` and act only while holding it (watches run on every replica).
+    pub leader_elect: bool,
+    /// Identity in the Lease (the pod name).
+    pub identity: String,
 }
 
 pub struct Context {
@@ -138,14 +142,41 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         }
     });
 
+    // Leader election: every replica watches (a warm standby), only the Lease holder acts.
+    let leader = if ctx.opts.leader_elect {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "fluxmedic-leader")
+            .with_namespace(&ctx.opts.namespace)
+            .with_identity(&ctx.opts.identity)
+            .with_duration(15)
+            .with_grace(5)
+            .with_field_manager(crate::api::FIELD_MANAGER)
+            .build()
+            .await?;
+        let (rx, task) = manager.watch().await;
+        tasks.spawn(async move {
+            if let Ok(Err(e)) = task.await {
+                warn!(error = %e, "leader election stopped");
+            }
+        });
+        Some(rx)
+    } else {
+        None
+    };
     let engine_ctx = ctx.clone();
     let engine = async move {
+        let mut was_leader = false;
         loop {
             tokio::select! {
                 _ = engine_ctx.notify.notified() => {}
                 _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
             }
-            if !engine_ctx.index.read().await.all_synced() {
+            let is_leader = leader.as_ref().is_none_or(|rx| *rx.borrow());
+            if is_leader != was_leader {
+                info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
+                engine_ctx.metrics.leader.set(is_leader as i64);
+                was_leader = is_leader;
+            }
+            if !is_leader || !engine_ctx.index.read().await.all_synced() {
                 continue;
             }
             tokio::time::sleep(engine_ctx.opts.debounce).await;

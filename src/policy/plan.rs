@@ -290,7 +290,15 @@ fn runbook(
                 }
                 return Err(Blocked::RetryCannotHelp(format!("dependency {} does not exist", d.root)));
             }
-            // Every ancestor is healthy again: ask Flux to look now instead of in 30s.
+            // No ancestor is failing; act only once every one of them is Ready=True (one that is
+            // merely progressing, Ready=Unknown, would make the reconcile fail again).
+            if let Some(p) = crate::diagnose::parents(target)
+                .into_iter()
+                .find(|p| snap.objects.get(p).is_some_and(|o| !o.is_ready()))
+            {
+                return Err(Blocked::FluxRemediating(format!("waiting for {p} to become Ready")));
+            }
+            // Every ancestor is Ready again: ask Flux to look now instead of in 30s.
             Ok(Action::Reconcile)
         }
         Case::StaleLock => {

@@ -310,6 +310,23 @@ fn dependents_wait_for_their_root() {
 }
 
 #[test]
+fn a_dependent_waits_while_its_dependency_is_only_progressing() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let progressing = cond("Ready", "Unknown", "Progressing", "Reconciliation in progress");
+    let snap = Snapshot::new(
+        [
+            ks("infra", vec![progressing], &[]),
+            ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]),
+            git(vec![ready()]),
+        ],
+        NOW,
+    );
+    let s = Scenario { snap, target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"), inc: IncidentView::default() };
+    let dec = decide(&s, Some(&p)).1;
+    assert!(matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")), "{dec:?}");
+}
+
+#[test]
 fn stale_lock_respects_threshold_and_running_actions() {
     let mut p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
     let s = scenario(Case::StaleLock);

@@ -282,10 +282,16 @@ static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::n
 
 impl Operator {
     pub fn start(env: &Env, ns: &str, extra: &[&str]) -> Operator {
+        Self::start_with(env, ns, extra, &[])
+    }
+
+    /// Start with extra environment variables (e.g. `FLUXMEDIC_CRASH_AT`).
+    pub fn start_with(env: &Env, ns: &str, extra: &[&str], vars: &[(&str, &str)]) -> Operator {
         let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().unwrap();
         let port = base + 200 + (std::process::id() % 50) as u16 * 20 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
+        let log = std::env::temp_dir().join(format!("fluxmedic-{ns}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+            .envs(vars.iter().copied())
             .args(["run", "--namespace", ns, "--watch-namespaces", ns, "--metrics-addr"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--tick-seconds", "1", "--helm", env.helm()])
@@ -310,6 +316,18 @@ impl Operator {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait (up to `timeout`) for the process to exit by itself; true if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     pub fn kill(&mut self) {
