@@ -51,6 +51,19 @@ pki=$dir/pki
 token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "$token" > "$dir/token"
 echo "$token,admin,admin,system:masters" > "$pki/tokens.csv"
+# A second admin identity for measurements: the audit log records only its requests.
+bench_token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+echo "$bench_token" > "$dir/bench-token"
+echo "$bench_token,fluxmedic-bench,fluxmedic-bench,system:masters" >> "$pki/tokens.csv"
+cat > "$dir/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: ["fluxmedic-bench"]
+- level: None
+EOF
 
 cat > "$dir/kubeconfig" <<EOF
 apiVersion: v1
@@ -100,7 +113,8 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_E
   --authorization-mode=RBAC --service-cluster-ip-range=10.0.0.0/24 \
   --service-account-issuer="https://127.0.0.1:$P_API" \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-  --disable-admission-plugins=ServiceAccount --allow-privileged=true --endpoint-reconciler-type=none
+  --disable-admission-plugins=ServiceAccount --allow-privileged=true --endpoint-reconciler-type=none \
+  --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log" --audit-log-maxsize=200
 wait_for kube-apiserver 90 kubectl get --raw /readyz
 
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBECONFIG" \
@@ -140,6 +154,8 @@ export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
 export FLUXMEDIC_HELM=$bin/helm
 export FLUXMEDIC_API_URL=https://127.0.0.1:$P_API
 export FLUXMEDIC_PORT_BASE=$base
+export FLUXMEDIC_BENCH_TOKEN=$bench_token
+export FLUXMEDIC_AUDIT_LOG=$dir/logs/audit.log
 export PATH=$bin:\$PATH
 EOF
 log "up in $((SECONDS - t0))s: source $dir/env.sh"

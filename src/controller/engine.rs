@@ -669,13 +669,14 @@ async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &
         _ => "the target is Ready".into(),
     });
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
-    write_status(ctx, rem, &status).await?;
+    // Label first: a closed phase then always comes with open=false.
     api.patch(
         &rem.name_any(),
         &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
         &Patch::Merge(json!({"metadata": {"labels": {OPEN_LABEL: "false"}}})),
     )
     .await?;
+    write_status(ctx, rem, &status).await?;
     ctx.metrics.time_to_recover.get_or_create(&CaseLabels { case: rem.spec.case.to_string() }).observe(ttr);
     let note = format!("{} recovered after {}s ({:?})", rem.spec.target, ttr as i64, status.phase);
     if let Some(o) = obj {

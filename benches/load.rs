@@ -1,0 +1,266 @@
+//! Fleet-scale load harness against the real test control plane (`task bench:load`):
+//!
+//! 1. create FLUXMEDIC_LOAD_OBJECTS Flux objects (default 10,000: 50% Kustomizations, 40%
+//!    HelmReleases, 10% GitRepositories), suspended so Flux's controllers leave the status that
+//!    the harness writes alone;
+//! 2. start `fluxmedic run` (release build) and report start-up until the first full evaluation,
+//!    resident memory, idle CPU and API requests per idle minute (from the API server's audit
+//!    log, which records only fluxmedic's identity);
+//! 3. flip FLUXMEDIC_LOAD_FLIP Kustomizations (default 1,000) to a failing condition and report,
+//!    per object, the time from the status write to the Remediation being visible and to its
+//!    first action being recorded (p50/p99);
+//! 4. time `fluxmedic diagnose` on a dump file and on the live API server against the runbook's
+//!    manual `kubectl get` commands.
+//!
+//! Needs `bash hack/testenv/up.sh` first. Prints a Markdown table.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use kube::{
+    Api, Client,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use support::*;
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn proc_stat(pid: u32) -> (u64, u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024, ticks / 100.0)
+}
+
+fn audit_requests(path: &str, from: jiff::Timestamp, to: jiff::Timestamp) -> (usize, HashMap<String, usize>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut ids = std::collections::HashSet::new();
+    let mut by_verb = HashMap::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(ts) = v["requestReceivedTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else { continue };
+        if ts < from || ts > to {
+            continue;
+        }
+        if ids.insert(v["auditID"].as_str().unwrap_or_default().to_string()) {
+            *by_verb.entry(v["verb"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        }
+    }
+    (ids.len(), by_verb)
+}
+
+async fn create_all(client: &Client, ns: &str, n: usize) {
+    let n_git = n / 10;
+    let n_ks = n / 2;
+    let n_hr = n - n_git - n_ks;
+    let ready = json!([{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "Applied revision: main@sha1:0", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+    let mut jobs: Vec<(String, serde_json::Value, serde_json::Value)> = vec![];
+    for i in 0..n_git {
+        jobs.push(("GitRepository".into(),
+            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": format!("repo-{i}"), "namespace": ns},
+                   "spec": {"url": "http://127.0.0.1:1/x.git", "interval": "1h", "suspend": true}}),
+            json!({"conditions": ready, "artifact": {"revision": "main@sha1:0", "path": "x", "url": "http://x", "digest": "sha256:0", "lastUpdateTime": "2026-01-01T00:00:00Z"}})));
+    }
+    for i in 0..n_ks {
+        let deps = if i % 5 != 0 { json!([{"name": format!("ks-{}", i - 1)}]) } else { json!([]) };
+        jobs.push(("Kustomization".into(),
+            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("ks-{i}"), "namespace": ns, "labels": {"team": format!("t{}", i % 20)}},
+                   "spec": {"interval": "10m", "path": "./", "prune": true, "suspend": true, "dependsOn": deps, "sourceRef": {"kind": "GitRepository", "name": format!("repo-{}", i % n_git.max(1))}}}),
+            json!({"conditions": ready, "observedGeneration": 1})));
+    }
+    for i in 0..n_hr {
+        jobs.push(("HelmRelease".into(),
+            json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": format!("hr-{i}"), "namespace": ns},
+                   "spec": {"interval": "10m", "suspend": true, "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}),
+            json!({"conditions": ready, "observedGeneration": 1})));
+    }
+    futures::stream::iter(jobs)
+        .for_each_concurrent(24, |(kind, obj, status)| {
+            let client = client.clone();
+            async move {
+                let api = flux_api(&client, obj["metadata"]["namespace"].as_str().unwrap(), &kind);
+                let name = obj["metadata"]["name"].as_str().unwrap().to_string();
+                let o: DynamicObject = serde_json::from_value(obj).unwrap();
+                if let Err(e) = api.create(&PostParams::default(), &o).await {
+                    if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
+                        panic!("create {kind}/{name}: {e}");
+                    }
+                }
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await.unwrap();
+            }
+        })
+        .await;
+}
+
+#[tokio::main]
+async fn main() {
+    let n: usize = std::env::var("FLUXMEDIC_LOAD_OBJECTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let flip: usize = std::env::var("FLUXMEDIC_LOAD_FLIP").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000).min(n / 2);
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "load").await;
+    let mut rows: Vec<(String, String)> = vec![];
+
+    let t = Instant::now();
+    create_all(&client, &ns, n).await;
+    eprintln!("created {n} objects in {:?}", t.elapsed());
+    apply(&client, policy(&ns, "load", json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
+        "circuitBreaker": {"maxFailingTargets": 100000}, "limits": {"pollInterval": "1h", "maxPollInterval": "1h"}}))).await;
+
+    // Operator as its own audited identity.
+    let kc = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
+    let ca = std::path::Path::new(env.kubeconfig()).parent().unwrap().join("pki/ca.crt");
+    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: b\n  user: {{token: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: b}}\ncurrent-context: t\n",
+        env.var("FLUXMEDIC_API_URL"), ca.display(), env.var("FLUXMEDIC_BENCH_TOKEN"))).unwrap();
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 180;
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--tick-seconds", "5", "--concurrency", "16"])
+        .env("KUBECONFIG", &kc)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines().filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    };
+    loop {
+        let text = reqwest_get(&metrics).await.unwrap_or_default();
+        if metric(&text, "fluxmedic_evaluations_total") >= 1.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no evaluation within 5 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let startup = started.elapsed();
+    rows.push((format!("start-up until the first full evaluation ({n} objects)"), format!("{:.2} s", startup.as_secs_f64())));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, _, cpu0) = proc_stat(pid);
+    rows.push(("resident memory after the initial sync".into(), format!("{rss} MiB")));
+
+    // Idle minute: CPU and API requests.
+    let idle_s = std::env::var("FLUXMEDIC_LOAD_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60u64);
+    let from = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(idle_s)).await;
+    let to = jiff::Timestamp::now();
+    let (_, _, cpu1) = proc_stat(pid);
+    rows.push((format!("CPU while idle ({idle_s} s)"), format!("{:.2}% of one core", (cpu1 - cpu0) / idle_s as f64 * 100.0)));
+    tokio::time::sleep(Duration::from_secs(2)).await; // audit log flush
+    let (reqs, verbs) = audit_requests(env.var("FLUXMEDIC_AUDIT_LOG"), from, to);
+    rows.push((format!("API requests started in an idle {idle_s} s (audit log)"), format!("{reqs} {verbs:?}")));
+
+    // Flip objects to failing; watch Remediations.
+    let seen: Arc<Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>> = Arc::default();
+    let rem_api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
+    let seen2 = seen.clone();
+    let watch = tokio::spawn(async move {
+        let mut s = watcher(rem_api, watcher::Config::default()).applied_objects().boxed();
+        while let Ok(Some(r)) = s.try_next().await {
+            let now = Instant::now();
+            let mut m = seen2.lock().unwrap();
+            let e = m.entry(r.spec.target.name.clone()).or_insert((None, None));
+            e.0.get_or_insert(now);
+            if r.status.as_ref().is_some_and(|s| !s.steps.is_empty()) {
+                e.1.get_or_insert(now);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let api = flux_api(&client, &ns, "Kustomization");
+    let t_flip = Instant::now();
+    futures::stream::iter(0..flip)
+        .for_each_concurrent(16, |i| {
+            let (api, written) = (api.clone(), written.clone());
+            async move {
+                let name = format!("ks-{}", i * 5); // roots of their dependsOn chains
+                let st = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
+                    "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context",
+                    "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st)).await.unwrap();
+                written.lock().unwrap().insert(name, Instant::now());
+            }
+        })
+        .await;
+    let flip_write = t_flip.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = seen.lock().unwrap().values().filter(|(_, a)| a.is_some()).count();
+        if done >= flip || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.abort();
+    let (mut to_rem, mut to_act) = (vec![], vec![]);
+    {
+        let w = written.lock().unwrap();
+        let s = seen.lock().unwrap();
+        for (name, at) in w.iter() {
+            if let Some((r, a)) = s.get(name) {
+                if let Some(r) = r {
+                    to_rem.push(r.saturating_duration_since(*at).as_secs_f64());
+                }
+                if let Some(a) = a {
+                    to_act.push(a.saturating_duration_since(*at).as_secs_f64());
+                }
+            }
+        }
+    }
+    rows.push((format!("status writes of {flip} flips (16 concurrent)"), format!("{:.2} s", flip_write.as_secs_f64())));
+    rows.push((format!("status write → Remediation visible, p50 / p99 ({} of {flip})", to_rem.len()), format!("{:.3} s / {:.3} s", pct(&mut to_rem, 0.5), pct(&mut to_rem, 0.99))));
+    rows.push((format!("status write → first action recorded, p50 / p99 ({} of {flip})", to_act.len()), format!("{:.3} s / {:.3} s", pct(&mut to_act, 0.5), pct(&mut to_act, 0.99))));
+    let (rss2, hwm, _) = proc_stat(pid);
+    rows.push((format!("resident memory with {flip} open incidents (peak)"), format!("{rss2} MiB ({hwm} MiB)")));
+    let _ = child.kill();
+
+    // diagnose: dump file and live, beside the manual commands.
+    let kubectl = |args: &[&str]| {
+        let t = Instant::now();
+        let out = Command::new("kubectl").args(args).env("KUBECONFIG", env.kubeconfig()).output().unwrap();
+        (t.elapsed(), out.stdout)
+    };
+    let (t_get, _) = kubectl(&["get", "kustomizations,helmreleases,gitrepositories", "-n", &ns]);
+    let (t_dump, dump) = kubectl(&["get", "kustomizations,helmreleases,gitrepositories,helmcharts", "-n", &ns, "-o", "yaml"]);
+    let file = std::env::temp_dir().join(format!("{ns}-dump.yaml"));
+    std::fs::write(&file, &dump).unwrap();
+    let time = |args: &[&str], kc: &str| {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic")).args(args).env("KUBECONFIG", kc).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        t.elapsed()
+    };
+    let t_file = time(&["diagnose", "-f", file.to_str().unwrap(), "-o", "json"], env.kubeconfig());
+    let t_live = time(&["diagnose", "-o", "json"], env.kubeconfig());
+    rows.push(("`kubectl get kustomizations,helmreleases,gitrepositories` (table)".into(), format!("{:.2} s", t_get.as_secs_f64())));
+    rows.push((format!("`kubectl get … -o yaml` dump ({} MiB)", dump.len() / (1 << 20)), format!("{:.2} s", t_dump.as_secs_f64())));
+    rows.push(("`fluxmedic diagnose -f dump.yaml`".into(), format!("{:.2} s", t_file.as_secs_f64())));
+    rows.push(("`fluxmedic diagnose` (live, whole cluster)".into(), format!("{:.2} s", t_live.as_secs_f64())));
+
+    println!("\n| Measurement ({n} objects) | Result |\n| --- | --- |");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+    // Leave the namespace for inspection; the control plane is disposable.
+}
