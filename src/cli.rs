@@ -168,7 +168,7 @@ pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Sn
         }
     }
     // Key names of Secrets referenced by failing Git sources.
-    let actuator = crate::remedy::Actuator { client, helm_bin: "helm".into() };
+    let actuator = crate::remedy::Actuator { client, helm_bin: "helm".into(), limiter: None };
     let wanted: Vec<(String, String)> = snap
         .objects
         .values()

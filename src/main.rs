@@ -49,6 +49,9 @@ enum Command {
         /// Run with others: hold the `fluxmedic-leader` Lease in --namespace to act.
         #[arg(long)]
         leader_elect: bool,
+        /// Client-side limit on API writes per second (a storm cannot become a write storm).
+        #[arg(long, default_value_t = 20)]
+        max_writes_per_second: u32,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
             helm,
             log_json,
             leader_elect,
+            max_writes_per_second,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             let opts = controller::Options {
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
                 tick: Duration::from_secs(tick_seconds.max(1)),
                 helm_bin: helm,
                 leader_elect,
+                max_writes_per_second,
                 identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };
             let res = rt.block_on(async {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+#[allow(unused_imports)]
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use support::*;
 
@@ -146,4 +148,108 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     .await;
     eprintln!("leader fail-over after SIGKILL: {failover:?}");
     assert!(failover < Duration::from_secs(30), "fail-over took {failover:?}");
+}
+
+/// A kubeconfig for the audited measurement identity (the audit log records only it).
+fn audited_kubeconfig(env: &Env, name: &str) -> std::path::PathBuf {
+    let kc = std::env::temp_dir().join(format!("{name}.kubeconfig"));
+    let ca = std::path::Path::new(env.kubeconfig()).parent().unwrap().join("pki/ca.crt");
+    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: b\n  user: {{token: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: b}}\ncurrent-context: t\n",
+        env.var("FLUXMEDIC_API_URL"), ca.display(), env.var("FLUXMEDIC_BENCH_TOKEN"))).unwrap();
+    kc
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "storm").await;
+    // One shared source whose credentials the server rejects, and 200 consumers.
+    let repo = Repo::new(env, &ns, true);
+    repo.set_server_credentials(env, "bot", "right");
+    repo.commit(&[("app/kustomization.yaml", Some("resources: []\n"))], "initial");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"username": "bot", "password": "wrong"}})).unwrap();
+    secrets.create(&kube::api::PostParams::default(), &s).await.unwrap();
+    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
+        "spec": {"url": repo.url, "interval": "1h", "secretRef": {"name": "creds"}, "ref": {"branch": "main"}}})).await;
+    let n = 200;
+    futures::future::join_all((0..n).map(|i| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("app{i}"), "namespace": ns},
+                "spec": {"interval": "1h", "path": "./app", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+        }
+    }))
+    .await;
+    wait_failing(&client, &ns, "GitRepository", "repo", "GitOperationFailed", Duration::from_secs(60)).await;
+    wait_for("200 consumers failing", Duration::from_secs(120), || async {
+        let list = flux_api(&client, &ns, "Kustomization").list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let failing = list.items.iter().filter(|o| {
+            let v = serde_json::to_value(o).unwrap();
+            condition(&v, "Ready").is_some_and(|c| c["status"] == "False")
+        }).count();
+        if failing == n { Ok(()) } else { Err(format!("{failing}")) }
+    })
+    .await;
+    apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "git-auth", "mode": "Auto"}, {"case": "dependency-cascade", "mode": "Auto"}],
+        "circuitBreaker": {"maxFailingTargets": 20}}))).await;
+
+    let kc = audited_kubeconfig(env, &ns);
+    let limit = 30u32;
+    let from = jiff::Timestamp::now();
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 170;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--tick-seconds", "1", "--metrics-addr", &format!("127.0.0.1:{port}"),
+               "--max-writes-per-second", &limit.to_string()])
+        .env("KUBECONFIG", &kc)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let rems = wait_for("a Remediation per failing target", Duration::from_secs(180), || async {
+        let r = remediations(&client, &ns).await;
+        let recorded = r.iter().filter(|r| r["status"]["diagnosis"].is_object()).count();
+        if recorded == n + 1 { Ok(r) } else { Err(format!("{recorded}")) }
+    })
+    .await;
+    let _ = child.kill();
+    let to = jiff::Timestamp::now();
+    // The root is the shared source; every consumer names it and waits; no consumer was touched.
+    for r in &rems {
+        if r["spec"]["target"]["kind"] == "Kustomization" {
+            assert_eq!(r["spec"]["case"], "dependency-cascade");
+            assert_eq!(r["status"]["root"]["name"], "repo");
+            assert!(r["status"]["steps"].as_array().is_none_or(|s| s.is_empty()));
+        } else {
+            assert_eq!(r["spec"]["case"], "git-auth");
+        }
+    }
+    let list = flux_api(&client, &ns, "Kustomization").list(&Default::default()).await.unwrap();
+    for o in list.items {
+        assert!(o.metadata.managed_fields.unwrap_or_default().iter().all(|f| f.manager.as_deref() != Some("fluxmedic")));
+    }
+    // Writes per second, from the API server's audit log: never above the limit plus its burst.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
+    let mut per_second: std::collections::BTreeMap<i64, u32> = Default::default();
+    let mut writes = std::collections::HashSet::new();
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let Some(ts) = v["requestReceivedTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else { continue };
+        if ts < from || ts > to || !matches!(v["verb"].as_str(), Some("create" | "update" | "patch" | "delete")) {
+            continue;
+        }
+        if v["objectRef"]["namespace"] != ns.as_str() && v["objectRef"]["resource"] != "events" {
+            continue;
+        }
+        if writes.insert(v["auditID"].as_str().unwrap().to_string()) {
+            *per_second.entry(ts.as_second()).or_default() += 1;
+        }
+    }
+    let max = per_second.values().copied().max().unwrap_or(0);
+    let secs = per_second.len();
+    eprintln!("storm: {} writes over {secs} s, at most {max} in one second (limit {limit}/s, burst {})", writes.len(), 2 * limit);
+    assert!(writes.len() as u32 >= 2 * (n as u32 + 1), "every incident was recorded (create + status)");
+    assert!(max <= 3 * limit, "at most the limit plus its burst in any second: {max}");
 }

@@ -295,6 +295,7 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
             overridden: vec![],
         };
         let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        ctx.limiter.acquire().await;
         let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy", "status": status});
         if let Err(e) = api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
             warn!(policy = %format!("{ns}/{name}"), error = %e, "cannot write policy status");
@@ -329,6 +330,7 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
 
 async fn event(ctx: &Context, regarding: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    ctx.limiter.acquire().await;
     if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
         warn!(error = %e, reason, "cannot publish Event");
     }
@@ -341,6 +343,7 @@ fn rem_ref(rem: &Remediation) -> ObjectReference {
 async fn write_status(ctx: &Context, rem: &Remediation, status: &RemediationStatus) -> Result<Remediation> {
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
+    ctx.limiter.acquire().await;
     let out = api.patch_status(&rem.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
     let key = (out.namespace().unwrap_or_default(), out.name_any());
     super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), key);
@@ -377,6 +380,7 @@ async fn create_remediation(
         },
         status: None,
     };
+    ctx.limiter.acquire().await;
     let created = match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &rem).await {
         Ok(r) => r,
         // Created before a crash, or by the previous leader: adopt it.
@@ -670,6 +674,7 @@ async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &
     });
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
     // Label first: a closed phase then always comes with open=false.
+    ctx.limiter.acquire().await;
     api.patch(
         &rem.name_any(),
         &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
@@ -709,6 +714,7 @@ async fn gc_history(ctx: &Arc<Context>, remediations: &BTreeMap<(String, String)
         closed.sort_by_key(|r| std::cmp::Reverse(r.status.as_ref().and_then(|s| s.closed_at.clone())));
         for r in closed.into_iter().skip(ctx.opts.history_limit) {
             let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+            ctx.limiter.acquire().await;
             match api.delete(&r.name_any(), &DeleteParams::default()).await {
                 Ok(_) => info!(remediation = %r.name_any(), "garbage-collected old Remediation"),
                 Err(e) => warn!(remediation = %r.name_any(), error = %e, "cannot garbage-collect Remediation"),

@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod index;
+pub mod limiter;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -43,6 +44,8 @@ pub struct Options {
     pub leader_elect: bool,
     /// Identity in the Lease (the pod name).
     pub identity: String,
+    /// Client-side limit on API writes per second (burst: twice that).
+    pub max_writes_per_second: u32,
 }
 
 pub struct Context {
@@ -53,6 +56,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub actuator: Actuator,
+    pub limiter: Arc<limiter::WriteLimiter>,
     backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
 }
 
@@ -104,13 +108,15 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         controller: "fluxmedic".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let write_limiter = Arc::new(limiter::WriteLimiter::new(opts.max_writes_per_second, opts.max_writes_per_second * 2));
     let ctx = Arc::new(Context {
         client: client.clone(),
         index: Arc::new(RwLock::new(index::Index::default())),
         notify: Arc::new(Notify::new()),
         metrics: Metrics::default(),
         recorder: Recorder::new(client.clone(), reporter),
-        actuator: Actuator { client: client.clone(), helm_bin: opts.helm_bin.clone() },
+        actuator: Actuator { client: client.clone(), helm_bin: opts.helm_bin.clone(), limiter: Some(write_limiter.clone()) },
+        limiter: write_limiter,
         backoff: Mutex::new(HashMap::new()),
         opts,
     });

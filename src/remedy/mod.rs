@@ -48,6 +48,8 @@ fn pp() -> PatchParams {
 pub struct Actuator {
     pub client: Client,
     pub helm_bin: PathBuf,
+    /// Paces every write (None: unlimited, for one-shot CLI reads).
+    pub limiter: Option<std::sync::Arc<crate::controller::limiter::WriteLimiter>>,
 }
 
 /// What an unlock found and did.
@@ -61,6 +63,12 @@ pub enum UnlockOutcome {
 }
 
 impl Actuator {
+    async fn throttle(&self) {
+        if let Some(l) = &self.limiter {
+            l.acquire().await;
+        }
+    }
+
     fn flux_api(&self, key: &ObjectKey) -> Api<DynamicObject> {
         Api::namespaced_with(self.client.clone(), &key.namespace, &api_resource(key.kind))
     }
@@ -76,6 +84,7 @@ impl Actuator {
         if force {
             ann.insert(FORCE_AT.into(), json!(token));
         }
+        self.throttle().await;
         self.flux_api(key).patch(&key.name, &pp(), &Patch::Merge(json!({"metadata": {"annotations": ann}}))).await?;
         info!(target = %key, token, reset, force, "requested reconcile");
         Ok(())
@@ -88,6 +97,7 @@ impl Actuator {
         } else {
             json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: null}}, "spec": {"suspend": false}})
         };
+        self.throttle().await;
         self.flux_api(key).patch(&key.name, &pp(), &Patch::Merge(patch)).await?;
         info!(target = %key, suspend, "set suspend");
         Ok(())
@@ -131,6 +141,7 @@ impl Actuator {
         if !history.iter().any(|(r, _)| r.version == to_version) {
             return Err(Error::Precondition(format!("revision {to_version} of {ns}/{release} is gone from Helm storage")));
         }
+        self.throttle().await;
         let out = tokio::process::Command::new(&self.helm_bin)
             .args(["rollback", release, &to_version.to_string(), "--namespace", ns, "--timeout"])
             .arg(format!("{}s", timeout.as_secs().max(30)))
@@ -168,6 +179,7 @@ impl Actuator {
                 }),
                 ..Default::default()
             };
+            self.throttle().await;
             api.delete(secret_name, &dp).await?;
             info!(secret = secret_name, ns, "deleted stale pending release");
             return Ok(UnlockOutcome::Deleted);
@@ -180,6 +192,7 @@ impl Actuator {
         l.insert("status".into(), "failed".into());
         l.insert("modifiedAt".into(), jiff::Timestamp::now().as_second().to_string());
         // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
+        self.throttle().await;
         api.replace(secret_name, &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
             .await?;
         info!(secret = secret_name, ns, previous, "unlocked stale pending release");
