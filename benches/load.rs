@@ -133,9 +133,12 @@ async fn main() {
         env.var("FLUXMEDIC_API_URL"), ca.display(), env.var("FLUXMEDIC_BENCH_TOKEN"))).unwrap();
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 180;
     let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let writes = std::env::var("FLUXMEDIC_LOAD_WRITES").unwrap_or_else(|_| "20".into());
+    rows.push(("`--max-writes-per-second`".into(), writes.clone()));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--tick-seconds", "5", "--concurrency", "16"])
+        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--tick-seconds", "5", "--concurrency", "16",
+               "--max-writes-per-second", &writes])
         .env("KUBECONFIG", &kc)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())

@@ -91,6 +91,9 @@ pub struct TargetSelector {
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.actions) || !('Unlock' in self.actions && 'DeletePendingRelease' in self.actions)"
 ).message("choose one of Unlock or DeletePendingRelease"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.withSource) || !self.withSource || self.case == 'failed-release'"
+).message("withSource applies only to case failed-release"))]
 pub struct CaseRule {
     pub case: Case,
     pub mode: Mode,
@@ -98,6 +101,9 @@ pub struct CaseRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 5))]
     pub actions: Vec<ActionKind>,
+    /// failed-release: reconcile the release's chart source before retrying (`flux reconcile hr --with-source`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_source: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]

@@ -152,7 +152,7 @@ pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Sn
             v["kind"] = kind.as_str().into();
             match crate::flux::from_value(&v) {
                 Ok(obj) => {
-                    snap.objects.insert(obj.key.clone(), obj);
+                    snap.objects.insert(obj.key.clone(), std::sync::Arc::new(obj));
                 }
                 Err(e) => warnings.push(format!("{kind} {}/{}: {e}", o.namespace().unwrap_or_default(), o.name_any())),
             }

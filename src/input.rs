@@ -131,7 +131,7 @@ pub fn parse_dump(text: &str, now: i64) -> Result<(Snapshot, InputSummary), Inpu
             if FluxKind::from_kind(kind).is_some() {
                 let obj = flux::from_value(item).map_err(|e| err(item_no, format!("{}: {e}", describe())))?;
                 summary.flux_objects += 1;
-                snap.objects.insert(obj.key.clone(), obj);
+                snap.objects.insert(obj.key.clone(), std::sync::Arc::new(obj));
             } else if kind == "Secret" {
                 read_secret(&mut snap, &mut summary, item).map_err(|e| err(item_no, e))?;
             } else {

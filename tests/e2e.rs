@@ -239,7 +239,7 @@ async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token()
     chart_repo(env, &client, &ns).await;
     helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "one"}), "10s").await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry"]}])))).await;
+    apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry"], "withSource": true}])))).await;
 
     // The upgrade waits for a Deployment that never rolls out: helm-controller times out,
     // and with the default retries (0) the release is Stalled.
@@ -262,6 +262,9 @@ async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token()
     assert_eq!(ann["reconcile.fluxcd.io/forceAt"], token);
     assert_eq!(hr["status"]["lastHandledResetAt"], token, "helm-controller honoured the reset");
     assert!(rem["status"]["steps"].as_array().unwrap().iter().any(|s| s["token"] == token));
+    // --with-source: the chart source was asked first, with the same token.
+    let chart = get(&client, &ns, "HelmChart", &format!("{ns}-web")).await.unwrap();
+    assert_eq!(chart["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"], token);
     let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
     assert_eq!(rem["status"]["attempts"], 1);
     assert_events(&client, &ns, "web", &["FailureDetected", "ActionSucceeded", "Recovered"]).await;
@@ -612,6 +615,7 @@ async fn invalid_policies_are_rejected_by_the_schema_with_readable_messages() {
         (json!({"limits": {"maxAttempts": 0}}), "should be greater than or equal to 1"),
         (json!({"rules": [{"case": "gitauth", "mode": "Auto"}]}), "Unsupported value: \"gitauth\""),
         (json!({"rules": [{"case": "git-auth", "mode": "Sometimes"}]}), "Unsupported value: \"Sometimes\""),
+        (json!({"rules": [{"case": "git-auth", "mode": "Auto", "withSource": true}]}), "withSource applies only to case failed-release"),
     ];
     for (i, (spec, want)) in cases.iter().enumerate() {
         let raw = policy(&ns, &format!("bad{i}"), spec.clone());

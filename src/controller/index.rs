@@ -55,7 +55,7 @@ pub struct Index {
 impl Index {
     pub fn snapshot(&self, now: i64) -> Snapshot {
         let mut snap = Snapshot {
-            objects: self.objects.iter().map(|(k, v)| (k.clone(), FluxObject::clone(v))).collect(),
+            objects: self.objects.clone(),
             now,
             secrets_observed: true,
             ..Default::default()

@@ -6,6 +6,7 @@ mod classify;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
+    sync::Arc,
     time::Duration,
 };
 
@@ -83,7 +84,8 @@ pub struct SecretInfo {
 /// Everything the diagnosis reads, captured at one instant.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub objects: BTreeMap<ObjectKey, FluxObject>,
+    /// Shared with the controller's index: taking a snapshot copies no object.
+    pub objects: BTreeMap<ObjectKey, Arc<FluxObject>>,
     /// Helm storage per (storage namespace, release name).
     pub releases: HashMap<(String, String), ReleaseHistory>,
     /// Secrets referenced by sources, per (namespace, name). `None` in the map = known missing.
@@ -97,7 +99,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(objects: impl IntoIterator<Item = FluxObject>, now: i64) -> Self {
         Snapshot {
-            objects: objects.into_iter().map(|o| (o.key.clone(), o)).collect(),
+            objects: objects.into_iter().map(|o| (o.key.clone(), Arc::new(o))).collect(),
             now,
             ..Default::default()
         }

@@ -177,7 +177,7 @@ pub fn default_policy_spec() -> RemediationPolicySpec {
         rules: Case::ALL
             .iter()
             .filter(|c| **c != Case::Other)
-            .map(|c| CaseRule { case: *c, mode: Mode::Auto, actions: vec![] })
+            .map(|c| CaseRule { case: *c, mode: Mode::Auto, actions: vec![], with_source: false })
             .collect(),
         limits: Limits::default(),
         stale_lock: StaleLockSettings::default(),

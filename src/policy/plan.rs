@@ -236,7 +236,8 @@ fn runbook(
             }
             let retry_left = inc.attempts < policy.spec.limits.max_attempts;
             if d.retryable && retry_left && policy.allows(d.case, ActionKind::Retry) {
-                return Ok(Action::RetryRelease { with_source: None });
+                let with_source = policy.rule(d.case).is_some_and(|r| r.with_source);
+                return Ok(Action::RetryRelease { with_source: target.source_ref.clone().filter(|_| with_source) });
             }
             if policy.allows(d.case, ActionKind::Rollback)
                 && let Some(good) = snap.history_of(target).and_then(|h| h.last_good())

@@ -34,6 +34,7 @@ fn all_cases(mode: Mode, actions: &[ActionKind]) -> Policy {
             .map(|c| CaseRule {
                 case: *c,
                 mode,
+                with_source: false,
                 actions: actions.iter().copied().filter(|a| crate::policy::default_actions(*c).contains(a) || matches!((c, a), (Case::FailedRelease, ActionKind::Rollback))).collect(),
             })
             .collect(),
@@ -201,6 +202,16 @@ fn runbook_actions_per_case() {
 }
 
 #[test]
+fn retry_with_source_reconciles_the_chart_first() {
+    let p = policy_with(vec![CaseRule { case: Case::FailedRelease, mode: Mode::Auto, actions: vec![ActionKind::Retry], with_source: true }]);
+    let s = scenario(Case::FailedRelease);
+    assert_eq!(
+        decide(&s, Some(&p)).1.act(),
+        Some(&Action::RetryRelease { with_source: Some(ObjectKey::new(flux::FluxKind::HelmChart, "apps", "apps-web")) })
+    );
+}
+
+#[test]
 fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
     let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
     let mut s = scenario(Case::FailedRelease);
@@ -333,7 +344,7 @@ fn stale_lock_respects_threshold_and_running_actions() {
     p.stale_threshold = Some(std::time::Duration::from_secs(7200));
     assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::NotStale(_))));
     // delete instead of unlock when the policy says so
-    let del = policy_with(vec![CaseRule { case: Case::StaleLock, mode: Mode::Auto, actions: vec![ActionKind::DeletePendingRelease] }]);
+    let del = policy_with(vec![CaseRule { case: Case::StaleLock, mode: Mode::Auto, actions: vec![ActionKind::DeletePendingRelease], with_source: false }]);
     assert!(matches!(decide(&s, Some(&del)).1.act(), Some(Action::UnlockRelease { delete: true, .. })));
 }
 
@@ -400,8 +411,8 @@ fn invalid_specs_are_explained() {
         "spec.limits.cooldown `soon` is not a duration"
     );
     let dup = vec![
-        CaseRule { case: Case::GitAuth, mode: Mode::Auto, actions: vec![] },
-        CaseRule { case: Case::GitAuth, mode: Mode::Observe, actions: vec![] },
+        CaseRule { case: Case::GitAuth, mode: Mode::Auto, actions: vec![], with_source: false },
+        CaseRule { case: Case::GitAuth, mode: Mode::Observe, actions: vec![], with_source: false },
     ];
     assert_eq!(Policy::new("a", "b", policy_with(vec![]).spec.clone().tap(|s| s.rules = dup)).unwrap_err(), PolicyError::DuplicateCase(Case::GitAuth));
 }
