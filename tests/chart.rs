@@ -30,7 +30,7 @@ fn chart_lints_and_renders_every_mode() {
         "--set", "rollback.enabled=true", "--set", "defaultPolicy.enabled=true",
         "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"]);
     assert!(ok, "{out}");
-    assert_eq!(out.matches("kind: Role\n").count(), 3, "one Role per watched namespace, plus leader election");
+    assert_eq!(out.matches("kind: Role\n").count(), 4, "one Role per watched namespace and the release namespace, plus leader election");
     assert!(out.contains("--watch-namespaces=apps,data"));
     for want in ["kind: ServiceMonitor", "kind: PrometheusRule", "FluxmedicIncidentEscalated", "FluxmedicCircuitBreakerOpen",
                  "kind: RemediationPolicy", "Retry, Rollback", "name: cluster-admin"] {
@@ -54,15 +54,28 @@ fn bad_values_fail_at_install_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_service_account_can_do_the_remediations() {
+    service_account_remediates(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_namespace_scoped_chart_service_account_can_do_the_remediations() {
+    service_account_remediates(true).await;
+}
+
+async fn service_account_remediates(namespaced: bool) {
     let env = env();
     let client = env.client().await;
-    let ns = namespace(&client, "chart").await;
+    let ns = namespace(&client, if namespaced { "chartns" } else { "chart" }).await;
     let release = ns.clone();
     // The chart installs the CRDs when they are missing; when other tests already applied
     // them (server-side, another field manager) it must not fight over them.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
     let present = crds.get_opt("remediations.fluxmedic.io").await.unwrap().is_some();
+    let watch = format!("watchNamespaces={{{ns}}}");
     let mut args = vec!["install", release.as_str(), CHART, "-n", ns.as_str()];
+    if namespaced {
+        args.extend(["--set", watch.as_str()]);
+    }
     if present {
         args.push("--skip-crds");
     }
@@ -103,7 +116,7 @@ async fn the_chart_service_account_can_do_the_remediations() {
     secrets.create(&PostParams::default(), &s).await.unwrap();
     apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "stale-lock", "mode": "Auto"}]}))).await;
 
-    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 190;
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + if namespaced { 191 } else { 190 };
     let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--tick-seconds", "1", "--metrics-addr", &format!("127.0.0.1:{port}")])

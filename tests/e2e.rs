@@ -124,9 +124,9 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     assert!(rem["status"]["timeToRecoverySeconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(rem["metadata"]["labels"]["fluxmedic.io/open"], "false");
     assert_events(&client, &ns, "app", &["FailureDetected", "ActionSucceeded", "Recovered"]).await;
-    assert!(op.metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}").await >= 1.0);
-    assert!(op.metric("fluxmedic_actions_total{action=\"reconcile-source\",outcome=\"succeeded\"}").await >= 1.0);
-    assert!(op.metric("fluxmedic_time_to_recover_seconds_count{case=\"invalid-manifests\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0).await;
+    op.wait_metric("fluxmedic_actions_total{action=\"reconcile-source\",outcome=\"succeeded\"}", 1.0).await;
+    op.wait_metric("fluxmedic_time_to_recover_seconds_count{case=\"invalid-manifests\"}", 1.0).await;
     eprintln!("invalid-manifests: recovered {recovery:?} after the fixing commit");
 }
 
@@ -164,7 +164,7 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     assert!(rem["status"]["blocked"].as_str().unwrap().contains("fix the credentials in Secret"), "{}", rem["status"]);
     assert!(steps(&rem).is_empty(), "nothing to do until the Secret changes");
     assert_events(&client, &ns, "repo", &["FailureDetected", "Escalated"]).await;
-    assert!(op.metric("fluxmedic_escalations_total{case=\"git-auth\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_escalations_total{case=\"git-auth\"}", 1.0).await;
 
     secrets
         .patch("creds", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "second-password"}})))
@@ -268,7 +268,7 @@ async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token()
     let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
     assert_eq!(rem["status"]["attempts"], 1);
     assert_events(&client, &ns, "web", &["FailureDetected", "ActionSucceeded", "Recovered"]).await;
-    assert!(op.metric("fluxmedic_actions_total{action=\"retry\",outcome=\"succeeded\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_actions_total{action=\"retry\",outcome=\"succeeded\"}", 1.0).await;
 }
 
 // ---------------------------------------------------------------- failed release: rollback
@@ -309,7 +309,7 @@ async fn non_retryable_release_is_rolled_back_kept_suspended_and_resumed_when_fi
     assert!(hr["metadata"]["annotations"].get("fluxmedic.io/suspended-by").is_none());
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     assert!(cms.get("web-two").await.is_ok());
-    assert!(op.metric("fluxmedic_actions_total{action=\"rollback\",outcome=\"succeeded\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_actions_total{action=\"rollback\",outcome=\"succeeded\"}", 1.0).await;
 }
 
 // ---------------------------------------------------------------- stale lock
@@ -363,7 +363,7 @@ async fn stale_pending_release_is_unlocked_like_helm_controller_does() {
     assert_eq!(hr["spec"]["suspend"], true, "fluxmedic never resumes a suspension it did not make");
     assert!(hr["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_string());
     wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
-    assert!(op.metric("fluxmedic_actions_total{action=\"unlock\",outcome=\"succeeded\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_actions_total{action=\"unlock\",outcome=\"succeeded\"}", 1.0).await;
     assert_events(&client, &ns, "web", &["FailureDetected", "ActionSucceeded"]).await;
 }
 
@@ -385,7 +385,7 @@ async fn corrupt_release_secret_is_reported_and_never_deleted() {
     assert!(msg.contains("corrupt Helm release") && msg.contains("gzip"), "{msg}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     assert!(secrets.get("sh.helm.release.v1.web.v2").await.is_ok(), "a corrupt Secret is never deleted");
-    assert!(op.metric("fluxmedic_errors_total{category=\"CorruptRelease\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_errors_total{category=\"CorruptRelease\"}", 1.0).await;
     assert_events(&client, &ns, "web", &["CorruptRelease"]).await;
 }
 
@@ -450,7 +450,7 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
         assert!(tb <= tc, "b ({tb}) is reconciled before c ({tc})");
     }
     assert!(at(&rb).is_some() || at(&rc).is_some(), "fluxmedic reconciled the dependents: {rb} {rc}");
-    assert!(op.metric("fluxmedic_incidents_total{case=\"dependency-cascade\"}").await >= 2.0);
+    op.wait_metric("fluxmedic_incidents_total{case=\"dependency-cascade\"}", 2.0).await;
     eprintln!("dependency-cascade: all three Ready {elapsed:?} after the fixing commit");
 }
 
@@ -507,7 +507,7 @@ async fn observe_mode_records_the_plan_and_changes_nothing() {
     assert!(steps(&rem).is_empty());
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
     assert!(!fluxmedic_touched(&client, &ns, "Kustomization", "app0").await);
-    assert!(op.metric("fluxmedic_actions_blocked_total{reason=\"observe\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"observe\"}", 1.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -597,8 +597,8 @@ async fn max_attempts_and_cooldown_bound_retries() {
     })
     .await;
     assert_eq!(cool["status"]["attempts"], 1);
-    assert!(op.metric("fluxmedic_actions_blocked_total{reason=\"max-attempts\"}").await >= 1.0);
-    assert!(op.metric("fluxmedic_actions_blocked_total{reason=\"cooldown\"}").await >= 1.0);
+    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"max-attempts\"}", 1.0).await;
+    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"cooldown\"}", 1.0).await;
 }
 
 // ---------------------------------------------------------------- bad policies

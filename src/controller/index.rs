@@ -46,8 +46,9 @@ pub struct Index {
     pub secret_keys: HashMap<(String, String), SecretInfo>,
     pub policies: BTreeMap<(String, String), Arc<RemediationPolicy>>,
     pub remediations: BTreeMap<(String, String), Arc<Remediation>>,
-    /// Watches that have completed their initial list.
-    pub synced: BTreeSet<&'static str>,
+    /// Watches that have completed their initial list, and how many there are.
+    pub synced: BTreeSet<String>,
+    pub expected_watches: usize,
     /// Objects that could not be read, with the reason (reported, never acted upon).
     pub unreadable: BTreeMap<String, String>,
 }
@@ -74,7 +75,7 @@ impl Index {
     }
 
     pub fn all_synced(&self) -> bool {
-        self.synced.len() == WATCHED_KINDS.len() + 3
+        self.synced.len() >= self.expected_watches
     }
 }
 
@@ -84,9 +85,34 @@ fn watcher_config() -> watcher::Config {
     watcher::Config::default().page_size(500)
 }
 
+/// A watch scope: the whole cluster (`None`) or one namespace (the namespace mode of the
+/// chart grants only Roles, where a cluster-wide list would be forbidden).
+pub type Scope = Option<String>;
+
+fn in_scope(scope: &Scope, ns: &str) -> bool {
+    scope.as_deref().is_none_or(|s| s == ns)
+}
+
+fn api_for<K>(client: Client, scope: &Scope) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match scope {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+fn scope_name(what: &str, scope: &Scope) -> String {
+    format!("{what}@{}", scope.as_deref().unwrap_or("*"))
+}
+
 /// Watch one Flux kind into the index.
-pub async fn watch_flux(client: Client, kind: FluxKind, index: SharedIndex, notify: Arc<Notify>) {
-    let api: Api<DynamicObject> = Api::all_with(client, &api_resource(kind));
+pub async fn watch_flux(client: Client, scope: Scope, kind: FluxKind, index: SharedIndex, notify: Arc<Notify>) {
+    let api: Api<DynamicObject> = match &scope {
+        Some(ns) => Api::namespaced_with(client, ns, &api_resource(kind)),
+        None => Api::all_with(client, &api_resource(kind)),
+    };
     let mut seen: Option<BTreeSet<ObjectKey>> = None;
     let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
     loop {
@@ -123,9 +149,9 @@ pub async fn watch_flux(client: Client, kind: FluxKind, index: SharedIndex, noti
             }
             watcher::Event::InitDone => {
                 if let Some(s) = seen.take() {
-                    idx.objects.retain(|k, _| k.kind != kind || s.contains(k));
+                    idx.objects.retain(|k, _| k.kind != kind || !in_scope(&scope, &k.namespace) || s.contains(k));
                 }
-                idx.synced.insert(kind.as_str());
+                idx.synced.insert(scope_name(kind.as_str(), &scope));
                 debug!(kind = %kind, "initial list done");
             }
         }
@@ -136,8 +162,11 @@ pub async fn watch_flux(client: Client, kind: FluxKind, index: SharedIndex, noti
 
 /// Watch Secret metadata: Helm release storage (labels) and resourceVersions (to see a
 /// source's credentials change). Secret data is never fetched here.
-pub async fn watch_secrets(client: Client, index: SharedIndex, notify: Arc<Notify>) {
-    let api: Api<PartialObjectMeta<Secret>> = Api::all(client);
+pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, notify: Arc<Notify>) {
+    let api: Api<PartialObjectMeta<Secret>> = match &scope {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
     let mut seen: Option<BTreeSet<(String, String)>> = None;
     let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
     loop {
@@ -172,10 +201,10 @@ pub async fn watch_secrets(client: Client, index: SharedIndex, notify: Arc<Notif
             }
             watcher::Event::InitDone => {
                 if let Some(s) = seen.take() {
-                    idx.releases.retain(|k, _| s.contains(k));
-                    idx.secret_versions.retain(|k, _| s.contains(k));
+                    idx.releases.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
+                    idx.secret_versions.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
                 }
-                idx.synced.insert("Secret");
+                idx.synced.insert(scope_name("Secret", &scope));
             }
         }
         drop(idx);
@@ -184,10 +213,23 @@ pub async fn watch_secrets(client: Client, index: SharedIndex, notify: Arc<Notif
 }
 
 /// Watch fluxmedic's own resources.
-pub async fn watch_own<K>(api: Api<K>, index: SharedIndex, notify: Arc<Notify>, name: &'static str, put: fn(&mut Index, Option<K>, (String, String)))
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+pub async fn watch_own<K>(
+    client: Client,
+    scope: Scope,
+    index: SharedIndex,
+    notify: Arc<Notify>,
+    name: &'static str,
+    put: fn(&mut Index, Option<K>, (String, String)),
+) where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
+    let api: Api<K> = api_for(client, &scope);
     let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
     let mut seen: Option<BTreeSet<(String, String)>> = None;
     loop {
@@ -216,12 +258,12 @@ where
             watcher::Event::InitDone => {
                 if let Some(s) = seen.take() {
                     if name == "RemediationPolicy" {
-                        idx.policies.retain(|k, _| s.contains(k));
+                        idx.policies.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
                     } else {
-                        idx.remediations.retain(|k, _| s.contains(k));
+                        idx.remediations.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
                     }
                 }
-                idx.synced.insert(name);
+                idx.synced.insert(scope_name(name, &scope));
             }
         }
         drop(idx);

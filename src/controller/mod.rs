@@ -100,7 +100,10 @@ async fn ready_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 /// Run the operator until SIGTERM/SIGINT.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     // Fail early and clearly if fluxmedic's CRDs are not installed.
-    let rems: Api<Remediation> = Api::all(client.clone());
+    let rems: Api<Remediation> = match opts.watch_namespaces.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     if let Err(e) = rems.list(&kube::api::ListParams::default().limit(1)).await {
         anyhow::bail!("cannot list Remediations ({e}); install the CRDs: fluxmedic crds | kubectl apply -f -");
     }
@@ -121,19 +124,43 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         opts,
     });
 
-    let mut tasks = tokio::task::JoinSet::new();
-    for kind in index::WATCHED_KINDS {
-        tasks.spawn(index::watch_flux(client.clone(), kind, ctx.index.clone(), ctx.notify.clone()));
+    // Watch the whole cluster, or only the watched namespaces (plus, for policies, the
+    // operator's namespace): the chart's namespace mode grants Roles only.
+    let scopes: Vec<index::Scope> = if ctx.opts.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        ctx.opts.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut policy_scopes = scopes.clone();
+    if !policy_scopes.iter().any(|s| s.is_none() || s.as_deref() == Some(ctx.opts.namespace.as_str())) {
+        policy_scopes.push(Some(ctx.opts.namespace.clone()));
     }
-    tasks.spawn(index::watch_secrets(client.clone(), ctx.index.clone(), ctx.notify.clone()));
-    tasks.spawn(index::watch_own(
-        Api::<RemediationPolicy>::all(client.clone()),
-        ctx.index.clone(),
-        ctx.notify.clone(),
-        "RemediationPolicy",
-        index::put_policy,
-    ));
-    tasks.spawn(index::watch_own(rems, ctx.index.clone(), ctx.notify.clone(), "Remediation", index::put_remediation));
+    ctx.index.write().await.expected_watches = scopes.len() * (index::WATCHED_KINDS.len() + 2) + policy_scopes.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for scope in &scopes {
+        for kind in index::WATCHED_KINDS {
+            tasks.spawn(index::watch_flux(client.clone(), scope.clone(), kind, ctx.index.clone(), ctx.notify.clone()));
+        }
+        tasks.spawn(index::watch_secrets(client.clone(), scope.clone(), ctx.index.clone(), ctx.notify.clone()));
+        tasks.spawn(index::watch_own::<Remediation>(
+            client.clone(),
+            scope.clone(),
+            ctx.index.clone(),
+            ctx.notify.clone(),
+            "Remediation",
+            index::put_remediation,
+        ));
+    }
+    for scope in policy_scopes {
+        tasks.spawn(index::watch_own::<RemediationPolicy>(
+            client.clone(),
+            scope,
+            ctx.index.clone(),
+            ctx.notify.clone(),
+            "RemediationPolicy",
+            index::put_policy,
+        ));
+    }
 
     let app = Router::new()
         .route("/metrics", get(metrics_handler))

@@ -314,6 +314,16 @@ impl Operator {
             .sum()
     }
 
+    /// Wait until a metric reaches at least `min` (metrics are updated right after the
+    /// status they count).
+    pub async fn wait_metric(&self, series: &str, min: f64) {
+        wait_for(&format!("{series} >= {min}"), Duration::from_secs(15), || async {
+            let v = self.metric(series).await;
+            if v >= min { Ok(()) } else { Err(v.to_string()) }
+        })
+        .await
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
