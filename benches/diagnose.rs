@@ -29,8 +29,12 @@ fn fleet(n: usize) -> Snapshot {
     }
     for i in 0..n {
         let src = i % sources;
-        let deps: Vec<_> = if i % 3 != 0 { vec![json!({"name": format!("ks{}", i - 1)})] } else { vec![] };
-        let cond = if src % 10 == 0 {
+        let deps: Vec<_> = if i % 3 != 0 {
+            vec![json!({"name": format!("ks{}", i - 1)})]
+        } else {
+            vec![]
+        };
+        let cond = if src.is_multiple_of(10) {
             json!({"type": "Ready", "status": "False", "reason": "ArtifactFailed", "message": "Source is not ready, artifact not found, retrying in 30s"})
         } else if i % 20 == 0 {
             json!({"type": "Ready", "status": "False", "reason": "BuildFailed", "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"})
@@ -58,7 +62,13 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for r in &corpus {
                 let s = |k: &str| r[k].as_str().unwrap_or_default();
-                std::hint::black_box(classify_condition(FluxKind::from_kind(s("kind")).unwrap(), s("type"), s("status"), s("reason"), s("message")));
+                std::hint::black_box(classify_condition(
+                    FluxKind::from_kind(s("kind")).unwrap(),
+                    s("type"),
+                    s("status"),
+                    s("reason"),
+                    s("message"),
+                ));
             }
         })
     });
@@ -69,7 +79,9 @@ fn bench(c: &mut Criterion) {
     for n in [1_000usize, 10_000] {
         let snap = fleet(n);
         g.throughput(Throughput::Elements(snap.objects.len() as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| b.iter(|| std::hint::black_box(diagnose::diagnose(snap))));
+        g.bench_with_input(BenchmarkId::from_parameter(n), &snap, |b, snap| {
+            b.iter(|| std::hint::black_box(diagnose::diagnose(snap)))
+        });
     }
     g.finish();
 
@@ -82,8 +94,19 @@ fn bench(c: &mut Criterion) {
     g.bench_function("10000-objects-failing-set", |b| {
         b.iter(|| {
             for d in &report.diagnoses {
-                let ctx = PlanContext { snapshot: &snap, failing_targets: report.diagnoses.len(), circuit_breaker: 100_000, shared_root: false };
-                std::hint::black_box(policy::plan(d, &snap.objects[&d.target], Some(&pol), &IncidentView::default(), &ctx));
+                let ctx = PlanContext {
+                    snapshot: &snap,
+                    failing_targets: report.diagnoses.len(),
+                    circuit_breaker: 100_000,
+                    shared_root: false,
+                };
+                std::hint::black_box(policy::plan(
+                    d,
+                    &snap.objects[&d.target],
+                    Some(&pol),
+                    &IncidentView::default(),
+                    &ctx,
+                ));
             }
         })
     });

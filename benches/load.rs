@@ -43,25 +43,50 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 fn proc_stat(pid: u32) -> (u64, u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |k: &str| status.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()).unwrap_or(0);
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024, ticks / 100.0)
 }
 
-fn audit_requests(path: &str, from: jiff::Timestamp, to: jiff::Timestamp) -> (usize, HashMap<String, usize>) {
+fn audit_requests(
+    path: &str,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> (usize, HashMap<String, usize>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut ids = std::collections::HashSet::new();
     let mut by_verb = HashMap::new();
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(ts) = v["requestReceivedTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(ts) = v["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
         if ts < from || ts > to {
             continue;
         }
         if ids.insert(v["auditID"].as_str().unwrap_or_default().to_string()) {
-            *by_verb.entry(v["verb"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+            *by_verb
+                .entry(v["verb"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
         }
     }
     (ids.len(), by_verb)
@@ -80,7 +105,11 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
             json!({"conditions": ready, "artifact": {"revision": "main@sha1:0", "path": "x", "url": "http://x", "digest": "sha256:0", "lastUpdateTime": "2026-01-01T00:00:00Z"}})));
     }
     for i in 0..n_ks {
-        let deps = if i % 5 != 0 { json!([{"name": format!("ks-{}", i - 1)}]) } else { json!([]) };
+        let deps = if i % 5 != 0 {
+            json!([{"name": format!("ks-{}", i - 1)}])
+        } else {
+            json!([])
+        };
         jobs.push(("Kustomization".into(),
             json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("ks-{i}"), "namespace": ns, "labels": {"team": format!("t{}", i % 20)}},
                    "spec": {"interval": "10m", "path": "./", "prune": true, "suspend": true, "dependsOn": deps, "sourceRef": {"kind": "GitRepository", "name": format!("repo-{}", i % n_git.max(1))}}}),
@@ -96,15 +125,25 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
         .for_each_concurrent(24, |(kind, obj, status)| {
             let client = client.clone();
             async move {
-                let api = flux_api(&client, obj["metadata"]["namespace"].as_str().unwrap(), &kind);
+                let api = flux_api(
+                    &client,
+                    obj["metadata"]["namespace"].as_str().unwrap(),
+                    &kind,
+                );
                 let name = obj["metadata"]["name"].as_str().unwrap().to_string();
                 let o: DynamicObject = serde_json::from_value(obj).unwrap();
-                if let Err(e) = api.create(&PostParams::default(), &o).await {
-                    if !matches!(&e, kube::Error::Api(s) if s.code == 409) {
-                        panic!("create {kind}/{name}: {e}");
-                    }
+                if let Err(e) = api.create(&PostParams::default(), &o).await
+                    && !matches!(&e, kube::Error::Api(s) if s.code == 409)
+                {
+                    panic!("create {kind}/{name}: {e}");
                 }
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await.unwrap();
+                api.patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": status})),
+                )
+                .await
+                .unwrap();
             }
         })
         .await;
@@ -112,8 +151,15 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("FLUXMEDIC_LOAD_OBJECTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let flip: usize = std::env::var("FLUXMEDIC_LOAD_FLIP").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000).min(n / 2);
+    let n: usize = std::env::var("FLUXMEDIC_LOAD_OBJECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let flip: usize = std::env::var("FLUXMEDIC_LOAD_FLIP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000)
+        .min(n / 2);
     let env = env();
     let client = env.client().await;
     install_crds(&client).await;
@@ -127,18 +173,28 @@ async fn main() {
         "circuitBreaker": {"maxFailingTargets": 100000}, "limits": {"pollInterval": "1h", "maxPollInterval": "1h"}}))).await;
 
     // Operator as its own audited identity.
-    let kc = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
-    let ca = std::path::Path::new(env.kubeconfig()).parent().unwrap().join("pki/ca.crt");
-    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: b\n  user: {{token: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: b}}\ncurrent-context: t\n",
-        env.var("FLUXMEDIC_API_URL"), ca.display(), env.var("FLUXMEDIC_BENCH_TOKEN"))).unwrap();
+    let kc = token_kubeconfig(env, &ns, env.var("FLUXMEDIC_BENCH_TOKEN"));
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 180;
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let writes = std::env::var("FLUXMEDIC_LOAD_WRITES").unwrap_or_else(|_| "20".into());
     rows.push(("`--max-writes-per-second`".into(), writes.clone()));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--metrics-addr", &format!("127.0.0.1:{port}"), "--tick-seconds", "5", "--concurrency", "16",
-               "--max-writes-per-second", &writes])
+        .args([
+            "run",
+            "--namespace",
+            &ns,
+            "--watch-namespaces",
+            &ns,
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--tick-seconds",
+            "5",
+            "--concurrency",
+            "16",
+            "--max-writes-per-second",
+            &writes,
+        ])
         .env("KUBECONFIG", &kc)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null())
@@ -146,39 +202,62 @@ async fn main() {
         .unwrap();
     let pid = child.id();
     let metric = |text: &str, series: &str| -> f64 {
-        text.lines().filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' ')).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+        text.lines()
+            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
     loop {
         let text = reqwest_get(&metrics).await.unwrap_or_default();
         if metric(&text, "fluxmedic_evaluations_total") >= 1.0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "no evaluation within 5 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no evaluation within 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let startup = started.elapsed();
-    rows.push((format!("start-up until the first full evaluation ({n} objects)"), format!("{:.2} s", startup.as_secs_f64())));
+    rows.push((
+        format!("start-up until the first full evaluation ({n} objects)"),
+        format!("{:.2} s", startup.as_secs_f64()),
+    ));
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (rss, _, cpu0) = proc_stat(pid);
-    rows.push(("resident memory after the initial sync".into(), format!("{rss} MiB")));
+    rows.push((
+        "resident memory after the initial sync".into(),
+        format!("{rss} MiB"),
+    ));
 
     // Idle minute: CPU and API requests.
-    let idle_s = std::env::var("FLUXMEDIC_LOAD_IDLE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60u64);
+    let idle_s = std::env::var("FLUXMEDIC_LOAD_IDLE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60u64);
     let from = jiff::Timestamp::now();
     tokio::time::sleep(Duration::from_secs(idle_s)).await;
     let to = jiff::Timestamp::now();
     let (_, _, cpu1) = proc_stat(pid);
-    rows.push((format!("CPU while idle ({idle_s} s)"), format!("{:.2}% of one core", (cpu1 - cpu0) / idle_s as f64 * 100.0)));
+    rows.push((
+        format!("CPU while idle ({idle_s} s)"),
+        format!("{:.2}% of one core", (cpu1 - cpu0) / idle_s as f64 * 100.0),
+    ));
     tokio::time::sleep(Duration::from_secs(2)).await; // audit log flush
     let (reqs, verbs) = audit_requests(env.var("FLUXMEDIC_AUDIT_LOG"), from, to);
-    rows.push((format!("API requests started in an idle {idle_s} s (audit log)"), format!("{reqs} {verbs:?}")));
+    rows.push((
+        format!("API requests started in an idle {idle_s} s (audit log)"),
+        format!("{reqs} {verbs:?}"),
+    ));
 
     // Flip objects to failing; watch Remediations.
     let seen: Arc<Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>> = Arc::default();
     let rem_api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
     let seen2 = seen.clone();
     let watch = tokio::spawn(async move {
-        let mut s = watcher(rem_api, watcher::Config::default()).applied_objects().boxed();
+        let mut s = watcher(rem_api, watcher::Config::default())
+            .applied_objects()
+            .boxed();
         while let Ok(Some(r)) = s.try_next().await {
             let now = Instant::now();
             let mut m = seen2.lock().unwrap();
@@ -209,7 +288,12 @@ async fn main() {
     let flip_write = t_flip.elapsed();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done = seen.lock().unwrap().values().filter(|(_, a)| a.is_some()).count();
+        let done = seen
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|(_, a)| a.is_some())
+            .count();
         if done >= flip || Instant::now() > deadline {
             break;
         }
@@ -231,35 +315,104 @@ async fn main() {
             }
         }
     }
-    rows.push((format!("status writes of {flip} flips (16 concurrent)"), format!("{:.2} s", flip_write.as_secs_f64())));
-    rows.push((format!("status write → Remediation visible, p50 / p99 ({} of {flip})", to_rem.len()), format!("{:.3} s / {:.3} s", pct(&mut to_rem, 0.5), pct(&mut to_rem, 0.99))));
-    rows.push((format!("status write → first action recorded, p50 / p99 ({} of {flip})", to_act.len()), format!("{:.3} s / {:.3} s", pct(&mut to_act, 0.5), pct(&mut to_act, 0.99))));
+    rows.push((
+        format!("status writes of {flip} flips (16 concurrent)"),
+        format!("{:.2} s", flip_write.as_secs_f64()),
+    ));
+    rows.push((
+        format!(
+            "status write → Remediation visible, p50 / p99 ({} of {flip})",
+            to_rem.len()
+        ),
+        format!(
+            "{:.3} s / {:.3} s",
+            pct(&mut to_rem, 0.5),
+            pct(&mut to_rem, 0.99)
+        ),
+    ));
+    rows.push((
+        format!(
+            "status write → first action recorded, p50 / p99 ({} of {flip})",
+            to_act.len()
+        ),
+        format!(
+            "{:.3} s / {:.3} s",
+            pct(&mut to_act, 0.5),
+            pct(&mut to_act, 0.99)
+        ),
+    ));
     let (rss2, hwm, _) = proc_stat(pid);
-    rows.push((format!("resident memory with {flip} open incidents (peak)"), format!("{rss2} MiB ({hwm} MiB)")));
+    rows.push((
+        format!("resident memory with {flip} open incidents (peak)"),
+        format!("{rss2} MiB ({hwm} MiB)"),
+    ));
     let _ = child.kill();
+    let _ = child.wait();
 
     // diagnose: dump file and live, beside the manual commands.
     let kubectl = |args: &[&str]| {
         let t = Instant::now();
-        let out = Command::new("kubectl").args(args).env("KUBECONFIG", env.kubeconfig()).output().unwrap();
+        let out = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig())
+            .output()
+            .unwrap();
         (t.elapsed(), out.stdout)
     };
-    let (t_get, _) = kubectl(&["get", "kustomizations,helmreleases,gitrepositories", "-n", &ns]);
-    let (t_dump, dump) = kubectl(&["get", "kustomizations,helmreleases,gitrepositories,helmcharts", "-n", &ns, "-o", "yaml"]);
+    let (t_get, _) = kubectl(&[
+        "get",
+        "kustomizations,helmreleases,gitrepositories",
+        "-n",
+        &ns,
+    ]);
+    let (t_dump, dump) = kubectl(&[
+        "get",
+        "kustomizations,helmreleases,gitrepositories,helmcharts",
+        "-n",
+        &ns,
+        "-o",
+        "yaml",
+    ]);
     let file = std::env::temp_dir().join(format!("{ns}-dump.yaml"));
     std::fs::write(&file, &dump).unwrap();
     let time = |args: &[&str], kc: &str| {
         let t = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic")).args(args).env("KUBECONFIG", kc).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+            .args(args)
+            .env("KUBECONFIG", kc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         t.elapsed()
     };
-    let t_file = time(&["diagnose", "-f", file.to_str().unwrap(), "-o", "json"], env.kubeconfig());
+    let t_file = time(
+        &["diagnose", "-f", file.to_str().unwrap(), "-o", "json"],
+        env.kubeconfig(),
+    );
     let t_live = time(&["diagnose", "-o", "json"], env.kubeconfig());
-    rows.push(("`kubectl get kustomizations,helmreleases,gitrepositories` (table)".into(), format!("{:.2} s", t_get.as_secs_f64())));
-    rows.push((format!("`kubectl get … -o yaml` dump ({} MiB)", dump.len() / (1 << 20)), format!("{:.2} s", t_dump.as_secs_f64())));
-    rows.push(("`fluxmedic diagnose -f dump.yaml`".into(), format!("{:.2} s", t_file.as_secs_f64())));
-    rows.push(("`fluxmedic diagnose` (live, whole cluster)".into(), format!("{:.2} s", t_live.as_secs_f64())));
+    rows.push((
+        "`kubectl get kustomizations,helmreleases,gitrepositories` (table)".into(),
+        format!("{:.2} s", t_get.as_secs_f64()),
+    ));
+    rows.push((
+        format!(
+            "`kubectl get … -o yaml` dump ({} MiB)",
+            dump.len() / (1 << 20)
+        ),
+        format!("{:.2} s", t_dump.as_secs_f64()),
+    ));
+    rows.push((
+        "`fluxmedic diagnose -f dump.yaml`".into(),
+        format!("{:.2} s", t_file.as_secs_f64()),
+    ));
+    rows.push((
+        "`fluxmedic diagnose` (live, whole cluster)".into(),
+        format!("{:.2} s", t_live.as_secs_f64()),
+    ));
 
     println!("\n| Measurement ({n} objects) | Result |\n| --- | --- |");
     for (k, v) in rows {

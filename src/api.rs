@@ -37,7 +37,9 @@ pub enum Mode {
 }
 
 /// The actions a policy can allow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 pub enum ActionKind {
     /// Request a reconcile (`reconcile.fluxcd.io/requestedAt`) of the target or its source.
     Reconcile,
@@ -179,7 +181,9 @@ fn default_escalate() -> String {
 
 impl Default for Escalation {
     fn default() -> Self {
-        Escalation { after: default_escalate() }
+        Escalation {
+            after: default_escalate(),
+        }
     }
 }
 
@@ -281,7 +285,11 @@ pub struct TargetRef {
 
 impl TargetRef {
     pub fn from_key(k: &crate::flux::ObjectKey) -> Self {
-        TargetRef { kind: k.kind.as_str().into(), namespace: k.namespace.clone(), name: k.name.clone() }
+        TargetRef {
+            kind: k.kind.as_str().into(),
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+        }
     }
     pub fn to_key(&self) -> Option<crate::flux::ObjectKey> {
         Some(crate::flux::ObjectKey::new(
@@ -407,7 +415,13 @@ pub struct RemediationStatus {
 pub fn crd_documents() -> Vec<(&'static str, String)> {
     use kube::CustomResourceExt;
     vec![
-        ("remediationpolicies.fluxmedic.io.yaml", serde_yaml_ng::to_string(&RemediationPolicy::crd()).expect("CRD serialises")),
-        ("remediations.fluxmedic.io.yaml", serde_yaml_ng::to_string(&Remediation::crd()).expect("CRD serialises")),
+        (
+            "remediationpolicies.fluxmedic.io.yaml",
+            serde_yaml_ng::to_string(&RemediationPolicy::crd()).expect("CRD serialises"),
+        ),
+        (
+            "remediations.fluxmedic.io.yaml",
+            serde_yaml_ng::to_string(&Remediation::crd()).expect("CRD serialises"),
+        ),
     ]
 }

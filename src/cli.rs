@@ -28,7 +28,12 @@ pub struct Row {
 }
 
 /// Diagnose and plan every failing object. `policies` as the operator would see them.
-pub fn evaluate(snap: &Snapshot, policies: &[Policy], operator_ns: &str, breaker_default: u32) -> (Report, Vec<Row>) {
+pub fn evaluate(
+    snap: &Snapshot,
+    policies: &[Policy],
+    operator_ns: &str,
+    breaker_default: u32,
+) -> (Report, Vec<Row>) {
     let report = diagnose::diagnose(snap);
     let threshold = policy::circuit_breaker_threshold(policies, operator_ns, breaker_default);
     let rows = report
@@ -43,7 +48,10 @@ pub fn evaluate(snap: &Snapshot, policies: &[Policy], operator_ns: &str, breaker
                 circuit_breaker: threshold,
                 shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
             };
-            let inc = IncidentView { detected_at: snap.now, ..Default::default() };
+            let inc = IncidentView {
+                detected_at: snap.now,
+                ..Default::default()
+            };
             let dec = policy::plan(d, obj, p, &inc, &ctx);
             let action = match (&dec.planned, &dec.blocked) {
                 (Some(a), None) => Some(a.to_string()),
@@ -55,7 +63,11 @@ pub fn evaluate(snap: &Snapshot, policies: &[Policy], operator_ns: &str, breaker
                 namespace: d.target.namespace.clone(),
                 name: d.target.name.clone(),
                 case: d.case,
-                root: if d.is_root() { "-".into() } else { d.root.to_string() },
+                root: if d.is_root() {
+                    "-".into()
+                } else {
+                    d.root.to_string()
+                },
                 retryable: d.retryable,
                 native: d.native,
                 summary: d.summary.clone(),
@@ -76,7 +88,14 @@ pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> Stri
         out.push_str(&format!("All {total_objects} Flux objects are healthy.\n"));
         return out;
     }
-    let header = ["KIND", "NAMESPACE/NAME", "CASE", "ROOT CAUSE", "RETRY", "FLUXMEDIC WOULD"];
+    let header = [
+        "KIND",
+        "NAMESPACE/NAME",
+        "CASE",
+        "ROOT CAUSE",
+        "RETRY",
+        "FLUXMEDIC WOULD",
+    ];
     let lines: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -90,7 +109,11 @@ pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> Stri
                 format!("{}/{}", r.namespace, r.name),
                 r.case.to_string(),
                 r.root.clone(),
-                if r.retryable { "yes".into() } else { "no".into() },
+                if r.retryable {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
                 would,
             ]
         })
@@ -116,7 +139,11 @@ pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> Stri
     for l in &lines {
         out.push_str(&fmt_line([&l[0], &l[1], &l[2], &l[3], &l[4], &l[5]]));
     }
-    out.push_str(&format!("\n{} of {} Flux objects failing.", rows.len(), total_objects));
+    out.push_str(&format!(
+        "\n{} of {} Flux objects failing.",
+        rows.len(),
+        total_objects
+    ));
     if !report.shared_roots.is_empty() {
         out.push_str(" Shared roots:");
         for (k, n) in &report.shared_roots {
@@ -128,16 +155,24 @@ pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> Stri
 }
 
 /// Read the live cluster into a snapshot (what `diagnose` does without `--file`).
-pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Snapshot, Vec<String>)> {
+pub async fn live_snapshot(
+    client: kube::Client,
+    now: i64,
+) -> anyhow::Result<(Snapshot, Vec<String>)> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::{
         Api, ResourceExt,
         api::{DynamicObject, ListParams},
     };
-    let mut snap = Snapshot { now, secrets_observed: true, ..Default::default() };
+    let mut snap = Snapshot {
+        now,
+        secrets_observed: true,
+        ..Default::default()
+    };
     let mut warnings = vec![];
     for kind in crate::controller::index::WATCHED_KINDS {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &crate::remedy::api_resource(kind));
+        let api: Api<DynamicObject> =
+            Api::all_with(client.clone(), &crate::remedy::api_resource(kind));
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
             Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -152,9 +187,14 @@ pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Sn
             v["kind"] = kind.as_str().into();
             match crate::flux::from_value(&v) {
                 Ok(obj) => {
-                    snap.objects.insert(obj.key.clone(), std::sync::Arc::new(obj));
+                    snap.objects
+                        .insert(obj.key.clone(), std::sync::Arc::new(obj));
                 }
-                Err(e) => warnings.push(format!("{kind} {}/{}: {e}", o.namespace().unwrap_or_default(), o.name_any())),
+                Err(e) => warnings.push(format!(
+                    "{kind} {}/{}: {e}",
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                )),
             }
         }
     }
@@ -164,16 +204,30 @@ pub async fn live_snapshot(client: kube::Client, now: i64) -> anyhow::Result<(Sn
         if let Some(r) = crate::helm::StoredRelease::from_metadata(&name, &ns, m.labels()) {
             snap.add_release(r);
         } else {
-            snap.secrets.insert((ns, name), diagnose::SecretInfo { keys: Default::default(), resource_version: m.resource_version() });
+            snap.secrets.insert(
+                (ns, name),
+                diagnose::SecretInfo {
+                    keys: Default::default(),
+                    resource_version: m.resource_version(),
+                },
+            );
         }
     }
     // Key names of Secrets referenced by failing Git sources.
-    let actuator = crate::remedy::Actuator { client, helm_bin: "helm".into(), limiter: None };
+    let actuator = crate::remedy::Actuator {
+        client,
+        helm_bin: "helm".into(),
+        limiter: None,
+    };
     let wanted: Vec<(String, String)> = snap
         .objects
         .values()
         .filter(|o| o.is_failing())
-        .filter_map(|o| o.secret_ref.as_ref().map(|s| (o.key.namespace.clone(), s.clone())))
+        .filter_map(|o| {
+            o.secret_ref
+                .as_ref()
+                .map(|s| (o.key.namespace.clone(), s.clone()))
+        })
         .collect();
     for (ns, name) in wanted {
         match actuator.secret_info(&ns, &name).await? {

@@ -39,9 +39,15 @@ fn documents(text: &str) -> Result<Vec<Value>, InputError> {
         let mut out = vec![];
         let stream = serde_json::Deserializer::from_str(trimmed).into_iter::<Value>();
         for (i, v) in stream.enumerate() {
-            let v = v.map_err(|e| InputError { document: i + 1, item: None, message: format!("invalid JSON: {e}") })?;
+            let v = v.map_err(|e| InputError {
+                document: i + 1,
+                item: None,
+                message: format!("invalid JSON: {e}"),
+            })?;
             match v {
-                Value::Array(items) => out.push(serde_json::json!({"kind": "List", "items": items})),
+                Value::Array(items) => {
+                    out.push(serde_json::json!({"kind": "List", "items": items}))
+                }
                 other => out.push(other),
             }
         }
@@ -49,8 +55,11 @@ fn documents(text: &str) -> Result<Vec<Value>, InputError> {
     }
     let mut out = vec![];
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let v = Value::deserialize(doc)
-            .map_err(|e| InputError { document: i + 1, item: None, message: format!("invalid YAML: {e}") })?;
+        let v = Value::deserialize(doc).map_err(|e| InputError {
+            document: i + 1,
+            item: None,
+            message: format!("invalid YAML: {e}"),
+        })?;
         if !v.is_null() {
             out.push(v);
         }
@@ -60,14 +69,24 @@ fn documents(text: &str) -> Result<Vec<Value>, InputError> {
 
 fn str_map(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn read_secret(snap: &mut Snapshot, summary: &mut InputSummary, v: &Value) -> Result<(), String> {
     let meta = v.get("metadata").ok_or("Secret has no metadata")?;
-    let name = meta.get("name").and_then(Value::as_str).ok_or("Secret has no metadata.name")?;
-    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("default");
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or("Secret has no metadata.name")?;
+    let ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let labels = str_map(meta.get("labels"));
     summary.secrets += 1;
     snap.secrets_observed = true;
@@ -82,7 +101,9 @@ fn read_secret(snap: &mut Snapshot, summary: &mut InputSummary, v: &Value) -> Re
                 helm::decode_secret(name, &data).map_err(|e| e.to_string())
             });
             if let Err(e) = checked {
-                summary.warnings.push(format!("{e} (ignored; fluxmedic never deletes it)"));
+                summary
+                    .warnings
+                    .push(format!("{e} (ignored; fluxmedic never deletes it)"));
                 return Ok(());
             }
         }
@@ -94,24 +115,43 @@ fn read_secret(snap: &mut Snapshot, summary: &mut InputSummary, v: &Value) -> Re
         .and_then(Value::as_object)
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let resource_version = meta.get("resourceVersion").and_then(Value::as_str).map(String::from);
-    snap.secrets.insert((ns.to_string(), name.to_string()), SecretInfo { keys, resource_version });
+    let resource_version = meta
+        .get("resourceVersion")
+        .and_then(Value::as_str)
+        .map(String::from);
+    snap.secrets.insert(
+        (ns.to_string(), name.to_string()),
+        SecretInfo {
+            keys,
+            resource_version,
+        },
+    );
     Ok(())
 }
 
 /// Read a dump into a snapshot taken at `now` (unix seconds).
 pub fn parse_dump(text: &str, now: i64) -> Result<(Snapshot, InputSummary), InputError> {
-    let mut snap = Snapshot { now, ..Default::default() };
+    let mut snap = Snapshot {
+        now,
+        ..Default::default()
+    };
     let mut summary = InputSummary::default();
     for (di, doc) in documents(text)?.into_iter().enumerate() {
         let document = di + 1;
-        let err = |item: Option<usize>, message: String| InputError { document, item, message };
+        let err = |item: Option<usize>, message: String| InputError {
+            document,
+            item,
+            message,
+        };
         if !doc.is_object() {
             return Err(err(None, "not a Kubernetes object".into()));
         }
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
         let (items, in_list): (Vec<&Value>, bool) = if kind == "List" || kind.ends_with("List") {
-            let items = doc.get("items").and_then(Value::as_array).ok_or_else(|| err(None, "List has no items".into()))?;
+            let items = doc
+                .get("items")
+                .and_then(Value::as_array)
+                .ok_or_else(|| err(None, "List has no items".into()))?;
             (items.iter().collect(), true)
         } else {
             (vec![&doc], false)
@@ -121,17 +161,25 @@ pub fn parse_dump(text: &str, now: i64) -> Result<(Snapshot, InputSummary), Inpu
             let kind = item.get("kind").and_then(Value::as_str).unwrap_or_default();
             let describe = || {
                 let m = item.get("metadata");
-                let ns = m.and_then(|m| m.get("namespace")).and_then(Value::as_str).unwrap_or("default");
-                let name = m.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<unnamed>");
+                let ns = m
+                    .and_then(|m| m.get("namespace"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let name = m
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("<unnamed>");
                 format!("{kind} {ns}/{name}")
             };
             if kind.is_empty() {
                 return Err(err(item_no, "missing field `kind`".into()));
             }
             if FluxKind::from_kind(kind).is_some() {
-                let obj = flux::from_value(item).map_err(|e| err(item_no, format!("{}: {e}", describe())))?;
+                let obj = flux::from_value(item)
+                    .map_err(|e| err(item_no, format!("{}: {e}", describe())))?;
                 summary.flux_objects += 1;
-                snap.objects.insert(obj.key.clone(), std::sync::Arc::new(obj));
+                snap.objects
+                    .insert(obj.key.clone(), std::sync::Arc::new(obj));
             } else if kind == "Secret" {
                 read_secret(&mut snap, &mut summary, item).map_err(|e| err(item_no, e))?;
             } else {
@@ -176,7 +224,10 @@ metadata: {name: other}
         assert_eq!(summary.secrets, 1);
         assert_eq!(summary.ignored, 1);
         let s = &snap.secrets[&("flux-system".to_string(), "creds".to_string())];
-        assert_eq!(s.keys.iter().cloned().collect::<Vec<_>>(), vec!["password", "username"]);
+        assert_eq!(
+            s.keys.iter().cloned().collect::<Vec<_>>(),
+            vec!["password", "username"]
+        );
         assert_eq!(s.resource_version.as_deref(), Some("7"));
     }
 
@@ -184,11 +235,30 @@ metadata: {name: other}
     fn errors_name_document_item_and_field() {
         let yaml = "kind: ConfigMap\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: kustomize.toolkit.fluxcd.io/v1\n  kind: Kustomization\n  metadata: {name: a, namespace: ns}\n  spec: {timeout: forever}\n";
         let e = parse_dump(yaml, 0).unwrap_err();
-        assert_eq!(e.to_string(), "document 2, item 1: Kustomization ns/a: field `spec.timeout`: `forever` is not a duration");
-        assert!(parse_dump("a: [b", 0).unwrap_err().to_string().starts_with("document 1: invalid YAML"));
-        assert!(parse_dump("{\"kind\": ", 0).unwrap_err().to_string().starts_with("document 1: invalid JSON"));
-        assert_eq!(parse_dump("- 1\n", 0).unwrap_err().message, "not a Kubernetes object");
-        assert_eq!(parse_dump("metadata: {}\n", 0).unwrap_err().message, "missing field `kind`");
+        assert_eq!(
+            e.to_string(),
+            "document 2, item 1: Kustomization ns/a: field `spec.timeout`: `forever` is not a duration"
+        );
+        assert!(
+            parse_dump("a: [b", 0)
+                .unwrap_err()
+                .to_string()
+                .starts_with("document 1: invalid YAML")
+        );
+        assert!(
+            parse_dump("{\"kind\": ", 0)
+                .unwrap_err()
+                .to_string()
+                .starts_with("document 1: invalid JSON")
+        );
+        assert_eq!(
+            parse_dump("- 1\n", 0).unwrap_err().message,
+            "not a Kubernetes object"
+        );
+        assert_eq!(
+            parse_dump("metadata: {}\n", 0).unwrap_err().message,
+            "missing field `kind`"
+        );
     }
 
     #[test]
@@ -203,7 +273,11 @@ data: {release: bm90LWd6aXA=}
         let (snap, summary) = parse_dump(yaml, 0).unwrap();
         assert!(snap.releases.is_empty());
         assert_eq!(summary.warnings.len(), 1);
-        assert!(summary.warnings[0].contains("sh.helm.release.v1.web.v1"), "{}", summary.warnings[0]);
+        assert!(
+            summary.warnings[0].contains("sh.helm.release.v1.web.v1"),
+            "{}",
+            summary.warnings[0]
+        );
     }
 
     #[test]

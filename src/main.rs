@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fluxmedic::{api, cli, controller, input, policy};
 
 #[derive(Parser)]
-#[command(name = "fluxmedic", version, about = "Diagnose and safely remediate FluxCD failures")]
+#[command(
+    name = "fluxmedic",
+    version,
+    about = "Diagnose and safely remediate FluxCD failures"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,12 +74,20 @@ enum Command {
 
 fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
     let (ns, name, mut spec) = match path {
-        None => ("fluxmedic".to_string(), "built-in-default".to_string(), policy::default_policy_spec()),
+        None => (
+            "fluxmedic".to_string(),
+            "built-in-default".to_string(),
+            policy::default_policy_spec(),
+        ),
         Some(p) => {
             let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             let rp: api::RemediationPolicy = serde_yaml_ng::from_str(&text)
                 .map_err(|e| format!("{}: not a RemediationPolicy: {e}", p.display()))?;
-            let ns = rp.metadata.namespace.clone().unwrap_or_else(|| "fluxmedic".into());
+            let ns = rp
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "fluxmedic".into());
             (ns, rp.metadata.name.clone().unwrap_or_default(), rp.spec)
         }
     };
@@ -86,24 +98,39 @@ fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
     policy::Policy::new(&ns, &name, spec).map_err(|e| format!("invalid policy: {e}"))
 }
 
-async fn diagnose(file: Option<String>, policy: Option<PathBuf>, output: Output) -> Result<(), (u8, String)> {
+async fn diagnose(
+    file: Option<String>,
+    policy: Option<PathBuf>,
+    output: Output,
+) -> Result<(), (u8, String)> {
     let now = jiff::Timestamp::now().as_second();
     let pol = load_policy(policy).map_err(|e| (2, e))?;
     let (snap, warnings) = match file {
         Some(f) => {
             let mut text = String::new();
             if f == "-" {
-                std::io::stdin().read_to_string(&mut text).map_err(|e| (2, format!("stdin: {e}")))?;
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|e| (2, format!("stdin: {e}")))?;
             } else {
                 text = std::fs::read_to_string(&f).map_err(|e| (2, format!("{f}: {e}")))?;
             }
-            let name = if f == "-" { "stdin".to_string() } else { f.clone() };
-            let (snap, summary) = input::parse_dump(&text, now).map_err(|e| (2, format!("{name}: {e}")))?;
+            let name = if f == "-" {
+                "stdin".to_string()
+            } else {
+                f.clone()
+            };
+            let (snap, summary) =
+                input::parse_dump(&text, now).map_err(|e| (2, format!("{name}: {e}")))?;
             (snap, summary.warnings)
         }
         None => {
-            let client = kube::Client::try_default().await.map_err(|e| (1, format!("cannot reach the cluster: {e}")))?;
-            cli::live_snapshot(client, now).await.map_err(|e| (1, e.to_string()))?
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| (1, format!("cannot reach the cluster: {e}")))?;
+            cli::live_snapshot(client, now)
+                .await
+                .map_err(|e| (1, e.to_string()))?
         }
     };
     for w in &warnings {
@@ -129,16 +156,26 @@ fn write_stdout(text: &str) -> Result<(), (u8, String)> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match cli.command {
         Command::Crds => {
-            let all: String = api::crd_documents().into_iter().map(|(_, doc)| format!("---\n{doc}")).collect();
+            let all: String = api::crd_documents()
+                .into_iter()
+                .map(|(_, doc)| format!("---\n{doc}"))
+                .collect();
             match write_stdout(&all) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err((code, _)) => ExitCode::from(code),
             }
         }
-        Command::Diagnose { file, policy, output } => match rt.block_on(diagnose(file, policy, output)) {
+        Command::Diagnose {
+            file,
+            policy,
+            output,
+        } => match rt.block_on(diagnose(file, policy, output)) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, msg)) => {
                 eprintln!("error: {msg}");
@@ -171,7 +208,8 @@ fn main() -> ExitCode {
                 helm_bin: helm,
                 leader_elect,
                 max_writes_per_second,
-                identity: std::env::var("POD_NAME").unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
+                identity: std::env::var("POD_NAME")
+                    .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };
             let res = rt.block_on(async {
                 let client = kube::Client::try_default().await?;

@@ -28,7 +28,10 @@ pub struct CategoryLabels {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0].into_iter()
+    [
+        0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    ]
+    .into_iter()
 }
 
 /// All fluxmedic metrics, prefixed `fluxmedic_`.
@@ -58,19 +61,36 @@ impl Default for Metrics {
         let escalations = Family::<CaseLabels, Counter>::default();
         let errors = Family::<CategoryLabels, Counter>::default();
         let time_to_detect = Histogram::new(latency_buckets());
-        let time_to_recover =
-            Family::<CaseLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()) as Histogram);
+        let time_to_recover = Family::<CaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets()) as Histogram
+        });
         let failing_targets = Gauge::default();
         let open_incidents = Gauge::default();
         let circuit_breaker_open = Gauge::default();
         let passes = Counter::default();
         let leader = Gauge::default();
-        let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter());
+        let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
-        registry.register("actions", "Remediation actions, by action and outcome", actions.clone());
-        registry.register("actions_blocked", "Planned actions not taken, by reason", blocked.clone());
-        registry.register("escalations", "Incidents escalated to a person, by case", escalations.clone());
-        registry.register("errors", "Errors while remediating, by category", errors.clone());
+        registry.register(
+            "actions",
+            "Remediation actions, by action and outcome",
+            actions.clone(),
+        );
+        registry.register(
+            "actions_blocked",
+            "Planned actions not taken, by reason",
+            blocked.clone(),
+        );
+        registry.register(
+            "escalations",
+            "Incidents escalated to a person, by case",
+            escalations.clone(),
+        );
+        registry.register(
+            "errors",
+            "Errors while remediating, by category",
+            errors.clone(),
+        );
         registry.register(
             "time_to_detect_seconds",
             "From the target going not-ready to its Remediation being recorded",
@@ -81,12 +101,36 @@ impl Default for Metrics {
             "From detection to the target being Ready again, by case",
             time_to_recover.clone(),
         );
-        registry.register("failing_targets", "Flux objects failing now", failing_targets.clone());
-        registry.register("open_incidents", "Remediations open now", open_incidents.clone());
-        registry.register("circuit_breaker_open", "1 while the circuit breaker is open", circuit_breaker_open.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease (or runs without election)", leader.clone());
-        registry.register("evaluations", "Evaluation passes over the whole snapshot", passes.clone());
-        registry.register("evaluation_duration_seconds", "Duration of an evaluation pass", pass_duration.clone());
+        registry.register(
+            "failing_targets",
+            "Flux objects failing now",
+            failing_targets.clone(),
+        );
+        registry.register(
+            "open_incidents",
+            "Remediations open now",
+            open_incidents.clone(),
+        );
+        registry.register(
+            "circuit_breaker_open",
+            "1 while the circuit breaker is open",
+            circuit_breaker_open.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without election)",
+            leader.clone(),
+        );
+        registry.register(
+            "evaluations",
+            "Evaluation passes over the whole snapshot",
+            passes.clone(),
+        );
+        registry.register(
+            "evaluation_duration_seconds",
+            "Duration of an evaluation pass",
+            pass_duration.clone(),
+        );
         Metrics {
             registry,
             incidents,
@@ -114,15 +158,23 @@ impl Metrics {
     }
 
     pub fn action(&self, action: &str, outcome: &str) {
-        self.actions.get_or_create(&ActionLabels { action: action.into(), outcome: outcome.into() }).inc();
+        self.actions
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 }
 
 /// Logging: `RUST_LOG` filter (default info), JSON with `--log-format json`.
 pub fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
     } else {

@@ -12,8 +12,19 @@ use support::*;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/fluxmedic");
 
 fn helm(env: &Env, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env.helm()).args(args).env("KUBECONFIG", env.kubeconfig()).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env.helm())
+        .args(args)
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -23,32 +34,80 @@ fn chart_lints_and_renders_every_mode() {
     assert!(ok, "{out}");
     let (ok, out) = helm(env, &["template", "fm", CHART, "-n", "flux-system"]);
     assert!(ok, "{out}");
-    assert!(out.contains("kind: ClusterRole") && out.contains("runAsNonRoot: true") && out.contains("readOnlyRootFilesystem: true"));
-    assert_eq!(out.matches("kind: Role\n").count(), 1, "cluster mode: a ClusterRole, plus the leader-election Role");
+    assert!(
+        out.contains("kind: ClusterRole")
+            && out.contains("runAsNonRoot: true")
+            && out.contains("readOnlyRootFilesystem: true")
+    );
+    assert_eq!(
+        out.matches("kind: Role\n").count(),
+        1,
+        "cluster mode: a ClusterRole, plus the leader-election Role"
+    );
     assert!(out.contains("--leader-elect"));
-    let (ok, out) = helm(env, &["template", "fm", CHART, "-n", "flux-system", "--set", "watchNamespaces={apps,data}",
-        "--set", "rollback.enabled=true", "--set", "defaultPolicy.enabled=true",
-        "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true"]);
+    let (ok, out) = helm(
+        env,
+        &[
+            "template",
+            "fm",
+            CHART,
+            "-n",
+            "flux-system",
+            "--set",
+            "watchNamespaces={apps,data}",
+            "--set",
+            "rollback.enabled=true",
+            "--set",
+            "defaultPolicy.enabled=true",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+        ],
+    );
     assert!(ok, "{out}");
-    assert_eq!(out.matches("kind: Role\n").count(), 4, "one Role per watched namespace and the release namespace, plus leader election");
+    assert_eq!(
+        out.matches("kind: Role\n").count(),
+        4,
+        "one Role per watched namespace and the release namespace, plus leader election"
+    );
     assert!(out.contains("--watch-namespaces=apps,data"));
-    for want in ["kind: ServiceMonitor", "kind: PrometheusRule", "FluxmedicIncidentEscalated", "FluxmedicCircuitBreakerOpen",
-                 "kind: RemediationPolicy", "Retry, Rollback", "name: cluster-admin"] {
+    for want in [
+        "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "FluxmedicIncidentEscalated",
+        "FluxmedicCircuitBreakerOpen",
+        "kind: RemediationPolicy",
+        "Retry, Rollback",
+        "name: cluster-admin",
+    ] {
         assert!(out.contains(want), "{want} missing");
     }
     // The CRDs shipped by the chart are the generated ones.
     for (file, yaml) in fluxmedic::api::crd_documents() {
-        assert_eq!(std::fs::read_to_string(format!("{CHART}/crds/{file}")).unwrap(), yaml);
+        assert_eq!(
+            std::fs::read_to_string(format!("{CHART}/crds/{file}")).unwrap(),
+            yaml
+        );
     }
 }
 
 #[test]
 fn bad_values_fail_at_install_with_a_clear_message() {
     let env = env();
-    for (set, want) in [("replicas=9", "replicas"), ("concurrency=0", "concurrency"), ("logFormat=xml", "logFormat"), ("nosuchvalue=1", "nosuchvalue")] {
+    for (set, want) in [
+        ("replicas=9", "replicas"),
+        ("concurrency=0", "concurrency"),
+        ("logFormat=xml", "logFormat"),
+        ("nosuchvalue=1", "nosuchvalue"),
+    ] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");
-        assert!(out.contains("values don't meet the specifications of the schema") && out.contains(want), "{set}: {out}");
+        assert!(
+            out.contains("values don't meet the specifications of the schema")
+                && out.contains(want),
+            "{set}: {out}"
+        );
     }
 }
 
@@ -70,7 +129,11 @@ async fn service_account_remediates(namespaced: bool) {
     // The chart installs the CRDs when they are missing; when other tests already applied
     // them (server-side, another field manager) it must not fight over them.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    let present = crds.get_opt("remediations.fluxmedic.io").await.unwrap().is_some();
+    let present = crds
+        .get_opt("remediations.fluxmedic.io")
+        .await
+        .unwrap()
+        .is_some();
     let watch = format!("watchNamespaces={{{ns}}}");
     let mut args = vec!["install", release.as_str(), CHART, "-n", ns.as_str()];
     if namespaced {
@@ -81,32 +144,59 @@ async fn service_account_remediates(namespaced: bool) {
     }
     let (ok, out) = helm(env, &args);
     assert!(ok, "{out}");
-    assert!(crds.get_opt("remediationpolicies.fluxmedic.io").await.unwrap().is_some());
+    assert!(
+        crds.get_opt("remediationpolicies.fluxmedic.io")
+            .await
+            .unwrap()
+            .is_some()
+    );
     install_crds(&client).await;
     // A token of the chart's ServiceAccount (TokenRequest), and a kubeconfig holding only it.
     let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
     let tr: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}})).unwrap();
-    let tr = sas.create_token_request("fluxmedic", &PostParams::default(), &tr).await.expect("token request");
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr = sas
+        .create_token_request("fluxmedic", &PostParams::default(), &tr)
+        .await
+        .expect("token request");
     let token = tr.status.unwrap().token.expect("a token");
-    let kc = std::env::temp_dir().join(format!("{ns}.kubeconfig"));
-    let server = env.var("FLUXMEDIC_API_URL");
-    let ca = std::path::Path::new(env.kubeconfig()).parent().unwrap().join("pki/ca.crt");
-    std::fs::write(&kc, format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{server}\", certificate-authority: \"{}\"}}\nusers:\n- name: sa\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: sa}}\ncurrent-context: t\n", ca.display())).unwrap();
+    let kc = token_kubeconfig(env, &ns, &token);
 
     // A stale lock and a broken commit, fixed by the operator running as the ServiceAccount.
     let charts = ChartRepo::new(env, &ns);
-    charts.publish(env, "web", "0.1.0", &[("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  v: one\n")], "{}\n");
+    charts.publish(
+        env,
+        "web",
+        "0.1.0",
+        &[(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\ndata:\n  v: one\n",
+        )],
+        "{}\n",
+    );
     apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
         "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
     apply(&client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": "web", "namespace": ns},
         "spec": {"interval": "1h", "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    merge_patch(&client, &ns, "HelmRelease", "web", json!({"spec": {"suspend": true}})).await;
+    merge_patch(
+        &client,
+        &ns,
+        "HelmRelease",
+        "web",
+        json!({"spec": {"suspend": true}}),
+    )
+    .await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     let mut s = secrets.get("sh.helm.release.v1.web.v1").await.unwrap();
-    let data: std::collections::BTreeMap<String, Vec<u8>> = s.data.clone().unwrap().into_iter().map(|(k, v)| (k, v.0)).collect();
+    let data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
     let mut rel = fluxmedic::helm::decode_secret("sh.helm.release.v1.web.v1", &data).unwrap();
     rel.json["version"] = json!(2);
     rel.json["info"]["status"] = json!("pending-upgrade");
@@ -114,29 +204,70 @@ async fn service_account_remediates(namespaced: bool) {
         "status": "pending-upgrade", "version": "2", "modifiedAt": (jiff::Timestamp::now().as_second() - 3600).to_string()}})).unwrap();
     s.data = Some([("release".to_string(), k8s_openapi::ByteString(rel.encode()))].into());
     secrets.create(&PostParams::default(), &s).await.unwrap();
-    apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "stale-lock", "mode": "Auto"}]}))).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "stale-lock", "mode": "Auto"}]}),
+        ),
+    )
+    .await;
 
-    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + if namespaced { 191 } else { 190 };
+    let port =
+        env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + if namespaced { 191 } else { 190 };
     let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--tick-seconds", "1", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "run",
+            "--namespace",
+            &ns,
+            "--watch-namespaces",
+            &ns,
+            "--tick-seconds",
+            "1",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("KUBECONFIG", &kc)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let res = wait_for("unlock done as the ServiceAccount", Duration::from_secs(60), || async {
-        match remediation_for(&client, &ns, "HelmRelease/web").await {
-            Some(r) if r["status"]["phase"] == "Succeeded" => Ok(r),
-            Some(r) => Err(r["status"].to_string()),
-            None => Err("none".into()),
-        }
-    })
+    let res = wait_for(
+        "unlock done as the ServiceAccount",
+        Duration::from_secs(60),
+        || async {
+            match remediation_for(&client, &ns, "HelmRelease/web").await {
+                Some(r) if r["status"]["phase"] == "Succeeded" => Ok(r),
+                Some(r) => Err(r["status"].to_string()),
+                None => Err("none".into()),
+            }
+        },
+    )
     .await;
     let _ = child.kill();
+    let _ = child.wait();
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(!logs.contains("Forbidden") && !logs.contains("forbidden"), "the chart's RBAC was not enough:\n{logs}");
-    assert!(res["status"]["steps"].as_array().unwrap().iter().any(|s: &Value| s["action"] == "unlock" && s["outcome"] == "Succeeded"));
+    assert!(
+        !logs.contains("Forbidden") && !logs.contains("forbidden"),
+        "the chart's RBAC was not enough:\n{logs}"
+    );
+    assert!(
+        res["status"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s: &Value| s["action"] == "unlock" && s["outcome"] == "Succeeded")
+    );
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), &ns);
-    assert!(!events.list(&Default::default()).await.unwrap().items.is_empty(), "Events were created as the ServiceAccount");
+    assert!(
+        !events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "Events were created as the ServiceAccount"
+    );
     let _ = helm(env, &["uninstall", &release, "-n", &ns]);
 }

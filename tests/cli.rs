@@ -18,17 +18,28 @@ fn fluxmedic(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
-const DUMP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cluster-dump.yaml");
+const DUMP: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/cluster-dump.yaml"
+);
 
 #[test]
 fn diagnose_json_on_a_realistic_dump() {
     let (code, out, err) = fluxmedic(&["diagnose", "-f", DUMP, "-o", "json"], None);
     assert_eq!(code, 0, "{err}");
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
-    let find = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name} missing"));
+    let find = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+    };
     assert_eq!(rows.len(), 9, "only the failing objects are listed");
     for r in &rows {
         for field in ["kind", "namespace", "name", "case", "root", "retryable"] {
@@ -38,7 +49,10 @@ fn diagnose_json_on_a_realistic_dump() {
     // dependency chain of three: act on the root only
     assert_eq!(find("infra-controllers")["case"], "invalid-manifests");
     assert_eq!(find("apps")["case"], "dependency-cascade");
-    assert_eq!(find("apps")["root"], "Kustomization/flux-system/infra-controllers");
+    assert_eq!(
+        find("apps")["root"],
+        "Kustomization/flux-system/infra-controllers"
+    );
     assert!(find("apps")["action"].is_null());
     // a shared failing source
     assert_eq!(find("team-a")["case"], "git-auth");
@@ -46,13 +60,19 @@ fn diagnose_json_on_a_realistic_dump() {
         assert_eq!(find(n)["root"], "GitRepository/flux-system/team-a");
     }
     let ev = find("team-a")["evidence"].to_string();
-    assert!(ev.contains("has keys [username] but a http URL needs username+password or bearerToken"), "{ev}");
+    assert!(
+        ev.contains("has keys [username] but a http URL needs username+password or bearerToken"),
+        "{ev}"
+    );
     // Helm
     assert_eq!(find("podinfo")["case"], "failed-release");
     assert_eq!(find("podinfo")["retryable"], true);
     assert_eq!(find("podinfo")["action"], "retry");
     assert_eq!(find("redis")["case"], "stale-lock");
-    assert_eq!(find("redis")["action"], "unlock data/sh.helm.release.v1.redis.v2");
+    assert_eq!(
+        find("redis")["action"],
+        "unlock data/sh.helm.release.v1.redis.v2"
+    );
 }
 
 #[test]
@@ -69,7 +89,18 @@ fn observe_policy_changes_what_would_be_done() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("policy.yaml");
     std::fs::write(&p, "apiVersion: fluxmedic.io/v1alpha1\nkind: RemediationPolicy\nmetadata: {name: watch-only, namespace: flux-system}\nspec:\n  rules:\n  - {case: failed-release, mode: Observe}\n").unwrap();
-    let (code, out, err) = fluxmedic(&["diagnose", "-f", DUMP, "-o", "json", "--policy", p.to_str().unwrap()], None);
+    let (code, out, err) = fluxmedic(
+        &[
+            "diagnose",
+            "-f",
+            DUMP,
+            "-o",
+            "json",
+            "--policy",
+            p.to_str().unwrap(),
+        ],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
     let podinfo = rows.iter().find(|r| r["name"] == "podinfo").unwrap();
@@ -83,7 +114,10 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     let (code, out, err) = fluxmedic(&["diagnose", "-f", "-"], Some(bad));
     assert_eq!(code, 2);
     assert!(out.is_empty());
-    assert_eq!(err.trim(), "error: stdin: document 1: Kustomization b/a: field `spec.interval`: `often` is not a duration");
+    assert_eq!(
+        err.trim(),
+        "error: stdin: document 1: Kustomization b/a: field `spec.interval`: `often` is not a duration"
+    );
     let (code, _, err) = fluxmedic(&["diagnose", "-f", "/nonexistent/dump.yaml"], None);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/dump.yaml"), "{err}");

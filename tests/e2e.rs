@@ -18,10 +18,13 @@ use support::*;
 const MIN: Duration = Duration::from_secs(60);
 
 fn cm(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
-const BROKEN_YAML: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata:\n  value: [unclosed\n";
+const BROKEN_YAML: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata:\n  value: [unclosed\n";
 
 async fn setup(prefix: &str) -> (&'static Env, Client, String) {
     let env = env();
@@ -32,12 +35,17 @@ async fn setup(prefix: &str) -> (&'static Env, Client, String) {
 }
 
 async fn git_source(client: &Client, ns: &str, name: &str, url: &str, secret: Option<&str>) {
-    let mut spec = json!({"url": url, "interval": "1h", "ref": {"branch": "main"}, "timeout": "20s"});
+    let mut spec =
+        json!({"url": url, "interval": "1h", "ref": {"branch": "main"}, "timeout": "20s"});
     if let Some(s) = secret {
         spec["secretRef"] = json!({"name": s});
     }
-    apply(client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec})).await;
+    apply(
+        client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .await;
 }
 
 async fn kustomization(client: &Client, ns: &str, name: &str, path: &str, deps: &[&str]) {
@@ -49,14 +57,25 @@ async fn kustomization(client: &Client, ns: &str, name: &str, path: &str, deps: 
 }
 
 /// Wait for the target's Remediation to satisfy `pred`.
-async fn wait_remediation(client: &Client, ns: &str, target: &str, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    wait_for(&format!("Remediation of {target}: {what}"), timeout, || async {
-        match remediation_for(client, ns, target).await {
-            Some(r) if pred(&r) => Ok(r),
-            Some(r) => Err(r["status"].to_string()),
-            None => Err("no Remediation yet".into()),
-        }
-    })
+async fn wait_remediation(
+    client: &Client,
+    ns: &str,
+    target: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(
+        &format!("Remediation of {target}: {what}"),
+        timeout,
+        || async {
+            match remediation_for(client, ns, target).await {
+                Some(r) if pred(&r) => Ok(r),
+                Some(r) => Err(r["status"].to_string()),
+                None => Err("no Remediation yet".into()),
+            }
+        },
+    )
     .await
 }
 
@@ -67,7 +86,16 @@ fn phase(r: &Value) -> &str {
 fn steps(r: &Value) -> Vec<(String, String)> {
     r["status"]["steps"]
         .as_array()
-        .map(|a| a.iter().map(|s| (s["action"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string())).collect())
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["action"].as_str().unwrap().to_string(),
+                        s["outcome"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -77,13 +105,20 @@ fn has_step(r: &Value, action: &str, outcome: &str) -> bool {
 
 /// Events are published right after the status they report; give them a moment.
 async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) {
-    wait_for(&format!("Events {reasons:?} about {name}"), Duration::from_secs(15), || async {
-        let evs = events_about(client, ns, name).await;
-        match reasons.iter().find(|r| !evs.iter().any(|(reason, _)| reason == *r)) {
-            None => Ok(()),
-            Some(missing) => Err(format!("no {missing} Event: {evs:?}")),
-        }
-    })
+    wait_for(
+        &format!("Events {reasons:?} about {name}"),
+        Duration::from_secs(15),
+        || async {
+            let evs = events_about(client, ns, name).await;
+            match reasons
+                .iter()
+                .find(|r| !evs.iter().any(|(reason, _)| reason == *r))
+            {
+                None => Ok(()),
+                Some(missing) => Err(format!("no {missing} Event: {evs:?}")),
+            }
+        },
+    )
     .await
 }
 
@@ -97,19 +132,40 @@ fn auto(rules: Value) -> Value {
 async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     let (env, client, ns) = setup("invalid").await;
     let repo = Repo::new(env, &ns, false);
-    repo.commit(&[("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")), ("app/cm.yaml", Some(&cm("greeting", "v1")))], "initial");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
+        ],
+        "initial",
+    );
     git_source(&client, &ns, "repo", &repo.url, None).await;
     kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
-    apply(&client, policy(&ns, "auto", auto(json!([{"case": "invalid-manifests", "mode": "Auto"}])))).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "invalid-manifests", "mode": "Auto"}])),
+        ),
+    )
+    .await;
     let op = Operator::start(env, &ns, &[]);
 
     repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken");
     request_reconcile(&client, &ns, "GitRepository", "repo").await;
     wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", MIN).await;
-    let rem = wait_remediation(&client, &ns, "Kustomization/app", "polling the source", MIN, |r| {
-        r["spec"]["case"] == "invalid-manifests" && has_step(r, "reconcile-source", "Succeeded")
-    })
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/app",
+        "polling the source",
+        MIN,
+        |r| {
+            r["spec"]["case"] == "invalid-manifests" && has_step(r, "reconcile-source", "Succeeded")
+        },
+    )
     .await;
     let ev = rem["status"]["diagnosis"]["evidence"].to_string();
     assert!(ev.contains("kustomize build failed"), "{ev}");
@@ -120,13 +176,31 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     repo.commit(&[("app/cm.yaml", Some(&cm("greeting", "v2")))], "fix");
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     let recovery = fixed_at.elapsed();
-    let rem = wait_remediation(&client, &ns, "Kustomization/app", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
+    let rem = wait_remediation(&client, &ns, "Kustomization/app", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
     assert!(rem["status"]["timeToRecoverySeconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(rem["metadata"]["labels"]["fluxmedic.io/open"], "false");
-    assert_events(&client, &ns, "app", &["FailureDetected", "ActionSucceeded", "Recovered"]).await;
-    op.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0).await;
-    op.wait_metric("fluxmedic_actions_total{action=\"reconcile-source\",outcome=\"succeeded\"}", 1.0).await;
-    op.wait_metric("fluxmedic_time_to_recover_seconds_count{case=\"invalid-manifests\"}", 1.0).await;
+    assert_events(
+        &client,
+        &ns,
+        "app",
+        &["FailureDetected", "ActionSucceeded", "Recovered"],
+    )
+    .await;
+    op.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0)
+        .await;
+    op.wait_metric(
+        "fluxmedic_actions_total{action=\"reconcile-source\",outcome=\"succeeded\"}",
+        1.0,
+    )
+    .await;
+    op.wait_metric(
+        "fluxmedic_time_to_recover_seconds_count{case=\"invalid-manifests\"}",
+        1.0,
+    )
+    .await;
     eprintln!("invalid-manifests: recovered {recovery:?} after the fixing commit");
 }
 
@@ -137,13 +211,23 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     let (env, client, ns) = setup("gitauth").await;
     let repo = Repo::new(env, &ns, true);
     repo.set_server_credentials(env, "bot", "first-password");
-    repo.commit(&[("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")), ("app/cm.yaml", Some(&cm("greeting", "v1")))], "initial");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
+        ],
+        "initial",
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let creds = |pw: &str| -> Secret {
         serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": ns},
-            "stringData": {"username": "bot", "password": pw}})).unwrap()
+            "stringData": {"username": "bot", "password": pw}}))
+        .unwrap()
     };
-    secrets.create(&PostParams::default(), &creds("first-password")).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &creds("first-password"))
+        .await
+        .unwrap();
     git_source(&client, &ns, "repo", &repo.url, Some("creds")).await;
     kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
@@ -155,31 +239,79 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     // The server's password is rotated; the Secret still holds the old one.
     repo.set_server_credentials(env, "bot", "second-password");
     request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    let src = wait_failing(&client, &ns, "GitRepository", "repo", "GitOperationFailed", MIN).await;
-    assert!(condition(&src, "Ready").unwrap()["message"].as_str().unwrap().contains("authentication required"));
-    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "escalated", MIN, |r| phase(r) == "Escalated").await;
+    let src = wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        MIN,
+    )
+    .await;
+    assert!(
+        condition(&src, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication required")
+    );
+    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "escalated", MIN, |r| {
+        phase(r) == "Escalated"
+    })
+    .await;
     assert_eq!(rem["spec"]["case"], "git-auth");
     let ev = rem["status"]["diagnosis"]["evidence"].to_string();
-    assert!(ev.contains("Secret") && ev.contains("has keys [password, username]"), "{ev}");
-    assert!(rem["status"]["blocked"].as_str().unwrap().contains("fix the credentials in Secret"), "{}", rem["status"]);
-    assert!(steps(&rem).is_empty(), "nothing to do until the Secret changes");
+    assert!(
+        ev.contains("Secret") && ev.contains("has keys [password, username]"),
+        "{ev}"
+    );
+    assert!(
+        rem["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .contains("fix the credentials in Secret"),
+        "{}",
+        rem["status"]
+    );
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing to do until the Secret changes"
+    );
     assert_events(&client, &ns, "repo", &["FailureDetected", "Escalated"]).await;
-    op.wait_metric("fluxmedic_escalations_total{case=\"git-auth\"}", 1.0).await;
+    op.wait_metric("fluxmedic_escalations_total{case=\"git-auth\"}", 1.0)
+        .await;
 
     secrets
-        .patch("creds", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"password": "second-password"}})))
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+        )
         .await
         .unwrap();
-    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "reconciled after the Secret changed", MIN, |r| {
-        has_step(r, "reconcile-source-and-consumers", "Succeeded")
-    })
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "reconciled after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
     .await;
     wait_ready(&client, &ns, "GitRepository", "repo", MIN).await;
     // The consumer was asked to reconcile with the same token.
-    let token = rem["status"]["steps"].as_array().unwrap().last().unwrap()["token"].as_str().unwrap().to_string();
+    let token = rem["status"]["steps"].as_array().unwrap().last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let ks = get(&client, &ns, "Kustomization", "app").await.unwrap();
-    assert_eq!(ks["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"], token.as_str());
-    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "closed", MIN, |r| phase(r) == "Succeeded").await;
+    assert_eq!(
+        ks["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"],
+        token.as_str()
+    );
+    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
     // Secret values never reach the record.
     let text = rem.to_string();
     assert!(!text.contains("first-password") && !text.contains("second-password"));
@@ -191,7 +323,14 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
 const CM_TEMPLATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-{{ .Values.suffix }}\ndata:\n  v: \"{{ .Values.suffix }}\"\n";
 const DEPLOYMENT_TEMPLATE: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: registry.invalid/web:1\n";
 
-async fn helm_release(client: &Client, ns: &str, name: &str, version: &str, values: Value, timeout: &str) {
+async fn helm_release(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    version: &str,
+    values: Value,
+    timeout: &str,
+) {
     apply(client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
         "metadata": {"name": name, "namespace": ns},
         "spec": {"interval": "1h", "timeout": timeout, "values": values,
@@ -200,35 +339,63 @@ async fn helm_release(client: &Client, ns: &str, name: &str, version: &str, valu
 
 async fn chart_repo(env: &Env, client: &Client, ns: &str) -> ChartRepo {
     let charts = ChartRepo::new(env, ns);
-    charts.publish(env, "web", "0.1.0", &[("cm.yaml", CM_TEMPLATE)], "suffix: one\n");
-    charts.publish(env, "web", "0.2.0", &[("cm.yaml", CM_TEMPLATE), ("deploy.yaml", DEPLOYMENT_TEMPLATE)], "suffix: one\n");
+    charts.publish(
+        env,
+        "web",
+        "0.1.0",
+        &[("cm.yaml", CM_TEMPLATE)],
+        "suffix: one\n",
+    );
+    charts.publish(
+        env,
+        "web",
+        "0.2.0",
+        &[
+            ("cm.yaml", CM_TEMPLATE),
+            ("deploy.yaml", DEPLOYMENT_TEMPLATE),
+        ],
+        "suffix: one\n",
+    );
     apply(client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
         "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
     charts
 }
 
 async fn wait_stalled(client: &Client, ns: &str, name: &str) -> Value {
-    wait_for(&format!("HelmRelease {name} Stalled/RetriesExceeded"), Duration::from_secs(120), || async {
-        let o = get(client, ns, "HelmRelease", name).await.ok_or("missing")?;
-        if condition(&o, "Stalled").is_some_and(|c| c["status"] == "True" && c["reason"] == "RetriesExceeded") {
-            Ok(o)
-        } else {
-            Err(format!("{:?}", o["status"]["conditions"]))
-        }
-    })
+    wait_for(
+        &format!("HelmRelease {name} Stalled/RetriesExceeded"),
+        Duration::from_secs(120),
+        || async {
+            let o = get(client, ns, "HelmRelease", name)
+                .await
+                .ok_or("missing")?;
+            if condition(&o, "Stalled")
+                .is_some_and(|c| c["status"] == "True" && c["reason"] == "RetriesExceeded")
+            {
+                Ok(o)
+            } else {
+                Err(format!("{:?}", o["status"]["conditions"]))
+            }
+        },
+    )
     .await
 }
 
 /// Make the Deployment look rolled out (no kubelet or deployment controller runs here).
 async fn mark_deployment_available(client: &Client, ns: &str) {
     let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
-    let d = wait_for("Deployment web", MIN, || async { api.get("web").await.map_err(|e| e.to_string()) }).await;
+    let d = wait_for("Deployment web", MIN, || async {
+        api.get("web").await.map_err(|e| e.to_string())
+    })
+    .await;
     let gen_ = d.metadata.generation.unwrap_or(1);
     let status = json!({"status": {"observedGeneration": gen_, "replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
         "conditions": [
             {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"},
             {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ok"}]}});
-    api.patch_status("web", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    api.patch_status("web", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------- failed release: retry
@@ -237,38 +404,98 @@ async fn mark_deployment_available(client: &Client, ns: &str) {
 async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token() {
     let (env, client, ns) = setup("hrretry").await;
     chart_repo(env, &client, &ns).await;
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "one"}), "10s").await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "10s",
+    )
+    .await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
     apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry"], "withSource": true}])))).await;
 
     // The upgrade waits for a Deployment that never rolls out: helm-controller times out,
     // and with the default retries (0) the release is Stalled.
-    helm_release(&client, &ns, "web", "0.2.0", json!({"suffix": "one"}), "10s").await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.2.0",
+        json!({"suffix": "one"}),
+        "10s",
+    )
+    .await;
     let hr = wait_stalled(&client, &ns, "web").await;
-    let ready = condition(&hr, "Ready").unwrap()["message"].as_str().unwrap().to_string();
-    assert!(ready.contains("timeout") || ready.contains("deadline"), "{ready}");
+    let ready = condition(&hr, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        ready.contains("timeout") || ready.contains("deadline"),
+        "{ready}"
+    );
     // The cause goes away (the rollout completes); plain Flux would stay Stalled.
     mark_deployment_available(&client, &ns).await;
     let op = Operator::start(env, &ns, &[]);
 
-    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "retried", Duration::from_secs(90), |r| has_step(r, "retry", "Succeeded")).await;
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "retried",
+        Duration::from_secs(90),
+        |r| has_step(r, "retry", "Succeeded"),
+    )
+    .await;
     assert_eq!(rem["spec"]["case"], "failed-release");
     assert_eq!(rem["status"]["diagnosis"]["retryable"], true);
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
     let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
     let ann = &hr["metadata"]["annotations"];
     let token = ann["reconcile.fluxcd.io/requestedAt"].as_str().unwrap();
-    assert_eq!(ann["reconcile.fluxcd.io/resetAt"], token, "one token for all three annotations");
+    assert_eq!(
+        ann["reconcile.fluxcd.io/resetAt"], token,
+        "one token for all three annotations"
+    );
     assert_eq!(ann["reconcile.fluxcd.io/forceAt"], token);
-    assert_eq!(hr["status"]["lastHandledResetAt"], token, "helm-controller honoured the reset");
-    assert!(rem["status"]["steps"].as_array().unwrap().iter().any(|s| s["token"] == token));
+    assert_eq!(
+        hr["status"]["lastHandledResetAt"], token,
+        "helm-controller honoured the reset"
+    );
+    assert!(
+        rem["status"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["token"] == token)
+    );
     // --with-source: the chart source was asked first, with the same token.
-    let chart = get(&client, &ns, "HelmChart", &format!("{ns}-web")).await.unwrap();
-    assert_eq!(chart["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"], token);
-    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
+    let chart = get(&client, &ns, "HelmChart", &format!("{ns}-web"))
+        .await
+        .unwrap();
+    assert_eq!(
+        chart["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"],
+        token
+    );
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
     assert_eq!(rem["status"]["attempts"], 1);
-    assert_events(&client, &ns, "web", &["FailureDetected", "ActionSucceeded", "Recovered"]).await;
-    op.wait_metric("fluxmedic_actions_total{action=\"retry\",outcome=\"succeeded\"}", 1.0).await;
+    assert_events(
+        &client,
+        &ns,
+        "web",
+        &["FailureDetected", "ActionSucceeded", "Recovered"],
+    )
+    .await;
+    op.wait_metric(
+        "fluxmedic_actions_total{action=\"retry\",outcome=\"succeeded\"}",
+        1.0,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- failed release: rollback
@@ -277,52 +504,135 @@ async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token()
 async fn non_retryable_release_is_rolled_back_kept_suspended_and_resumed_when_fixed() {
     let (env, client, ns) = setup("hrrollback").await;
     chart_repo(env, &client, &ns).await;
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
     apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}])))).await;
     let op = Operator::start(env, &ns, &[]);
 
     // Bad values: the ConfigMap name becomes invalid; the API server rejects the upgrade.
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "Not_Valid"}), "30s").await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Not_Valid"}),
+        "30s",
+    )
+    .await;
     wait_stalled(&client, &ns, "web").await;
-    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "rolled back", Duration::from_secs(90), |r| phase(r) == "AwaitingFix").await;
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "rolled back",
+        Duration::from_secs(90),
+        |r| phase(r) == "AwaitingFix",
+    )
+    .await;
     assert_eq!(rem["status"]["diagnosis"]["retryable"], false);
     assert!(has_step(&rem, "rollback", "Succeeded"), "{:?}", steps(&rem));
-    assert!(!has_step(&rem, "retry", "Succeeded"), "a retry cannot help, so none was made");
+    assert!(
+        !has_step(&rem, "retry", "Succeeded"),
+        "a retry cannot help, so none was made"
+    );
     let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
-    assert_eq!(hr["spec"]["suspend"], true, "kept suspended: resuming would re-run the failing upgrade");
-    assert_eq!(hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"], rem["metadata"]["name"]);
+    assert_eq!(
+        hr["spec"]["suspend"], true,
+        "kept suspended: resuming would re-run the failing upgrade"
+    );
+    assert_eq!(
+        hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"],
+        rem["metadata"]["name"]
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let latest = secrets.get("sh.helm.release.v1.web.v3").await.expect("rollback wrote revision 3");
-    assert_eq!(latest.metadata.labels.as_ref().unwrap()["status"], "deployed");
-    let data: std::collections::BTreeMap<String, Vec<u8>> = latest.data.unwrap().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+    let latest = secrets
+        .get("sh.helm.release.v1.web.v3")
+        .await
+        .expect("rollback wrote revision 3");
+    assert_eq!(
+        latest.metadata.labels.as_ref().unwrap()["status"],
+        "deployed"
+    );
+    let data: std::collections::BTreeMap<String, Vec<u8>> = latest
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect();
     let rel = fluxmedic::helm::decode_secret("sh.helm.release.v1.web.v3", &data).unwrap();
     assert_eq!(rel.description(), Some("Rollback to 1"));
 
     // The fix lands: valid values. fluxmedic resumes; helm-controller upgrades.
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "two"}), "30s").await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "two"}),
+        "30s",
+    )
+    .await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
     assert!(has_step(&rem, "resume", "Succeeded"));
     let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
     assert_ne!(hr["spec"]["suspend"], true);
-    assert!(hr["metadata"]["annotations"].get("fluxmedic.io/suspended-by").is_none());
+    assert!(
+        hr["metadata"]["annotations"]
+            .get("fluxmedic.io/suspended-by")
+            .is_none()
+    );
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
     assert!(cms.get("web-two").await.is_ok());
-    op.wait_metric("fluxmedic_actions_total{action=\"rollback\",outcome=\"succeeded\"}", 1.0).await;
+    op.wait_metric(
+        "fluxmedic_actions_total{action=\"rollback\",outcome=\"succeeded\"}",
+        1.0,
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- stale lock
 
-async fn forge_pending(client: &Client, ns: &str, release: &str, from: i64, to: i64, age_s: i64, corrupt: bool) {
+async fn forge_pending(
+    client: &Client,
+    ns: &str,
+    release: &str,
+    from: i64,
+    to: i64,
+    age_s: i64,
+    corrupt: bool,
+) {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let src = secrets.get(&format!("sh.helm.release.v1.{release}.v{from}")).await.unwrap();
-    let data: std::collections::BTreeMap<String, Vec<u8>> = src.data.unwrap().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
-    let mut rel = fluxmedic::helm::decode_secret(&format!("sh.helm.release.v1.{release}.v{from}"), &data).unwrap();
+    let src = secrets
+        .get(&format!("sh.helm.release.v1.{release}.v{from}"))
+        .await
+        .unwrap();
+    let data: std::collections::BTreeMap<String, Vec<u8>> = src
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect();
+    let mut rel =
+        fluxmedic::helm::decode_secret(&format!("sh.helm.release.v1.{release}.v{from}"), &data)
+            .unwrap();
     rel.json["version"] = json!(to);
     rel.json["info"]["status"] = json!("pending-upgrade");
     let payload = if corrupt {
-        base64::engine::general_purpose::STANDARD.encode(b"\x1f\x8b\x08garbage").into_bytes()
+        base64::engine::general_purpose::STANDARD
+            .encode(b"\x1f\x8b\x08garbage")
+            .into_bytes()
     } else {
         rel.encode()
     };
@@ -336,56 +646,105 @@ async fn forge_pending(client: &Client, ns: &str, release: &str, from: i64, to: 
     secrets.create(&PostParams::default(), &s).await.unwrap();
 }
 
+/// A release installed, then suspended for maintenance, while a Helm operation that died an
+/// hour ago left a pending-upgrade revision 2 (unreadable if `corrupt`). helm-controller cannot
+/// unlock it while suspended.
+async fn suspended_release_with_pending(env: &Env, client: &Client, ns: &str, corrupt: bool) {
+    chart_repo(env, client, ns).await;
+    helm_release(client, ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
+    wait_ready(client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    merge_patch(
+        client,
+        ns,
+        "HelmRelease",
+        "web",
+        json!({"spec": {"suspend": true}}),
+    )
+    .await;
+    forge_pending(client, ns, "web", 1, 2, 3600, corrupt).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_pending_release_is_unlocked_like_helm_controller_does() {
     let (env, client, ns) = setup("stalelock").await;
-    chart_repo(env, &client, &ns).await;
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
-    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    // Someone suspended the release for maintenance; meanwhile a Helm operation died
-    // mid-upgrade an hour ago and left a pending-upgrade lock. helm-controller cannot
-    // unlock it while suspended.
-    merge_patch(&client, &ns, "HelmRelease", "web", json!({"spec": {"suspend": true}})).await;
-    forge_pending(&client, &ns, "web", 1, 2, 3600, false).await;
-    apply(&client, policy(&ns, "auto", auto(json!([{"case": "stale-lock", "mode": "Auto"}])))).await;
+    suspended_release_with_pending(env, &client, &ns, false).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "stale-lock", "mode": "Auto"}])),
+        ),
+    )
+    .await;
     let op = Operator::start(env, &ns, &[]);
 
-    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "unlocked", MIN, |r| has_step(r, "unlock", "Succeeded")).await;
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "unlocked", MIN, |r| {
+        has_step(r, "unlock", "Succeeded")
+    })
+    .await;
     assert_eq!(rem["spec"]["case"], "stale-lock");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let s = secrets.get("sh.helm.release.v1.web.v2").await.expect("unlock never deletes by default");
+    let s = secrets
+        .get("sh.helm.release.v1.web.v2")
+        .await
+        .expect("unlock never deletes by default");
     assert_eq!(s.metadata.labels.as_ref().unwrap()["status"], "failed");
-    let data: std::collections::BTreeMap<String, Vec<u8>> = s.data.unwrap().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+    let data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect();
     let rel = fluxmedic::helm::decode_secret("sh.helm.release.v1.web.v2", &data).unwrap();
     assert_eq!(rel.status(), Some("failed"));
-    assert_eq!(rel.description(), Some("Release unlocked from stale 'pending-upgrade' state"));
+    assert_eq!(
+        rel.description(),
+        Some("Release unlocked from stale 'pending-upgrade' state")
+    );
     let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
-    assert_eq!(hr["spec"]["suspend"], true, "fluxmedic never resumes a suspension it did not make");
+    assert_eq!(
+        hr["spec"]["suspend"], true,
+        "fluxmedic never resumes a suspension it did not make"
+    );
     assert!(hr["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_string());
-    wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
-    op.wait_metric("fluxmedic_actions_total{action=\"unlock\",outcome=\"succeeded\"}", 1.0).await;
+    wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    op.wait_metric(
+        "fluxmedic_actions_total{action=\"unlock\",outcome=\"succeeded\"}",
+        1.0,
+    )
+    .await;
     assert_events(&client, &ns, "web", &["FailureDetected", "ActionSucceeded"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_release_secret_is_reported_and_never_deleted() {
     let (env, client, ns) = setup("corrupt").await;
-    chart_repo(env, &client, &ns).await;
-    helm_release(&client, &ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
-    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    merge_patch(&client, &ns, "HelmRelease", "web", json!({"spec": {"suspend": true}})).await;
-    forge_pending(&client, &ns, "web", 1, 2, 3600, true).await;
+    suspended_release_with_pending(env, &client, &ns, true).await;
     apply(&client, policy(&ns, "auto", auto(json!([{"case": "stale-lock", "mode": "Auto", "actions": ["DeletePendingRelease"]}])))).await;
     let op = Operator::start(env, &ns, &[]);
     let rem = wait_remediation(&client, &ns, "HelmRelease/web", "a failed step", MIN, |r| {
         has_step(r, "delete-pending-release", "Failed")
     })
     .await;
-    let msg = rem["status"]["steps"].as_array().unwrap().last().unwrap()["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("corrupt Helm release") && msg.contains("gzip"), "{msg}");
+    let msg = rem["status"]["steps"].as_array().unwrap().last().unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("corrupt Helm release") && msg.contains("gzip"),
+        "{msg}"
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    assert!(secrets.get("sh.helm.release.v1.web.v2").await.is_ok(), "a corrupt Secret is never deleted");
-    op.wait_metric("fluxmedic_errors_total{category=\"CorruptRelease\"}", 1.0).await;
+    assert!(
+        secrets.get("sh.helm.release.v1.web.v2").await.is_ok(),
+        "a corrupt Secret is never deleted"
+    );
+    op.wait_metric("fluxmedic_errors_total{category=\"CorruptRelease\"}", 1.0)
+        .await;
     assert_events(&client, &ns, "web", &["CorruptRelease"]).await;
 }
 
@@ -397,16 +756,30 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
     let repo = Repo::new(env, &ns, false);
     let files = |base: &str| {
         vec![
-            ("base/kustomization.yaml".to_string(), "resources:\n- cm.yaml\n".to_string()),
+            (
+                "base/kustomization.yaml".to_string(),
+                "resources:\n- cm.yaml\n".to_string(),
+            ),
             ("base/cm.yaml".to_string(), base.to_string()),
-            ("mid/kustomization.yaml".to_string(), "resources:\n- cm.yaml\n".to_string()),
+            (
+                "mid/kustomization.yaml".to_string(),
+                "resources:\n- cm.yaml\n".to_string(),
+            ),
             ("mid/cm.yaml".to_string(), cm("mid", "v1")),
-            ("top/kustomization.yaml".to_string(), "resources:\n- cm.yaml\n".to_string()),
+            (
+                "top/kustomization.yaml".to_string(),
+                "resources:\n- cm.yaml\n".to_string(),
+            ),
             ("top/cm.yaml".to_string(), cm("top", "v1")),
         ]
     };
     let f = files(&cm("base", "v1"));
-    repo.commit(&f.iter().map(|(a, b)| (a.as_str(), Some(b.as_str()))).collect::<Vec<_>>(), "initial");
+    repo.commit(
+        &f.iter()
+            .map(|(a, b)| (a.as_str(), Some(b.as_str())))
+            .collect::<Vec<_>>(),
+        "initial",
+    );
     git_source(&client, &ns, "repo", &repo.url, None).await;
     kustomization(&client, &ns, "a", "./base", &[]).await;
     kustomization(&client, &ns, "b", "./mid", &["a"]).await;
@@ -422,16 +795,45 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
     request_reconcile(&client, &ns, "GitRepository", "repo").await;
     wait_failing(&client, &ns, "Kustomization", "a", "BuildFailed", MIN).await;
     request_reconcile(&client, &ns, "Kustomization", "b").await;
-    wait_failing(&client, &ns, "Kustomization", "b", "DependencyNotReady", MIN).await;
+    wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "b",
+        "DependencyNotReady",
+        MIN,
+    )
+    .await;
     request_reconcile(&client, &ns, "Kustomization", "c").await;
-    wait_failing(&client, &ns, "Kustomization", "c", "DependencyNotReady", MIN).await;
+    wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "c",
+        "DependencyNotReady",
+        MIN,
+    )
+    .await;
     for k in ["b", "c"] {
-        let rem = wait_remediation(&client, &ns, &format!("Kustomization/{k}"), "blocked by the root", MIN, |r| {
-            r["status"]["root"]["name"] == "a" && r["status"]["blocked"].as_str().is_some_and(|b| b.contains("blocked by Kustomization"))
-        })
+        let rem = wait_remediation(
+            &client,
+            &ns,
+            &format!("Kustomization/{k}"),
+            "blocked by the root",
+            MIN,
+            |r| {
+                r["status"]["root"]["name"] == "a"
+                    && r["status"]["blocked"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("blocked by Kustomization"))
+            },
+        )
         .await;
         assert_eq!(rem["spec"]["case"], "dependency-cascade");
-        assert!(steps(&rem).is_empty(), "no action on a dependent while its root fails");
+        assert!(
+            steps(&rem).is_empty(),
+            "no action on a dependent while its root fails"
+        );
     }
 
     let fixed_at = std::time::Instant::now();
@@ -440,31 +842,61 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
         wait_ready(&client, &ns, "Kustomization", k, Duration::from_secs(90)).await;
     }
     let elapsed = fixed_at.elapsed();
-    let rb = wait_remediation(&client, &ns, "Kustomization/b", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
-    let rc = wait_remediation(&client, &ns, "Kustomization/c", "Succeeded", MIN, |r| phase(r) == "Succeeded").await;
+    let rb = wait_remediation(&client, &ns, "Kustomization/b", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    let rc = wait_remediation(&client, &ns, "Kustomization/c", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
     // Dependents were reconciled, b before c.
     let at = |r: &Value| {
-        r["status"]["steps"].as_array().unwrap().iter().find(|s| s["action"] == "reconcile").map(|s| s["startedAt"].as_str().unwrap().to_string())
+        r["status"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["action"] == "reconcile")
+            .map(|s| s["startedAt"].as_str().unwrap().to_string())
     };
     if let (Some(tb), Some(tc)) = (at(&rb), at(&rc)) {
         assert!(tb <= tc, "b ({tb}) is reconciled before c ({tc})");
     }
-    assert!(at(&rb).is_some() || at(&rc).is_some(), "fluxmedic reconciled the dependents: {rb} {rc}");
-    op.wait_metric("fluxmedic_incidents_total{case=\"dependency-cascade\"}", 2.0).await;
+    assert!(
+        at(&rb).is_some() || at(&rc).is_some(),
+        "fluxmedic reconciled the dependents: {rb} {rc}"
+    );
+    op.wait_metric(
+        "fluxmedic_incidents_total{case=\"dependency-cascade\"}",
+        2.0,
+    )
+    .await;
     eprintln!("dependency-cascade: all three Ready {elapsed:?} after the fixing commit");
 }
 
 // ---------------------------------------------------------------- modes and limits
 
-async fn broken_kustomization_setup(prefix: &str, n: usize) -> (&'static Env, Client, String, Repo) {
+async fn broken_kustomization_setup(
+    prefix: &str,
+    n: usize,
+) -> (&'static Env, Client, String, Repo) {
     let (env, client, ns) = setup(prefix).await;
     let repo = Repo::new(env, &ns, false);
     let mut files = vec![];
     for i in 0..n {
-        files.push((format!("app{i}/kustomization.yaml"), "resources:\n- cm.yaml\n".to_string()));
+        files.push((
+            format!("app{i}/kustomization.yaml"),
+            "resources:\n- cm.yaml\n".to_string(),
+        ));
         files.push((format!("app{i}/cm.yaml"), cm(&format!("cm{i}"), "v1")));
     }
-    repo.commit(&files.iter().map(|(a, b)| (a.as_str(), Some(b.as_str()))).collect::<Vec<_>>(), "initial");
+    repo.commit(
+        &files
+            .iter()
+            .map(|(a, b)| (a.as_str(), Some(b.as_str())))
+            .collect::<Vec<_>>(),
+        "initial",
+    );
     git_source(&client, &ns, "repo", &repo.url, None).await;
     for i in 0..n {
         kustomization(&client, &ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
@@ -477,37 +909,73 @@ async fn broken_kustomization_setup(prefix: &str, n: usize) -> (&'static Env, Cl
 
 async fn break_all(client: &Client, ns: &str, repo: &Repo, n: usize) {
     let files: Vec<String> = (0..n).map(|i| format!("app{i}/cm.yaml")).collect();
-    repo.commit(&files.iter().map(|f| (f.as_str(), Some(BROKEN_YAML))).collect::<Vec<_>>(), "break");
+    repo.commit(
+        &files
+            .iter()
+            .map(|f| (f.as_str(), Some(BROKEN_YAML)))
+            .collect::<Vec<_>>(),
+        "break",
+    );
     request_reconcile(client, ns, "GitRepository", "repo").await;
     for i in 0..n {
-        wait_failing(client, ns, "Kustomization", &format!("app{i}"), "BuildFailed", MIN).await;
+        wait_failing(
+            client,
+            ns,
+            "Kustomization",
+            &format!("app{i}"),
+            "BuildFailed",
+            MIN,
+        )
+        .await;
     }
 }
 
 /// Whether fluxmedic wrote to the GitRepository (its field manager in managedFields).
 async fn fluxmedic_touched(client: &Client, ns: &str, kind: &str, name: &str) -> bool {
     let o = get(client, ns, kind, name).await.unwrap();
-    o["metadata"]["managedFields"].as_array().is_some_and(|m| m.iter().any(|f| f["manager"] == "fluxmedic"))
+    o["metadata"]["managedFields"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|f| f["manager"] == "fluxmedic"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn observe_mode_records_the_plan_and_changes_nothing() {
     let (env, client, ns, repo) = broken_kustomization_setup("observe", 1).await;
-    apply(&client, policy(&ns, "watch", auto(json!([{"case": "invalid-manifests", "mode": "Observe"}])))).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "watch",
+            auto(json!([{"case": "invalid-manifests", "mode": "Observe"}])),
+        ),
+    )
+    .await;
     let op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
     let rem = wait_remediation(&client, &ns, "Kustomization/app0", "recorded", MIN, |r| {
-        r["status"]["blocked"].as_str().is_some_and(|b| b.contains("Observe"))
+        r["status"]["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("Observe"))
     })
     .await;
     assert_eq!(rem["status"]["mode"], "Observe");
-    assert!(rem["status"]["blocked"].as_str().unwrap().starts_with("planned reconcile-source"), "{}", rem["status"]);
+    assert!(
+        rem["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .starts_with("planned reconcile-source"),
+        "{}",
+        rem["status"]
+    );
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let rem = remediation_for(&client, &ns, "Kustomization/app0").await.unwrap();
+    let rem = remediation_for(&client, &ns, "Kustomization/app0")
+        .await
+        .unwrap();
     assert!(steps(&rem).is_empty());
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
     assert!(!fluxmedic_touched(&client, &ns, "Kustomization", "app0").await);
-    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"observe\"}", 1.0).await;
+    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"observe\"}", 1.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,7 +984,9 @@ async fn no_policy_means_record_only() {
     let _op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
     let rem = wait_remediation(&client, &ns, "Kustomization/app0", "recorded", MIN, |r| {
-        r["status"]["blocked"].as_str().is_some_and(|b| b.contains("no RemediationPolicy"))
+        r["status"]["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("no RemediationPolicy"))
     })
     .await;
     assert!(steps(&rem).is_empty());
@@ -526,10 +996,26 @@ async fn no_policy_means_record_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn require_approval_waits_for_a_person() {
     let (env, client, ns, repo) = broken_kustomization_setup("approval", 1).await;
-    apply(&client, policy(&ns, "gated", auto(json!([{"case": "invalid-manifests", "mode": "RequireApproval"}])))).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "gated",
+            auto(json!([{"case": "invalid-manifests", "mode": "RequireApproval"}])),
+        ),
+    )
+    .await;
     let _op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
-    let rem = wait_remediation(&client, &ns, "Kustomization/app0", "awaiting approval", MIN, |r| phase(r) == "AwaitingApproval").await;
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/app0",
+        "awaiting approval",
+        MIN,
+        |r| phase(r) == "AwaitingApproval",
+    )
+    .await;
     assert!(steps(&rem).is_empty());
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
     let name = rem["metadata"]["name"].as_str().unwrap().to_string();
@@ -537,10 +1023,22 @@ async fn require_approval_waits_for_a_person() {
 
     // kubectl annotate remediation NAME fluxmedic.io/approve=true
     let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": "true"}}})))
-        .await
-        .unwrap();
-    wait_remediation(&client, &ns, "Kustomization/app0", "approved and acted", MIN, |r| has_step(r, "reconcile-source", "Succeeded")).await;
+    api.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": "true"}}})),
+    )
+    .await
+    .unwrap();
+    wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/app0",
+        "approved and acted",
+        MIN,
+        |r| has_step(r, "reconcile-source", "Succeeded"),
+    )
+    .await;
     assert!(fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
 }
 
@@ -554,9 +1052,18 @@ async fn circuit_breaker_stops_action_when_many_targets_fail_at_once() {
     break_all(&client, &ns, &repo, 3).await;
     let op = Operator::start(env, &ns, &[]);
     for i in 0..3 {
-        let rem = wait_remediation(&client, &ns, &format!("Kustomization/app{i}"), "blocked by the breaker", MIN, |r| {
-            r["status"]["blocked"].as_str().is_some_and(|b| b.contains("circuit breaker open"))
-        })
+        let rem = wait_remediation(
+            &client,
+            &ns,
+            &format!("Kustomization/app{i}"),
+            "blocked by the breaker",
+            MIN,
+            |r| {
+                r["status"]["blocked"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("circuit breaker open"))
+            },
+        )
         .await;
         assert!(steps(&rem).is_empty());
     }
@@ -583,22 +1090,59 @@ async fn max_attempts_and_cooldown_bound_retries() {
     apply(&client, policy(&ns, "cool", json!({"targets": {"names": ["cool"]}, "rules": rule, "limits": {"maxAttempts": 5, "cooldown": "1h"}}))).await;
     // Both upgrade to a chart whose rollout never completes: every retry fails again.
     for name in ["once", "cool"] {
-        merge_patch(&client, &ns, "HelmRelease", name, json!({"spec": {"chart": {"spec": {"version": "0.2.0"}}}})).await;
+        merge_patch(
+            &client,
+            &ns,
+            "HelmRelease",
+            name,
+            json!({"spec": {"chart": {"spec": {"version": "0.2.0"}}}}),
+        )
+        .await;
     }
     for name in ["once", "cool"] {
         wait_stalled(&client, &ns, name).await;
     }
     let op = Operator::start(env, &ns, &[]);
-    let once = wait_remediation(&client, &ns, "HelmRelease/once", "Failed after one attempt", Duration::from_secs(120), |r| phase(r) == "Failed").await;
+    let once = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/once",
+        "Failed after one attempt",
+        Duration::from_secs(120),
+        |r| phase(r) == "Failed",
+    )
+    .await;
     assert_eq!(once["status"]["attempts"], 1);
-    assert!(once["status"]["blocked"].as_str().unwrap().contains("maximum attempts"), "{}", once["status"]);
-    let cool = wait_remediation(&client, &ns, "HelmRelease/cool", "in cooldown", Duration::from_secs(120), |r| {
-        has_step(r, "retry", "Succeeded") && r["status"]["blocked"].as_str().is_some_and(|b| b.contains("cooldown"))
-    })
+    assert!(
+        once["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .contains("maximum attempts"),
+        "{}",
+        once["status"]
+    );
+    let cool = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/cool",
+        "in cooldown",
+        Duration::from_secs(120),
+        |r| {
+            has_step(r, "retry", "Succeeded")
+                && r["status"]["blocked"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("cooldown"))
+        },
+    )
     .await;
     assert_eq!(cool["status"]["attempts"], 1);
-    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"max-attempts\"}", 1.0).await;
-    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"cooldown\"}", 1.0).await;
+    op.wait_metric(
+        "fluxmedic_actions_blocked_total{reason=\"max-attempts\"}",
+        1.0,
+    )
+    .await;
+    op.wait_metric("fluxmedic_actions_blocked_total{reason=\"cooldown\"}", 1.0)
+        .await;
 }
 
 // ---------------------------------------------------------------- bad policies
@@ -608,25 +1152,75 @@ async fn invalid_policies_are_rejected_by_the_schema_with_readable_messages() {
     let (_env, client, ns) = setup("badpolicy").await;
     let api: Api<fluxmedic::api::RemediationPolicy> = Api::namespaced(client.clone(), &ns);
     let cases = [
-        (json!({"rules": [{"case": "git-auth", "mode": "Auto"}, {"case": "git-auth", "mode": "Observe"}]}), "each case may appear in at most one rule"),
-        (json!({"rules": [{"case": "git-auth", "mode": "Auto", "actions": ["Rollback"]}]}), "actions Retry and Rollback apply only to case failed-release"),
-        (json!({"rules": [{"case": "stale-lock", "mode": "Auto", "actions": ["Unlock", "DeletePendingRelease"]}]}), "choose one of Unlock or DeletePendingRelease"),
-        (json!({"limits": {"cooldown": "five minutes"}}), "must be a duration such as 30s, 5m or 1h30m"),
-        (json!({"limits": {"maxAttempts": 0}}), "should be greater than or equal to 1"),
-        (json!({"rules": [{"case": "gitauth", "mode": "Auto"}]}), "Unsupported value: \"gitauth\""),
-        (json!({"rules": [{"case": "git-auth", "mode": "Sometimes"}]}), "Unsupported value: \"Sometimes\""),
-        (json!({"rules": [{"case": "git-auth", "mode": "Auto", "withSource": true}]}), "withSource applies only to case failed-release"),
+        (
+            json!({"rules": [{"case": "git-auth", "mode": "Auto"}, {"case": "git-auth", "mode": "Observe"}]}),
+            "each case may appear in at most one rule",
+        ),
+        (
+            json!({"rules": [{"case": "git-auth", "mode": "Auto", "actions": ["Rollback"]}]}),
+            "actions Retry and Rollback apply only to case failed-release",
+        ),
+        (
+            json!({"rules": [{"case": "stale-lock", "mode": "Auto", "actions": ["Unlock", "DeletePendingRelease"]}]}),
+            "choose one of Unlock or DeletePendingRelease",
+        ),
+        (
+            json!({"limits": {"cooldown": "five minutes"}}),
+            "must be a duration such as 30s, 5m or 1h30m",
+        ),
+        (
+            json!({"limits": {"maxAttempts": 0}}),
+            "should be greater than or equal to 1",
+        ),
+        (
+            json!({"rules": [{"case": "gitauth", "mode": "Auto"}]}),
+            "Unsupported value: \"gitauth\"",
+        ),
+        (
+            json!({"rules": [{"case": "git-auth", "mode": "Sometimes"}]}),
+            "Unsupported value: \"Sometimes\"",
+        ),
+        (
+            json!({"rules": [{"case": "git-auth", "mode": "Auto", "withSource": true}]}),
+            "withSource applies only to case failed-release",
+        ),
     ];
     for (i, (spec, want)) in cases.iter().enumerate() {
         let raw = policy(&ns, &format!("bad{i}"), spec.clone());
-        let dynamic = kube::api::DynamicObject::new(&format!("bad{i}"), &support::ar("fluxmedic.io", "v1alpha1", "RemediationPolicy", "remediationpolicies"))
-            .within(&ns)
-            .data(json!({"spec": raw["spec"]}));
-        let dapi: Api<kube::api::DynamicObject> =
-            Api::namespaced_with(client.clone(), &ns, &support::ar("fluxmedic.io", "v1alpha1", "RemediationPolicy", "remediationpolicies"));
-        let err = dapi.create(&PostParams::default(), &dynamic).await.expect_err(&format!("policy {i} must be rejected"));
+        let dynamic = kube::api::DynamicObject::new(
+            &format!("bad{i}"),
+            &support::ar(
+                "fluxmedic.io",
+                "v1alpha1",
+                "RemediationPolicy",
+                "remediationpolicies",
+            ),
+        )
+        .within(&ns)
+        .data(json!({"spec": raw["spec"]}));
+        let dapi: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &ns,
+            &support::ar(
+                "fluxmedic.io",
+                "v1alpha1",
+                "RemediationPolicy",
+                "remediationpolicies",
+            ),
+        );
+        let err = dapi
+            .create(&PostParams::default(), &dynamic)
+            .await
+            .expect_err(&format!("policy {i} must be rejected"));
         let text = err.to_string();
         assert!(text.contains(want), "policy {i}: want {want:?} in {text}");
     }
-    assert!(api.list(&Default::default()).await.unwrap().items.is_empty(), "nothing invalid was stored");
+    assert!(
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing invalid was stored"
+    );
 }

@@ -25,10 +25,18 @@ fn arb_json() -> impl Strategy<Value = Value> {
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::btree_map(
                 prop_oneof![
-                    Just("spec".to_string()), Just("status".to_string()), Just("metadata".to_string()),
-                    Just("conditions".to_string()), Just("dependsOn".to_string()), Just("sourceRef".to_string()),
-                    Just("history".to_string()), Just("name".to_string()), Just("interval".to_string()),
-                    Just("labels".to_string()), Just("chart".to_string()), "[a-zA-Z]{1,10}"
+                    Just("spec".to_string()),
+                    Just("status".to_string()),
+                    Just("metadata".to_string()),
+                    Just("conditions".to_string()),
+                    Just("dependsOn".to_string()),
+                    Just("sourceRef".to_string()),
+                    Just("history".to_string()),
+                    Just("name".to_string()),
+                    Just("interval".to_string()),
+                    Just("labels".to_string()),
+                    Just("chart".to_string()),
+                    "[a-zA-Z]{1,10}"
                 ],
                 inner,
                 0..6

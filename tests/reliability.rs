@@ -6,10 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client};
 #[allow(unused_imports)]
 use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::*;
 
@@ -17,7 +17,13 @@ const CM_TEMPLATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: w
 
 async fn release(env: &Env, client: &Client, ns: &str) {
     let charts = ChartRepo::new(env, ns);
-    charts.publish(env, "web", "0.1.0", &[("cm.yaml", CM_TEMPLATE)], "suffix: one\n");
+    charts.publish(
+        env,
+        "web",
+        "0.1.0",
+        &[("cm.yaml", CM_TEMPLATE)],
+        "suffix: one\n",
+    );
     apply(client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
         "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
     set_values(client, ns, "one").await;
@@ -30,7 +36,12 @@ async fn set_values(client: &Client, ns: &str, suffix: &str) {
                  "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
 }
 
-async fn remediation(client: &Client, ns: &str, pred: impl Fn(&Value) -> bool, what: &str) -> Value {
+async fn remediation(
+    client: &Client,
+    ns: &str,
+    pred: impl Fn(&Value) -> bool,
+    what: &str,
+) -> Value {
     wait_for(what, Duration::from_secs(120), || async {
         match remediation_for(client, ns, "HelmRelease/web").await {
             Some(r) if pred(&r) => Ok(r),
@@ -47,33 +58,91 @@ async fn crash_during_rollback(point: &str) {
     let env = env();
     let client = env.client().await;
     install_crds(&client).await;
-    let ns = namespace(&client, &format!("crash-{}", point.replace([':', '_'], "-"))).await;
+    let ns = namespace(
+        &client,
+        &format!("crash-{}", point.replace([':', '_'], "-")),
+    )
+    .await;
     release(env, &client, &ns).await;
     apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}]}))).await;
     let mut op = Operator::start_with(env, &ns, &[], &[("FLUXMEDIC_CRASH_AT", point)]);
     set_values(&client, &ns, "Not_Valid").await;
-    assert!(op.wait_exit(Duration::from_secs(120)), "the operator reached {point} and died");
-    let r = remediation_for(&client, &ns, "HelmRelease/web").await.unwrap();
-    let last = r["status"]["steps"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        op.wait_exit(Duration::from_secs(120)),
+        "the operator reached {point} and died"
+    );
+    let r = remediation_for(&client, &ns, "HelmRelease/web")
+        .await
+        .unwrap();
+    let last = r["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["action"], "rollback");
-    assert_eq!(last["outcome"], "Running", "the intent was recorded before acting");
+    assert_eq!(
+        last["outcome"], "Running",
+        "the intent was recorded before acting"
+    );
 
     let _op = Operator::start(env, &ns, &[]);
-    let r = remediation(&client, &ns, |r| r["status"]["phase"] == "AwaitingFix", "the restarted operator finishes the rollback").await;
-    let rollbacks: Vec<&Value> = r["status"]["steps"].as_array().unwrap().iter().filter(|s| s["action"] == "rollback").collect();
-    assert_eq!(rollbacks.len(), 1, "one rollback step, finished: {rollbacks:?}");
+    let r = remediation(
+        &client,
+        &ns,
+        |r| r["status"]["phase"] == "AwaitingFix",
+        "the restarted operator finishes the rollback",
+    )
+    .await;
+    let rollbacks: Vec<&Value> = r["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == "rollback")
+        .collect();
+    assert_eq!(
+        rollbacks.len(),
+        1,
+        "one rollback step, finished: {rollbacks:?}"
+    );
     assert_eq!(rollbacks[0]["outcome"], "Succeeded");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    assert!(secrets.get_opt("sh.helm.release.v1.web.v3").await.unwrap().is_some(), "rolled back once (revision 3)");
-    assert!(secrets.get_opt("sh.helm.release.v1.web.v4").await.unwrap().is_none(), "and not twice");
+    assert!(
+        secrets
+            .get_opt("sh.helm.release.v1.web.v3")
+            .await
+            .unwrap()
+            .is_some(),
+        "rolled back once (revision 3)"
+    );
+    assert!(
+        secrets
+            .get_opt("sh.helm.release.v1.web.v4")
+            .await
+            .unwrap()
+            .is_none(),
+        "and not twice"
+    );
     let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
     assert_eq!(hr["spec"]["suspend"], true);
-    assert_eq!(hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"], r["metadata"]["name"], "the suspension has an owner");
+    assert_eq!(
+        hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"], r["metadata"]["name"],
+        "the suspension has an owner"
+    );
 
     set_values(&client, &ns, "two").await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    remediation(&client, &ns, |r| r["status"]["phase"] == "Succeeded", "resumed and recovered").await;
-    assert_ne!(get(&client, &ns, "HelmRelease", "web").await.unwrap()["spec"]["suspend"], true);
+    remediation(
+        &client,
+        &ns,
+        |r| r["status"]["phase"] == "Succeeded",
+        "resumed and recovered",
+    )
+    .await;
+    assert_ne!(
+        get(&client, &ns, "HelmRelease", "web").await.unwrap()["spec"]["suspend"],
+        true
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,65 +167,140 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     install_crds(&client).await;
     let ns = namespace(&client, "ha").await;
     let repo = Repo::new(env, &ns, false);
-    repo.commit(&[("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-                  ("app/cm.yaml", Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: one\n"))], "initial");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            (
+                "app/cm.yaml",
+                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: one\n"),
+            ),
+        ],
+        "initial",
+    );
     apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
         "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}})).await;
     apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "app", "namespace": ns},
         "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
-    wait_ready(&client, &ns, "Kustomization", "app", Duration::from_secs(60)).await;
-    apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
-        "limits": {"pollInterval": "2s", "maxPollInterval": "4s"}}))).await;
+    wait_ready(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        Duration::from_secs(60),
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
+        "limits": {"pollInterval": "2s", "maxPollInterval": "4s"}}),
+        ),
+    )
+    .await;
 
     let mut a = Operator::start(env, &ns, &["--leader-elect"]);
     let mut b = Operator::start(env, &ns, &["--leader-elect"]);
     let leaders = wait_for("one leader", Duration::from_secs(60), || async {
-        let (la, lb) = (a.metric("fluxmedic_leader").await, b.metric("fluxmedic_leader").await);
-        if la + lb == 1.0 { Ok((la, lb)) } else { Err(format!("{la} {lb}")) }
-    })
-    .await;
-    repo.commit(&[("app/cm.yaml", Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: [broken\n"))], "broken");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", Duration::from_secs(60)).await;
-    wait_for("the leader polls the source", Duration::from_secs(60), || async {
-        match remediation_for(&client, &ns, "Kustomization/app").await {
-            Some(r) if r["status"]["polls"].as_u64().unwrap_or(0) >= 1 => Ok(()),
-            other => Err(format!("{other:?}")),
+        let (la, lb) = (
+            a.metric("fluxmedic_leader").await,
+            b.metric("fluxmedic_leader").await,
+        );
+        if la + lb == 1.0 {
+            Ok((la, lb))
+        } else {
+            Err(format!("{la} {lb}"))
         }
     })
+    .await;
+    repo.commit(
+        &[(
+            "app/cm.yaml",
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: [broken\n"),
+        )],
+        "broken",
+    );
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        "BuildFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        "the leader polls the source",
+        Duration::from_secs(60),
+        || async {
+            match remediation_for(&client, &ns, "Kustomization/app").await {
+                Some(r) if r["status"]["polls"].as_u64().unwrap_or(0) >= 1 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     // The standby wrote nothing: one Remediation, and its evaluation counter stays at zero.
     assert_eq!(remediations(&client, &ns).await.len(), 1);
-    let (leader, standby) = if leaders.0 == 1.0 { (&mut a, &mut b) } else { (&mut b, &mut a) };
-    assert_eq!(standby.metric("fluxmedic_evaluations_total").await, 0.0, "the standby never evaluated");
+    let (leader, standby) = if leaders.0 == 1.0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    assert_eq!(
+        standby.metric("fluxmedic_evaluations_total").await,
+        0.0,
+        "the standby never evaluated"
+    );
 
     let killed = Instant::now();
     leader.kill();
-    wait_for("the standby takes over", Duration::from_secs(60), || async {
-        if standby.metric("fluxmedic_leader").await == 1.0 { Ok(()) } else { Err("not yet".to_string()) }
-    })
+    wait_for(
+        "the standby takes over",
+        Duration::from_secs(60),
+        || async {
+            if standby.metric("fluxmedic_leader").await == 1.0 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
     .await;
     let failover = killed.elapsed();
-    repo.commit(&[("app/cm.yaml", Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: two\n"))], "fix");
-    wait_ready(&client, &ns, "Kustomization", "app", Duration::from_secs(60)).await;
-    wait_for("the new leader closes the incident", Duration::from_secs(60), || async {
-        match remediation_for(&client, &ns, "Kustomization/app").await {
-            Some(r) if r["status"]["phase"] == "Succeeded" => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    repo.commit(
+        &[(
+            "app/cm.yaml",
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: two\n"),
+        )],
+        "fix",
+    );
+    wait_ready(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        "the new leader closes the incident",
+        Duration::from_secs(60),
+        || async {
+            match remediation_for(&client, &ns, "Kustomization/app").await {
+                Some(r) if r["status"]["phase"] == "Succeeded" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     eprintln!("leader fail-over after SIGKILL: {failover:?}");
-    assert!(failover < Duration::from_secs(30), "fail-over took {failover:?}");
-}
-
-/// A kubeconfig for the audited measurement identity (the audit log records only it).
-fn audited_kubeconfig(env: &Env, name: &str) -> std::path::PathBuf {
-    let kc = std::env::temp_dir().join(format!("{name}.kubeconfig"));
-    let ca = std::path::Path::new(env.kubeconfig()).parent().unwrap().join("pki/ca.crt");
-    std::fs::write(&kc, format!("apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: b\n  user: {{token: \"{}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: b}}\ncurrent-context: t\n",
-        env.var("FLUXMEDIC_API_URL"), ca.display(), env.var("FLUXMEDIC_BENCH_TOKEN"))).unwrap();
-    kc
+    assert!(
+        failover < Duration::from_secs(30),
+        "fail-over took {failover:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -168,10 +312,16 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
     // One shared source whose credentials the server rejects, and 200 consumers.
     let repo = Repo::new(env, &ns, true);
     repo.set_server_credentials(env, "bot", "right");
-    repo.commit(&[("app/kustomization.yaml", Some("resources: []\n"))], "initial");
+    repo.commit(
+        &[("app/kustomization.yaml", Some("resources: []\n"))],
+        "initial",
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let s: Secret = serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"username": "bot", "password": "wrong"}})).unwrap();
-    secrets.create(&kube::api::PostParams::default(), &s).await.unwrap();
+    secrets
+        .create(&kube::api::PostParams::default(), &s)
+        .await
+        .unwrap();
     apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
         "spec": {"url": repo.url, "interval": "1h", "secretRef": {"name": "creds"}, "ref": {"branch": "main"}}})).await;
     let n = 200;
@@ -183,37 +333,84 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         }
     }))
     .await;
-    wait_failing(&client, &ns, "GitRepository", "repo", "GitOperationFailed", Duration::from_secs(60)).await;
-    wait_for("200 consumers failing", Duration::from_secs(120), || async {
-        let list = flux_api(&client, &ns, "Kustomization").list(&Default::default()).await.map_err(|e| e.to_string())?;
-        let failing = list.items.iter().filter(|o| {
-            let v = serde_json::to_value(o).unwrap();
-            condition(&v, "Ready").is_some_and(|c| c["status"] == "False")
-        }).count();
-        if failing == n { Ok(()) } else { Err(format!("{failing}")) }
-    })
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    wait_for(
+        "200 consumers failing",
+        Duration::from_secs(120),
+        || async {
+            let list = flux_api(&client, &ns, "Kustomization")
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let failing = list
+                .items
+                .iter()
+                .filter(|o| {
+                    let v = serde_json::to_value(o).unwrap();
+                    condition(&v, "Ready").is_some_and(|c| c["status"] == "False")
+                })
+                .count();
+            if failing == n {
+                Ok(())
+            } else {
+                Err(format!("{failing}"))
+            }
+        },
+    )
     .await;
     apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "git-auth", "mode": "Auto"}, {"case": "dependency-cascade", "mode": "Auto"}],
         "circuitBreaker": {"maxFailingTargets": 20}}))).await;
 
-    let kc = audited_kubeconfig(env, &ns);
+    // As the audited measurement identity (the audit log records only it).
+    let kc = token_kubeconfig(env, &ns, env.var("FLUXMEDIC_BENCH_TOKEN"));
     let limit = 30u32;
     let from = jiff::Timestamp::now();
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 170;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args(["run", "--namespace", &ns, "--watch-namespaces", &ns, "--tick-seconds", "1", "--metrics-addr", &format!("127.0.0.1:{port}"),
-               "--max-writes-per-second", &limit.to_string()])
+        .args([
+            "run",
+            "--namespace",
+            &ns,
+            "--watch-namespaces",
+            &ns,
+            "--tick-seconds",
+            "1",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--max-writes-per-second",
+            &limit.to_string(),
+        ])
         .env("KUBECONFIG", &kc)
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let rems = wait_for("a Remediation per failing target", Duration::from_secs(180), || async {
-        let r = remediations(&client, &ns).await;
-        let recorded = r.iter().filter(|r| r["status"]["diagnosis"].is_object()).count();
-        if recorded == n + 1 { Ok(r) } else { Err(format!("{recorded}")) }
-    })
+    let rems = wait_for(
+        "a Remediation per failing target",
+        Duration::from_secs(180),
+        || async {
+            let r = remediations(&client, &ns).await;
+            let recorded = r
+                .iter()
+                .filter(|r| r["status"]["diagnosis"].is_object())
+                .count();
+            if recorded == n + 1 {
+                Ok(r)
+            } else {
+                Err(format!("{recorded}"))
+            }
+        },
+    )
     .await;
     let _ = child.kill();
+    let _ = child.wait();
     let to = jiff::Timestamp::now();
     // The root is the shared source; every consumer names it and waits; no consumer was touched.
     for r in &rems {
@@ -225,9 +422,18 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
             assert_eq!(r["spec"]["case"], "git-auth");
         }
     }
-    let list = flux_api(&client, &ns, "Kustomization").list(&Default::default()).await.unwrap();
+    let list = flux_api(&client, &ns, "Kustomization")
+        .list(&Default::default())
+        .await
+        .unwrap();
     for o in list.items {
-        assert!(o.metadata.managed_fields.unwrap_or_default().iter().all(|f| f.manager.as_deref() != Some("fluxmedic")));
+        assert!(
+            o.metadata
+                .managed_fields
+                .unwrap_or_default()
+                .iter()
+                .all(|f| f.manager.as_deref() != Some("fluxmedic"))
+        );
     }
     // Writes per second, from the API server's audit log: never above the limit plus its burst.
     std::thread::sleep(Duration::from_secs(2));
@@ -235,9 +441,22 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
     let mut per_second: std::collections::BTreeMap<i64, u32> = Default::default();
     let mut writes = std::collections::HashSet::new();
     for line in text.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
-        let Some(ts) = v["requestReceivedTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()) else { continue };
-        if ts < from || ts > to || !matches!(v["verb"].as_str(), Some("create" | "update" | "patch" | "delete")) {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let Some(ts) = v["requestReceivedTimestamp"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            continue;
+        };
+        if ts < from
+            || ts > to
+            || !matches!(
+                v["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        {
             continue;
         }
         if v["objectRef"]["namespace"] != ns.as_str() && v["objectRef"]["resource"] != "events" {
@@ -249,7 +468,17 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
     }
     let max = per_second.values().copied().max().unwrap_or(0);
     let secs = per_second.len();
-    eprintln!("storm: {} writes over {secs} s, at most {max} in one second (limit {limit}/s, burst {})", writes.len(), 2 * limit);
-    assert!(writes.len() as u32 >= 2 * (n as u32 + 1), "every incident was recorded (create + status)");
-    assert!(max <= 3 * limit, "at most the limit plus its burst in any second: {max}");
+    eprintln!(
+        "storm: {} writes over {secs} s, at most {max} in one second (limit {limit}/s, burst {})",
+        writes.len(),
+        2 * limit
+    );
+    assert!(
+        writes.len() as u32 >= 2 * (n as u32 + 1),
+        "every incident was recorded (create + status)"
+    );
+    assert!(
+        max <= 3 * limit,
+        "at most the limit plus its burst in any second: {max}"
+    );
 }

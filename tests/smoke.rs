@@ -11,7 +11,9 @@ use serde_json::json;
 use support::*;
 
 pub fn configmap(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,40 +24,95 @@ async fn flux_reconciles_git_and_helm_for_real() {
 
     let repo = Repo::new(env, &ns, false);
     repo.commit(
-        &[("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")), ("app/cm.yaml", Some(&configmap("greeting", "hello")))],
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&configmap("greeting", "hello"))),
+        ],
         "initial",
     );
-    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
         "metadata": {"name": "repo", "namespace": ns},
-        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}})).await;
-    apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
         "metadata": {"name": "app", "namespace": ns},
         "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns,
-                 "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
-    wait_ready(&client, &ns, "Kustomization", "app", Duration::from_secs(60)).await;
+                 "sourceRef": {"kind": "GitRepository", "name": "repo"}}}),
+    )
+    .await;
+    wait_ready(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        Duration::from_secs(60),
+    )
+    .await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let cm = cms.get("greeting").await.expect("the Kustomization applied the ConfigMap");
+    let cm = cms
+        .get("greeting")
+        .await
+        .expect("the Kustomization applied the ConfigMap");
     assert_eq!(cm.data.unwrap()["value"], "hello");
 
     let charts = ChartRepo::new(env, &ns);
     charts.publish(env, "hello", "0.1.0", &[("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello-{{ .Release.Name }}\ndata:\n  v: \"{{ .Values.v }}\"\n")], "v: one\n");
     apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
         "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
-    apply(&client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+    apply(
+        &client,
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
         "metadata": {"name": "hello", "namespace": ns},
         "spec": {"interval": "1h", "chart": {"spec": {"chart": "hello", "version": "0.1.0",
-                 "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
-    wait_ready(&client, &ns, "HelmRelease", "hello", Duration::from_secs(90)).await;
-    let cm = cms.get("hello-hello").await.expect("the HelmRelease installed the chart");
+                 "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}),
+    )
+    .await;
+    wait_ready(
+        &client,
+        &ns,
+        "HelmRelease",
+        "hello",
+        Duration::from_secs(90),
+    )
+    .await;
+    let cm = cms
+        .get("hello-hello")
+        .await
+        .expect("the HelmRelease installed the chart");
     assert_eq!(cm.data.unwrap()["v"], "one");
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let rel = secrets.get("sh.helm.release.v1.hello.v1").await.expect("Helm release storage");
+    let rel = secrets
+        .get("sh.helm.release.v1.hello.v1")
+        .await
+        .expect("Helm release storage");
     assert_eq!(rel.metadata.labels.unwrap()["status"], "deployed");
 
-    repo.commit(&[("app/kustomization.yaml", Some("resources:\n- cm.yaml\n- missing.yaml\n"))], "broken");
+    repo.commit(
+        &[(
+            "app/kustomization.yaml",
+            Some("resources:\n- cm.yaml\n- missing.yaml\n"),
+        )],
+        "broken",
+    );
     request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    let ks = wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", Duration::from_secs(60)).await;
-    let msg = condition(&ks, "Ready").unwrap()["message"].as_str().unwrap().to_string();
+    let ks = wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        "BuildFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    let msg = condition(&ks, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.starts_with("kustomize build failed:"), "{msg}");
     assert!(msg.contains("missing.yaml"), "{msg}");
 }

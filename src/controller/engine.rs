@@ -20,9 +20,9 @@ use tracing::{info, warn};
 use super::Context;
 use crate::{
     api::{
-        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, Mode, OPEN_LABEL, Phase, Remediation, RemediationPolicy,
-        RemediationPolicyStatus, RemediationSpec, RemediationStatus, SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL,
-        TargetRef,
+        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, Mode, OPEN_LABEL, Phase, Remediation,
+        RemediationPolicy, RemediationPolicyStatus, RemediationSpec, RemediationStatus,
+        SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL, TargetRef,
     },
     diagnose::{self, Diagnosis, Report, Snapshot},
     error::{Error, Result},
@@ -56,11 +56,15 @@ fn now_s() -> i64 {
 }
 
 fn rfc3339(t: i64) -> String {
-    jiff::Timestamp::from_second(t).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_second(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn parse_ts(s: &Option<String>) -> Option<i64> {
-    s.as_deref().and_then(|s| s.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second())
+    s.as_deref()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
 }
 
 pub fn target_label(key: &ObjectKey) -> String {
@@ -71,12 +75,21 @@ pub fn target_label(key: &ObjectKey) -> String {
 pub fn remediation_name(key: &ObjectKey, since: i64) -> String {
     let mut base: String = key.name.chars().take(40).collect();
     base = base.trim_end_matches(['-', '.']).to_string();
-    format!("{}-{}-{:08x}", key.kind.abbrev(), base, stable_hash(&format!("{key}@{since}")) as u32)
+    format!(
+        "{}-{}-{:08x}",
+        key.kind.abbrev(),
+        base,
+        stable_hash(&format!("{key}@{since}")) as u32
+    )
 }
 
 fn object_ref(obj: &FluxObject) -> ObjectReference {
     ObjectReference {
-        api_version: Some(format!("{}/{}", obj.key.kind.group(), obj.key.kind.version())),
+        api_version: Some(format!(
+            "{}/{}",
+            obj.key.kind.group(),
+            obj.key.kind.version()
+        )),
         kind: Some(obj.key.kind.as_str().into()),
         name: Some(obj.key.name.clone()),
         namespace: Some(obj.key.namespace.clone()),
@@ -89,7 +102,10 @@ fn object_ref(obj: &FluxObject) -> ObjectReference {
 fn incident_view(rem: &Remediation) -> IncidentView {
     let s = rem.status.clone().unwrap_or_default();
     let approved = rem.spec.approved
-        || rem.annotations().get(APPROVE_ANNOTATION).is_some_and(|v| v == "true");
+        || rem
+            .annotations()
+            .get(APPROVE_ANNOTATION)
+            .is_some_and(|v| v == "true");
     IncidentView {
         phase: s.phase,
         attempts: s.attempts,
@@ -97,8 +113,14 @@ fn incident_view(rem: &Remediation) -> IncidentView {
         approved,
         detected_at: parse_ts(&s.detected_at).unwrap_or_else(now_s),
         last_action_at: parse_ts(&s.last_action_at),
-        rolled_back: s.steps.iter().any(|st| st.action == "rollback" && st.outcome == "Succeeded")
-            && !s.steps.iter().any(|st| st.action == "resume" && st.outcome == "Succeeded"),
+        rolled_back: s
+            .steps
+            .iter()
+            .any(|st| st.action == "rollback" && st.outcome == "Succeeded")
+            && !s
+                .steps
+                .iter()
+                .any(|st| st.action == "resume" && st.outcome == "Succeeded"),
         observed_generation: s.observed_generation,
         observed_revision: s.observed_revision.clone(),
         observed_secret_version: s.observed_secret_version.clone(),
@@ -107,7 +129,9 @@ fn incident_view(rem: &Remediation) -> IncidentView {
 
 fn source_secret_version(snap: &Snapshot, obj: &FluxObject) -> Option<String> {
     let secret = obj.secret_ref.as_ref()?;
-    snap.secrets.get(&(obj.key.namespace.clone(), secret.clone())).and_then(|s| s.resource_version.clone())
+    snap.secrets
+        .get(&(obj.key.namespace.clone(), secret.clone()))
+        .and_then(|s| s.resource_version.clone())
 }
 
 /// Kustomizations, HelmReleases and HelmCharts that consume `source` (directly or via a HelmChart).
@@ -133,10 +157,20 @@ pub fn consumers(snap: &Snapshot, source: &ObjectKey) -> Vec<ObjectKey> {
     out
 }
 
+#[allow(clippy::large_enum_variant)] // a handful per pass; boxing buys nothing
 enum Work {
-    Incident { d: Diagnosis, policy: Option<Policy>, existing: Option<Arc<Remediation>> },
-    Close { rem: Arc<Remediation>, reason: &'static str },
-    Orphan { key: ObjectKey },
+    Incident {
+        d: Diagnosis,
+        policy: Option<Policy>,
+        existing: Option<Arc<Remediation>>,
+    },
+    Close {
+        rem: Arc<Remediation>,
+        reason: &'static str,
+    },
+    Orphan {
+        key: ObjectKey,
+    },
 }
 
 impl Work {
@@ -155,20 +189,35 @@ pub async fn pass(ctx: &Arc<Context>) {
     let now = now_s();
     let (snap, raw_policies, remediations) = {
         let idx = ctx.index.read().await;
-        (idx.snapshot(now), idx.policies.values().cloned().collect::<Vec<_>>(), idx.remediations.clone())
+        (
+            idx.snapshot(now),
+            idx.policies.values().cloned().collect::<Vec<_>>(),
+            idx.remediations.clone(),
+        )
     };
     let policies = validate_policies(ctx, &raw_policies).await;
     let snap = enrich_secrets(ctx, snap).await;
     let report = diagnose::diagnose(&snap);
-    let threshold = policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
+    let threshold =
+        policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
     // Objects outside the watched namespaces still count as roots, not as failures of ours.
-    let failing = report.diagnoses.iter().filter(|d| ctx.in_scope(&d.target.namespace)).count();
+    let failing = report
+        .diagnoses
+        .iter()
+        .filter(|d| ctx.in_scope(&d.target.namespace))
+        .count();
     ctx.metrics.failing_targets.set(failing as i64);
-    ctx.metrics.circuit_breaker_open.set((failing > threshold as usize) as i64);
+    ctx.metrics
+        .circuit_breaker_open
+        .set((failing > threshold as usize) as i64);
 
     let mut open: HashMap<ObjectKey, Arc<Remediation>> = HashMap::new();
     for r in remediations.values() {
-        if r.status.as_ref().map(|s| s.phase).unwrap_or_default().is_open()
+        if r.status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or_default()
+            .is_open()
             && let Some(k) = r.spec.target.to_key()
         {
             open.insert(k, r.clone());
@@ -182,19 +231,28 @@ pub async fn pass(ctx: &Arc<Context>) {
         if !ctx.in_scope(&d.target.namespace) {
             continue;
         }
-        let p = policy::select(&policies, obj, &ctx.opts.namespace).0.cloned();
+        let p = policy::select(&policies, obj, &ctx.opts.namespace)
+            .0
+            .cloned();
         if p.as_ref().is_some_and(|p| p.mode(d.case) == Mode::Off) {
             continue;
         }
         let existing = open.remove(&d.target);
-        work.push(Work::Incident { d: d.clone(), policy: p, existing });
+        work.push(Work::Incident {
+            d: d.clone(),
+            policy: p,
+            existing,
+        });
     }
     // Close only on recovery (Ready=True) or when the target is gone; a target that is
     // merely progressing (Ready=Unknown while Flux works) keeps its incident open.
     for (key, rem) in open {
         match snap.objects.get(&key) {
             Some(o) if !o.is_ready() => {}
-            _ => work.push(Work::Close { rem, reason: "Ready" }),
+            _ => work.push(Work::Close {
+                rem,
+                reason: "Ready",
+            }),
         }
     }
     // A HelmRelease suspended by fluxmedic whose Remediation no longer holds it is resumed.
@@ -204,7 +262,8 @@ pub async fn pass(ctx: &Arc<Context>) {
             let holds = rem.is_some_and(|r| {
                 let s = r.status.clone().unwrap_or_default();
                 s.phase.is_open()
-                    && (s.phase == Phase::AwaitingFix || s.steps.last().is_some_and(|st| st.outcome == "Running"))
+                    && (s.phase == Phase::AwaitingFix
+                        || s.steps.last().is_some_and(|st| st.outcome == "Running"))
             });
             if !holds && o.suspended {
                 work.push(Work::Orphan { key: o.key.clone() });
@@ -247,7 +306,9 @@ pub async fn pass(ctx: &Arc<Context>) {
         .await;
     gc_history(ctx, &remediations).await;
     ctx.metrics.passes.inc();
-    ctx.metrics.pass_duration.observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .pass_duration
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Validate every policy; write `Valid` into its status when it changes.
@@ -267,7 +328,11 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
                         "PartiallyIgnored",
                         format!(
                             "valid; {} honoured only in the operator's namespace {}",
-                            if cross { "spec.targets.namespaces is" } else { "spec.circuitBreaker is" },
+                            if cross {
+                                "spec.targets.namespaces is"
+                            } else {
+                                "spec.circuitBreaker is"
+                            },
                             ctx.opts.namespace
                         ),
                     )
@@ -277,9 +342,14 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
             }
             Err(e) => ("False", "Invalid", e.to_string()),
         };
-        let current = p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
+        let current = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
         let gen_ = p.metadata.generation;
-        if current.is_some_and(|c| c.status == valid && c.message == message && c.observed_generation == gen_) {
+        if current.is_some_and(|c| {
+            c.status == valid && c.message == message && c.observed_generation == gen_
+        }) {
             continue;
         }
         let status = RemediationPolicyStatus {
@@ -290,14 +360,23 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
                 reason: reason.into(),
                 message,
                 observed_generation: gen_,
-                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::now(),
+                ),
             }],
             overridden: vec![],
         };
         let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         ctx.limiter.acquire().await;
         let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy", "status": status});
-        if let Err(e) = api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+        {
             warn!(policy = %format!("{ns}/{name}"), error = %e, "cannot write policy status");
         }
     }
@@ -310,26 +389,46 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
         .objects
         .values()
         .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
-        .filter_map(|o| o.secret_ref.as_ref().map(|s| (o.key.namespace.clone(), s.clone())))
+        .filter_map(|o| {
+            o.secret_ref
+                .as_ref()
+                .map(|s| (o.key.namespace.clone(), s.clone()))
+        })
         .filter(|k| snap.secrets.get(k).is_some_and(|s| s.keys.is_empty()))
         .collect();
     for (ns, name) in wanted {
         match ctx.actuator.secret_info(&ns, &name).await {
             Ok(Some(info)) => {
-                snap.secrets.insert((ns.clone(), name.clone()), info.clone());
+                snap.secrets
+                    .insert((ns.clone(), name.clone()), info.clone());
                 ctx.index.write().await.secret_keys.insert((ns, name), info);
             }
             Ok(None) => {
                 snap.secrets.remove(&(ns, name));
             }
-            Err(e) => warn!(secret = %format!("{ns}/{name}"), error = %e, "cannot read Secret key names"),
+            Err(e) => {
+                warn!(secret = %format!("{ns}/{name}"), error = %e, "cannot read Secret key names")
+            }
         }
     }
     snap
 }
 
-async fn event(ctx: &Context, regarding: &ObjectReference, type_: EventType, reason: &str, action: &str, note: String) {
-    let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+async fn event(
+    ctx: &Context,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
     ctx.limiter.acquire().await;
     if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
         warn!(error = %e, reason, "cannot publish Event");
@@ -340,11 +439,23 @@ fn rem_ref(rem: &Remediation) -> ObjectReference {
     rem.object_ref(&())
 }
 
-async fn write_status(ctx: &Context, rem: &Remediation, status: &RemediationStatus) -> Result<Remediation> {
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
-    let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
+async fn write_status(
+    ctx: &Context,
+    rem: &Remediation,
+    status: &RemediationStatus,
+) -> Result<Remediation> {
+    let api: Api<Remediation> =
+        Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
+    let patch =
+        json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
     ctx.limiter.acquire().await;
-    let out = api.patch_status(&rem.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch)).await?;
+    let out = api
+        .patch_status(
+            &rem.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
     let key = (out.namespace().unwrap_or_default(), out.name_any());
     super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), key);
     Ok(out)
@@ -381,7 +492,16 @@ async fn create_remediation(
         status: None,
     };
     ctx.limiter.acquire().await;
-    let created = match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &rem).await {
+    let created = match api
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &rem,
+        )
+        .await
+    {
         Ok(r) => r,
         // Created before a crash, or by the previous leader: adopt it.
         Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
@@ -400,17 +520,54 @@ async fn create_remediation(
         ..Default::default()
     };
     let out = write_status(ctx, &created, &status).await?;
-    ctx.metrics.incidents.get_or_create(&CaseLabels { case: d.case.to_string() }).inc();
-    ctx.metrics.time_to_detect.observe((now - since).max(0) as f64);
+    ctx.metrics
+        .incidents
+        .get_or_create(&CaseLabels {
+            case: d.case.to_string(),
+        })
+        .inc();
+    ctx.metrics
+        .time_to_detect
+        .observe((now - since).max(0) as f64);
     info!(target = %d.target, case = %d.case, remediation = %name, "incident detected");
-    let note = format!("{} ({}): {}", d.case, if d.retryable { "retry can help" } else { "retry cannot help" }, d.summary);
-    event(ctx, &object_ref(obj), EventType::Warning, "FailureDetected", "Diagnose", note.clone()).await;
-    event(ctx, &rem_ref(&out), EventType::Warning, "FailureDetected", "Diagnose", note).await;
+    let note = format!(
+        "{} ({}): {}",
+        d.case,
+        if d.retryable {
+            "retry can help"
+        } else {
+            "retry cannot help"
+        },
+        d.summary
+    );
+    event(
+        ctx,
+        &object_ref(obj),
+        EventType::Warning,
+        "FailureDetected",
+        "Diagnose",
+        note.clone(),
+    )
+    .await;
+    event(
+        ctx,
+        &rem_ref(&out),
+        EventType::Warning,
+        "FailureDetected",
+        "Diagnose",
+        note,
+    )
+    .await;
     Ok(out)
 }
 
 fn record(d: &Diagnosis) -> DiagnosisRecord {
-    DiagnosisRecord { summary: d.summary.clone(), retryable: d.retryable, native: d.native, evidence: d.evidence.clone() }
+    DiagnosisRecord {
+        summary: d.summary.clone(),
+        retryable: d.retryable,
+        native: d.native,
+        evidence: d.evidence.clone(),
+    }
 }
 
 async fn handle_incident(
@@ -434,11 +591,29 @@ async fn handle_incident(
     };
     let mut status = rem.status.clone().unwrap_or_default();
     // A step interrupted by a crash is finished first, with the token it recorded.
-    if let Some(step) = status.steps.last().filter(|s| s.outcome == "Running").cloned() {
-        let action: Option<Action> = step.detail.as_deref().and_then(|s| serde_json::from_str(s).ok());
+    if let Some(step) = status
+        .steps
+        .last()
+        .filter(|s| s.outcome == "Running")
+        .cloned()
+    {
+        let action: Option<Action> = step
+            .detail
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
         if let Some(action) = action {
             info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
-            return run_step(ctx, snap, obj, &rem, status, action, step.token.unwrap_or_else(fresh_token), false).await;
+            return run_step(
+                ctx,
+                snap,
+                obj,
+                &rem,
+                status,
+                action,
+                step.token.unwrap_or_else(fresh_token),
+                false,
+            )
+            .await;
         }
     }
     let inc = incident_view(&rem);
@@ -455,10 +630,36 @@ async fn handle_incident(
     status.mode = Some(dec.mode);
     if dec.escalate && status.phase != Phase::Escalated && status.phase.is_open() {
         status.phase = Phase::Escalated;
-        ctx.metrics.escalations.get_or_create(&CaseLabels { case: d.case.to_string() }).inc();
-        let note = format!("{} has been failing since {} ({}); a person is needed", d.target, status.detected_at.clone().unwrap_or_default(), d.summary);
-        event(ctx, &object_ref(obj), EventType::Warning, "Escalated", "Escalate", note.clone()).await;
-        event(ctx, &rem_ref(&rem), EventType::Warning, "Escalated", "Escalate", note).await;
+        ctx.metrics
+            .escalations
+            .get_or_create(&CaseLabels {
+                case: d.case.to_string(),
+            })
+            .inc();
+        let note = format!(
+            "{} has been failing since {} ({}); a person is needed",
+            d.target,
+            status.detected_at.clone().unwrap_or_default(),
+            d.summary
+        );
+        event(
+            ctx,
+            &object_ref(obj),
+            EventType::Warning,
+            "Escalated",
+            "Escalate",
+            note.clone(),
+        )
+        .await;
+        event(
+            ctx,
+            &rem_ref(&rem),
+            EventType::Warning,
+            "Escalated",
+            "Escalate",
+            note,
+        )
+        .await;
     }
     if let Some(action) = dec.act().cloned() {
         return run_step(ctx, snap, obj, &rem, status, action, fresh_token(), true).await;
@@ -482,10 +683,33 @@ async fn handle_incident(
     }
     let changed_reason = status.blocked.as_deref() != Some(text.as_str());
     if changed_reason {
-        if status.blocked.as_deref().map(|b| b.split(';').next() != text.split(';').next()).unwrap_or(true) {
-            ctx.metrics.blocked.get_or_create(&ReasonLabels { reason: blocked.label().into() }).inc();
-            if matches!(blocked, Blocked::AwaitingApproval | Blocked::MaxAttempts | Blocked::CircuitBreakerOpen { .. }) {
-                event(ctx, &rem_ref(&rem), EventType::Normal, "ActionBlocked", "Plan", text.clone()).await;
+        if status
+            .blocked
+            .as_deref()
+            .map(|b| b.split(';').next() != text.split(';').next())
+            .unwrap_or(true)
+        {
+            ctx.metrics
+                .blocked
+                .get_or_create(&ReasonLabels {
+                    reason: blocked.label().into(),
+                })
+                .inc();
+            if matches!(
+                blocked,
+                Blocked::AwaitingApproval
+                    | Blocked::MaxAttempts
+                    | Blocked::CircuitBreakerOpen { .. }
+            ) {
+                event(
+                    ctx,
+                    &rem_ref(&rem),
+                    EventType::Normal,
+                    "ActionBlocked",
+                    "Plan",
+                    text.clone(),
+                )
+                .await;
             }
         }
         status.blocked = Some(text);
@@ -555,7 +779,14 @@ async fn run_step(
         }
     };
     let note = format!("{}: {}", action, last.message);
-    ctx.metrics.action(action.name(), if result.is_ok() { "succeeded" } else { "failed" });
+    ctx.metrics.action(
+        action.name(),
+        if result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+    );
     if result.is_ok() {
         match &action {
             Action::Rollback { .. } => {
@@ -566,8 +797,9 @@ async fn run_step(
                 status.observed_generation = generation;
                 status.observed_revision = source_revision(snap, obj);
             }
-            Action::Reconcile if matches!(status.diagnosis.as_ref(), Some(_)) => {
-                status.observed_revision = source_revision(snap, obj).or(status.observed_revision.clone());
+            Action::Reconcile if status.diagnosis.as_ref().is_some() => {
+                status.observed_revision =
+                    source_revision(snap, obj).or(status.observed_revision.clone());
             }
             Action::ReconcileSourceAndConsumers { .. } => {
                 status.observed_secret_version = source_secret_version(snap, obj);
@@ -577,7 +809,15 @@ async fn run_step(
         }
     }
     write_status(ctx, rem, &status).await?;
-    event(ctx, &object_ref(obj), etype, &reason, action.name(), note.clone()).await;
+    event(
+        ctx,
+        &object_ref(obj),
+        etype,
+        &reason,
+        action.name(),
+        note.clone(),
+    )
+    .await;
     event(ctx, &rem_ref(rem), etype, &reason, action.name(), note).await;
     result.map(|_| ())
 }
@@ -607,21 +847,39 @@ async fn perform(
             for c in &consumers {
                 a.request_reconcile(c, token, false, false).await?;
             }
-            Ok(format!("requested reconcile of {source} and {} consumer(s)", consumers.len()))
+            Ok(format!(
+                "requested reconcile of {source} and {} consumer(s)",
+                consumers.len()
+            ))
         }
         Action::RetryRelease { with_source } => {
             if let Some(s) = with_source {
                 a.request_reconcile(s, token, false, false).await?;
             }
             a.request_reconcile(key, token, true, true).await?;
-            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})"))
+            Ok(format!(
+                "requested retry of {key} (requestedAt+resetAt+forceAt={token})"
+            ))
         }
         Action::Rollback { to_version } => {
-            let h = obj.helm.as_ref().ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
+            let h = obj
+                .helm
+                .as_ref()
+                .ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
             a.set_suspend(key, true, &rem.name_any()).await?;
             crash_point("rollback:after-suspend");
-            match a.helm_rollback(&h.storage_namespace, &h.release_name, *to_version, h.timeout).await {
-                Ok(msg) => Ok(format!("suspended {key}; {msg}; stays suspended until the fix lands")),
+            match a
+                .helm_rollback(
+                    &h.storage_namespace,
+                    &h.release_name,
+                    *to_version,
+                    h.timeout,
+                )
+                .await
+            {
+                Ok(msg) => Ok(format!(
+                    "suspended {key}; {msg}; stays suspended until the fix lands"
+                )),
                 Err(e) => {
                     // Never leave it suspended because of a failed step.
                     if let Err(undo) = a.set_suspend(key, false, "").await {
@@ -635,13 +893,24 @@ async fn perform(
             a.set_suspend(key, false, "").await?;
             Ok(format!("resumed {key}: the fix landed"))
         }
-        Action::UnlockRelease { namespace, secret, delete, .. } => {
+        Action::UnlockRelease {
+            namespace,
+            secret,
+            delete,
+            ..
+        } => {
             let outcome = a.unlock(namespace, secret, *delete).await?;
             a.request_reconcile(key, token, false, false).await?;
             Ok(match outcome {
-                UnlockOutcome::Unlocked { previous } => format!("marked {namespace}/{secret} failed (was {previous}); requested reconcile"),
-                UnlockOutcome::Deleted => format!("deleted stale {namespace}/{secret}; requested reconcile"),
-                UnlockOutcome::AlreadyUnlocked { status } => format!("{namespace}/{secret} was already {status}; requested reconcile"),
+                UnlockOutcome::Unlocked { previous } => format!(
+                    "marked {namespace}/{secret} failed (was {previous}); requested reconcile"
+                ),
+                UnlockOutcome::Deleted => {
+                    format!("deleted stale {namespace}/{secret}; requested reconcile")
+                }
+                UnlockOutcome::AlreadyUnlocked { status } => {
+                    format!("{namespace}/{secret} was already {status}; requested reconcile")
+                }
                 UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
             })
         }
@@ -649,7 +918,12 @@ async fn perform(
 }
 
 /// Close an incident whose target recovered (or vanished, or changed case).
-async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &'static str) -> Result<()> {
+async fn close(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    rem: &Remediation,
+    reason: &'static str,
+) -> Result<()> {
     let mut status = rem.status.clone().unwrap_or_default();
     let target = rem.spec.target.to_key();
     let obj = target.as_ref().and_then(|k| snap.objects.get(k));
@@ -661,7 +935,11 @@ async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &
     }
     let now = now_s();
     let acted = status.steps.iter().any(|s| s.outcome == "Succeeded");
-    status.phase = if acted { Phase::Succeeded } else { Phase::Resolved };
+    status.phase = if acted {
+        Phase::Succeeded
+    } else {
+        Phase::Resolved
+    };
     status.closed_at = Some(rfc3339(now));
     status.blocked = None;
     let detected = parse_ts(&status.detected_at).unwrap_or(now);
@@ -672,22 +950,50 @@ async fn close(ctx: &Arc<Context>, snap: &Snapshot, rem: &Remediation, reason: &
         (_, None) => "the target no longer exists".into(),
         _ => "the target is Ready".into(),
     });
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
+    let api: Api<Remediation> =
+        Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
     // Label first: a closed phase then always comes with open=false.
     ctx.limiter.acquire().await;
     api.patch(
         &rem.name_any(),
-        &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+        &PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        },
         &Patch::Merge(json!({"metadata": {"labels": {OPEN_LABEL: "false"}}})),
     )
     .await?;
     write_status(ctx, rem, &status).await?;
-    ctx.metrics.time_to_recover.get_or_create(&CaseLabels { case: rem.spec.case.to_string() }).observe(ttr);
-    let note = format!("{} recovered after {}s ({:?})", rem.spec.target, ttr as i64, status.phase);
+    ctx.metrics
+        .time_to_recover
+        .get_or_create(&CaseLabels {
+            case: rem.spec.case.to_string(),
+        })
+        .observe(ttr);
+    let note = format!(
+        "{} recovered after {}s ({:?})",
+        rem.spec.target, ttr as i64, status.phase
+    );
     if let Some(o) = obj {
-        event(ctx, &object_ref(o), EventType::Normal, "Recovered", "Close", note.clone()).await;
+        event(
+            ctx,
+            &object_ref(o),
+            EventType::Normal,
+            "Recovered",
+            "Close",
+            note.clone(),
+        )
+        .await;
     }
-    event(ctx, &rem_ref(rem), EventType::Normal, "Recovered", "Close", note).await;
+    event(
+        ctx,
+        &rem_ref(rem),
+        EventType::Normal,
+        "Recovered",
+        "Close",
+        note,
+    )
+    .await;
     info!(target = %rem.spec.target, phase = ?status.phase, ttr, "incident closed");
     Ok(())
 }
@@ -700,26 +1006,42 @@ async fn resume_orphan(ctx: &Arc<Context>, key: &ObjectKey) -> Result<()> {
 }
 
 /// Keep at most `history_limit` closed Remediations per target.
-async fn gc_history(ctx: &Arc<Context>, remediations: &BTreeMap<(String, String), Arc<Remediation>>) {
+async fn gc_history(
+    ctx: &Arc<Context>,
+    remediations: &BTreeMap<(String, String), Arc<Remediation>>,
+) {
     let mut by_target: HashMap<String, Vec<&Arc<Remediation>>> = HashMap::new();
     for r in remediations.values() {
-        if !r.status.as_ref().map(|s| s.phase).unwrap_or_default().is_open() {
-            by_target.entry(r.spec.target.to_string()).or_default().push(r);
+        if !r
+            .status
+            .as_ref()
+            .map(|s| s.phase)
+            .unwrap_or_default()
+            .is_open()
+        {
+            by_target
+                .entry(r.spec.target.to_string())
+                .or_default()
+                .push(r);
         }
     }
     for (_, mut closed) in by_target {
         if closed.len() <= ctx.opts.history_limit {
             continue;
         }
-        closed.sort_by_key(|r| std::cmp::Reverse(r.status.as_ref().and_then(|s| s.closed_at.clone())));
+        closed.sort_by_key(|r| {
+            std::cmp::Reverse(r.status.as_ref().and_then(|s| s.closed_at.clone()))
+        });
         for r in closed.into_iter().skip(ctx.opts.history_limit) {
-            let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
+            let api: Api<Remediation> =
+                Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
             ctx.limiter.acquire().await;
             match api.delete(&r.name_any(), &DeleteParams::default()).await {
                 Ok(_) => info!(remediation = %r.name_any(), "garbage-collected old Remediation"),
-                Err(e) => warn!(remediation = %r.name_any(), error = %e, "cannot garbage-collect Remediation"),
+                Err(e) => {
+                    warn!(remediation = %r.name_any(), error = %e, "cannot garbage-collect Remediation")
+                }
             }
         }
     }
 }
-

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
@@ -65,10 +65,16 @@ impl Index {
             snap.add_release(r.clone());
         }
         for (k, rv) in &self.secret_versions {
-            let keys = self.secret_keys.get(k).filter(|i| i.resource_version.as_ref() == Some(rv));
+            let keys = self
+                .secret_keys
+                .get(k)
+                .filter(|i| i.resource_version.as_ref() == Some(rv));
             snap.secrets.insert(
                 k.clone(),
-                SecretInfo { keys: keys.map(|i| i.keys.clone()).unwrap_or_default(), resource_version: Some(rv.clone()) },
+                SecretInfo {
+                    keys: keys.map(|i| i.keys.clone()).unwrap_or_default(),
+                    resource_version: Some(rv.clone()),
+                },
             );
         }
         snap
@@ -107,20 +113,31 @@ fn scope_name(what: &str, scope: &Scope) -> String {
     format!("{what}@{}", scope.as_deref().unwrap_or("*"))
 }
 
-/// Watch one Flux kind into the index.
-pub async fn watch_flux(client: Client, scope: Scope, kind: FluxKind, index: SharedIndex, notify: Arc<Notify>) {
-    let api: Api<DynamicObject> = match &scope {
-        Some(ns) => Api::namespaced_with(client, ns, &api_resource(kind)),
-        None => Api::all_with(client, &api_resource(kind)),
-    };
-    let mut seen: Option<BTreeSet<ObjectKey>> = None;
-    let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
+type Key = (String, String);
+
+/// Drive one watch into the index: errors are logged and retried with backoff (by the
+/// stream), a re-list drops what was not seen again in this watch's scope, every event wakes
+/// the engine. The three closures say what an object means for the index.
+async fn drive<K, S>(
+    stream: S,
+    name: String,
+    index: SharedIndex,
+    notify: Arc<Notify>,
+    mut apply: impl FnMut(&mut Index, K, &Key),
+    mut delete: impl FnMut(&mut Index, &Key),
+    mut relisted: impl FnMut(&mut Index, &BTreeSet<Key>),
+) where
+    K: kube::Resource,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut seen: Option<BTreeSet<Key>> = None;
     loop {
         let ev = match stream.try_next().await {
             Ok(Some(ev)) => ev,
             Ok(None) => return,
             Err(e) => {
-                warn!(kind = %kind, error = %e, "watch error (retrying with backoff)");
+                warn!(watch = %name, error = %e, "watch error (retrying with backoff)");
                 continue;
             }
         };
@@ -128,91 +145,119 @@ pub async fn watch_flux(client: Client, scope: Scope, kind: FluxKind, index: Sha
         match ev {
             watcher::Event::Init => seen = Some(BTreeSet::new()),
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
-                let id = format!("{kind}/{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-                match serde_json::to_value(&o).map_err(|e| e.to_string()).and_then(|v| flux::from_value(&v).map_err(|e| e.to_string())) {
-                    Ok(obj) => {
-                        if let Some(s) = seen.as_mut() {
-                            s.insert(obj.key.clone());
-                        }
-                        idx.unreadable.remove(&id);
-                        idx.objects.insert(obj.key.clone(), Arc::new(obj));
-                    }
-                    Err(e) => {
-                        warn!(object = %id, error = %e, "cannot read Flux object; ignoring it");
-                        idx.unreadable.insert(id, e);
-                    }
+                let key = (o.namespace().unwrap_or_default(), o.name_any());
+                if let Some(s) = seen.as_mut() {
+                    s.insert(key.clone());
                 }
+                apply(&mut idx, o, &key);
             }
             watcher::Event::Delete(o) => {
-                let key = ObjectKey::new(kind, o.namespace().unwrap_or_default(), o.name_any());
-                idx.objects.remove(&key);
+                delete(&mut idx, &(o.namespace().unwrap_or_default(), o.name_any()))
             }
             watcher::Event::InitDone => {
                 if let Some(s) = seen.take() {
-                    idx.objects.retain(|k, _| k.kind != kind || !in_scope(&scope, &k.namespace) || s.contains(k));
+                    relisted(&mut idx, &s);
                 }
-                idx.synced.insert(scope_name(kind.as_str(), &scope));
-                debug!(kind = %kind, "initial list done");
+                debug!(watch = %name, "initial list done");
+                idx.synced.insert(name.clone());
             }
         }
         drop(idx);
         notify.notify_one();
     }
+}
+
+/// Watch one Flux kind into the index.
+pub async fn watch_flux(
+    client: Client,
+    scope: Scope,
+    kind: FluxKind,
+    index: SharedIndex,
+    notify: Arc<Notify>,
+) {
+    let api: Api<DynamicObject> = match &scope {
+        Some(ns) => Api::namespaced_with(client, ns, &api_resource(kind)),
+        None => Api::all_with(client, &api_resource(kind)),
+    };
+    let stream = watcher(api, watcher_config()).default_backoff();
+    let apply = |idx: &mut Index, o: DynamicObject, key: &Key| {
+        let id = format!("{kind}/{}/{}", key.0, key.1);
+        match serde_json::to_value(&o)
+            .map_err(|e| e.to_string())
+            .and_then(|v| flux::from_value(&v).map_err(|e| e.to_string()))
+        {
+            Ok(obj) => {
+                idx.unreadable.remove(&id);
+                idx.objects.insert(obj.key.clone(), Arc::new(obj));
+            }
+            Err(e) => {
+                warn!(object = %id, error = %e, "cannot read Flux object; ignoring it");
+                idx.unreadable.insert(id, e);
+            }
+        }
+    };
+    let delete = |idx: &mut Index, key: &Key| {
+        idx.objects
+            .remove(&ObjectKey::new(kind, key.0.clone(), key.1.clone()));
+    };
+    let sc = scope.clone();
+    let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
+        idx.objects.retain(|k, _| {
+            k.kind != kind
+                || !in_scope(&sc, &k.namespace)
+                || seen.contains(&(k.namespace.clone(), k.name.clone()))
+        });
+    };
+    drive(
+        stream,
+        scope_name(kind.as_str(), &scope),
+        index,
+        notify,
+        apply,
+        delete,
+        relisted,
+    )
+    .await
 }
 
 /// Watch Secret metadata: Helm release storage (labels) and resourceVersions (to see a
 /// source's credentials change). Secret data is never fetched here.
 pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, notify: Arc<Notify>) {
-    let api: Api<PartialObjectMeta<Secret>> = match &scope {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
-    let mut seen: Option<BTreeSet<(String, String)>> = None;
-    let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
-    loop {
-        let ev = match stream.try_next().await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, "Secret watch error (retrying with backoff)");
-                continue;
-            }
+    let api: Api<PartialObjectMeta<Secret>> = api_for(client, &scope);
+    let stream = watcher(api, watcher_config()).default_backoff();
+    let apply = |idx: &mut Index, m: PartialObjectMeta<Secret>, key: &Key| {
+        match StoredRelease::from_metadata(&key.1, &key.0, m.labels()) {
+            Some(r) => idx.releases.insert(key.clone(), r),
+            None => idx.releases.remove(key),
         };
-        let mut idx = index.write().await;
-        match ev {
-            watcher::Event::Init => seen = Some(BTreeSet::new()),
-            watcher::Event::InitApply(m) | watcher::Event::Apply(m) => {
-                let key = (m.namespace().unwrap_or_default(), m.name_any());
-                if let Some(s) = seen.as_mut() {
-                    s.insert(key.clone());
-                }
-                if let Some(r) = StoredRelease::from_metadata(&key.1, &key.0, m.labels()) {
-                    idx.releases.insert(key.clone(), r);
-                } else {
-                    idx.releases.remove(&key);
-                }
-                idx.secret_versions.insert(key, m.resource_version().unwrap_or_default());
-            }
-            watcher::Event::Delete(m) => {
-                let key = (m.namespace().unwrap_or_default(), m.name_any());
-                idx.releases.remove(&key);
-                idx.secret_versions.remove(&key);
-                idx.secret_keys.remove(&key);
-            }
-            watcher::Event::InitDone => {
-                if let Some(s) = seen.take() {
-                    idx.releases.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
-                    idx.secret_versions.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
-                }
-                idx.synced.insert(scope_name("Secret", &scope));
-            }
-        }
-        drop(idx);
-        notify.notify_one();
-    }
+        idx.secret_versions
+            .insert(key.clone(), m.resource_version().unwrap_or_default());
+    };
+    let delete = |idx: &mut Index, key: &Key| {
+        idx.releases.remove(key);
+        idx.secret_versions.remove(key);
+        idx.secret_keys.remove(key);
+    };
+    let sc = scope.clone();
+    let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
+        idx.releases
+            .retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));
+        idx.secret_versions
+            .retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));
+    };
+    drive(
+        stream,
+        scope_name("Secret", &scope),
+        index,
+        notify,
+        apply,
+        delete,
+        relisted,
+    )
+    .await
 }
 
-/// Watch fluxmedic's own resources.
+/// Watch fluxmedic's own resources (`put` stores or removes one; `field` picks its map).
 pub async fn watch_own<K>(
     client: Client,
     scope: Scope,
@@ -220,6 +265,7 @@ pub async fn watch_own<K>(
     notify: Arc<Notify>,
     name: &'static str,
     put: fn(&mut Index, Option<K>, (String, String)),
+    field: fn(&mut Index) -> &mut BTreeMap<Key, Arc<K>>,
 ) where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -230,45 +276,21 @@ pub async fn watch_own<K>(
         + 'static,
 {
     let api: Api<K> = api_for(client, &scope);
-    let mut stream = watcher(api, watcher_config()).default_backoff().boxed();
-    let mut seen: Option<BTreeSet<(String, String)>> = None;
-    loop {
-        let ev = match stream.try_next().await {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(resource = name, error = %e, "watch error (retrying with backoff)");
-                continue;
-            }
-        };
-        let mut idx = index.write().await;
-        match ev {
-            watcher::Event::Init => seen = Some(BTreeSet::new()),
-            watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
-                let key = (o.namespace().unwrap_or_default(), o.name_any());
-                if let Some(s) = seen.as_mut() {
-                    s.insert(key.clone());
-                }
-                put(&mut idx, Some(o), key);
-            }
-            watcher::Event::Delete(o) => {
-                let key = (o.namespace().unwrap_or_default(), o.name_any());
-                put(&mut idx, None, key);
-            }
-            watcher::Event::InitDone => {
-                if let Some(s) = seen.take() {
-                    if name == "RemediationPolicy" {
-                        idx.policies.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
-                    } else {
-                        idx.remediations.retain(|k, _| !in_scope(&scope, &k.0) || s.contains(k));
-                    }
-                }
-                idx.synced.insert(scope_name(name, &scope));
-            }
-        }
-        drop(idx);
-        notify.notify_one();
-    }
+    let stream = watcher(api, watcher_config()).default_backoff();
+    let sc = scope.clone();
+    let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
+        field(idx).retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));
+    };
+    drive(
+        stream,
+        scope_name(name, &scope),
+        index,
+        notify,
+        |idx, o, key| put(idx, Some(o), key.clone()),
+        |idx, key| put(idx, None, key.clone()),
+        relisted,
+    )
+    .await
 }
 
 pub fn put_policy(idx: &mut Index, p: Option<RemediationPolicy>, key: (String, String)) {
@@ -286,7 +308,10 @@ pub fn put_remediation(idx: &mut Index, r: Option<Remediation>, key: (String, St
     match r {
         Some(r) => {
             // Never go back to an older copy than one the engine itself just wrote.
-            let newer = idx.remediations.get(&key).is_some_and(|old| rv_num(old.as_ref()) > rv_num(&r));
+            let newer = idx
+                .remediations
+                .get(&key)
+                .is_some_and(|old| rv_num(old.as_ref()) > rv_num(&r));
             if !newer {
                 idx.remediations.insert(key, Arc::new(r));
             }
@@ -298,5 +323,9 @@ pub fn put_remediation(idx: &mut Index, r: Option<Remediation>, key: (String, St
 }
 
 fn rv_num(r: &Remediation) -> u64 {
-    r.metadata.resource_version.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0)
+    r.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

@@ -18,7 +18,11 @@ impl WriteLimiter {
         let burst = interval * burst.max(1);
         // Start with a full bucket.
         let now = Instant::now();
-        WriteLimiter { interval, burst, next: Mutex::new(now.checked_sub(burst).unwrap_or(now)) }
+        WriteLimiter {
+            interval,
+            burst,
+            next: Mutex::new(now.checked_sub(burst).unwrap_or(now)),
+        }
     }
 
     /// Wait for a write slot; returns how long it waited.
@@ -53,6 +57,9 @@ mod tests {
             l.acquire().await;
         }
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(850) && elapsed <= Duration::from_millis(1100), "10 writes past the burst take about a second: {elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(850) && elapsed <= Duration::from_millis(1100),
+            "10 writes past the burst take about a second: {elapsed:?}"
+        );
     }
 }

@@ -66,7 +66,10 @@ impl Context {
     }
 
     fn backoff_ready(&self, key: &crate::flux::ObjectKey, now: i64) -> bool {
-        self.backoff.try_lock().map(|b| b.get(key).is_none_or(|(_, next)| *next <= now)).unwrap_or(true)
+        self.backoff
+            .try_lock()
+            .map(|b| b.get(key).is_none_or(|(_, next)| *next <= now))
+            .unwrap_or(true)
     }
 
     fn backoff_reset(&self, key: &crate::flux::ObjectKey) {
@@ -77,7 +80,9 @@ impl Context {
 
     /// Exponential per-target backoff after an error: 1s, 2s, 4s … 5m. Returns the delay.
     fn backoff_fail(&self, key: &crate::flux::ObjectKey, now: i64) -> i64 {
-        let Ok(mut b) = self.backoff.try_lock() else { return 0 };
+        let Ok(mut b) = self.backoff.try_lock() else {
+            return 0;
+        };
         let e = b.entry(key.clone()).or_insert((0, now));
         e.0 = (e.0 + 1).min(16);
         let delay = (1i64 << (e.0 - 1)).min(300);
@@ -88,13 +93,20 @@ impl Context {
 
 async fn metrics_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         ctx.metrics.render(),
     )
 }
 
 async fn ready_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
-    if ctx.index.read().await.all_synced() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "syncing") }
+    if ctx.index.read().await.all_synced() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "syncing")
+    }
 }
 
 /// Run the operator until SIGTERM/SIGINT.
@@ -105,20 +117,29 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         None => Api::all(client.clone()),
     };
     if let Err(e) = rems.list(&kube::api::ListParams::default().limit(1)).await {
-        anyhow::bail!("cannot list Remediations ({e}); install the CRDs: fluxmedic crds | kubectl apply -f -");
+        anyhow::bail!(
+            "cannot list Remediations ({e}); install the CRDs: fluxmedic crds | kubectl apply -f -"
+        );
     }
     let reporter = Reporter {
         controller: "fluxmedic".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let write_limiter = Arc::new(limiter::WriteLimiter::new(opts.max_writes_per_second, opts.max_writes_per_second * 2));
+    let write_limiter = Arc::new(limiter::WriteLimiter::new(
+        opts.max_writes_per_second,
+        opts.max_writes_per_second * 2,
+    ));
     let ctx = Arc::new(Context {
         client: client.clone(),
         index: Arc::new(RwLock::new(index::Index::default())),
         notify: Arc::new(Notify::new()),
         metrics: Metrics::default(),
         recorder: Recorder::new(client.clone(), reporter),
-        actuator: Actuator { client: client.clone(), helm_bin: opts.helm_bin.clone(), limiter: Some(write_limiter.clone()) },
+        actuator: Actuator {
+            client: client.clone(),
+            helm_bin: opts.helm_bin.clone(),
+            limiter: Some(write_limiter.clone()),
+        },
         limiter: write_limiter,
         backoff: Mutex::new(HashMap::new()),
         opts,
@@ -129,19 +150,39 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let scopes: Vec<index::Scope> = if ctx.opts.watch_namespaces.is_empty() {
         vec![None]
     } else {
-        ctx.opts.watch_namespaces.iter().cloned().map(Some).collect()
+        ctx.opts
+            .watch_namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
     };
     let mut policy_scopes = scopes.clone();
-    if !policy_scopes.iter().any(|s| s.is_none() || s.as_deref() == Some(ctx.opts.namespace.as_str())) {
+    if !policy_scopes
+        .iter()
+        .any(|s| s.is_none() || s.as_deref() == Some(ctx.opts.namespace.as_str()))
+    {
         policy_scopes.push(Some(ctx.opts.namespace.clone()));
     }
-    ctx.index.write().await.expected_watches = scopes.len() * (index::WATCHED_KINDS.len() + 2) + policy_scopes.len();
+    ctx.index.write().await.expected_watches =
+        scopes.len() * (index::WATCHED_KINDS.len() + 2) + policy_scopes.len();
     let mut tasks = tokio::task::JoinSet::new();
     for scope in &scopes {
         for kind in index::WATCHED_KINDS {
-            tasks.spawn(index::watch_flux(client.clone(), scope.clone(), kind, ctx.index.clone(), ctx.notify.clone()));
+            tasks.spawn(index::watch_flux(
+                client.clone(),
+                scope.clone(),
+                kind,
+                ctx.index.clone(),
+                ctx.notify.clone(),
+            ));
         }
-        tasks.spawn(index::watch_secrets(client.clone(), scope.clone(), ctx.index.clone(), ctx.notify.clone()));
+        tasks.spawn(index::watch_secrets(
+            client.clone(),
+            scope.clone(),
+            ctx.index.clone(),
+            ctx.notify.clone(),
+        ));
         tasks.spawn(index::watch_own::<Remediation>(
             client.clone(),
             scope.clone(),
@@ -149,6 +190,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             ctx.notify.clone(),
             "Remediation",
             index::put_remediation,
+            |i| &mut i.remediations,
         ));
     }
     for scope in policy_scopes {
@@ -159,6 +201,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             ctx.notify.clone(),
             "RemediationPolicy",
             index::put_policy,
+            |i| &mut i.policies,
         ));
     }
 
@@ -177,14 +220,15 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
 
     // Leader election: every replica watches (a warm standby), only the Lease holder acts.
     let leader = if ctx.opts.leader_elect {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "fluxmedic-leader")
-            .with_namespace(&ctx.opts.namespace)
-            .with_identity(&ctx.opts.identity)
-            .with_duration(15)
-            .with_grace(5)
-            .with_field_manager(crate::api::FIELD_MANAGER)
-            .build()
-            .await?;
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "fluxmedic-leader")
+                .with_namespace(&ctx.opts.namespace)
+                .with_identity(&ctx.opts.identity)
+                .with_duration(15)
+                .with_grace(5)
+                .with_field_manager(crate::api::FIELD_MANAGER)
+                .build()
+                .await?;
         let (rx, task) = manager.watch().await;
         tasks.spawn(async move {
             if let Ok(Err(e)) = task.await {
@@ -228,7 +272,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

@@ -21,7 +21,11 @@ pub struct Classification {
 }
 
 const fn c(case: Case, retryable: bool, rule: &'static str) -> Classification {
-    Classification { case, retryable, rule }
+    Classification {
+        case,
+        retryable,
+        rule,
+    }
 }
 
 /// Helm's errPending, the text of a held release lock.
@@ -45,7 +49,8 @@ static NON_RETRYABLE_RELEASE: LazyLock<RegexSet> = LazyLock::new(|| {
 });
 
 static MISSING_CRD: LazyLock<RegexSet> = LazyLock::new(|| {
-    RegexSet::new([r#"no matches for kind "#, r"resource mapping not found"]).expect("static regexes")
+    RegexSet::new([r#"no matches for kind "#, r"resource mapping not found"])
+        .expect("static regexes")
 });
 
 static TRANSIENT: LazyLock<RegexSet> = LazyLock::new(|| {
@@ -114,11 +119,21 @@ fn transient(message: &str) -> bool {
 }
 
 /// Classify one condition of a Flux object.
-pub fn classify_condition(kind: FluxKind, type_: &str, status: &str, reason: &str, message: &str) -> Classification {
+pub fn classify_condition(
+    kind: FluxKind,
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> Classification {
     use Case::*;
     // Anywhere in Flux, Helm's pending lock shows as this text.
     if kind == FluxKind::HelmRelease && message.contains(HELM_LOCK_TEXT) {
-        return c(StaleLock, true, "Helm reports a pending operation holding the release lock");
+        return c(
+            StaleLock,
+            true,
+            "Helm reports a pending operation holding the release lock",
+        );
     }
     if reason == "DependencyNotReady" {
         return c(DependencyCascade, true, "a dependency is not ready");
@@ -134,27 +149,49 @@ pub fn classify_condition(kind: FluxKind, type_: &str, status: &str, reason: &st
 fn classify_helmrelease(type_: &str, status: &str, reason: &str, message: &str) -> Classification {
     use Case::*;
     match (type_, reason) {
-        ("Released", "PendingRelease") if message.starts_with("Unlock of Helm release") && message.contains("failed") => {
-            c(StaleLock, true, "helm-controller could not unlock a pending release")
+        ("Released", "PendingRelease")
+            if message.starts_with("Unlock of Helm release") && message.contains("failed") =>
+        {
+            c(
+                StaleLock,
+                true,
+                "helm-controller could not unlock a pending release",
+            )
         }
-        (_, "Progressing") | ("Reconciling", _) => c(Other, true, "helm-controller is running a release action"),
+        (_, "Progressing") | ("Reconciling", _) => {
+            c(Other, true, "helm-controller is running a release action")
+        }
         ("Stalled", "RetriesExceeded") => c(FailedRelease, true, "retries exhausted"),
-        ("Stalled", "MissingRollbackTarget") => c(FailedRelease, false, "no rollback target left in Helm storage"),
+        ("Stalled", "MissingRollbackTarget") => c(
+            FailedRelease,
+            false,
+            "no rollback target left in Helm storage",
+        ),
         (_, "InstallFailed" | "UpgradeFailed" | "RollbackFailed" | "ReconcileError") => {
             if message.ends_with("retries exhausted") {
                 return c(FailedRelease, true, "retries exhausted");
             }
             if MISSING_CRD.is_match(message) {
-                return c(Other, false, "a CRD the chart needs is missing (ordering: add dependsOn on the CRD release)");
+                return c(
+                    Other,
+                    false,
+                    "a CRD the chart needs is missing (ordering: add dependsOn on the CRD release)",
+                );
             }
             if NON_RETRYABLE_RELEASE.is_match(message) {
-                return c(FailedRelease, false, "the release input is invalid; the fix must come from Git");
+                return c(
+                    FailedRelease,
+                    false,
+                    "the release input is invalid; the fix must come from Git",
+                );
             }
             c(FailedRelease, true, "the release action failed")
         }
-        (_, "RollbackSucceeded" | "UninstallSucceeded") => {
-            c(FailedRelease, false, "Flux already remediated natively; the failing upgrade needs a fix in Git")
-        }
+        (_, "RollbackSucceeded" | "UninstallSucceeded") => c(
+            FailedRelease,
+            false,
+            "Flux already remediated natively; the failing upgrade needs a fix in Git",
+        ),
         (_, "TestFailed") => c(Other, false, "Helm tests failed"),
         _ if status == "Unknown" => c(Other, true, "status unknown"),
         _ => c(Other, transient(message), "HelmRelease not ready"),
@@ -166,23 +203,38 @@ fn classify_kustomization(type_: &str, reason: &str, message: &str) -> Classific
     let _ = type_;
     match reason {
         "BuildFailed" => {
-            if message.contains("decrypt") || message.contains("sops") || message.contains("decryption") {
+            if message.contains("decrypt")
+                || message.contains("sops")
+                || message.contains("decryption")
+            {
                 c(Other, false, "SOPS decryption failed")
             } else {
                 c(InvalidManifests, false, "kustomize build failed")
             }
         }
-        "ArtifactFailed" if message.contains("kustomization path not found") => {
-            c(InvalidManifests, false, "the path does not exist in the source revision")
-        }
-        "ReconciliationFailed" if MISSING_CRD.is_match(message) => {
-            c(Other, false, "a CRD the manifests need is missing (ordering: add dependsOn)")
-        }
-        "ReconciliationFailed" if INVALID_MANIFEST_APPLY.is_match(message) => {
-            c(InvalidManifests, false, "the API server rejected a manifest in dry-run")
-        }
-        "HealthCheckFailed" if message.contains("HelmRelease/") || message.contains("Kustomization/") => {
-            c(DependencyCascade, true, "a health-checked Flux object is failing")
+        "ArtifactFailed" if message.contains("kustomization path not found") => c(
+            InvalidManifests,
+            false,
+            "the path does not exist in the source revision",
+        ),
+        "ReconciliationFailed" if MISSING_CRD.is_match(message) => c(
+            Other,
+            false,
+            "a CRD the manifests need is missing (ordering: add dependsOn)",
+        ),
+        "ReconciliationFailed" if INVALID_MANIFEST_APPLY.is_match(message) => c(
+            InvalidManifests,
+            false,
+            "the API server rejected a manifest in dry-run",
+        ),
+        "HealthCheckFailed"
+            if message.contains("HelmRelease/") || message.contains("Kustomization/") =>
+        {
+            c(
+                DependencyCascade,
+                true,
+                "a health-checked Flux object is failing",
+            )
         }
         "AccessDenied" => c(Other, false, "cross-namespace reference blocked"),
         _ => c(Other, transient(message), "Kustomization not ready"),
@@ -195,7 +247,11 @@ fn classify_git(reason: &str, message: &str) -> Classification {
         return c(Other, false, "the branch or tag does not exist");
     }
     match reason {
-        "AuthenticationFailed" => c(GitAuth, false, "the credentials Secret is missing or invalid"),
+        "AuthenticationFailed" => c(
+            GitAuth,
+            false,
+            "the credentials Secret is missing or invalid",
+        ),
         "GitOperationFailed" | "FetchFailed" | "" => {
             if GIT_AUTH.is_match(message) {
                 c(GitAuth, false, "the Git server rejected the credentials")
@@ -219,7 +275,13 @@ mod tests {
 
     #[test]
     fn release_retryability() {
-        assert!(hr("UpgradeFailed", "Helm upgrade failed for release a/b with chart c@1: context deadline exceeded").retryable);
+        assert!(
+            hr(
+                "UpgradeFailed",
+                "Helm upgrade failed for release a/b with chart c@1: context deadline exceeded"
+            )
+            .retryable
+        );
         let schema = hr(
             "UpgradeFailed",
             "Helm upgrade failed for release a/b with chart c@1: values don't meet the specifications of the schema(s) in the following chart(s):\nc:\n- replicas: Invalid type",
@@ -231,9 +293,33 @@ mod tests {
 
     #[test]
     fn git_messages() {
-        let g = |m: &str| classify_condition(FluxKind::GitRepository, "Ready", "False", "GitOperationFailed", m).case;
-        assert_eq!(g("failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/x': authentication required"), Case::GitAuth);
-        assert_eq!(g("failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/x': dial tcp 127.0.0.1:1: connect: connection refused"), Case::GitUnreachable);
-        assert_eq!(g("failed to checkout and determine revision: unable to clone 'x': couldn't find remote ref \"refs/heads/nope\""), Case::Other);
+        let g = |m: &str| {
+            classify_condition(
+                FluxKind::GitRepository,
+                "Ready",
+                "False",
+                "GitOperationFailed",
+                m,
+            )
+            .case
+        };
+        assert_eq!(
+            g(
+                "failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/x': authentication required"
+            ),
+            Case::GitAuth
+        );
+        assert_eq!(
+            g(
+                "failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/x': dial tcp 127.0.0.1:1: connect: connection refused"
+            ),
+            Case::GitUnreachable
+        );
+        assert_eq!(
+            g(
+                "failed to checkout and determine revision: unable to clone 'x': couldn't find remote ref \"refs/heads/nope\""
+            ),
+            Case::Other
+        );
     }
 }

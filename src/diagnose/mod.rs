@@ -21,7 +21,17 @@ use crate::{
 
 /// The runbook case of a failure.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Case {
@@ -99,25 +109,34 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(objects: impl IntoIterator<Item = FluxObject>, now: i64) -> Self {
         Snapshot {
-            objects: objects.into_iter().map(|o| (o.key.clone(), Arc::new(o))).collect(),
+            objects: objects
+                .into_iter()
+                .map(|o| (o.key.clone(), Arc::new(o)))
+                .collect(),
             now,
             ..Default::default()
         }
     }
 
     pub fn add_release(&mut self, r: StoredRelease) {
-        let entry = self.releases.entry((r.namespace.clone(), r.release.clone())).or_default();
+        let entry = self
+            .releases
+            .entry((r.namespace.clone(), r.release.clone()))
+            .or_default();
         entry.releases.push(r);
         entry.releases.sort_by_key(|r| r.version);
     }
 
     pub fn history_of(&self, obj: &FluxObject) -> Option<&ReleaseHistory> {
         let h = obj.helm.as_ref()?;
-        self.releases.get(&(h.storage_namespace.clone(), h.release_name.clone()))
+        self.releases
+            .get(&(h.storage_namespace.clone(), h.release_name.clone()))
     }
 
     fn failing(&self, key: &ObjectKey) -> bool {
-        self.objects.get(key).is_some_and(|o| o.is_failing() || self.stale_lock_of(o).is_some())
+        self.objects
+            .get(key)
+            .is_some_and(|o| o.is_failing() || self.stale_lock_of(o).is_some())
     }
 
     /// A pending latest release that helm-controller is not working on and that is older
@@ -127,7 +146,8 @@ impl Snapshot {
         if obj.is_running_helm_action() {
             return None;
         }
-        self.history_of(obj)?.stale_pending(self.now, h.timeout + Duration::from_secs(60))
+        self.history_of(obj)?
+            .stale_pending(self.now, h.timeout + Duration::from_secs(60))
     }
 }
 
@@ -189,7 +209,10 @@ pub struct Report {
 
 impl Report {
     pub fn get(&self, key: &ObjectKey) -> Option<&Diagnosis> {
-        self.diagnoses.binary_search_by(|d| d.target.cmp(key)).ok().map(|i| &self.diagnoses[i])
+        self.diagnoses
+            .binary_search_by(|d| d.target.cmp(key))
+            .ok()
+            .map(|i| &self.diagnoses[i])
     }
 }
 
@@ -212,9 +235,18 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
                 stale.version, stale.namespace, stale.secret_name, stale.status.0
             ),
         }];
-        evidence.extend(obj.conditions.iter().filter(|c| c.type_ == "Ready" && !c.is_true()).map(ev));
+        evidence.extend(
+            obj.conditions
+                .iter()
+                .filter(|c| c.type_ == "Ready" && !c.is_true())
+                .map(ev),
+        );
         return Some((
-            Classification { case: Case::StaleLock, retryable: true, rule: "a stale pending release holds the Helm lock" },
+            Classification {
+                case: Case::StaleLock,
+                retryable: true,
+                rule: "a stale pending release holds the Helm lock",
+            },
             evidence,
         ));
     }
@@ -227,7 +259,10 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
         cl.case == Case::StaleLock && !c.is_true()
     });
     if let Some(cond) = lock {
-        return Some((classify_condition(kind, &cond.type_, &cond.status, &cond.reason, &cond.message), vec![ev(cond)]));
+        return Some((
+            classify_condition(kind, &cond.type_, &cond.status, &cond.reason, &cond.message),
+            vec![ev(cond)],
+        ));
     }
     let ready = obj.condition("Ready");
     let stalled = obj.condition("Stalled").filter(|c| c.is_true());
@@ -236,23 +271,40 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
             // Stalled says retries are exhausted; Ready's tail says whether a retry can help.
             let sc = classify_condition(kind, &s.type_, &s.status, &s.reason, &s.message);
             let rc = classify_condition(kind, &r.type_, &r.status, &r.reason, &r.message);
-            let cl = if rc.case == Case::FailedRelease || rc.case == Case::Other && sc.case == Case::FailedRelease {
-                Classification { case: Case::FailedRelease, retryable: sc.retryable && rc.retryable, rule: rc.rule }
+            let cl = if rc.case == Case::FailedRelease
+                || rc.case == Case::Other && sc.case == Case::FailedRelease
+            {
+                Classification {
+                    case: Case::FailedRelease,
+                    retryable: sc.retryable && rc.retryable,
+                    rule: rc.rule,
+                }
             } else {
                 rc
             };
             Some((cl, vec![ev(s), ev(r)]))
         }
-        (_, Some(r)) if r.is_false() => Some((classify_condition(kind, &r.type_, &r.status, &r.reason, &r.message), vec![ev(r)])),
-        (Some(s), _) => Some((classify_condition(kind, &s.type_, &s.status, &s.reason, &s.message), vec![ev(s)])),
+        (_, Some(r)) if r.is_false() => Some((
+            classify_condition(kind, &r.type_, &r.status, &r.reason, &r.message),
+            vec![ev(r)],
+        )),
+        (Some(s), _) => Some((
+            classify_condition(kind, &s.type_, &s.status, &s.reason, &s.message),
+            vec![ev(s)],
+        )),
         _ => None,
     }
 }
 
 /// What Flux does by itself about this object's failure.
 fn native_state(obj: &FluxObject) -> NativeState {
-    let Some(h) = obj.helm.as_ref() else { return NativeState::Retrying };
-    let ready_reason = obj.condition("Ready").map(|c| c.reason.as_str()).unwrap_or("");
+    let Some(h) = obj.helm.as_ref() else {
+        return NativeState::Retrying;
+    };
+    let ready_reason = obj
+        .condition("Ready")
+        .map(|c| c.reason.as_str())
+        .unwrap_or("");
     let stalled = obj.condition("Stalled").is_some_and(|c| c.is_true());
     let strategy = match h.last_attempted_release_action.as_deref() {
         Some("install") => h.install_strategy,
@@ -269,7 +321,11 @@ fn native_state(obj: &FluxObject) -> NativeState {
             Some("install") => (h.install_failures, h.install_retries),
             _ => (h.upgrade_failures, h.upgrade_retries),
         };
-        if retries >= 0 && failures > retries { NativeState::Exhausted } else { NativeState::Retrying }
+        if retries >= 0 && failures > retries {
+            NativeState::Exhausted
+        } else {
+            NativeState::Retrying
+        }
     }
 }
 
@@ -281,7 +337,9 @@ fn health_check_refs(message: &str) -> Vec<ObjectKey> {
         let mut rest = message;
         while let Some(i) = rest.find(&needle) {
             let tail = &rest[i + needle.len()..];
-            let end = tail.find(|c: char| c.is_whitespace() || c == ',' || c == ']').unwrap_or(tail.len());
+            let end = tail
+                .find(|c: char| c.is_whitespace() || c == ',' || c == ']')
+                .unwrap_or(tail.len());
             if let Some((ns, name)) = tail[..end].split_once('/') {
                 out.push(ObjectKey::new(kind, ns, name));
             }
@@ -331,7 +389,9 @@ impl RootFinder<'_> {
         if let Some(c) = self.memo.get(key) {
             return c.clone();
         }
-        let Some(obj) = self.snap.objects.get(key) else { return vec![] };
+        let Some(obj) = self.snap.objects.get(key) else {
+            return vec![];
+        };
         visiting.insert(key.clone());
         let mut result = vec![];
         for p in parents(obj) {
@@ -339,7 +399,11 @@ impl RootFinder<'_> {
                 continue;
             }
             let missing = !self.snap.objects.contains_key(&p);
-            let named_missing = missing && obj.conditions.iter().any(|c| c.reason == "DependencyNotReady");
+            let named_missing = missing
+                && obj
+                    .conditions
+                    .iter()
+                    .any(|c| c.reason == "DependencyNotReady");
             if named_missing {
                 // A dependency that does not exist is the root of the cascade.
                 result = vec![p];
@@ -360,11 +424,18 @@ impl RootFinder<'_> {
 
 /// Diagnose one object within its snapshot; `None` if it is not failing.
 pub fn diagnose_object(snap: &Snapshot, obj: &FluxObject) -> Option<Diagnosis> {
-    let mut finder = RootFinder { snap, memo: HashMap::new() };
+    let mut finder = RootFinder {
+        snap,
+        memo: HashMap::new(),
+    };
     diagnose_with(snap, obj, &mut finder)
 }
 
-fn diagnose_with(snap: &Snapshot, obj: &FluxObject, finder: &mut RootFinder<'_>) -> Option<Diagnosis> {
+fn diagnose_with(
+    snap: &Snapshot,
+    obj: &FluxObject,
+    finder: &mut RootFinder<'_>,
+) -> Option<Diagnosis> {
     let (cl, mut evidence) = classify_object(snap, obj)?;
     let chain = finder.chain(&obj.key, &mut BTreeSet::new());
     let root = chain.last().cloned().unwrap_or_else(|| obj.key.clone());
@@ -372,20 +443,36 @@ fn diagnose_with(snap: &Snapshot, obj: &FluxObject, finder: &mut RootFinder<'_>)
         obj.condition("Ready").map(|c| c.reason.as_str()),
         Some("SourceNotReady" | "ArtifactFailed" | "DependencyNotReady" | "HealthCheckFailed")
     );
-    let (case, retryable) = if root != obj.key && (cl.case == Case::DependencyCascade || cl.case == Case::Other && source_gate) {
+    let (case, retryable) = if root != obj.key
+        && (cl.case == Case::DependencyCascade || cl.case == Case::Other && source_gate)
+    {
         (Case::DependencyCascade, true)
     } else {
         (cl.case, cl.retryable)
     };
     if root != obj.key {
-        let state = if snap.objects.contains_key(&root) { "is failing" } else { "does not exist" };
+        let state = if snap.objects.contains_key(&root) {
+            "is failing"
+        } else {
+            "does not exist"
+        };
         evidence.push(Evidence {
             source: "dependency".into(),
             reason: String::new(),
-            message: format!("root cause {root} {state} (via {})", chain.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" -> ")),
+            message: format!(
+                "root cause {root} {state} (via {})",
+                chain
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            ),
         });
     }
-    if let (Some(secret), true) = (&obj.secret_ref, matches!(case, Case::GitAuth | Case::GitUnreachable)) {
+    if let (Some(secret), true) = (
+        &obj.secret_ref,
+        matches!(case, Case::GitAuth | Case::GitUnreachable),
+    ) {
         evidence.push(secret_evidence(snap, obj, secret));
     }
     let summary = if root == obj.key {
@@ -415,43 +502,90 @@ fn secret_evidence(snap: &Snapshot, obj: &FluxObject, secret: &str) -> Evidence 
     };
     let key = (obj.key.namespace.clone(), secret.to_string());
     let message = match snap.secrets.get(&key) {
-        None if !snap.secrets_observed => format!("Secret {}/{} referenced (not inspected)", key.0, key.1),
+        None if !snap.secrets_observed => {
+            format!("Secret {}/{} referenced (not inspected)", key.0, key.1)
+        }
         None => format!("Secret {}/{} does not exist", key.0, key.1),
         Some(info) => {
             let keys: Vec<&str> = info.keys.iter().map(String::as_str).collect();
             let ok = if url.starts_with("ssh://") {
-                wanted.iter().all(|g| g.iter().all(|k| info.keys.contains(*k)))
+                wanted
+                    .iter()
+                    .all(|g| g.iter().all(|k| info.keys.contains(*k)))
             } else {
-                wanted.iter().any(|g| g.iter().all(|k| info.keys.contains(*k)))
+                wanted
+                    .iter()
+                    .any(|g| g.iter().all(|k| info.keys.contains(*k)))
             };
-            let need = wanted.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(if url.starts_with("ssh://") { " and " } else { " or " });
+            let need = wanted.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(
+                if url.starts_with("ssh://") {
+                    " and "
+                } else {
+                    " or "
+                },
+            );
             if ok {
-                format!("Secret {}/{} has keys [{}]; the server rejects them or is unreachable", key.0, key.1, keys.join(", "))
+                format!(
+                    "Secret {}/{} has keys [{}]; the server rejects them or is unreachable",
+                    key.0,
+                    key.1,
+                    keys.join(", ")
+                )
             } else {
-                format!("Secret {}/{} has keys [{}] but a {} URL needs {}", key.0, key.1, keys.join(", "), url.split("://").next().unwrap_or("?"), need)
+                format!(
+                    "Secret {}/{} has keys [{}] but a {} URL needs {}",
+                    key.0,
+                    key.1,
+                    keys.join(", "),
+                    url.split("://").next().unwrap_or("?"),
+                    need
+                )
             }
         }
     };
-    Evidence { source: "secret".into(), reason: String::new(), message }
+    Evidence {
+        source: "secret".into(),
+        reason: String::new(),
+        message,
+    }
 }
 
 /// Diagnose every failing object of the snapshot.
 pub fn diagnose(snap: &Snapshot) -> Report {
-    let mut finder = RootFinder { snap, memo: HashMap::new() };
-    let diagnoses: Vec<Diagnosis> = snap.objects.values().filter_map(|o| diagnose_with(snap, o, &mut finder)).collect();
+    let mut finder = RootFinder {
+        snap,
+        memo: HashMap::new(),
+    };
+    let diagnoses: Vec<Diagnosis> = snap
+        .objects
+        .values()
+        .filter_map(|o| diagnose_with(snap, o, &mut finder))
+        .collect();
     let mut counts: BTreeMap<ObjectKey, usize> = BTreeMap::new();
     for d in diagnoses.iter().filter(|d| !d.is_root()) {
         *counts.entry(d.root.clone()).or_default() += 1;
     }
     let mut shared_roots: Vec<(ObjectKey, usize)> = counts.into_iter().collect();
     shared_roots.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Report { diagnoses, shared_roots }
+    Report {
+        diagnoses,
+        shared_roots,
+    }
 }
 
 /// Dependents of `root` among `report`'s diagnoses, in topological order (closest first).
 pub fn dependents_in_order(report: &Report, root: &ObjectKey) -> Vec<ObjectKey> {
-    let mut v: Vec<&Diagnosis> = report.diagnoses.iter().filter(|d| &d.root == root && !d.is_root()).collect();
-    v.sort_by(|a, b| a.chain.len().cmp(&b.chain.len()).then_with(|| a.target.cmp(&b.target)));
+    let mut v: Vec<&Diagnosis> = report
+        .diagnoses
+        .iter()
+        .filter(|d| &d.root == root && !d.is_root())
+        .collect();
+    v.sort_by(|a, b| {
+        a.chain
+            .len()
+            .cmp(&b.chain.len())
+            .then_with(|| a.target.cmp(&b.target))
+    });
     v.into_iter().map(|d| d.target.clone()).collect()
 }
 

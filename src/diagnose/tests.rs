@@ -6,7 +6,11 @@ use crate::{flux, helm::ReleaseStatus};
 const CORPUS: &str = include_str!("../../tests/fixtures/flux-conditions.jsonl");
 
 fn corpus() -> Vec<Value> {
-    CORPUS.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("corpus line")).collect()
+    CORPUS
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("corpus line"))
+        .collect()
 }
 
 /// Git source failures are labelled "3" in the corpus; fluxmedic splits them into auth and
@@ -21,7 +25,11 @@ fn git_subcase(i: usize) -> Case {
 #[test]
 fn every_corpus_condition_gets_its_labelled_case() {
     let rows = corpus();
-    assert_eq!(rows.len(), 52, "the corpus fixture changed size; review the labels");
+    assert_eq!(
+        rows.len(),
+        52,
+        "the corpus fixture changed size; review the labels"
+    );
     let mut failures = vec![];
     for (i, r) in rows.iter().enumerate() {
         let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
@@ -37,21 +45,46 @@ fn every_corpus_condition_gets_its_labelled_case() {
             other => panic!("unknown label {other}"),
         };
         if got.case != want {
-            failures.push(format!("#{i} {} {}/{}: want {want}, got {} ({})", s("kind"), s("type"), s("reason"), got.case, s("message")));
+            failures.push(format!(
+                "#{i} {} {}/{}: want {want}, got {} ({})",
+                s("kind"),
+                s("type"),
+                s("reason"),
+                got.case,
+                s("message")
+            ));
         }
     }
-    assert!(failures.is_empty(), "misclassified corpus lines:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "misclassified corpus lines:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn corpus_retryability_of_failed_releases() {
     let rows = corpus();
     // index -> can a retry help (from the corpus notes)
-    let expected = [(1, true), (2, true), (3, true), (4, false), (5, true), (6, false), (7, false)];
+    let expected = [
+        (1, true),
+        (2, true),
+        (3, true),
+        (4, false),
+        (5, true),
+        (6, false),
+        (7, false),
+    ];
     for (i, want) in expected {
         let r = &rows[i];
         let s = |k: &str| r[k].as_str().unwrap().to_string();
-        let got = classify_condition(FluxKind::HelmRelease, &s("type"), &s("status"), &s("reason"), &s("message"));
+        let got = classify_condition(
+            FluxKind::HelmRelease,
+            &s("type"),
+            &s("status"),
+            &s("reason"),
+            &s("message"),
+        );
         assert_eq!(got.retryable, want, "#{i}: {}", s("message"));
     }
 }
@@ -59,9 +92,15 @@ fn corpus_retryability_of_failed_releases() {
 #[test]
 fn the_fixture_is_the_shared_corpus() {
     // When the shared corpus sits beside the checkout (as in CI), the copy must match it.
-    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/flux-conditions.jsonl");
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpus/flux-conditions.jsonl");
     if let Ok(text) = std::fs::read_to_string(&shared) {
-        assert_eq!(text, CORPUS, "tests/fixtures/flux-conditions.jsonl is stale; copy {}", shared.display());
+        assert_eq!(
+            text,
+            CORPUS,
+            "tests/fixtures/flux-conditions.jsonl is stale; copy {}",
+            shared.display()
+        );
     }
 }
 
@@ -95,7 +134,12 @@ fn ready() -> Value {
 }
 
 fn dep_not_ready(dep: &str) -> Value {
-    cond("Ready", "False", "DependencyNotReady", &format!("dependency 'flux-system/{dep}' is not ready"))
+    cond(
+        "Ready",
+        "False",
+        "DependencyNotReady",
+        &format!("dependency 'flux-system/{dep}' is not ready"),
+    )
 }
 
 fn key(kind: FluxKind, name: &str) -> ObjectKey {
@@ -107,9 +151,24 @@ fn dependency_chain_of_three_roots_at_the_first_failing_ancestor() {
     let snap = Snapshot::new(
         [
             git("repo", vec![ready()]),
-            ks("infra", &[], "repo", vec![cond("Ready", "False", "BuildFailed", "kustomize build failed: yaml: line 3: bad")]),
+            ks(
+                "infra",
+                &[],
+                "repo",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "BuildFailed",
+                    "kustomize build failed: yaml: line 3: bad",
+                )],
+            ),
             ks("platform", &["infra"], "repo", vec![dep_not_ready("infra")]),
-            ks("apps", &["platform"], "repo", vec![dep_not_ready("platform")]),
+            ks(
+                "apps",
+                &["platform"],
+                "repo",
+                vec![dep_not_ready("platform")],
+            ),
             ks("healthy", &[], "repo", vec![ready()]),
         ],
         0,
@@ -119,14 +178,26 @@ fn dependency_chain_of_three_roots_at_the_first_failing_ancestor() {
     let apps = report.get(&key(FluxKind::Kustomization, "apps")).unwrap();
     assert_eq!(apps.case, Case::DependencyCascade);
     assert_eq!(apps.root, key(FluxKind::Kustomization, "infra"));
-    assert_eq!(apps.chain, vec![key(FluxKind::Kustomization, "platform"), key(FluxKind::Kustomization, "infra")]);
+    assert_eq!(
+        apps.chain,
+        vec![
+            key(FluxKind::Kustomization, "platform"),
+            key(FluxKind::Kustomization, "infra")
+        ]
+    );
     let infra = report.get(&key(FluxKind::Kustomization, "infra")).unwrap();
     assert_eq!(infra.case, Case::InvalidManifests);
     assert!(infra.is_root() && !infra.retryable);
-    assert_eq!(report.shared_roots, vec![(key(FluxKind::Kustomization, "infra"), 2)]);
+    assert_eq!(
+        report.shared_roots,
+        vec![(key(FluxKind::Kustomization, "infra"), 2)]
+    );
     assert_eq!(
         dependents_in_order(&report, &infra.target),
-        vec![key(FluxKind::Kustomization, "platform"), key(FluxKind::Kustomization, "apps")]
+        vec![
+            key(FluxKind::Kustomization, "platform"),
+            key(FluxKind::Kustomization, "apps")
+        ]
     );
 }
 
@@ -140,19 +211,47 @@ fn a_shared_failing_source_is_the_root_of_its_consumers() {
     );
     let mut objs = vec![git("repo", vec![auth])];
     for i in 0..5 {
-        objs.push(ks(&format!("app{i}"), &[], "repo", vec![cond("Ready", "False", "ArtifactFailed", "Source is not ready, artifact not found, retrying in 30s")]));
+        objs.push(ks(
+            &format!("app{i}"),
+            &[],
+            "repo",
+            vec![cond(
+                "Ready",
+                "False",
+                "ArtifactFailed",
+                "Source is not ready, artifact not found, retrying in 30s",
+            )],
+        ));
     }
     let mut snap = Snapshot::new(objs, 0);
     snap.secrets_observed = true;
-    snap.secrets.insert(("flux-system".into(), "creds".into()), SecretInfo { keys: ["username".to_string()].into(), resource_version: None });
+    snap.secrets.insert(
+        ("flux-system".into(), "creds".into()),
+        SecretInfo {
+            keys: ["username".to_string()].into(),
+            resource_version: None,
+        },
+    );
     let report = diagnose(&snap);
     let src = report.get(&key(FluxKind::GitRepository, "repo")).unwrap();
     assert_eq!(src.case, Case::GitAuth);
     let secret_ev = src.evidence.iter().find(|e| e.source == "secret").unwrap();
-    assert!(secret_ev.message.contains("has keys [username] but a http URL needs username+password or bearerToken"), "{}", secret_ev.message);
+    assert!(
+        secret_ev
+            .message
+            .contains("has keys [username] but a http URL needs username+password or bearerToken"),
+        "{}",
+        secret_ev.message
+    );
     for i in 0..5 {
-        let d = report.get(&key(FluxKind::Kustomization, &format!("app{i}"))).unwrap();
-        assert_eq!(d.case, Case::DependencyCascade, "consumers of a failing source cascade");
+        let d = report
+            .get(&key(FluxKind::Kustomization, &format!("app{i}")))
+            .unwrap();
+        assert_eq!(
+            d.case,
+            Case::DependencyCascade,
+            "consumers of a failing source cascade"
+        );
         assert_eq!(d.root, src.target);
     }
     assert_eq!(report.shared_roots, vec![(src.target.clone(), 5)]);
@@ -162,7 +261,15 @@ fn a_shared_failing_source_is_the_root_of_its_consumers() {
 fn missing_secret_and_missing_dependency_are_named() {
     let mut snap = Snapshot::new(
         [
-            git("repo", vec![cond("Ready", "False", "AuthenticationFailed", "failed to get secret 'flux-system/creds': secrets \"creds\" not found")]),
+            git(
+                "repo",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "AuthenticationFailed",
+                    "failed to get secret 'flux-system/creds': secrets \"creds\" not found",
+                )],
+            ),
             ks("orphan", &["ghost"], "other", vec![dep_not_ready("ghost")]),
         ],
         0,
@@ -170,27 +277,47 @@ fn missing_secret_and_missing_dependency_are_named() {
     snap.secrets_observed = true;
     let report = diagnose(&snap);
     let src = report.get(&key(FluxKind::GitRepository, "repo")).unwrap();
-    assert!(src.evidence.iter().any(|e| e.message == "Secret flux-system/creds does not exist"));
+    assert!(
+        src.evidence
+            .iter()
+            .any(|e| e.message == "Secret flux-system/creds does not exist")
+    );
     let orphan = report.get(&key(FluxKind::Kustomization, "orphan")).unwrap();
     assert_eq!(orphan.root, key(FluxKind::Kustomization, "ghost"));
-    assert!(orphan.evidence.iter().any(|e| e.message.contains("does not exist")));
+    assert!(
+        orphan
+            .evidence
+            .iter()
+            .any(|e| e.message.contains("does not exist"))
+    );
 }
 
 #[test]
 fn dependency_cycles_terminate() {
     let snap = Snapshot::new(
-        [ks("a", &["b"], "repo", vec![dep_not_ready("b")]), ks("b", &["a"], "repo", vec![dep_not_ready("a")])],
+        [
+            ks("a", &["b"], "repo", vec![dep_not_ready("b")]),
+            ks("b", &["a"], "repo", vec![dep_not_ready("a")]),
+        ],
         0,
     );
     let report = diagnose(&snap);
     assert_eq!(report.diagnoses.len(), 2);
-    assert!(report.diagnoses.iter().all(|d| d.case == Case::DependencyCascade));
+    assert!(
+        report
+            .diagnoses
+            .iter()
+            .all(|d| d.case == Case::DependencyCascade)
+    );
 }
 
 fn hr(name: &str, conds: Vec<Value>, extra_status: Value, suspend: bool) -> FluxObject {
     let mut status = json!({"conditions": conds, "lastAttemptedReleaseAction": "upgrade",
                             "history": [{"name": name, "namespace": "apps", "version": 2, "status": "deployed"}]});
-    status.as_object_mut().unwrap().extend(extra_status.as_object().unwrap().clone());
+    status
+        .as_object_mut()
+        .unwrap()
+        .extend(extra_status.as_object().unwrap().clone());
     flux::from_value(&json!({
         "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
         "metadata": {"name": name, "namespace": "apps"},
@@ -229,8 +356,26 @@ fn stale_pending_release_is_a_stale_lock_even_when_suspended() {
 
 #[test]
 fn a_running_helm_action_is_never_a_stale_lock() {
-    let running = cond("Reconciling", "True", "Progressing", "Running 'upgrade' action with timeout of 1m0s");
-    let obj = hr("web", vec![running, cond("Ready", "Unknown", "Progressing", "Running 'upgrade' action with timeout of 1m0s")], json!({}), false);
+    let running = cond(
+        "Reconciling",
+        "True",
+        "Progressing",
+        "Running 'upgrade' action with timeout of 1m0s",
+    );
+    let obj = hr(
+        "web",
+        vec![
+            running,
+            cond(
+                "Ready",
+                "Unknown",
+                "Progressing",
+                "Running 'upgrade' action with timeout of 1m0s",
+            ),
+        ],
+        json!({}),
+        false,
+    );
     let mut snap = Snapshot::new([obj], 10_000);
     snap.add_release(stored("web", 2, "pending-upgrade", 0));
     assert!(diagnose(&snap).diagnoses.is_empty());
@@ -238,18 +383,56 @@ fn a_running_helm_action_is_never_a_stale_lock() {
 
 #[test]
 fn failed_release_native_state() {
-    let upgrade_failed = || cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@1.0.1: context deadline exceeded");
+    let upgrade_failed = || {
+        cond(
+            "Ready",
+            "False",
+            "UpgradeFailed",
+            "Helm upgrade failed for release apps/web with chart web@1.0.1: context deadline exceeded",
+        )
+    };
     // retries left -> Flux is still retrying
-    let o = hr("web", vec![upgrade_failed()], json!({"upgradeFailures": 1}), false);
+    let o = hr(
+        "web",
+        vec![upgrade_failed()],
+        json!({"upgradeFailures": 1}),
+        false,
+    );
     let d = diagnose_object(&Snapshot::new([o.clone()], 0), &o).unwrap();
-    assert_eq!((d.case, d.native, d.retryable), (Case::FailedRelease, NativeState::Exhausted, true));
+    assert_eq!(
+        (d.case, d.native, d.retryable),
+        (Case::FailedRelease, NativeState::Exhausted, true)
+    );
     // stalled -> exhausted
-    let o = hr("web", vec![upgrade_failed(), cond("Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)")], json!({"upgradeFailures": 1}), false);
+    let o = hr(
+        "web",
+        vec![
+            upgrade_failed(),
+            cond(
+                "Stalled",
+                "True",
+                "RetriesExceeded",
+                "Failed to upgrade after 1 attempt(s)",
+            ),
+        ],
+        json!({"upgradeFailures": 1}),
+        false,
+    );
     let d = diagnose_object(&Snapshot::new([o.clone()], 0), &o).unwrap();
     assert_eq!(d.native, NativeState::Exhausted);
     assert!(d.retryable);
     // native rollback done
-    let o = hr("web", vec![cond("Ready", "False", "RollbackSucceeded", "Helm rollback to previous release apps/web.v2 with chart web@1.0.0 succeeded")], json!({}), false);
+    let o = hr(
+        "web",
+        vec![cond(
+            "Ready",
+            "False",
+            "RollbackSucceeded",
+            "Helm rollback to previous release apps/web.v2 with chart web@1.0.0 succeeded",
+        )],
+        json!({}),
+        false,
+    );
     let d = diagnose_object(&Snapshot::new([o.clone()], 0), &o).unwrap();
     assert_eq!(d.native, NativeState::Remediated);
     assert!(!d.retryable);
@@ -257,8 +440,28 @@ fn failed_release_native_state() {
 
 #[test]
 fn health_check_on_a_failing_helmrelease_cascades_across_kinds() {
-    let failing_hr = hr("crossplane", vec![cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/crossplane with chart c@1: context deadline exceeded")], json!({}), false);
-    let k = ks("infra", &[], "repo", vec![cond("Ready", "False", "HealthCheckFailed", "health check failed after 43ms: failed early due to stalled resources: [HelmRelease/apps/crossplane status: 'Failed']")]);
+    let failing_hr = hr(
+        "crossplane",
+        vec![cond(
+            "Ready",
+            "False",
+            "UpgradeFailed",
+            "Helm upgrade failed for release apps/crossplane with chart c@1: context deadline exceeded",
+        )],
+        json!({}),
+        false,
+    );
+    let k = ks(
+        "infra",
+        &[],
+        "repo",
+        vec![cond(
+            "Ready",
+            "False",
+            "HealthCheckFailed",
+            "health check failed after 43ms: failed early due to stalled resources: [HelmRelease/apps/crossplane status: 'Failed']",
+        )],
+    );
     let snap = Snapshot::new([failing_hr.clone(), k, git("repo", vec![ready()])], 0);
     let report = diagnose(&snap);
     let d = report.get(&key(FluxKind::Kustomization, "infra")).unwrap();
@@ -269,7 +472,12 @@ fn health_check_on_a_failing_helmrelease_cascades_across_kinds() {
 #[test]
 fn huge_messages_are_bounded_in_evidence() {
     let msg = format!("kustomize build failed: {}", "é".repeat(10_000));
-    let o = ks("big", &[], "repo", vec![cond("Ready", "False", "BuildFailed", &msg)]);
+    let o = ks(
+        "big",
+        &[],
+        "repo",
+        vec![cond("Ready", "False", "BuildFailed", &msg)],
+    );
     let d = diagnose_object(&Snapshot::new([o.clone()], 0), &o).unwrap();
     assert!(d.evidence[0].message.len() < MAX_EVIDENCE_MESSAGE + 64);
     assert!(d.evidence[0].message.ends_with("bytes truncated)"));

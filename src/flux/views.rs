@@ -217,7 +217,11 @@ fn field<T: DeserializeOwned + Default>(obj: &Value, name: &'static str) -> Resu
     match obj.get(name) {
         None | Some(Value::Null) => Ok(T::default()),
         Some(v) => serde_path_to_error::deserialize(v).map_err(|e| ParseError::Field {
-            path: if e.path().to_string() == "." { name.to_string() } else { format!("{name}.{}", e.path()) },
+            path: if e.path().to_string() == "." {
+                name.to_string()
+            } else {
+                format!("{name}.{}", e.path())
+            },
             message: e.inner().to_string(),
         }),
     }
@@ -228,12 +232,17 @@ fn duration_field(raw: Option<String>, path: &str) -> Result<Option<Duration>, P
         None => Ok(None),
         Some(s) => parse_go_duration(&s)
             .map(Some)
-            .ok_or_else(|| ParseError::Field { path: path.to_string(), message: format!("`{s}` is not a duration") }),
+            .ok_or_else(|| ParseError::Field {
+                path: path.to_string(),
+                message: format!("`{s}` is not a duration"),
+            }),
     }
 }
 
 fn known_version(kind: FluxKind, api_version: &str) -> bool {
-    let Some((group, version)) = api_version.split_once('/') else { return false };
+    let Some((group, version)) = api_version.split_once('/') else {
+        return false;
+    };
     if group != kind.group() {
         return false;
     }
@@ -254,25 +263,45 @@ fn strategy(action: &Option<ReleaseAction>) -> Option<ReleaseStrategy> {
 }
 
 fn retries(action: &Option<ReleaseAction>) -> i64 {
-    action.as_ref().and_then(|a| a.remediation.as_ref()).and_then(|r| r.retries).unwrap_or(0)
+    action
+        .as_ref()
+        .and_then(|a| a.remediation.as_ref())
+        .and_then(|r| r.retries)
+        .unwrap_or(0)
 }
 
 /// Read one Flux object from its JSON form (as the API server or `kubectl get -o json` returns it).
 pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
     let obj = value.as_object().ok_or(ParseError::NotAnObject)?;
-    let kind_str = obj.get("kind").and_then(Value::as_str).ok_or(ParseError::Missing("kind"))?;
-    let kind = FluxKind::from_kind(kind_str).ok_or_else(|| ParseError::UnknownKind(kind_str.to_string()))?;
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).ok_or(ParseError::Missing("apiVersion"))?;
+    let kind_str = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or(ParseError::Missing("kind"))?;
+    let kind = FluxKind::from_kind(kind_str)
+        .ok_or_else(|| ParseError::UnknownKind(kind_str.to_string()))?;
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or(ParseError::Missing("apiVersion"))?;
     if !known_version(kind, api_version) {
-        return Err(ParseError::UnknownVersion { kind: kind_str.to_string(), api_version: api_version.to_string() });
+        return Err(ParseError::UnknownVersion {
+            kind: kind_str.to_string(),
+            api_version: api_version.to_string(),
+        });
     }
     if obj.get("metadata").and_then(|m| m.get("name")).is_none() {
         return Err(ParseError::Missing("metadata.name"));
     }
     let meta: Meta = field(value, "metadata")?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_string());
-    let reconcile_annotations =
-        meta.annotations.into_iter().filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/") || k.starts_with("fluxmedic.io/")).collect();
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    let reconcile_annotations = meta
+        .annotations
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/") || k.starts_with("fluxmedic.io/"))
+        .collect();
     let mut out = FluxObject {
         key: ObjectKey::new(kind, namespace.clone(), meta.name.clone()),
         uid: meta.uid,
@@ -295,11 +324,21 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
     };
     let dep_keys = |deps: Vec<NamedRef>| {
         deps.into_iter()
-            .map(|d| ObjectKey::new(kind, d.namespace.unwrap_or_else(|| namespace.clone()), d.name))
+            .map(|d| {
+                ObjectKey::new(
+                    kind,
+                    d.namespace.unwrap_or_else(|| namespace.clone()),
+                    d.name,
+                )
+            })
             .collect::<Vec<_>>()
     };
     let source_key = |r: NamedRef, default_kind: FluxKind| {
-        let k = r.kind.as_deref().and_then(FluxKind::from_kind).unwrap_or(default_kind);
+        let k = r
+            .kind
+            .as_deref()
+            .and_then(FluxKind::from_kind)
+            .unwrap_or(default_kind);
         ObjectKey::new(k, r.namespace.unwrap_or_else(|| namespace.clone()), r.name)
     };
     match kind {
@@ -307,7 +346,9 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             let spec: KustomizationSpec = field(value, "spec")?;
             let status: CommonStatus = field(value, "status")?;
             out.depends_on = dep_keys(spec.depends_on);
-            out.source_ref = spec.source_ref.map(|r| source_key(r, FluxKind::GitRepository));
+            out.source_ref = spec
+                .source_ref
+                .map(|r| source_key(r, FluxKind::GitRepository));
             out.suspended = spec.suspend;
             out.interval = duration_field(spec.interval, "spec.interval")?;
             out.retry_interval = duration_field(spec.retry_interval, "spec.retryInterval")?;
@@ -322,13 +363,22 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.depends_on = dep_keys(spec.depends_on);
             out.source_ref = if let Some(r) = spec.chart_ref {
                 Some(source_key(r, FluxKind::OCIRepository))
-            } else if let Some((ns, name)) = status.helm_chart.as_deref().and_then(|s| s.split_once('/')) {
+            } else if let Some((ns, name)) =
+                status.helm_chart.as_deref().and_then(|s| s.split_once('/'))
+            {
                 Some(ObjectKey::new(FluxKind::HelmChart, ns, name))
             } else {
-                spec.chart.as_ref().and_then(|c| c.spec.source_ref.as_ref()).map(|r| {
-                    let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
-                    ObjectKey::new(FluxKind::HelmChart, ns, format!("{}-{}", namespace, meta.name))
-                })
+                spec.chart
+                    .as_ref()
+                    .and_then(|c| c.spec.source_ref.as_ref())
+                    .map(|r| {
+                        let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
+                        ObjectKey::new(
+                            FluxKind::HelmChart,
+                            ns,
+                            format!("{}-{}", namespace, meta.name),
+                        )
+                    })
             };
             out.suspended = spec.suspend;
             out.interval = duration_field(spec.interval, "spec.interval")?;
@@ -339,13 +389,16 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             };
             let install_timeout = action_timeout(&spec.install, "spec.install.timeout")?;
             let upgrade_timeout = action_timeout(&spec.upgrade, "spec.upgrade.timeout")?;
-            let release_name = status.history.first().map(|s| s.name.clone()).filter(|n| !n.is_empty()).unwrap_or_else(
-                || match (&spec.release_name, &spec.target_namespace) {
+            let release_name = status
+                .history
+                .first()
+                .map(|s| s.name.clone())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| match (&spec.release_name, &spec.target_namespace) {
                     (Some(r), _) => r.clone(),
                     (None, Some(t)) => format!("{t}-{}", meta.name),
                     (None, None) => meta.name.clone(),
-                },
-            );
+                });
             let storage_namespace = status
                 .storage_namespace
                 .clone()
@@ -356,7 +409,9 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.helm = Some(HelmReleaseInfo {
                 release_name,
                 storage_namespace,
-                timeout: base.max(install_timeout.unwrap_or(base)).max(upgrade_timeout.unwrap_or(base)),
+                timeout: base
+                    .max(install_timeout.unwrap_or(base))
+                    .max(upgrade_timeout.unwrap_or(base)),
                 install_retries: retries(&spec.install),
                 upgrade_retries: retries(&spec.upgrade),
                 install_strategy: strategy(&spec.install),
@@ -387,7 +442,9 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.interval = duration_field(spec.interval, "spec.interval")?;
             out.timeout = duration_field(spec.timeout, "spec.timeout")?;
             if kind == FluxKind::HelmChart {
-                out.source_ref = spec.source_ref.map(|r| source_key(r, FluxKind::HelmRepository));
+                out.source_ref = spec
+                    .source_ref
+                    .map(|r| source_key(r, FluxKind::HelmRepository));
             }
             out.conditions = status.conditions;
             out.observed_generation = status.observed_generation;
@@ -420,7 +477,10 @@ mod tests {
                                        "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         });
         let o = from_value(&hr).unwrap();
-        assert_eq!(o.key, ObjectKey::new(FluxKind::HelmRelease, "apps", "podinfo"));
+        assert_eq!(
+            o.key,
+            ObjectKey::new(FluxKind::HelmRelease, "apps", "podinfo")
+        );
         assert_eq!(
             o.depends_on,
             vec![
@@ -428,7 +488,14 @@ mod tests {
                 ObjectKey::new(FluxKind::HelmRelease, "infra", "cache")
             ]
         );
-        assert_eq!(o.source_ref, Some(ObjectKey::new(FluxKind::HelmChart, "flux-system", "apps-podinfo")));
+        assert_eq!(
+            o.source_ref,
+            Some(ObjectKey::new(
+                FluxKind::HelmChart,
+                "flux-system",
+                "apps-podinfo"
+            ))
+        );
         assert_eq!(o.reconcile_annotations.len(), 1);
         let h = o.helm.clone().unwrap();
         assert_eq!(h.release_name, "web-podinfo");
@@ -445,14 +512,26 @@ mod tests {
         let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
             "metadata": {"name": "a"}, "spec": {"dependsOn": [{"name": 5}]}});
         let err = from_value(&bad).unwrap_err();
-        assert_eq!(err.to_string(), "field `spec.dependsOn[0].name`: invalid type: integer `5`, expected a string");
+        assert_eq!(
+            err.to_string(),
+            "field `spec.dependsOn[0].name`: invalid type: integer `5`, expected a string"
+        );
         let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
             "metadata": {"name": "a"}, "spec": {"interval": "soon"}});
-        assert_eq!(from_value(&bad).unwrap_err().to_string(), "field `spec.interval`: `soon` is not a duration");
+        assert_eq!(
+            from_value(&bad).unwrap_err().to_string(),
+            "field `spec.interval`: `soon` is not a duration"
+        );
         let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v9", "kind": "Kustomization", "metadata": {"name": "a"}});
-        assert!(matches!(from_value(&bad), Err(ParseError::UnknownVersion { .. })));
+        assert!(matches!(
+            from_value(&bad),
+            Err(ParseError::UnknownVersion { .. })
+        ));
         let bad = json!({"apiVersion": "v1", "kind": "Kustomization"});
-        assert!(matches!(from_value(&bad), Err(ParseError::UnknownVersion { .. })));
+        assert!(matches!(
+            from_value(&bad),
+            Err(ParseError::UnknownVersion { .. })
+        ));
         let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {}});
         assert_eq!(from_value(&bad), Err(ParseError::Missing("metadata.name")));
     }
@@ -471,7 +550,11 @@ mod tests {
             "spec": {"sourceRef": {"kind": "HelmRepository", "name": "repo"}}});
         assert_eq!(
             from_value(&hc).unwrap().source_ref,
-            Some(ObjectKey::new(FluxKind::HelmRepository, "flux-system", "repo"))
+            Some(ObjectKey::new(
+                FluxKind::HelmRepository,
+                "flux-system",
+                "repo"
+            ))
         );
     }
 }

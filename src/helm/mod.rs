@@ -20,7 +20,9 @@ const MAX_INFLATED: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum DecodeError {
-    #[error("Secret {0} is not a Helm release Secret (name must be sh.helm.release.v1.<release>.v<N>)")]
+    #[error(
+        "Secret {0} is not a Helm release Secret (name must be sh.helm.release.v1.<release>.v<N>)"
+    )]
     NotAReleaseSecret(String),
     #[error("Secret {0} has no data.release")]
     MissingPayload(String),
@@ -31,7 +33,12 @@ pub enum DecodeError {
     #[error("Secret {secret}: release JSON is invalid: {reason}")]
     Json { secret: String, reason: String },
     #[error("Secret {secret}: release JSON says {field}={found} but the Secret says {expected}")]
-    Mismatch { secret: String, field: &'static str, found: String, expected: String },
+    Mismatch {
+        secret: String,
+        field: &'static str,
+        found: String,
+        expected: String,
+    },
 }
 
 /// Status of a stored release, as Helm writes it.
@@ -40,7 +47,10 @@ pub struct ReleaseStatus(pub String);
 
 impl ReleaseStatus {
     pub fn is_pending(&self) -> bool {
-        matches!(self.0.as_str(), "pending-install" | "pending-upgrade" | "pending-rollback")
+        matches!(
+            self.0.as_str(),
+            "pending-install" | "pending-upgrade" | "pending-rollback"
+        )
     }
     /// A revision that once ran successfully and can be rolled back to.
     pub fn is_good(&self) -> bool {
@@ -75,7 +85,11 @@ pub fn parse_secret_name(name: &str) -> Option<(String, i64)> {
 impl StoredRelease {
     /// Build from a Secret's name, namespace and labels. Returns `None` for Secrets that
     /// are not Helm release storage (foreign Secrets are ignored, never touched).
-    pub fn from_metadata(name: &str, namespace: &str, labels: &BTreeMap<String, String>) -> Option<Self> {
+    pub fn from_metadata(
+        name: &str,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<Self> {
         if labels.get("owner").map(String::as_str) != Some("helm") {
             return None;
         }
@@ -89,7 +103,12 @@ impl StoredRelease {
             namespace: namespace.to_string(),
             release,
             version,
-            status: ReleaseStatus(labels.get("status").cloned().unwrap_or_else(|| "unknown".into())),
+            status: ReleaseStatus(
+                labels
+                    .get("status")
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
             modified_at: ts("modifiedAt").or_else(|| ts("createdAt")),
         })
     }
@@ -114,19 +133,30 @@ impl Release {
         self.json.pointer("/info/status").and_then(Value::as_str)
     }
     pub fn description(&self) -> Option<&str> {
-        self.json.pointer("/info/description").and_then(Value::as_str)
+        self.json
+            .pointer("/info/description")
+            .and_then(Value::as_str)
     }
     pub fn chart_version(&self) -> Option<&str> {
-        self.json.pointer("/chart/metadata/version").and_then(Value::as_str)
+        self.json
+            .pointer("/chart/metadata/version")
+            .and_then(Value::as_str)
     }
 
     /// Mark a pending release failed, exactly as helm-controller's unlock does:
     /// status `failed`, description `Release unlocked from stale '<status>' state`.
     pub fn mark_unlocked(&mut self) -> Result<String, String> {
         let previous = self.status().unwrap_or("unknown").to_string();
-        let info = self.json.get_mut("info").and_then(Value::as_object_mut).ok_or("release has no info")?;
+        let info = self
+            .json
+            .get_mut("info")
+            .and_then(Value::as_object_mut)
+            .ok_or("release has no info")?;
         info.insert("status".into(), Value::String("failed".into()));
-        info.insert("description".into(), Value::String(format!("Release unlocked from stale '{previous}' state")));
+        info.insert(
+            "description".into(),
+            Value::String(format!("Release unlocked from stale '{previous}' state")),
+        );
         Ok(previous)
     }
 
@@ -137,38 +167,58 @@ impl Release {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         std::io::Write::write_all(&mut enc, &json).expect("writing to a Vec cannot fail");
         let gz = enc.finish().expect("writing to a Vec cannot fail");
-        base64::engine::general_purpose::STANDARD.encode(gz).into_bytes()
+        base64::engine::general_purpose::STANDARD
+            .encode(gz)
+            .into_bytes()
     }
 }
 
 /// Decode `data.release` (as bytes, after the API's own base64 has been removed).
 pub fn decode_payload(secret: &str, payload: &[u8]) -> Result<Release, DecodeError> {
-    let trimmed: Vec<u8> = payload.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let trimmed: Vec<u8> = payload
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(&trimmed)
-        .map_err(|e| DecodeError::Base64 { secret: secret.into(), reason: e.to_string() })?;
+        .map_err(|e| DecodeError::Base64 {
+            secret: secret.into(),
+            reason: e.to_string(),
+        })?;
     let (json_bytes, was_gzipped) = if raw.len() >= 3 && raw[..3] == GZIP_MAGIC {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .take(MAX_INFLATED)
             .read_to_end(&mut out)
-            .map_err(|e| DecodeError::Gzip { secret: secret.into(), reason: e.to_string() })?;
+            .map_err(|e| DecodeError::Gzip {
+                secret: secret.into(),
+                reason: e.to_string(),
+            })?;
         (out, true)
     } else {
         (raw, false)
     };
-    let json: Value = serde_json::from_slice(&json_bytes)
-        .map_err(|e| DecodeError::Json { secret: secret.into(), reason: e.to_string() })?;
+    let json: Value = serde_json::from_slice(&json_bytes).map_err(|e| DecodeError::Json {
+        secret: secret.into(),
+        reason: e.to_string(),
+    })?;
     if !json.is_object() {
-        return Err(DecodeError::Json { secret: secret.into(), reason: "not a JSON object".into() });
+        return Err(DecodeError::Json {
+            secret: secret.into(),
+            reason: "not a JSON object".into(),
+        });
     }
     Ok(Release { json, was_gzipped })
 }
 
 /// Decode a whole release Secret and check that its payload agrees with its name.
 pub fn decode_secret(name: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Release, DecodeError> {
-    let (release, version) = parse_secret_name(name).ok_or_else(|| DecodeError::NotAReleaseSecret(name.into()))?;
-    let payload = data.get("release").ok_or_else(|| DecodeError::MissingPayload(name.into()))?;
+    let (release, version) =
+        parse_secret_name(name).ok_or_else(|| DecodeError::NotAReleaseSecret(name.into()))?;
+    let payload = data
+        .get("release")
+        .ok_or_else(|| DecodeError::MissingPayload(name.into()))?;
     let rel = decode_payload(name, payload)?;
     if rel.name() != Some(release.as_str()) {
         return Err(DecodeError::Mismatch {
@@ -182,7 +232,10 @@ pub fn decode_secret(name: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Rel
         return Err(DecodeError::Mismatch {
             secret: name.into(),
             field: "version",
-            found: rel.version().map(|v| v.to_string()).unwrap_or_else(|| "<none>".into()),
+            found: rel
+                .version()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "<none>".into()),
             expected: version.to_string(),
         });
     }
@@ -209,7 +262,10 @@ impl ReleaseHistory {
     /// a rollback. (Helm's own default, latest-1, may itself be a failed revision.)
     pub fn last_good(&self) -> Option<&StoredRelease> {
         let latest = self.latest()?.version;
-        self.releases.iter().rev().find(|r| r.version < latest && r.status.is_good())
+        self.releases
+            .iter()
+            .rev()
+            .find(|r| r.version < latest && r.status.is_good())
     }
 
     /// The latest revision, if it is pending and has not been written for longer than
@@ -229,7 +285,11 @@ impl ReleaseHistory {
 
 /// Helper for tests and fixtures: build a release payload as Helm would store it.
 pub fn encode_json(json: &Value) -> Vec<u8> {
-    Release { json: json.clone(), was_gzipped: true }.encode()
+    Release {
+        json: json.clone(),
+        was_gzipped: true,
+    }
+    .encode()
 }
 
 #[cfg(test)]
@@ -239,7 +299,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn sample(name: &str, version: i64, status: &str) -> Value {
@@ -250,8 +313,14 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        assert_eq!(parse_secret_name("sh.helm.release.v1.podinfo.v12"), Some(("podinfo".into(), 12)));
-        assert_eq!(parse_secret_name("sh.helm.release.v1.my.dotted.name.v3"), Some(("my.dotted.name".into(), 3)));
+        assert_eq!(
+            parse_secret_name("sh.helm.release.v1.podinfo.v12"),
+            Some(("podinfo".into(), 12))
+        );
+        assert_eq!(
+            parse_secret_name("sh.helm.release.v1.my.dotted.name.v3"),
+            Some(("my.dotted.name".into(), 3))
+        );
         assert_eq!(parse_secret_name("sh.helm.release.v1.podinfo.vx"), None);
         assert_eq!(parse_secret_name("sh.helm.release.v1..v1"), None);
         assert_eq!(parse_secret_name("sh.helm.release.v1.podinfo.v0"), None);
@@ -266,7 +335,8 @@ mod tests {
         assert!(rel.was_gzipped);
         assert_eq!(rel.json, v);
         // Old Helm versions stored plain JSON.
-        let plain = base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&v).unwrap());
+        let plain =
+            base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(&v).unwrap());
         let rel = decode_payload("s", plain.as_bytes()).unwrap();
         assert!(!rel.was_gzipped);
         assert_eq!(rel.status(), Some("deployed"));
@@ -274,24 +344,55 @@ mod tests {
 
     #[test]
     fn corrupt_payloads_are_errors_not_panics() {
-        assert!(matches!(decode_payload("s", b"!!!not base64"), Err(DecodeError::Base64 { .. })));
-        let bad_gz = base64::engine::general_purpose::STANDARD.encode([0x1f, 0x8b, 0x08, 0, 1, 2, 3]);
-        assert!(matches!(decode_payload("s", bad_gz.as_bytes()), Err(DecodeError::Gzip { .. })));
+        assert!(matches!(
+            decode_payload("s", b"!!!not base64"),
+            Err(DecodeError::Base64 { .. })
+        ));
+        let bad_gz =
+            base64::engine::general_purpose::STANDARD.encode([0x1f, 0x8b, 0x08, 0, 1, 2, 3]);
+        assert!(matches!(
+            decode_payload("s", bad_gz.as_bytes()),
+            Err(DecodeError::Gzip { .. })
+        ));
         let not_json = base64::engine::general_purpose::STANDARD.encode(b"hello");
-        assert!(matches!(decode_payload("s", not_json.as_bytes()), Err(DecodeError::Json { .. })));
+        assert!(matches!(
+            decode_payload("s", not_json.as_bytes()),
+            Err(DecodeError::Json { .. })
+        ));
         let array = base64::engine::general_purpose::STANDARD.encode(b"[1]");
-        assert!(matches!(decode_payload("s", array.as_bytes()), Err(DecodeError::Json { .. })));
+        assert!(matches!(
+            decode_payload("s", array.as_bytes()),
+            Err(DecodeError::Json { .. })
+        ));
     }
 
     #[test]
     fn secret_payload_must_match_its_name() {
         let mut data = BTreeMap::new();
-        data.insert("release".to_string(), encode_json(&sample("other", 1, "deployed")));
+        data.insert(
+            "release".to_string(),
+            encode_json(&sample("other", 1, "deployed")),
+        );
         let err = decode_secret("sh.helm.release.v1.podinfo.v1", &data).unwrap_err();
-        assert!(matches!(err, DecodeError::Mismatch { field: "name", .. }), "{err}");
-        data.insert("release".to_string(), encode_json(&sample("podinfo", 2, "deployed")));
+        assert!(
+            matches!(err, DecodeError::Mismatch { field: "name", .. }),
+            "{err}"
+        );
+        data.insert(
+            "release".to_string(),
+            encode_json(&sample("podinfo", 2, "deployed")),
+        );
         let err = decode_secret("sh.helm.release.v1.podinfo.v1", &data).unwrap_err();
-        assert!(matches!(err, DecodeError::Mismatch { field: "version", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Mismatch {
+                    field: "version",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         assert!(matches!(
             decode_secret("sh.helm.release.v1.podinfo.v1", &BTreeMap::new()),
             Err(DecodeError::MissingPayload(_))
@@ -305,7 +406,10 @@ mod tests {
         assert_eq!(rel.mark_unlocked().unwrap(), "pending-upgrade");
         let back = decode_payload("s", &rel.encode()).unwrap();
         assert_eq!(back.status(), Some("failed"));
-        assert_eq!(back.description(), Some("Release unlocked from stale 'pending-upgrade' state"));
+        assert_eq!(
+            back.description(),
+            Some("Release unlocked from stale 'pending-upgrade' state")
+        );
         assert_eq!(back.json["config"], json!({"a": 1}));
         assert_eq!(back.json["manifest"], json!("---"));
     }
@@ -320,27 +424,59 @@ mod tests {
             status: ReleaseStatus(status.into()),
             modified_at: Some(t),
         };
-        let h = ReleaseHistory::new(vec![r(3, "failed", 300), r(1, "superseded", 100), r(2, "deployed", 200)]);
+        let h = ReleaseHistory::new(vec![
+            r(3, "failed", 300),
+            r(1, "superseded", 100),
+            r(2, "deployed", 200),
+        ]);
         assert_eq!(h.latest().unwrap().version, 3);
         assert_eq!(h.last_good().unwrap().version, 2);
         assert!(h.stale_pending(10_000, Duration::from_secs(60)).is_none());
 
-        let h = ReleaseHistory::new(vec![r(1, "deployed", 100), r(2, "failed", 200), r(3, "pending-upgrade", 1000)]);
-        assert_eq!(h.last_good().unwrap().version, 1, "skips the failed revision");
-        assert!(h.stale_pending(1030, Duration::from_secs(60)).is_none(), "too fresh");
-        assert_eq!(h.stale_pending(1060, Duration::from_secs(60)).unwrap().version, 3);
+        let h = ReleaseHistory::new(vec![
+            r(1, "deployed", 100),
+            r(2, "failed", 200),
+            r(3, "pending-upgrade", 1000),
+        ]);
+        assert_eq!(
+            h.last_good().unwrap().version,
+            1,
+            "skips the failed revision"
+        );
+        assert!(
+            h.stale_pending(1030, Duration::from_secs(60)).is_none(),
+            "too fresh"
+        );
+        assert_eq!(
+            h.stale_pending(1060, Duration::from_secs(60))
+                .unwrap()
+                .version,
+            3
+        );
         assert!(ReleaseHistory::default().last_good().is_none());
     }
 
     #[test]
     fn metadata_ignores_foreign_secrets() {
-        let l = labels(&[("owner", "helm"), ("name", "podinfo"), ("status", "pending-install"), ("modifiedAt", "42")]);
+        let l = labels(&[
+            ("owner", "helm"),
+            ("name", "podinfo"),
+            ("status", "pending-install"),
+            ("modifiedAt", "42"),
+        ]);
         let s = StoredRelease::from_metadata("sh.helm.release.v1.podinfo.v1", "apps", &l).unwrap();
         assert!(s.status.is_pending());
         assert_eq!(s.modified_at, Some(42));
-        assert!(StoredRelease::from_metadata("sh.helm.release.v1.podinfo.v1", "apps", &labels(&[])).is_none());
+        assert!(
+            StoredRelease::from_metadata("sh.helm.release.v1.podinfo.v1", "apps", &labels(&[]))
+                .is_none()
+        );
         let l = labels(&[("owner", "helm"), ("name", "other")]);
-        assert!(StoredRelease::from_metadata("sh.helm.release.v1.podinfo.v1", "apps", &l).is_none());
-        assert!(StoredRelease::from_metadata("creds", "apps", &labels(&[("owner", "helm")])).is_none());
+        assert!(
+            StoredRelease::from_metadata("sh.helm.release.v1.podinfo.v1", "apps", &l).is_none()
+        );
+        assert!(
+            StoredRelease::from_metadata("creds", "apps", &labels(&[("owner", "helm")])).is_none()
+        );
     }
 }

@@ -43,16 +43,25 @@ pub enum PolicyError {
 }
 
 fn dur(field: &'static str, value: &str) -> Result<Duration, PolicyError> {
-    parse_go_duration(value).ok_or_else(|| PolicyError::Duration { field, value: value.into() })
+    parse_go_duration(value).ok_or_else(|| PolicyError::Duration {
+        field,
+        value: value.into(),
+    })
 }
 
 impl Policy {
     /// Validate a spec (the CRD schema rejects most mistakes; this is the last line for
     /// what the schema cannot say).
-    pub fn new(namespace: &str, name: &str, spec: RemediationPolicySpec) -> Result<Self, PolicyError> {
+    pub fn new(
+        namespace: &str,
+        name: &str,
+        spec: RemediationPolicySpec,
+    ) -> Result<Self, PolicyError> {
         let selector = match &spec.targets.selector {
             None => None,
-            Some(s) => Some(Selector::try_from(s.clone()).map_err(|e| PolicyError::Selector(e.to_string()))?),
+            Some(s) => Some(
+                Selector::try_from(s.clone()).map_err(|e| PolicyError::Selector(e.to_string()))?,
+            ),
         };
         let mut seen = std::collections::BTreeSet::new();
         for r in &spec.rules {
@@ -61,7 +70,10 @@ impl Policy {
             }
         }
         let poll_interval = dur("spec.limits.pollInterval", &spec.limits.poll_interval)?;
-        let max_poll_interval = dur("spec.limits.maxPollInterval", &spec.limits.max_poll_interval)?;
+        let max_poll_interval = dur(
+            "spec.limits.maxPollInterval",
+            &spec.limits.max_poll_interval,
+        )?;
         if poll_interval > max_poll_interval {
             return Err(PolicyError::PollOrder);
         }
@@ -73,7 +85,12 @@ impl Policy {
             poll_interval,
             max_poll_interval,
             escalate_after: dur("spec.escalation.after", &spec.escalation.after)?,
-            stale_threshold: spec.stale_lock.threshold.as_deref().map(|t| dur("spec.staleLock.threshold", t)).transpose()?,
+            stale_threshold: spec
+                .stale_lock
+                .threshold
+                .as_deref()
+                .map(|t| dur("spec.staleLock.threshold", t))
+                .transpose()?,
             spec,
         })
     }
@@ -88,7 +105,9 @@ impl Policy {
         let t = &self.spec.targets;
         let ns_ok = obj.key.namespace == self.namespace
             || self.namespace == operator_ns
-                && t.namespaces.iter().any(|n| n == "*" || n == &obj.key.namespace);
+                && t.namespaces
+                    .iter()
+                    .any(|n| n == "*" || n == &obj.key.namespace);
         if !ns_ok {
             return false;
         }
@@ -102,7 +121,10 @@ impl Policy {
                 )
             });
         let name_ok = t.names.is_empty() || t.names.iter().any(|n| n == &obj.key.name);
-        let labels_ok = self.selector.as_ref().is_none_or(|s| s.matches(&obj.labels));
+        let labels_ok = self
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.matches(&obj.labels));
         kind_ok && name_ok && labels_ok
     }
 
@@ -144,8 +166,15 @@ fn precedence(a: &Policy, b: &Policy, target_ns: &str) -> Ordering {
 }
 
 /// The policy governing `obj`, and the ones it overrode.
-pub fn select<'a>(policies: &'a [Policy], obj: &FluxObject, operator_ns: &str) -> (Option<&'a Policy>, Vec<&'a Policy>) {
-    let mut matching: Vec<&Policy> = policies.iter().filter(|p| p.covers(obj, operator_ns)).collect();
+pub fn select<'a>(
+    policies: &'a [Policy],
+    obj: &FluxObject,
+    operator_ns: &str,
+) -> (Option<&'a Policy>, Vec<&'a Policy>) {
+    let mut matching: Vec<&Policy> = policies
+        .iter()
+        .filter(|p| p.covers(obj, operator_ns))
+        .collect();
     matching.sort_by(|a, b| precedence(a, b, &obj.key.namespace));
     let mut it = matching.into_iter();
     let winner = it.next();
@@ -158,7 +187,12 @@ pub fn circuit_breaker_threshold(policies: &[Policy], operator_ns: &str, default
     policies
         .iter()
         .filter(|p| p.namespace == operator_ns)
-        .filter_map(|p| p.spec.circuit_breaker.as_ref().map(|c| c.max_failing_targets))
+        .filter_map(|p| {
+            p.spec
+                .circuit_breaker
+                .as_ref()
+                .map(|c| c.max_failing_targets)
+        })
         .min()
         .unwrap_or(default)
 }
@@ -172,12 +206,20 @@ mod tests;
 pub fn default_policy_spec() -> RemediationPolicySpec {
     use crate::api::{CaseRule, Limits, StaleLockSettings, TargetSelector};
     RemediationPolicySpec {
-        targets: TargetSelector { namespaces: vec!["*".into()], ..Default::default() },
+        targets: TargetSelector {
+            namespaces: vec!["*".into()],
+            ..Default::default()
+        },
         priority: -100,
         rules: Case::ALL
             .iter()
             .filter(|c| **c != Case::Other)
-            .map(|c| CaseRule { case: *c, mode: Mode::Auto, actions: vec![], with_source: false })
+            .map(|c| CaseRule {
+                case: *c,
+                mode: Mode::Auto,
+                actions: vec![],
+                with_source: false,
+            })
             .collect(),
         limits: Limits::default(),
         stale_lock: StaleLockSettings::default(),

@@ -27,15 +27,20 @@ pub enum Action {
     /// Resume a HelmRelease fluxmedic suspended, now that the fix landed.
     Resume,
     /// Mark the stale pending release failed (or delete its Secret), then reconcile.
-    UnlockRelease { namespace: String, secret: String, version: i64, delete: bool },
+    UnlockRelease {
+        namespace: String,
+        secret: String,
+        version: i64,
+        delete: bool,
+    },
 }
 
 impl Action {
     pub fn kind(&self) -> ActionKind {
         match self {
-            Action::Reconcile | Action::ReconcileSource { .. } | Action::ReconcileSourceAndConsumers { .. } => {
-                ActionKind::Reconcile
-            }
+            Action::Reconcile
+            | Action::ReconcileSource { .. }
+            | Action::ReconcileSourceAndConsumers { .. } => ActionKind::Reconcile,
             Action::RetryRelease { .. } => ActionKind::Retry,
             Action::Rollback { .. } | Action::Resume => ActionKind::Rollback,
             Action::UnlockRelease { delete: false, .. } => ActionKind::Unlock,
@@ -60,7 +65,10 @@ impl Action {
     /// Whether the action counts against `limits.maxAttempts` (polling and follow-up
     /// reconciles do not: they only ask Flux to look again).
     pub fn is_attempt(&self) -> bool {
-        matches!(self, Action::RetryRelease { .. } | Action::Rollback { .. } | Action::UnlockRelease { .. })
+        matches!(
+            self,
+            Action::RetryRelease { .. } | Action::Rollback { .. } | Action::UnlockRelease { .. }
+        )
     }
 
     fn is_poll(&self) -> bool {
@@ -74,9 +82,13 @@ impl fmt::Display for Action {
             Action::ReconcileSource { source } | Action::ReconcileSourceAndConsumers { source } => {
                 write!(f, "{} {}", self.name(), source)
             }
-            Action::RetryRelease { with_source: Some(s) } => write!(f, "retry (with source {s})"),
+            Action::RetryRelease {
+                with_source: Some(s),
+            } => write!(f, "retry (with source {s})"),
             Action::Rollback { to_version } => write!(f, "rollback to revision {to_version}"),
-            Action::UnlockRelease { namespace, secret, .. } => write!(f, "{} {namespace}/{secret}", self.name()),
+            Action::UnlockRelease {
+                namespace, secret, ..
+            } => write!(f, "{} {namespace}/{secret}", self.name()),
             _ => f.write_str(self.name()),
         }
     }
@@ -186,18 +198,28 @@ pub struct Decision {
 
 impl Decision {
     pub fn act(&self) -> Option<&Action> {
-        if self.blocked.is_none() { self.planned.as_ref() } else { None }
+        if self.blocked.is_none() {
+            self.planned.as_ref()
+        } else {
+            None
+        }
     }
 }
 
 /// The current source revision a target consumes (its source's artifact revision).
 pub fn source_revision(snap: &Snapshot, target: &FluxObject) -> Option<String> {
-    target.source_ref.as_ref().and_then(|s| snap.objects.get(s)).and_then(|s| s.artifact_revision.clone())
+    target
+        .source_ref
+        .as_ref()
+        .and_then(|s| snap.objects.get(s))
+        .and_then(|s| s.artifact_revision.clone())
 }
 
 fn secret_version(snap: &Snapshot, source: &FluxObject) -> Option<String> {
     let name = source.secret_ref.as_ref()?;
-    snap.secrets.get(&(source.key.namespace.clone(), name.clone())).and_then(|s| s.resource_version.clone())
+    snap.secrets
+        .get(&(source.key.namespace.clone(), name.clone()))
+        .and_then(|s| s.resource_version.clone())
 }
 
 /// The runbook, before mode and limits.
@@ -214,7 +236,8 @@ fn runbook(
             if inc.rolled_back || inc.phase == Phase::AwaitingFix {
                 // Generations only grow: an older one is a stale view of our own suspend.
                 let new_generation = matches!((target.generation, inc.observed_generation), (Some(g), Some(o)) if g > o);
-                let new_revision = inc.observed_revision.is_some() && source_revision(snap, target) != inc.observed_revision;
+                let new_revision = inc.observed_revision.is_some()
+                    && source_revision(snap, target) != inc.observed_revision;
                 return if new_generation || new_revision {
                     Ok(Action::Resume)
                 } else {
@@ -225,7 +248,9 @@ fn runbook(
             }
             match d.native {
                 NativeState::Retrying => {
-                    return Err(Blocked::FluxRemediating("helm-controller will retry the release by itself".into()));
+                    return Err(Blocked::FluxRemediating(
+                        "helm-controller will retry the release by itself".into(),
+                    ));
                 }
                 NativeState::Remediated => {
                     return Err(Blocked::RetryCannotHelp(
@@ -237,16 +262,25 @@ fn runbook(
             let retry_left = inc.attempts < policy.spec.limits.max_attempts;
             if d.retryable && retry_left && policy.allows(d.case, ActionKind::Retry) {
                 let with_source = policy.rule(d.case).is_some_and(|r| r.with_source);
-                return Ok(Action::RetryRelease { with_source: target.source_ref.clone().filter(|_| with_source) });
+                return Ok(Action::RetryRelease {
+                    with_source: target.source_ref.clone().filter(|_| with_source),
+                });
             }
             if policy.allows(d.case, ActionKind::Rollback)
                 && let Some(good) = snap.history_of(target).and_then(|h| h.last_good())
-                && snap.history_of(target).and_then(|h| h.latest()).is_some_and(|l| !l.status.is_good())
+                && snap
+                    .history_of(target)
+                    .and_then(|h| h.latest())
+                    .is_some_and(|l| !l.status.is_good())
             {
-                return Ok(Action::Rollback { to_version: good.version });
+                return Ok(Action::Rollback {
+                    to_version: good.version,
+                });
             }
             if !d.retryable {
-                Err(Blocked::RetryCannotHelp("the release input is invalid; fix it in Git".into()))
+                Err(Blocked::RetryCannotHelp(
+                    "the release input is invalid; fix it in Git".into(),
+                ))
             } else if !retry_left {
                 Err(Blocked::MaxAttempts)
             } else {
@@ -255,7 +289,9 @@ fn runbook(
         }
         Case::InvalidManifests => {
             let Some(source) = target.source_ref.clone() else {
-                return Err(Blocked::RetryCannotHelp("the manifests are invalid and there is no source to poll".into()));
+                return Err(Blocked::RetryCannotHelp(
+                    "the manifests are invalid and there is no source to poll".into(),
+                ));
             };
             let rev = source_revision(snap, target);
             if inc.observed_revision.is_some() && rev != inc.observed_revision {
@@ -265,9 +301,12 @@ fn runbook(
             }
         }
         Case::GitAuth => {
-            let changed = inc.observed_secret_version.is_some() && secret_version(snap, target) != inc.observed_secret_version;
+            let changed = inc.observed_secret_version.is_some()
+                && secret_version(snap, target) != inc.observed_secret_version;
             if changed {
-                Ok(Action::ReconcileSourceAndConsumers { source: target.key.clone() })
+                Ok(Action::ReconcileSourceAndConsumers {
+                    source: target.key.clone(),
+                })
             } else {
                 let secret = target.secret_ref.as_deref().unwrap_or("<none>");
                 Err(Blocked::RetryCannotHelp(format!(
@@ -277,11 +316,16 @@ fn runbook(
             }
         }
         Case::GitUnreachable => {
-            let changed = inc.observed_secret_version.is_some() && secret_version(snap, target) != inc.observed_secret_version;
+            let changed = inc.observed_secret_version.is_some()
+                && secret_version(snap, target) != inc.observed_secret_version;
             if changed {
-                Ok(Action::ReconcileSourceAndConsumers { source: target.key.clone() })
+                Ok(Action::ReconcileSourceAndConsumers {
+                    source: target.key.clone(),
+                })
             } else {
-                Ok(Action::ReconcileSource { source: target.key.clone() })
+                Ok(Action::ReconcileSource {
+                    source: target.key.clone(),
+                })
             }
         }
         Case::DependencyCascade => {
@@ -289,7 +333,10 @@ fn runbook(
                 if snap.objects.contains_key(&d.root) {
                     return Err(Blocked::BlockedByRoot(d.root.clone()));
                 }
-                return Err(Blocked::RetryCannotHelp(format!("dependency {} does not exist", d.root)));
+                return Err(Blocked::RetryCannotHelp(format!(
+                    "dependency {} does not exist",
+                    d.root
+                )));
             }
             // No ancestor is failing; act only once every one of them is Ready=True (one that is
             // merely progressing, Ready=Unknown, would make the reconcile fail again).
@@ -297,17 +344,23 @@ fn runbook(
                 .into_iter()
                 .find(|p| snap.objects.get(p).is_some_and(|o| !o.is_ready()))
             {
-                return Err(Blocked::FluxRemediating(format!("waiting for {p} to become Ready")));
+                return Err(Blocked::FluxRemediating(format!(
+                    "waiting for {p} to become Ready"
+                )));
             }
             // Every ancestor is Ready again: ask Flux to look now instead of in 30s.
             Ok(Action::Reconcile)
         }
         Case::StaleLock => {
             if target.is_running_helm_action() {
-                return Err(Blocked::FluxRemediating("helm-controller is running a release action".into()));
+                return Err(Blocked::FluxRemediating(
+                    "helm-controller is running a release action".into(),
+                ));
             }
             let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
-            let threshold = policy.stale_threshold.unwrap_or(h.timeout + Duration::from_secs(60));
+            let threshold = policy
+                .stale_threshold
+                .unwrap_or(h.timeout + Duration::from_secs(60));
             let Some(history) = snap.history_of(target) else {
                 return Err(Blocked::NotStale("no release in Helm storage".into()));
             };
@@ -338,7 +391,12 @@ pub fn plan(
 ) -> Decision {
     let now = ctx.snapshot.now;
     let Some(policy) = policy else {
-        return Decision { mode: Mode::Observe, planned: None, blocked: Some(Blocked::NoPolicy), escalate: false };
+        return Decision {
+            mode: Mode::Observe,
+            planned: None,
+            blocked: Some(Blocked::NoPolicy),
+            escalate: false,
+        };
     };
     let mode = policy.mode(d.case);
     let escalate = now.saturating_sub(inc.detected_at) >= policy.escalate_after.as_secs() as i64;
@@ -350,7 +408,12 @@ pub fn plan(
             (Some(a), blocked)
         }
     };
-    Decision { mode, planned, blocked, escalate }
+    Decision {
+        mode,
+        planned,
+        blocked,
+        escalate,
+    }
 }
 
 /// Mode and limits, applied to a planned action.
@@ -366,13 +429,22 @@ fn gate(
     if !policy.allows(d.case, a.kind()) && !matches!(a, Action::Resume) {
         return Some(Blocked::ActionNotAllowed(a.kind()));
     }
-    if ctx.failing_targets > ctx.circuit_breaker as usize && !ctx.shared_root && !matches!(a, Action::Resume) {
-        return Some(Blocked::CircuitBreakerOpen { failing: ctx.failing_targets, threshold: ctx.circuit_breaker });
+    if ctx.failing_targets > ctx.circuit_breaker as usize
+        && !ctx.shared_root
+        && !matches!(a, Action::Resume)
+    {
+        return Some(Blocked::CircuitBreakerOpen {
+            failing: ctx.failing_targets,
+            threshold: ctx.circuit_breaker,
+        });
     }
     if let Some(last) = inc.last_action_at {
         let wait = if a.is_poll() {
             let factor = 1u32.checked_shl(inc.polls.min(16)).unwrap_or(u32::MAX);
-            policy.poll_interval.saturating_mul(factor).min(policy.max_poll_interval)
+            policy
+                .poll_interval
+                .saturating_mul(factor)
+                .min(policy.max_poll_interval)
         } else if matches!(a, Action::Resume | Action::Reconcile) {
             // follow-ups after a fix landed or a root recovered: no cooldown beyond a beat
             Duration::from_secs(2)
@@ -381,10 +453,15 @@ fn gate(
         };
         let elapsed = Duration::from_secs(now.saturating_sub(last).max(0) as u64);
         if elapsed < wait {
-            return Some(Blocked::Cooldown { remaining: wait - elapsed });
+            return Some(Blocked::Cooldown {
+                remaining: wait - elapsed,
+            });
         }
     }
-    if a.is_attempt() && !matches!(a, Action::Rollback { .. }) && inc.attempts >= policy.spec.limits.max_attempts {
+    if a.is_attempt()
+        && !matches!(a, Action::Rollback { .. })
+        && inc.attempts >= policy.spec.limits.max_attempts
+    {
         return Some(Blocked::MaxAttempts);
     }
     match mode {

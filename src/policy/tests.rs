@@ -35,7 +35,14 @@ fn all_cases(mode: Mode, actions: &[ActionKind]) -> Policy {
                 case: *c,
                 mode,
                 with_source: false,
-                actions: actions.iter().copied().filter(|a| crate::policy::default_actions(*c).contains(a) || matches!((c, a), (Case::FailedRelease, ActionKind::Rollback))).collect(),
+                actions: actions
+                    .iter()
+                    .copied()
+                    .filter(|a| {
+                        crate::policy::default_actions(*c).contains(a)
+                            || matches!((c, a), (Case::FailedRelease, ActionKind::Rollback))
+                    })
+                    .collect(),
             })
             .collect(),
     )
@@ -70,18 +77,22 @@ fn hr(conds: Vec<serde_json::Value>) -> flux::FluxObject {
 
 fn ks(name: &str, conds: Vec<serde_json::Value>, deps: &[&str]) -> flux::FluxObject {
     let deps: Vec<_> = deps.iter().map(|d| json!({"name": d})).collect();
-    flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+    flux::from_value(
+        &json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
         "metadata": {"name": name, "namespace": "apps"},
         "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo"}, "dependsOn": deps},
-        "status": {"conditions": conds}}))
+        "status": {"conditions": conds}}),
+    )
     .unwrap()
 }
 
 fn git(conds: Vec<serde_json::Value>) -> flux::FluxObject {
-    flux::from_value(&json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+    flux::from_value(
+        &json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
         "metadata": {"name": "repo", "namespace": "apps"},
         "spec": {"url": "http://127.0.0.1/repo.git", "secretRef": {"name": "creds"}},
-        "status": {"conditions": conds, "artifact": {"revision": "main@sha1:aaa"}}}))
+        "status": {"conditions": conds, "artifact": {"revision": "main@sha1:aaa"}}}),
+    )
     .unwrap()
 }
 
@@ -90,70 +101,181 @@ fn ready() -> serde_json::Value {
 }
 
 fn scenario(case: Case) -> Scenario {
-    let inc = IncidentView { detected_at: NOW - 10, ..Default::default() };
+    let inc = IncidentView {
+        detected_at: NOW - 10,
+        ..Default::default()
+    };
     match case {
         Case::FailedRelease => {
             let o = hr(vec![
-                cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded"),
-                cond("Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)"),
+                cond(
+                    "Ready",
+                    "False",
+                    "UpgradeFailed",
+                    "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded",
+                ),
+                cond(
+                    "Stalled",
+                    "True",
+                    "RetriesExceeded",
+                    "Failed to upgrade after 1 attempt(s)",
+                ),
             ]);
             let mut snap = Snapshot::new([o.clone()], NOW);
             snap.add_release(stored(2, "superseded", 0));
             snap.add_release(stored(3, "failed", 0));
-            Scenario { snap, target: o.key, inc }
+            Scenario {
+                snap,
+                target: o.key,
+                inc,
+            }
         }
         Case::InvalidManifests => {
-            let o = ks("app", vec![cond("Ready", "False", "BuildFailed", "kustomize build failed: yaml: line 2: bad")], &[]);
-            Scenario { snap: Snapshot::new([o.clone(), git(vec![ready()])], NOW), target: o.key, inc }
+            let o = ks(
+                "app",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "BuildFailed",
+                    "kustomize build failed: yaml: line 2: bad",
+                )],
+                &[],
+            );
+            Scenario {
+                snap: Snapshot::new([o.clone(), git(vec![ready()])], NOW),
+                target: o.key,
+                inc,
+            }
         }
         Case::GitAuth => {
-            let o = git(vec![cond("Ready", "False", "GitOperationFailed", "failed to checkout and determine revision: unable to clone 'x': authentication required")]);
+            let o = git(vec![cond(
+                "Ready",
+                "False",
+                "GitOperationFailed",
+                "failed to checkout and determine revision: unable to clone 'x': authentication required",
+            )]);
             let mut snap = Snapshot::new([o.clone()], NOW);
             snap.secrets_observed = true;
-            snap.secrets.insert(("apps".into(), "creds".into()), SecretInfo { keys: Default::default(), resource_version: Some("2".into()) });
-            Scenario { snap, target: o.key, inc: IncidentView { observed_secret_version: Some("1".into()), ..inc } }
+            snap.secrets.insert(
+                ("apps".into(), "creds".into()),
+                SecretInfo {
+                    keys: Default::default(),
+                    resource_version: Some("2".into()),
+                },
+            );
+            Scenario {
+                snap,
+                target: o.key,
+                inc: IncidentView {
+                    observed_secret_version: Some("1".into()),
+                    ..inc
+                },
+            }
         }
         Case::GitUnreachable => {
-            let o = git(vec![cond("Ready", "False", "GitOperationFailed", "failed to checkout and determine revision: unable to clone 'x': dial tcp 127.0.0.1:1: connect: connection refused")]);
-            Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key, inc }
+            let o = git(vec![cond(
+                "Ready",
+                "False",
+                "GitOperationFailed",
+                "failed to checkout and determine revision: unable to clone 'x': dial tcp 127.0.0.1:1: connect: connection refused",
+            )]);
+            Scenario {
+                snap: Snapshot::new([o.clone()], NOW),
+                target: o.key,
+                inc,
+            }
         }
         Case::DependencyCascade => {
             // dependency healthy again, dependent still says not ready
-            let o = ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]);
-            Scenario { snap: Snapshot::new([o.clone(), ks("infra", vec![ready()], &[]), git(vec![ready()])], NOW), target: o.key, inc }
+            let o = ks(
+                "app",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "DependencyNotReady",
+                    "dependency 'apps/infra' is not ready",
+                )],
+                &["infra"],
+            );
+            Scenario {
+                snap: Snapshot::new(
+                    [
+                        o.clone(),
+                        ks("infra", vec![ready()], &[]),
+                        git(vec![ready()]),
+                    ],
+                    NOW,
+                ),
+                target: o.key,
+                inc,
+            }
         }
         Case::StaleLock => {
-            let o = hr(vec![cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: another operation (install/upgrade/rollback) is in progress")]);
+            let o = hr(vec![cond(
+                "Ready",
+                "False",
+                "UpgradeFailed",
+                "Helm upgrade failed for release apps/web with chart web@2: another operation (install/upgrade/rollback) is in progress",
+            )]);
             let mut snap = Snapshot::new([o.clone()], NOW);
             snap.add_release(stored(2, "deployed", 0));
             snap.add_release(stored(3, "pending-upgrade", NOW - 3600));
-            Scenario { snap, target: o.key, inc }
+            Scenario {
+                snap,
+                target: o.key,
+                inc,
+            }
         }
         Case::Other => {
-            let o = ks("app", vec![cond("Ready", "False", "PruneFailed", "delete failed")], &[]);
-            Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key, inc }
+            let o = ks(
+                "app",
+                vec![cond("Ready", "False", "PruneFailed", "delete failed")],
+                &[],
+            );
+            Scenario {
+                snap: Snapshot::new([o.clone()], NOW),
+                target: o.key,
+                inc,
+            }
         }
     }
 }
 
 fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
     let report = diagnose::diagnose(&s.snap);
-    let d = report.get(&s.target).cloned().expect("scenario target is failing");
-    let ctx = PlanContext { snapshot: &s.snap, failing_targets: report.diagnoses.len(), circuit_breaker: 20, shared_root: false };
+    let d = report
+        .get(&s.target)
+        .cloned()
+        .expect("scenario target is failing");
+    let ctx = PlanContext {
+        snapshot: &s.snap,
+        failing_targets: report.diagnoses.len(),
+        circuit_breaker: 20,
+        shared_root: false,
+    };
     let dec = plan(&d, &s.snap.objects[&s.target], p, &s.inc, &ctx);
     (d, dec)
 }
 
 #[test]
 fn every_case_under_every_mode() {
-    let all_actions = [ActionKind::Reconcile, ActionKind::Retry, ActionKind::Rollback, ActionKind::Unlock];
+    let all_actions = [
+        ActionKind::Reconcile,
+        ActionKind::Retry,
+        ActionKind::Rollback,
+        ActionKind::Unlock,
+    ];
     for case in Case::ALL {
         let s = scenario(case);
         let (d, _) = decide(&s, None);
         assert_eq!(d.case, case, "scenario for {case} diagnoses as {}", d.case);
 
         let (_, none) = decide(&s, None);
-        assert_eq!(none.blocked, Some(Blocked::NoPolicy), "{case}: no policy = record only");
+        assert_eq!(
+            none.blocked,
+            Some(Blocked::NoPolicy),
+            "{case}: no policy = record only"
+        );
         assert!(none.act().is_none());
 
         let auto = decide(&s, Some(&all_cases(Mode::Auto, &all_actions))).1;
@@ -161,11 +283,19 @@ fn every_case_under_every_mode() {
             assert_eq!(auto.blocked, Some(Blocked::NoRunbook));
             continue;
         }
-        assert!(auto.act().is_some(), "{case}: Auto acts, got {:?}", auto.blocked);
+        assert!(
+            auto.act().is_some(),
+            "{case}: Auto acts, got {:?}",
+            auto.blocked
+        );
         let planned = auto.planned.clone().unwrap();
 
         let observe = decide(&s, Some(&all_cases(Mode::Observe, &all_actions))).1;
-        assert_eq!(observe.planned.as_ref(), Some(&planned), "{case}: Observe still plans");
+        assert_eq!(
+            observe.planned.as_ref(),
+            Some(&planned),
+            "{case}: Observe still plans"
+        );
         assert_eq!(observe.blocked, Some(Blocked::Observe));
 
         let off = decide(&s, Some(&all_cases(Mode::Off, &all_actions))).1;
@@ -176,8 +306,16 @@ fn every_case_under_every_mode() {
         assert_eq!(approval.blocked, Some(Blocked::AwaitingApproval), "{case}");
         let mut approved = scenario(case);
         approved.inc.approved = true;
-        let ok = decide(&approved, Some(&all_cases(Mode::RequireApproval, &all_actions))).1;
-        assert_eq!(ok.act(), Some(&planned), "{case}: approval releases the plan");
+        let ok = decide(
+            &approved,
+            Some(&all_cases(Mode::RequireApproval, &all_actions)),
+        )
+        .1;
+        assert_eq!(
+            ok.act(),
+            Some(&planned),
+            "{case}: approval releases the plan"
+        );
 
         // A case without a rule is Observe.
         let unruled = decide(&s, Some(&policy_with(vec![]))).1;
@@ -188,26 +326,68 @@ fn every_case_under_every_mode() {
 
 #[test]
 fn runbook_actions_per_case() {
-    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile, ActionKind::Retry, ActionKind::Rollback, ActionKind::Unlock]);
+    let p = all_cases(
+        Mode::Auto,
+        &[
+            ActionKind::Reconcile,
+            ActionKind::Retry,
+            ActionKind::Rollback,
+            ActionKind::Unlock,
+        ],
+    );
     let act = |c| decide(&scenario(c), Some(&p)).1.planned.unwrap();
-    assert_eq!(act(Case::FailedRelease), Action::RetryRelease { with_source: None });
-    assert_eq!(act(Case::InvalidManifests), Action::ReconcileSource { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
-    assert_eq!(act(Case::GitAuth), Action::ReconcileSourceAndConsumers { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
-    assert_eq!(act(Case::GitUnreachable), Action::ReconcileSource { source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo") });
+    assert_eq!(
+        act(Case::FailedRelease),
+        Action::RetryRelease { with_source: None }
+    );
+    assert_eq!(
+        act(Case::InvalidManifests),
+        Action::ReconcileSource {
+            source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo")
+        }
+    );
+    assert_eq!(
+        act(Case::GitAuth),
+        Action::ReconcileSourceAndConsumers {
+            source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo")
+        }
+    );
+    assert_eq!(
+        act(Case::GitUnreachable),
+        Action::ReconcileSource {
+            source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo")
+        }
+    );
     assert_eq!(act(Case::DependencyCascade), Action::Reconcile);
     assert_eq!(
         act(Case::StaleLock),
-        Action::UnlockRelease { namespace: "apps".into(), secret: "sh.helm.release.v1.web.v3".into(), version: 3, delete: false }
+        Action::UnlockRelease {
+            namespace: "apps".into(),
+            secret: "sh.helm.release.v1.web.v3".into(),
+            version: 3,
+            delete: false
+        }
     );
 }
 
 #[test]
 fn retry_with_source_reconciles_the_chart_first() {
-    let p = policy_with(vec![CaseRule { case: Case::FailedRelease, mode: Mode::Auto, actions: vec![ActionKind::Retry], with_source: true }]);
+    let p = policy_with(vec![CaseRule {
+        case: Case::FailedRelease,
+        mode: Mode::Auto,
+        actions: vec![ActionKind::Retry],
+        with_source: true,
+    }]);
     let s = scenario(Case::FailedRelease);
     assert_eq!(
         decide(&s, Some(&p)).1.act(),
-        Some(&Action::RetryRelease { with_source: Some(ObjectKey::new(flux::FluxKind::HelmChart, "apps", "apps-web")) })
+        Some(&Action::RetryRelease {
+            with_source: Some(ObjectKey::new(
+                flux::FluxKind::HelmChart,
+                "apps",
+                "apps-web"
+            ))
+        })
     );
 }
 
@@ -228,9 +408,18 @@ fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
     s.inc.rolled_back = true;
     s.inc.phase = Phase::AwaitingFix;
     s.inc.observed_generation = Some(2);
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::AwaitingFix(_))));
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::AwaitingFix(_))
+    ));
     s.inc.observed_generation = Some(3);
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::AwaitingFix(_))), "an older generation is a stale view, not a fix");
+    assert!(
+        matches!(
+            decide(&s, Some(&p)).1.blocked,
+            Some(Blocked::AwaitingFix(_))
+        ),
+        "an older generation is a stale view, not a fix"
+    );
     s.inc.observed_generation = Some(1);
     assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Resume));
 }
@@ -238,27 +427,68 @@ fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
 #[test]
 fn failed_release_is_left_to_flux_while_it_retries_or_after_it_rolled_back() {
     let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
-    let o = hr(vec![cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded")]);
+    let o = hr(vec![cond(
+        "Ready",
+        "False",
+        "UpgradeFailed",
+        "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded",
+    )]);
     let mut v = serde_json::to_value(&o).unwrap();
     v["helm"]["upgradeRetries"] = json!(3);
     let o: flux::FluxObject = serde_json::from_value(v).unwrap();
-    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::FluxRemediating(_))));
+    let s = Scenario {
+        snap: Snapshot::new([o.clone()], NOW),
+        target: o.key.clone(),
+        inc: IncidentView::default(),
+    };
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::FluxRemediating(_))
+    ));
 
-    let o = hr(vec![cond("Ready", "False", "RollbackSucceeded", "Helm rollback to previous release apps/web.v2 with chart web@1 succeeded")]);
-    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::RetryCannotHelp(_))));
+    let o = hr(vec![cond(
+        "Ready",
+        "False",
+        "RollbackSucceeded",
+        "Helm rollback to previous release apps/web.v2 with chart web@1 succeeded",
+    )]);
+    let s = Scenario {
+        snap: Snapshot::new([o.clone()], NOW),
+        target: o.key.clone(),
+        inc: IncidentView::default(),
+    };
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::RetryCannotHelp(_))
+    ));
 }
 
 #[test]
 fn non_retryable_release_is_not_retried() {
     let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
     let o = hr(vec![
-        cond("Ready", "False", "UpgradeFailed", "Helm upgrade failed for release apps/web with chart web@2: values don't meet the specifications of the schema(s)"),
-        cond("Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)"),
+        cond(
+            "Ready",
+            "False",
+            "UpgradeFailed",
+            "Helm upgrade failed for release apps/web with chart web@2: values don't meet the specifications of the schema(s)",
+        ),
+        cond(
+            "Stalled",
+            "True",
+            "RetriesExceeded",
+            "Failed to upgrade after 1 attempt(s)",
+        ),
     ]);
-    let s = Scenario { snap: Snapshot::new([o.clone()], NOW), target: o.key.clone(), inc: IncidentView::default() };
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::RetryCannotHelp(_))));
+    let s = Scenario {
+        snap: Snapshot::new([o.clone()], NOW),
+        target: o.key.clone(),
+        inc: IncidentView::default(),
+    };
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::RetryCannotHelp(_))
+    ));
 }
 
 #[test]
@@ -266,7 +496,12 @@ fn cooldown_and_max_attempts() {
     let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
     let mut s = scenario(Case::FailedRelease);
     s.inc.last_action_at = Some(NOW - 30);
-    assert_eq!(decide(&s, Some(&p)).1.blocked, Some(Blocked::Cooldown { remaining: std::time::Duration::from_secs(90) }));
+    assert_eq!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::Cooldown {
+            remaining: std::time::Duration::from_secs(90)
+        })
+    );
     s.inc.last_action_at = Some(NOW - 120);
     assert!(decide(&s, Some(&p)).1.act().is_some());
     s.inc.attempts = 3;
@@ -281,7 +516,10 @@ fn polling_backs_off() {
     s.inc.polls = 0; // 10s
     assert!(decide(&s, Some(&p)).1.act().is_some());
     s.inc.polls = 1; // 20s
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::Cooldown { .. })));
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::Cooldown { .. })
+    ));
     s.inc.polls = 30; // capped at 2m
     s.inc.last_action_at = Some(NOW - 121);
     assert!(decide(&s, Some(&p)).1.act().is_some());
@@ -297,9 +535,20 @@ fn circuit_breaker_limits_action_to_shared_roots() {
     let s = scenario(Case::FailedRelease);
     let report = diagnose::diagnose(&s.snap);
     let d = report.get(&s.target).unwrap();
-    let ctx = |shared| PlanContext { snapshot: &s.snap, failing_targets: 50, circuit_breaker: 20, shared_root: shared };
+    let ctx = |shared| PlanContext {
+        snapshot: &s.snap,
+        failing_targets: 50,
+        circuit_breaker: 20,
+        shared_root: shared,
+    };
     let blocked = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(false));
-    assert_eq!(blocked.blocked, Some(Blocked::CircuitBreakerOpen { failing: 50, threshold: 20 }));
+    assert_eq!(
+        blocked.blocked,
+        Some(Blocked::CircuitBreakerOpen {
+            failing: 50,
+            threshold: 20
+        })
+    );
     let ok = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(true));
     assert!(ok.act().is_some());
 }
@@ -309,32 +558,82 @@ fn dependents_wait_for_their_root() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
     let snap = Snapshot::new(
         [
-            ks("infra", vec![cond("Ready", "False", "BuildFailed", "kustomize build failed: x")], &[]),
-            ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]),
+            ks(
+                "infra",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "BuildFailed",
+                    "kustomize build failed: x",
+                )],
+                &[],
+            ),
+            ks(
+                "app",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "DependencyNotReady",
+                    "dependency 'apps/infra' is not ready",
+                )],
+                &["infra"],
+            ),
             git(vec![ready()]),
         ],
         NOW,
     );
-    let s = Scenario { snap, target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"), inc: IncidentView::default() };
+    let s = Scenario {
+        snap,
+        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
+        inc: IncidentView::default(),
+    };
     let dec = decide(&s, Some(&p)).1;
-    assert_eq!(dec.blocked, Some(Blocked::BlockedByRoot(ObjectKey::new(flux::FluxKind::Kustomization, "apps", "infra"))));
+    assert_eq!(
+        dec.blocked,
+        Some(Blocked::BlockedByRoot(ObjectKey::new(
+            flux::FluxKind::Kustomization,
+            "apps",
+            "infra"
+        )))
+    );
 }
 
 #[test]
 fn a_dependent_waits_while_its_dependency_is_only_progressing() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
-    let progressing = cond("Ready", "Unknown", "Progressing", "Reconciliation in progress");
+    let progressing = cond(
+        "Ready",
+        "Unknown",
+        "Progressing",
+        "Reconciliation in progress",
+    );
     let snap = Snapshot::new(
         [
             ks("infra", vec![progressing], &[]),
-            ks("app", vec![cond("Ready", "False", "DependencyNotReady", "dependency 'apps/infra' is not ready")], &["infra"]),
+            ks(
+                "app",
+                vec![cond(
+                    "Ready",
+                    "False",
+                    "DependencyNotReady",
+                    "dependency 'apps/infra' is not ready",
+                )],
+                &["infra"],
+            ),
             git(vec![ready()]),
         ],
         NOW,
     );
-    let s = Scenario { snap, target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"), inc: IncidentView::default() };
+    let s = Scenario {
+        snap,
+        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
+        inc: IncidentView::default(),
+    };
     let dec = decide(&s, Some(&p)).1;
-    assert!(matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")), "{dec:?}");
+    assert!(
+        matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")),
+        "{dec:?}"
+    );
 }
 
 #[test]
@@ -342,10 +641,21 @@ fn stale_lock_respects_threshold_and_running_actions() {
     let mut p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
     let s = scenario(Case::StaleLock);
     p.stale_threshold = Some(std::time::Duration::from_secs(7200));
-    assert!(matches!(decide(&s, Some(&p)).1.blocked, Some(Blocked::NotStale(_))));
+    assert!(matches!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::NotStale(_))
+    ));
     // delete instead of unlock when the policy says so
-    let del = policy_with(vec![CaseRule { case: Case::StaleLock, mode: Mode::Auto, actions: vec![ActionKind::DeletePendingRelease], with_source: false }]);
-    assert!(matches!(decide(&s, Some(&del)).1.act(), Some(Action::UnlockRelease { delete: true, .. })));
+    let del = policy_with(vec![CaseRule {
+        case: Case::StaleLock,
+        mode: Mode::Auto,
+        actions: vec![ActionKind::DeletePendingRelease],
+        with_source: false,
+    }]);
+    assert!(matches!(
+        decide(&s, Some(&del)).1.act(),
+        Some(Action::UnlockRelease { delete: true, .. })
+    ));
 }
 
 #[test]
@@ -379,26 +689,65 @@ fn selection_is_deterministic_and_tenant_scoped() {
     let ps = vec![
         named("apps", "b", 0, TargetSelector::default()),
         named("apps", "a", 0, TargetSelector::default()),
-        named("flux-system", "global", 0, TargetSelector { namespaces: vec!["*".into()], ..Default::default() }),
-        named("other", "tenant", 100, TargetSelector { namespaces: vec!["*".into()], ..Default::default() }),
+        named(
+            "flux-system",
+            "global",
+            0,
+            TargetSelector {
+                namespaces: vec!["*".into()],
+                ..Default::default()
+            },
+        ),
+        named(
+            "other",
+            "tenant",
+            100,
+            TargetSelector {
+                namespaces: vec!["*".into()],
+                ..Default::default()
+            },
+        ),
         named("apps", "labelled", 5, sel),
     ];
     let (w, losers) = select(&ps, &target, "flux-system");
-    assert_eq!(w.unwrap().id(), "apps/a", "same priority: own namespace, then name");
-    assert_eq!(losers.iter().map(|p| p.id()).collect::<Vec<_>>(), vec!["apps/b", "flux-system/global"]);
-    assert!(!ps[3].covers(&target, "flux-system"), "a tenant policy never reaches another namespace");
-    assert_eq!(select(&ps, &labelled, "flux-system").0.unwrap().id(), "apps/labelled");
-    let kinds = TargetSelector { kinds: vec![crate::api::TargetKind::HelmRelease], ..Default::default() };
+    assert_eq!(
+        w.unwrap().id(),
+        "apps/a",
+        "same priority: own namespace, then name"
+    );
+    assert_eq!(
+        losers.iter().map(|p| p.id()).collect::<Vec<_>>(),
+        vec!["apps/b", "flux-system/global"]
+    );
+    assert!(
+        !ps[3].covers(&target, "flux-system"),
+        "a tenant policy never reaches another namespace"
+    );
+    assert_eq!(
+        select(&ps, &labelled, "flux-system").0.unwrap().id(),
+        "apps/labelled"
+    );
+    let kinds = TargetSelector {
+        kinds: vec![crate::api::TargetKind::HelmRelease],
+        ..Default::default()
+    };
     assert!(!named("apps", "k", 0, kinds).covers(&target, "flux-system"));
 }
 
 #[test]
 fn circuit_breaker_threshold_comes_from_the_operator_namespace() {
     let mut a = named("flux-system", "a", 0, TargetSelector::default());
-    a.spec.circuit_breaker = Some(CircuitBreaker { max_failing_targets: 7 });
+    a.spec.circuit_breaker = Some(CircuitBreaker {
+        max_failing_targets: 7,
+    });
     let mut t = named("apps", "t", 0, TargetSelector::default());
-    t.spec.circuit_breaker = Some(CircuitBreaker { max_failing_targets: 1 });
-    assert_eq!(circuit_breaker_threshold(&[a, t.clone()], "flux-system", 20), 7);
+    t.spec.circuit_breaker = Some(CircuitBreaker {
+        max_failing_targets: 1,
+    });
+    assert_eq!(
+        circuit_breaker_threshold(&[a, t.clone()], "flux-system", 20),
+        7
+    );
     assert_eq!(circuit_breaker_threshold(&[t], "flux-system", 20), 20);
 }
 
@@ -407,14 +756,34 @@ fn invalid_specs_are_explained() {
     let mut p = policy_with(vec![]);
     p.spec.limits.cooldown = "soon".into();
     assert_eq!(
-        Policy::new("a", "b", p.spec.clone()).unwrap_err().to_string(),
+        Policy::new("a", "b", p.spec.clone())
+            .unwrap_err()
+            .to_string(),
         "spec.limits.cooldown `soon` is not a duration"
     );
     let dup = vec![
-        CaseRule { case: Case::GitAuth, mode: Mode::Auto, actions: vec![], with_source: false },
-        CaseRule { case: Case::GitAuth, mode: Mode::Observe, actions: vec![], with_source: false },
+        CaseRule {
+            case: Case::GitAuth,
+            mode: Mode::Auto,
+            actions: vec![],
+            with_source: false,
+        },
+        CaseRule {
+            case: Case::GitAuth,
+            mode: Mode::Observe,
+            actions: vec![],
+            with_source: false,
+        },
     ];
-    assert_eq!(Policy::new("a", "b", policy_with(vec![]).spec.clone().tap(|s| s.rules = dup)).unwrap_err(), PolicyError::DuplicateCase(Case::GitAuth));
+    assert_eq!(
+        Policy::new(
+            "a",
+            "b",
+            policy_with(vec![]).spec.clone().tap(|s| s.rules = dup)
+        )
+        .unwrap_err(),
+        PolicyError::DuplicateCase(Case::GitAuth)
+    );
 }
 
 trait Tap: Sized {

@@ -41,7 +41,10 @@ pub fn fresh_token() -> String {
 }
 
 fn pp() -> PatchParams {
-    PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
 }
 
 #[derive(Clone)]
@@ -55,10 +58,14 @@ pub struct Actuator {
 /// What an unlock found and did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum UnlockOutcome {
-    Unlocked { previous: String },
+    Unlocked {
+        previous: String,
+    },
     Deleted,
     /// The release was no longer pending (someone, maybe helm-controller, got there first).
-    AlreadyUnlocked { status: String },
+    AlreadyUnlocked {
+        status: String,
+    },
     Gone,
 }
 
@@ -75,7 +82,13 @@ impl Actuator {
 
     /// Patch only the reconcile annotations, all with the same token, in one merge patch:
     /// requestedAt always, plus resetAt / forceAt when asked (`flux reconcile hr --reset --force`).
-    pub async fn request_reconcile(&self, key: &ObjectKey, token: &str, reset: bool, force: bool) -> Result<()> {
+    pub async fn request_reconcile(
+        &self,
+        key: &ObjectKey,
+        token: &str,
+        reset: bool,
+        force: bool,
+    ) -> Result<()> {
         let mut ann = serde_json::Map::new();
         ann.insert(REQUESTED_AT.into(), json!(token));
         if reset {
@@ -85,7 +98,13 @@ impl Actuator {
             ann.insert(FORCE_AT.into(), json!(token));
         }
         self.throttle().await;
-        self.flux_api(key).patch(&key.name, &pp(), &Patch::Merge(json!({"metadata": {"annotations": ann}}))).await?;
+        self.flux_api(key)
+            .patch(
+                &key.name,
+                &pp(),
+                &Patch::Merge(json!({"metadata": {"annotations": ann}})),
+            )
+            .await?;
         info!(target = %key, token, reset, force, "requested reconcile");
         Ok(())
     }
@@ -98,20 +117,37 @@ impl Actuator {
             json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: null}}, "spec": {"suspend": false}})
         };
         self.throttle().await;
-        self.flux_api(key).patch(&key.name, &pp(), &Patch::Merge(patch)).await?;
+        self.flux_api(key)
+            .patch(&key.name, &pp(), &Patch::Merge(patch))
+            .await?;
         info!(target = %key, suspend, "set suspend");
         Ok(())
     }
 
     /// Current generation and the suspended-by annotation of a Flux object.
-    pub async fn generation_and_owner(&self, key: &ObjectKey) -> Result<(Option<i64>, Option<String>, bool)> {
+    pub async fn generation_and_owner(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<(Option<i64>, Option<String>, bool)> {
         let o = self.flux_api(key).get(&key.name).await?;
-        let owner = o.metadata.annotations.as_ref().and_then(|a| a.get(SUSPENDED_BY_ANNOTATION).cloned());
-        let suspended = o.data.pointer("/spec/suspend").and_then(|v| v.as_bool()).unwrap_or(false);
+        let owner = o
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SUSPENDED_BY_ANNOTATION).cloned());
+        let suspended = o
+            .data
+            .pointer("/spec/suspend")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
         Ok((o.metadata.generation, owner, suspended))
     }
 
-    async fn release_history(&self, ns: &str, release: &str) -> Result<Vec<(StoredRelease, Secret)>> {
+    async fn release_history(
+        &self,
+        ns: &str,
+        release: &str,
+    ) -> Result<Vec<(StoredRelease, Secret)>> {
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let lp = ListParams::default().labels(&format!("owner=helm,name={release}"));
         let mut out = vec![];
@@ -128,31 +164,60 @@ impl Actuator {
 
     /// Roll a release back to `to_version` with the helm binary. Skipped if the latest
     /// revision already is that rollback (a crash after helm ran).
-    pub async fn helm_rollback(&self, ns: &str, release: &str, to_version: i64, timeout: Duration) -> Result<String> {
+    pub async fn helm_rollback(
+        &self,
+        ns: &str,
+        release: &str,
+        to_version: i64,
+        timeout: Duration,
+    ) -> Result<String> {
         let history = self.release_history(ns, release).await?;
         if let Some((latest, secret)) = history.last() {
-            let data: BTreeMap<String, Vec<u8>> =
-                secret.data.clone().unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+            let data: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, ByteString(v))| (k, v))
+                .collect();
             let rel = helm::decode_secret(&latest.secret_name, &data)?;
-            if rel.description() == Some(&format!("Rollback to {to_version}")) && latest.status.is_good() {
-                return Ok(format!("revision {} already is the rollback to {to_version}", latest.version));
+            if rel.description() == Some(&format!("Rollback to {to_version}"))
+                && latest.status.is_good()
+            {
+                return Ok(format!(
+                    "revision {} already is the rollback to {to_version}",
+                    latest.version
+                ));
             }
         }
         if !history.iter().any(|(r, _)| r.version == to_version) {
-            return Err(Error::Precondition(format!("revision {to_version} of {ns}/{release} is gone from Helm storage")));
+            return Err(Error::Precondition(format!(
+                "revision {to_version} of {ns}/{release} is gone from Helm storage"
+            )));
         }
         self.throttle().await;
         let out = tokio::process::Command::new(&self.helm_bin)
-            .args(["rollback", release, &to_version.to_string(), "--namespace", ns, "--timeout"])
+            .args([
+                "rollback",
+                release,
+                &to_version.to_string(),
+                "--namespace",
+                ns,
+                "--timeout",
+            ])
             .arg(format!("{}s", timeout.as_secs().max(30)))
             .kill_on_drop(true)
             .output()
             .await
             .map_err(|e| Error::Helm(format!("cannot run {}: {e}", self.helm_bin.display())))?;
         if !out.status.success() {
-            return Err(Error::Helm(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+            return Err(Error::Helm(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ));
         }
-        Ok(format!("rolled back {ns}/{release} to revision {to_version}"))
+        Ok(format!(
+            "rolled back {ns}/{release} to revision {to_version}"
+        ))
     }
 
     /// Unlock a stale pending release: mark it failed as helm-controller does (default), or
@@ -160,12 +225,20 @@ impl Actuator {
     /// Secret is reported and left alone.
     pub async fn unlock(&self, ns: &str, secret_name: &str, delete: bool) -> Result<UnlockOutcome> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let Some(mut secret) = api.get_opt(secret_name).await? else { return Ok(UnlockOutcome::Gone) };
+        let Some(mut secret) = api.get_opt(secret_name).await? else {
+            return Ok(UnlockOutcome::Gone);
+        };
         let labels = secret.metadata.labels.clone().unwrap_or_default();
-        let stored = StoredRelease::from_metadata(secret_name, ns, &labels)
-            .ok_or_else(|| Error::Precondition(format!("{ns}/{secret_name} is not a Helm release Secret")))?;
-        let data: BTreeMap<String, Vec<u8>> =
-            secret.data.clone().unwrap_or_default().into_iter().map(|(k, ByteString(v))| (k, v)).collect();
+        let stored = StoredRelease::from_metadata(secret_name, ns, &labels).ok_or_else(|| {
+            Error::Precondition(format!("{ns}/{secret_name} is not a Helm release Secret"))
+        })?;
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, ByteString(v))| (k, v))
+            .collect();
         let mut rel = helm::decode_secret(secret_name, &data)?;
         let status = rel.status().unwrap_or("unknown").to_string();
         if !stored.status.is_pending() || !helm::ReleaseStatus(status.clone()).is_pending() {
@@ -190,12 +263,25 @@ impl Actuator {
         secret.data = Some(d);
         let l = secret.metadata.labels.get_or_insert_with(Default::default);
         l.insert("status".into(), "failed".into());
-        l.insert("modifiedAt".into(), jiff::Timestamp::now().as_second().to_string());
+        l.insert(
+            "modifiedAt".into(),
+            jiff::Timestamp::now().as_second().to_string(),
+        );
         // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
         self.throttle().await;
-        api.replace(secret_name, &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-            .await?;
-        info!(secret = secret_name, ns, previous, "unlocked stale pending release");
+        api.replace(
+            secret_name,
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await?;
+        info!(
+            secret = secret_name,
+            ns, previous, "unlocked stale pending release"
+        );
         Ok(UnlockOutcome::Unlocked { previous })
     }
 
@@ -204,7 +290,12 @@ impl Actuator {
     pub async fn secret_info(&self, ns: &str, name: &str) -> Result<Option<SecretInfo>> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         Ok(api.get_opt(name).await?.map(|s| SecretInfo {
-            keys: s.data.unwrap_or_default().into_keys().chain(s.string_data.unwrap_or_default().into_keys()).collect(),
+            keys: s
+                .data
+                .unwrap_or_default()
+                .into_keys()
+                .chain(s.string_data.unwrap_or_default().into_keys())
+                .collect(),
             resource_version: s.metadata.resource_version,
         }))
     }

@@ -35,7 +35,12 @@ pub fn env() -> &'static Env {
             .output()
             .expect("run hack/testenv/up.sh");
         assert!(out.status.success(), "hack/testenv/up.sh failed");
-        let env_file = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        let env_file = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         let text = std::fs::read_to_string(&env_file).expect("testenv env file");
         let vars = text
             .lines()
@@ -49,7 +54,10 @@ pub fn env() -> &'static Env {
 
 impl Env {
     pub fn var(&self, k: &str) -> &str {
-        self.vars.get(k).map(String::as_str).unwrap_or_else(|| panic!("{k} not in testenv env"))
+        self.vars
+            .get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("{k} not in testenv env"))
     }
     pub fn kubeconfig(&self) -> &str {
         self.var("KUBECONFIG")
@@ -66,23 +74,48 @@ impl Env {
 
     pub async fn client(&self) -> Client {
         let kc = Kubeconfig::read_from(self.kubeconfig()).expect("kubeconfig");
-        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("config");
         Client::try_from(cfg).expect("client")
     }
 }
 
+/// A kubeconfig holding only `token`, for the test API server.
+pub fn token_kubeconfig(env: &Env, name: &str, token: &str) -> PathBuf {
+    let kc = std::env::temp_dir().join(format!("{name}.kubeconfig"));
+    let ca = Path::new(env.kubeconfig())
+        .parent()
+        .unwrap()
+        .join("pki/ca.crt");
+    std::fs::write(&kc, format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: u\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: t\n  context: {{cluster: t, user: u}}\ncurrent-context: t\n",
+        env.var("FLUXMEDIC_API_URL"), ca.display())).unwrap();
+    kc
+}
+
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
-    let n = format!("{prefix}-{}", std::process::id() as u64 * 1000 + (jiff::Timestamp::now().as_millisecond() as u64 % 1000));
+    let n = format!(
+        "{prefix}-{}",
+        std::process::id() as u64 * 1000 + (jiff::Timestamp::now().as_millisecond() as u64 % 1000)
+    );
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(json!({"metadata": {"name": n}})).unwrap();
-    api.create(&PostParams::default(), &ns).await.expect("create namespace");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
     n
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -99,16 +132,35 @@ impl Repo {
     pub fn new(env: &Env, name: &str, private: bool) -> Repo {
         let bare = env.fixture_root().join("git").join(format!("{name}.git"));
         let _ = std::fs::remove_dir_all(&bare);
-        run(Command::new("git").args(["init", "-q", "--bare", "-b", "main"]).arg(&bare));
-        run(Command::new("git").args(["config", "http.receivepack", "false"]).current_dir(&bare));
+        run(Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&bare));
+        run(Command::new("git")
+            .args(["config", "http.receivepack", "false"])
+            .current_dir(&bare));
         let work = tempfile::tempdir().unwrap();
-        run(Command::new("git").args(["init", "-q", "-b", "main"]).current_dir(work.path()));
-        for (k, v) in [("user.email", "test@fluxmedic.invalid"), ("user.name", "fluxmedic-test")] {
-            run(Command::new("git").args(["config", k, v]).current_dir(work.path()));
+        run(Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .current_dir(work.path()));
+        for (k, v) in [
+            ("user.email", "test@fluxmedic.invalid"),
+            ("user.name", "fluxmedic-test"),
+        ] {
+            run(Command::new("git")
+                .args(["config", k, v])
+                .current_dir(work.path()));
         }
-        run(Command::new("git").args(["remote", "add", "origin"]).arg(&bare).current_dir(work.path()));
+        run(Command::new("git")
+            .args(["remote", "add", "origin"])
+            .arg(&bare)
+            .current_dir(work.path()));
         let prefix = if private { "private" } else { "git" };
-        Repo { name: name.into(), url: format!("{}/{prefix}/{name}.git", env.fixture_url()), bare, work }
+        Repo {
+            name: name.into(),
+            url: format!("{}/{prefix}/{name}.git", env.fixture_url()),
+            bare,
+            work,
+        }
     }
 
     /// Write files (path, content; None deletes) and push a commit. Returns the commit SHA.
@@ -125,15 +177,29 @@ impl Repo {
                 }
             }
         }
-        run(Command::new("git").args(["add", "-A"]).current_dir(self.work.path()));
-        run(Command::new("git").args(["commit", "-q", "--allow-empty", "-m", message]).current_dir(self.work.path()));
-        run(Command::new("git").args(["push", "-q", "origin", "main"]).current_dir(self.work.path()));
-        run(Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.work.path())).trim().to_string()
+        run(Command::new("git")
+            .args(["add", "-A"])
+            .current_dir(self.work.path()));
+        run(Command::new("git")
+            .args(["commit", "-q", "--allow-empty", "-m", message])
+            .current_dir(self.work.path()));
+        run(Command::new("git")
+            .args(["push", "-q", "origin", "main"])
+            .current_dir(self.work.path()));
+        run(Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(self.work.path()))
+        .trim()
+        .to_string()
     }
 
     /// The credentials the server accepts for this (private) repo.
     pub fn set_server_credentials(&self, env: &Env, user: &str, password: &str) {
-        std::fs::write(env.fixture_root().join("auth").join(&self.name), format!("{user}:{password}")).unwrap();
+        std::fs::write(
+            env.fixture_root().join("auth").join(&self.name),
+            format!("{user}:{password}"),
+        )
+        .unwrap();
     }
 
     pub fn bare_path(&self) -> &Path {
@@ -152,21 +218,43 @@ impl ChartRepo {
         let dir = env.fixture_root().join("charts").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        ChartRepo { url: format!("{}/charts/{name}/", env.fixture_url()), dir }
+        ChartRepo {
+            url: format!("{}/charts/{name}/", env.fixture_url()),
+            dir,
+        }
     }
 
     /// Package a chart made of `templates` (file name, content) at `version`, and re-index.
-    pub fn publish(&self, env: &Env, chart: &str, version: &str, templates: &[(&str, &str)], values: &str) {
+    pub fn publish(
+        &self,
+        env: &Env,
+        chart: &str,
+        version: &str,
+        templates: &[(&str, &str)],
+        values: &str,
+    ) {
         let src = tempfile::tempdir().unwrap();
         let cdir = src.path().join(chart);
         std::fs::create_dir_all(cdir.join("templates")).unwrap();
-        std::fs::write(cdir.join("Chart.yaml"), format!("apiVersion: v2\nname: {chart}\nversion: {version}\n")).unwrap();
+        std::fs::write(
+            cdir.join("Chart.yaml"),
+            format!("apiVersion: v2\nname: {chart}\nversion: {version}\n"),
+        )
+        .unwrap();
         std::fs::write(cdir.join("values.yaml"), values).unwrap();
         for (f, c) in templates {
             std::fs::write(cdir.join("templates").join(f), c).unwrap();
         }
-        run(Command::new(env.helm()).arg("package").arg(&cdir).arg("-d").arg(&self.dir));
-        run(Command::new(env.helm()).args(["repo", "index"]).arg(&self.dir).arg("--url").arg(&self.url));
+        run(Command::new(env.helm())
+            .arg("package")
+            .arg(&cdir)
+            .arg("-d")
+            .arg(&self.dir));
+        run(Command::new(env.helm())
+            .args(["repo", "index"])
+            .arg(&self.dir)
+            .arg("--url")
+            .arg(&self.url));
     }
 }
 
@@ -203,7 +291,13 @@ pub async fn apply(client: &Client, obj: Value) -> DynamicObject {
         Some(ns) => Api::namespaced_with(client.clone(), &ns, &r),
         None => Api::all_with(client.clone(), &r),
     };
-    api.patch(&name, &PatchParams::apply("fluxmedic-test").force(), &Patch::Apply(obj)).await.unwrap_or_else(|e| panic!("apply {kind}/{name}: {e}"))
+    api.patch(
+        &name,
+        &PatchParams::apply("fluxmedic-test").force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {kind}/{name}: {e}"))
 }
 
 /// Merge-patch a Flux object as a person would with kubectl.
@@ -217,15 +311,29 @@ pub async fn merge_patch(client: &Client, ns: &str, kind: &str, name: &str, patc
 /// Ask Flux to reconcile now (what `flux reconcile` does).
 pub async fn request_reconcile(client: &Client, ns: &str, kind: &str, name: &str) {
     let token = jiff::Timestamp::now().to_string();
-    merge_patch(client, ns, kind, name, json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}})).await;
+    merge_patch(
+        client,
+        ns,
+        kind,
+        name,
+        json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}}),
+    )
+    .await;
 }
 
 pub async fn get(client: &Client, ns: &str, kind: &str, name: &str) -> Option<Value> {
-    flux_api(client, ns, kind).get_opt(name).await.unwrap().map(|o| serde_json::to_value(o).unwrap())
+    flux_api(client, ns, kind)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|o| serde_json::to_value(o).unwrap())
 }
 
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
-    obj.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_)
+    obj.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
 }
 
 pub fn is_ready(obj: &Value) -> bool {
@@ -242,13 +350,21 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => panic!("timed out after {timeout:?} waiting for {what}; last: {last}"),
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {timeout:?} waiting for {what}; last: {last}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
 }
 
-pub async fn wait_ready(client: &Client, ns: &str, kind: &str, name: &str, timeout: Duration) -> Value {
+pub async fn wait_ready(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    timeout: Duration,
+) -> Value {
     wait_for(&format!("{kind} {ns}/{name} Ready"), timeout, || async {
         match get(client, ns, kind, name).await {
             Some(o) if is_ready(&o) => Ok(o),
@@ -260,14 +376,30 @@ pub async fn wait_ready(client: &Client, ns: &str, kind: &str, name: &str, timeo
 }
 
 /// Wait until the object's Ready condition is False with `reason`.
-pub async fn wait_failing(client: &Client, ns: &str, kind: &str, name: &str, reason: &str, timeout: Duration) -> Value {
-    wait_for(&format!("{kind} {ns}/{name} Ready=False/{reason}"), timeout, || async {
-        match get(client, ns, kind, name).await {
-            Some(o) if condition(&o, "Ready").is_some_and(|c| c["status"] == "False" && c["reason"] == reason) => Ok(o),
-            Some(o) => Err(format!("{:?}", condition(&o, "Ready"))),
-            None => Err("not found".into()),
-        }
-    })
+pub async fn wait_failing(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Value {
+    wait_for(
+        &format!("{kind} {ns}/{name} Ready=False/{reason}"),
+        timeout,
+        || async {
+            match get(client, ns, kind, name).await {
+                Some(o)
+                    if condition(&o, "Ready")
+                        .is_some_and(|c| c["status"] == "False" && c["reason"] == reason) =>
+                {
+                    Ok(o)
+                }
+                Some(o) => Err(format!("{:?}", condition(&o, "Ready"))),
+                None => Err("not found".into()),
+            }
+        },
+    )
     .await
 }
 
@@ -288,11 +420,21 @@ impl Operator {
     /// Start with extra environment variables (e.g. `FLUXMEDIC_CRASH_AT`).
     pub fn start_with(env: &Env, ns: &str, extra: &[&str], vars: &[(&str, &str)]) -> Operator {
         let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().unwrap();
-        let port = base + 200 + (std::process::id() % 50) as u16 * 20 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let port = base
+            + 200
+            + (std::process::id() % 50) as u16 * 20
+            + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = std::env::temp_dir().join(format!("fluxmedic-{ns}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
             .envs(vars.iter().copied())
-            .args(["run", "--namespace", ns, "--watch-namespaces", ns, "--metrics-addr"])
+            .args([
+                "run",
+                "--namespace",
+                ns,
+                "--watch-namespaces",
+                ns,
+                "--metrics-addr",
+            ])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--tick-seconds", "1", "--helm", env.helm()])
             .args(extra)
@@ -302,7 +444,11 @@ impl Operator {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start fluxmedic");
-        Operator { child, metrics_url: format!("http://127.0.0.1:{port}/metrics"), log }
+        Operator {
+            child,
+            metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+            log,
+        }
     }
 
     /// The value of a metric line (exact series, e.g. `fluxmedic_incidents_total{case="git-auth"}`).
@@ -317,10 +463,14 @@ impl Operator {
     /// Wait until a metric reaches at least `min` (metrics are updated right after the
     /// status they count).
     pub async fn wait_metric(&self, series: &str, min: f64) {
-        wait_for(&format!("{series} >= {min}"), Duration::from_secs(15), || async {
-            let v = self.metric(series).await;
-            if v >= min { Ok(()) } else { Err(v.to_string()) }
-        })
+        wait_for(
+            &format!("{series} >= {min}"),
+            Duration::from_secs(15),
+            || async {
+                let v = self.metric(series).await;
+                if v >= min { Ok(()) } else { Err(v.to_string()) }
+            },
+        )
         .await
     }
 
@@ -356,9 +506,14 @@ impl Drop for Operator {
 pub async fn reqwest_get(url: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
@@ -367,13 +522,30 @@ pub async fn reqwest_get(url: &str) -> Option<String> {
 /// Remediations in a namespace, as JSON.
 pub async fn remediations(client: &Client, ns: &str) -> Vec<Value> {
     let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), ns);
-    api.list(&Default::default()).await.unwrap().items.into_iter().map(|r| serde_json::to_value(r).unwrap()).collect()
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect()
 }
 
 /// The Remediation of a target (`Kind/name`), newest first.
 pub async fn remediation_for(client: &Client, ns: &str, target_name: &str) -> Option<Value> {
-    let mut all: Vec<Value> = remediations(client, ns).await.into_iter().filter(|r| r["spec"]["targetName"] == target_name).collect();
-    all.sort_by_key(|r| std::cmp::Reverse(r["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string()));
+    let mut all: Vec<Value> = remediations(client, ns)
+        .await
+        .into_iter()
+        .filter(|r| r["spec"]["targetName"] == target_name)
+        .collect();
+    all.sort_by_key(|r| {
+        std::cmp::Reverse(
+            r["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    });
     all.into_iter().next()
 }
 
@@ -400,17 +572,33 @@ pub async fn install_crds(client: &Client) {
     use kube::CustomResourceExt;
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    for crd in [fluxmedic::api::RemediationPolicy::crd(), fluxmedic::api::Remediation::crd()] {
+    for crd in [
+        fluxmedic::api::RemediationPolicy::crd(),
+        fluxmedic::api::Remediation::crd(),
+    ] {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &PatchParams::apply("fluxmedic-test").force(), &Patch::Apply(&crd)).await.expect("apply CRD");
+        api.patch(
+            &name,
+            &PatchParams::apply("fluxmedic-test").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
     }
-    wait_for("fluxmedic CRDs established", Duration::from_secs(30), || async {
-        let rems: Api<fluxmedic::api::Remediation> = Api::all(client.clone());
-        let pols: Api<fluxmedic::api::RemediationPolicy> = Api::all(client.clone());
-        match (rems.list(&Default::default()).await, pols.list(&Default::default()).await) {
-            (Ok(_), Ok(_)) => Ok(()),
-            (a, b) => Err(format!("{:?} {:?}", a.err(), b.err())),
-        }
-    })
+    wait_for(
+        "fluxmedic CRDs established",
+        Duration::from_secs(30),
+        || async {
+            let rems: Api<fluxmedic::api::Remediation> = Api::all(client.clone());
+            let pols: Api<fluxmedic::api::RemediationPolicy> = Api::all(client.clone());
+            match (
+                rems.list(&Default::default()).await,
+                pols.list(&Default::default()).await,
+            ) {
+                (Ok(_), Ok(_)) => Ok(()),
+                (a, b) => Err(format!("{:?} {:?}", a.err(), b.err())),
+            }
+        },
+    )
     .await;
 }
