@@ -33,6 +33,9 @@ use kube::{
 use serde_json::json;
 use support::*;
 
+/// When the harness first saw a target's Remediation, and its first recorded action.
+type FirstSeen = (Option<Instant>, Option<Instant>);
+
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -251,7 +254,7 @@ async fn main() {
     ));
 
     // Flip objects to failing; watch Remediations.
-    let seen: Arc<Mutex<HashMap<String, (Option<Instant>, Option<Instant>)>>> = Arc::default();
+    let seen: Arc<Mutex<HashMap<String, FirstSeen>>> = Arc::default();
     let rem_api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
     let seen2 = seen.clone();
     let watch = tokio::spawn(async move {
