@@ -950,6 +950,10 @@ async fn observe_mode_records_the_plan_and_changes_nothing() {
         ),
     )
     .await;
+    // An overlapping Auto policy with a lower priority: it must lose, and say so.
+    let mut fallback = auto(json!([{"case": "invalid-manifests", "mode": "Auto"}]));
+    fallback["priority"] = json!(-10);
+    apply(&client, policy(&ns, "fallback", fallback)).await;
     let op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
     let rem = wait_remediation(&client, &ns, "Kustomization/app0", "recorded", MIN, |r| {
@@ -976,6 +980,20 @@ async fn observe_mode_records_the_plan_and_changes_nothing() {
     assert!(!fluxmedic_touched(&client, &ns, "Kustomization", "app0").await);
     op.wait_metric("fluxmedic_actions_blocked_total{reason=\"observe\"}", 1.0)
         .await;
+    let pols: Api<fluxmedic::api::RemediationPolicy> = Api::namespaced(client.clone(), &ns);
+    let winner = format!("policy {ns}/watch wins");
+    wait_for("the losing policy's status", MIN, || async {
+        let p = pols.get("fallback").await.map_err(|e| e.to_string())?;
+        let o = p.status.map(|s| s.overridden).unwrap_or_default();
+        if o.iter()
+            .any(|t| t.starts_with("Kustomization/") && t.contains("/app0 ") && t.contains(&winner))
+        {
+            Ok(())
+        } else {
+            Err(format!("{o:?}"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -195,8 +195,8 @@ pub async fn pass(ctx: &Arc<Context>) {
             idx.remediations.clone(),
         )
     };
-    let policies = validate_policies(ctx, &raw_policies).await;
     let snap = enrich_secrets(ctx, snap).await;
+    let policies = validate_policies(ctx, &raw_policies, &snap).await;
     let report = diagnose::diagnose(&snap);
     let threshold =
         policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
@@ -312,7 +312,50 @@ pub async fn pass(ctx: &Arc<Context>) {
 }
 
 /// Validate every policy; write `Valid` into its status when it changes.
-async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -> Vec<Policy> {
+/// Most overridden targets listed in a policy's status.
+const MAX_OVERRIDDEN: usize = 10;
+
+/// For each policy, the targets it covers where another policy wins (first few, sorted).
+fn overridden(ctx: &Context, policies: &[Policy], snap: &Snapshot) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    if policies.len() < 2 {
+        return out;
+    }
+    for obj in snap.objects.values().filter(|o| {
+        let kind = o.key.kind;
+        ctx.in_scope(&o.key.namespace) && (!kind.is_source() || kind == FluxKind::GitRepository)
+    }) {
+        let (winner, losers) = policy::select(policies, obj, &ctx.opts.namespace);
+        let Some(winner) = winner else { continue };
+        for l in losers {
+            let list = out.entry(l.id()).or_default();
+            if list.len() < MAX_OVERRIDDEN {
+                list.push(format!("{} (policy {} wins)", obj.key, winner.id()));
+            }
+        }
+    }
+    out
+}
+
+/// Validate every policy; write its `Valid` condition, and the targets another policy wins
+/// for, into its status when they change.
+async fn validate_policies(
+    ctx: &Arc<Context>,
+    raw: &[Arc<RemediationPolicy>],
+    snap: &Snapshot,
+) -> Vec<Policy> {
+    let valid: Vec<Policy> = raw
+        .iter()
+        .filter_map(|p| {
+            Policy::new(
+                &p.namespace().unwrap_or_default(),
+                &p.name_any(),
+                p.spec.clone(),
+            )
+            .ok()
+        })
+        .collect();
+    let overrides = overridden(ctx, &valid, snap);
     let mut out = vec![];
     for p in raw {
         let ns = p.namespace().unwrap_or_default();
@@ -347,9 +390,16 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
         let gen_ = p.metadata.generation;
-        if current.is_some_and(|c| {
-            c.status == valid && c.message == message && c.observed_generation == gen_
-        }) {
+        let overridden = overrides
+            .get(&format!("{ns}/{name}"))
+            .cloned()
+            .unwrap_or_default();
+        let same_overrides = p.status.as_ref().map(|s| &s.overridden) == Some(&overridden);
+        if same_overrides
+            && current.is_some_and(|c| {
+                c.status == valid && c.message == message && c.observed_generation == gen_
+            })
+        {
             continue;
         }
         let status = RemediationPolicyStatus {
@@ -364,7 +414,7 @@ async fn validate_policies(ctx: &Arc<Context>, raw: &[Arc<RemediationPolicy>]) -
                     jiff::Timestamp::now(),
                 ),
             }],
-            overridden: vec![],
+            overridden,
         };
         let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         ctx.limiter.acquire().await;
