@@ -271,3 +271,196 @@ async fn service_account_remediates(namespaced: bool) {
     );
     let _ = helm(env, &["uninstall", &release, "-n", &ns]);
 }
+
+/// An API fault: one rule removed from the chart's ClusterRole under a running operator. The
+/// action fails Forbidden, is recorded with its category (step, Event, metric), the process
+/// survives and backs off, and the next attempt after the rule is restored succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_write_is_recorded_survived_and_retried() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "forbidden").await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let mut args = vec!["install", ns.as_str(), CHART, "-n", ns.as_str()];
+    if crds
+        .get_opt("remediations.fluxmedic.io")
+        .await
+        .unwrap()
+        .is_some()
+    {
+        args.push("--skip-crds");
+    }
+    let (ok, out) = helm(env, &args);
+    assert!(ok, "{out}");
+    install_crds(&client).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = sas
+        .create_token_request("fluxmedic", &PostParams::default(), &tr)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .token
+        .unwrap();
+    let kc = token_kubeconfig(env, &ns, &token);
+
+    // Take `patch` on sources away from the ClusterRole.
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let role_name = format!("{ns}-fluxmedic");
+    let original = roles.get(&role_name).await.unwrap();
+    let mut cut = original.clone();
+    for r in cut.rules.iter_mut().flatten() {
+        if r.api_groups
+            .as_ref()
+            .is_some_and(|g| g.iter().any(|g| g == "source.toolkit.fluxcd.io"))
+        {
+            r.verbs.retain(|v| v != "patch");
+        }
+    }
+    roles
+        .replace(&role_name, &PostParams::default(), &cut)
+        .await
+        .unwrap();
+
+    let repo = Repo::new(env, &ns, false);
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            (
+                "app/cm.yaml",
+                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: one\n"),
+            ),
+        ],
+        "initial",
+    );
+    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
+        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}})).await;
+    apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "app", "namespace": ns},
+        "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+    wait_ready(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        Duration::from_secs(60),
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
+        "limits": {"pollInterval": "1s", "maxPollInterval": "2s"}}),
+        ),
+    )
+    .await;
+    repo.commit(
+        &[(
+            "app/cm.yaml",
+            Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: [broken\n"),
+        )],
+        "broken",
+    );
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "app",
+        "BuildFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 192;
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args([
+            "run",
+            "--namespace",
+            &ns,
+            "--watch-namespaces",
+            &ns,
+            "--tick-seconds",
+            "1",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("KUBECONFIG", &kc)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let failed = wait_for("a Forbidden step", Duration::from_secs(60), || async {
+        match remediation_for(&client, &ns, "Kustomization/app").await {
+            Some(r)
+                if r["status"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["outcome"] == "Failed")) =>
+            {
+                Ok(r)
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let step = failed["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["outcome"] == "Failed")
+        .unwrap()
+        .clone();
+    assert!(
+        step["message"].as_str().unwrap().contains("forbidden"),
+        "{step}"
+    );
+    wait_for("the Forbidden metric", Duration::from_secs(15), || async {
+        let text = reqwest_get(&metrics).await.unwrap_or_default();
+        if text.contains("fluxmedic_errors_total{category=\"Forbidden\"}") {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    let evs = events_about(&client, &ns, "app").await;
+    assert!(evs.iter().any(|(r, _)| r == "Forbidden"), "{evs:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the operator survives API errors"
+    );
+
+    // Restore the rule: the backed-off step is retried and succeeds.
+    let mut restored = original.clone();
+    restored.metadata.resource_version = None;
+    roles
+        .replace(&role_name, &PostParams::default(), &restored)
+        .await
+        .unwrap();
+    wait_for(
+        "a successful poll after the fault",
+        Duration::from_secs(60),
+        || async {
+            match remediation_for(&client, &ns, "Kustomization/app").await {
+                Some(r)
+                    if r["status"]["steps"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|s| s["outcome"] == "Succeeded")) =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+}
