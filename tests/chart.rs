@@ -111,6 +111,52 @@ fn bad_values_fail_at_install_with_a_clear_message() {
     }
 }
 
+/// `helm install` the chart as release `ns` into `ns` (namespace mode: watching only `ns`), and a
+/// kubeconfig holding a TokenRequest token of its ServiceAccount and nothing else.
+async fn install_chart(
+    env: &Env,
+    client: &kube::Client,
+    ns: &str,
+    namespaced: bool,
+) -> std::path::PathBuf {
+    // The chart installs the CRDs when they are missing; when other tests already applied
+    // them (server-side, another field manager) it must not fight over them.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let present = crds
+        .get_opt("remediations.fluxmedic.io")
+        .await
+        .unwrap()
+        .is_some();
+    let watch = format!("watchNamespaces={{{ns}}}");
+    let mut args = vec!["install", ns, CHART, "-n", ns];
+    if namespaced {
+        args.extend(["--set", watch.as_str()]);
+    }
+    if present {
+        args.push("--skip-crds");
+    }
+    let (ok, out) = helm(env, &args);
+    assert!(ok, "{out}");
+    assert!(
+        crds.get_opt("remediationpolicies.fluxmedic.io")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    install_crds(client).await;
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr = sas
+        .create_token_request("fluxmedic", &PostParams::default(), &tr)
+        .await
+        .expect("token request");
+    let token = tr.status.unwrap().token.expect("a token");
+    token_kubeconfig(env, ns, &token)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_service_account_can_do_the_remediations() {
     service_account_remediates(false).await;
@@ -126,42 +172,7 @@ async fn service_account_remediates(namespaced: bool) {
     let client = env.client().await;
     let ns = namespace(&client, if namespaced { "chartns" } else { "chart" }).await;
     let release = ns.clone();
-    // The chart installs the CRDs when they are missing; when other tests already applied
-    // them (server-side, another field manager) it must not fight over them.
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    let present = crds
-        .get_opt("remediations.fluxmedic.io")
-        .await
-        .unwrap()
-        .is_some();
-    let watch = format!("watchNamespaces={{{ns}}}");
-    let mut args = vec!["install", release.as_str(), CHART, "-n", ns.as_str()];
-    if namespaced {
-        args.extend(["--set", watch.as_str()]);
-    }
-    if present {
-        args.push("--skip-crds");
-    }
-    let (ok, out) = helm(env, &args);
-    assert!(ok, "{out}");
-    assert!(
-        crds.get_opt("remediationpolicies.fluxmedic.io")
-            .await
-            .unwrap()
-            .is_some()
-    );
-    install_crds(&client).await;
-    // A token of the chart's ServiceAccount (TokenRequest), and a kubeconfig holding only it.
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let tr = sas
-        .create_token_request("fluxmedic", &PostParams::default(), &tr)
-        .await
-        .expect("token request");
-    let token = tr.status.unwrap().token.expect("a token");
-    let kc = token_kubeconfig(env, &ns, &token);
+    let kc = install_chart(env, &client, &ns, namespaced).await;
 
     // A stale lock and a broken commit, fixed by the operator running as the ServiceAccount.
     let charts = ChartRepo::new(env, &ns);
@@ -281,32 +292,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
     let env = env();
     let client = env.client().await;
     let ns = namespace(&client, "forbidden").await;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
-    let mut args = vec!["install", ns.as_str(), CHART, "-n", ns.as_str()];
-    if crds
-        .get_opt("remediations.fluxmedic.io")
-        .await
-        .unwrap()
-        .is_some()
-    {
-        args.push("--skip-crds");
-    }
-    let (ok, out) = helm(env, &args);
-    assert!(ok, "{out}");
-    install_crds(&client).await;
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), &ns);
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = sas
-        .create_token_request("fluxmedic", &PostParams::default(), &tr)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
-        .unwrap();
-    let kc = token_kubeconfig(env, &ns, &token);
+    let kc = install_chart(env, &client, &ns, false).await;
 
     // Take `patch` on sources away from the ClusterRole.
     let roles: Api<ClusterRole> = Api::all(client.clone());
@@ -337,10 +323,8 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
         ],
         "initial",
     );
-    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
-        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}})).await;
-    apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "app", "namespace": ns},
-        "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(
         &client,
         &ns,

@@ -34,51 +34,6 @@ async fn setup(prefix: &str) -> (&'static Env, Client, String) {
     (env, client, ns)
 }
 
-async fn git_source(client: &Client, ns: &str, name: &str, url: &str, secret: Option<&str>) {
-    let mut spec =
-        json!({"url": url, "interval": "1h", "ref": {"branch": "main"}, "timeout": "20s"});
-    if let Some(s) = secret {
-        spec["secretRef"] = json!({"name": s});
-    }
-    apply(
-        client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
-    )
-    .await;
-}
-
-async fn kustomization(client: &Client, ns: &str, name: &str, path: &str, deps: &[&str]) {
-    let deps: Vec<Value> = deps.iter().map(|d| json!({"name": d})).collect();
-    apply(client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"interval": "1h", "path": path, "prune": true, "targetNamespace": ns, "dependsOn": deps,
-                 "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
-}
-
-/// Wait for the target's Remediation to satisfy `pred`.
-async fn wait_remediation(
-    client: &Client,
-    ns: &str,
-    target: &str,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Value {
-    wait_for(
-        &format!("Remediation of {target}: {what}"),
-        timeout,
-        || async {
-            match remediation_for(client, ns, target).await {
-                Some(r) if pred(&r) => Ok(r),
-                Some(r) => Err(r["status"].to_string()),
-                None => Err("no Remediation yet".into()),
-            }
-        },
-    )
-    .await
-}
-
 fn phase(r: &Value) -> &str {
     r["status"]["phase"].as_str().unwrap_or_default()
 }
@@ -139,7 +94,7 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
         ],
         "initial",
     );
-    git_source(&client, &ns, "repo", &repo.url, None).await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
     kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     apply(
@@ -228,7 +183,7 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
         .create(&PostParams::default(), &creds("first-password"))
         .await
         .unwrap();
-    git_source(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
     kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     let mut spec = auto(json!([{"case": "git-auth", "mode": "Auto"}]));
@@ -780,7 +735,7 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
             .collect::<Vec<_>>(),
         "initial",
     );
-    git_source(&client, &ns, "repo", &repo.url, None).await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
     kustomization(&client, &ns, "a", "./base", &[]).await;
     kustomization(&client, &ns, "b", "./mid", &["a"]).await;
     kustomization(&client, &ns, "c", "./top", &["b"]).await;
@@ -897,7 +852,7 @@ async fn broken_kustomization_setup(
             .collect::<Vec<_>>(),
         "initial",
     );
-    git_source(&client, &ns, "repo", &repo.url, None).await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
     for i in 0..n {
         kustomization(&client, &ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
     }

@@ -177,10 +177,8 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
         ],
         "initial",
     );
-    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
-        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}})).await;
-    apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": "app", "namespace": ns},
-        "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(
         &client,
         &ns,
@@ -322,14 +320,12 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         .create(&kube::api::PostParams::default(), &s)
         .await
         .unwrap();
-    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": "repo", "namespace": ns},
-        "spec": {"url": repo.url, "interval": "1h", "secretRef": {"name": "creds"}, "ref": {"branch": "main"}}})).await;
+    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
     let n = 200;
     futures::future::join_all((0..n).map(|i| {
         let (client, ns) = (client.clone(), ns.clone());
         async move {
-            apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("app{i}"), "namespace": ns},
-                "spec": {"interval": "1h", "path": "./app", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+            kustomization(&client, &ns, &format!("app{i}"), "./app", &[]).await;
         }
     }))
     .await;

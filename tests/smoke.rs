@@ -30,21 +30,8 @@ async fn flux_reconciles_git_and_helm_for_real() {
         ],
         "initial",
     );
-    apply(
-        &client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-        "metadata": {"name": "repo", "namespace": ns},
-        "spec": {"url": repo.url, "interval": "1h", "ref": {"branch": "main"}}}),
-    )
-    .await;
-    apply(
-        &client,
-        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {"name": "app", "namespace": ns},
-        "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": ns,
-                 "sourceRef": {"kind": "GitRepository", "name": "repo"}}}),
-    )
-    .await;
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(
         &client,
         &ns,

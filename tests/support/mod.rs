@@ -602,3 +602,56 @@ pub async fn install_crds(client: &Client) {
     )
     .await;
 }
+
+/// A GitRepository `name` on `url` (interval 1h: only explicit requests make Flux look).
+pub async fn git_repository(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    url: &str,
+    secret: Option<&str>,
+) {
+    let mut spec =
+        json!({"url": url, "interval": "1h", "ref": {"branch": "main"}, "timeout": "20s"});
+    if let Some(s) = secret {
+        spec["secretRef"] = json!({"name": s});
+    }
+    apply(
+        client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .await;
+}
+
+/// A Kustomization applying `path` of GitRepository `repo` into `ns`.
+pub async fn kustomization(client: &Client, ns: &str, name: &str, path: &str, deps: &[&str]) {
+    let deps: Vec<Value> = deps.iter().map(|d| json!({"name": d})).collect();
+    apply(client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"interval": "1h", "path": path, "prune": true, "targetNamespace": ns, "dependsOn": deps,
+                 "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+}
+
+/// Wait for the target's Remediation to satisfy `pred`.
+pub async fn wait_remediation(
+    client: &Client,
+    ns: &str,
+    target: &str,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(
+        &format!("Remediation of {target}: {what}"),
+        timeout,
+        || async {
+            match remediation_for(client, ns, target).await {
+                Some(r) if pred(&r) => Ok(r),
+                Some(r) => Err(r["status"].to_string()),
+                None => Err("no Remediation yet".into()),
+            }
+        },
+    )
+    .await
+}
