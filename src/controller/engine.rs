@@ -99,8 +99,7 @@ fn object_ref(obj: &FluxObject) -> ObjectReference {
 }
 
 /// Views the incident through what its Remediation recorded.
-fn incident_view(rem: &Remediation) -> IncidentView {
-    let s = rem.status.clone().unwrap_or_default();
+fn incident_view(rem: &Remediation, s: &RemediationStatus) -> IncidentView {
     let approved = rem.spec.approved
         || rem
             .annotations()
@@ -516,7 +515,6 @@ async fn create_remediation(
     snap: &Snapshot,
     d: &Diagnosis,
     obj: &FluxObject,
-    policy: Option<&Policy>,
 ) -> Result<Remediation> {
     let now = snap.now;
     let since = obj.failing_since().map(|t| t.as_second()).unwrap_or(now);
@@ -557,19 +555,8 @@ async fn create_remediation(
         Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
         Err(e) => return Err(e.into()),
     };
-    let status = RemediationStatus {
-        phase: Phase::Detected,
-        diagnosis: Some(record(d)),
-        root: (!d.is_root()).then(|| TargetRef::from_key(&d.root)),
-        policy: policy.map(Policy::id),
-        mode: Some(policy.map(|p| p.mode(d.case)).unwrap_or(Mode::Observe)),
-        detected_at: Some(rfc3339(now)),
-        observed_generation: obj.generation,
-        observed_revision: source_revision(snap, obj).or_else(|| obj.artifact_revision.clone()),
-        observed_secret_version: source_secret_version(snap, obj),
-        ..Default::default()
-    };
-    let out = write_status(ctx, &created, &status).await?;
+    // Its status is written with the first plan (one write, not two); see handle_incident.
+    let out = created;
     ctx.metrics
         .incidents
         .get_or_create(&CaseLabels {
@@ -635,11 +622,20 @@ async fn handle_incident(
         Some(r) => {
             // The failure changed nature: close this incident, open one for the new case.
             close(ctx, snap, &r, "Superseded").await?;
-            create_remediation(ctx, snap, d, obj, policy).await?
+            create_remediation(ctx, snap, d, obj).await?
         }
-        None => create_remediation(ctx, snap, d, obj, policy).await?,
+        None => create_remediation(ctx, snap, d, obj).await?,
     };
     let mut status = rem.status.clone().unwrap_or_default();
+    if status.detected_at.is_none() {
+        // A new incident (or one whose creation a crash interrupted): when it was seen, and
+        // what a fix would change. Written together with the first plan.
+        status.detected_at = Some(rfc3339(snap.now));
+        status.observed_generation = obj.generation;
+        status.observed_revision =
+            source_revision(snap, obj).or_else(|| obj.artifact_revision.clone());
+        status.observed_secret_version = source_secret_version(snap, obj);
+    }
     // A step interrupted by a crash is finished first, with the token it recorded.
     if let Some(step) = status
         .steps
@@ -666,7 +662,7 @@ async fn handle_incident(
             .await;
         }
     }
-    let inc = incident_view(&rem);
+    let inc = incident_view(&rem, &status);
     let pctx = PlanContext {
         snapshot: snap,
         failing_targets: failing,
