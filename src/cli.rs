@@ -219,17 +219,7 @@ pub async fn live_snapshot(
         helm_bin: "helm".into(),
         limiter: None,
     };
-    let wanted: Vec<(String, String)> = snap
-        .objects
-        .values()
-        .filter(|o| o.is_failing())
-        .filter_map(|o| {
-            o.secret_ref
-                .as_ref()
-                .map(|s| (o.key.namespace.clone(), s.clone()))
-        })
-        .collect();
-    for (ns, name) in wanted {
+    for (ns, name) in snap.uninspected_git_secrets() {
         match actuator.secret_info(&ns, &name).await? {
             Some(info) => {
                 snap.secrets.insert((ns, name), info);

@@ -310,7 +310,6 @@ pub async fn pass(ctx: &Arc<Context>) {
         .observe(started.elapsed().as_secs_f64());
 }
 
-/// Validate every policy; write `Valid` into its status when it changes.
 /// Most overridden targets listed in a policy's status.
 const MAX_OVERRIDDEN: usize = 10;
 
@@ -343,27 +342,31 @@ async fn validate_policies(
     raw: &[Arc<RemediationPolicy>],
     snap: &Snapshot,
 ) -> Vec<Policy> {
-    let valid: Vec<Policy> = raw
+    let checked: Vec<_> = raw
         .iter()
-        .filter_map(|p| {
-            Policy::new(
-                &p.namespace().unwrap_or_default(),
-                &p.name_any(),
-                p.spec.clone(),
+        .map(|p| {
+            (
+                p,
+                Policy::new(
+                    &p.namespace().unwrap_or_default(),
+                    &p.name_any(),
+                    p.spec.clone(),
+                ),
             )
-            .ok()
         })
         .collect();
-    let overrides = overridden(ctx, &valid, snap);
-    let mut out = vec![];
-    for p in raw {
+    let usable: Vec<Policy> = checked
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().cloned())
+        .collect();
+    let overrides = overridden(ctx, &usable, snap);
+    for (p, checked) in checked {
         let ns = p.namespace().unwrap_or_default();
         let name = p.name_any();
-        let (valid, reason, message) = match Policy::new(&ns, &name, p.spec.clone()) {
+        let (valid, reason, message) = match checked {
             Ok(pol) => {
                 let cross = !pol.spec.targets.namespaces.is_empty() && ns != ctx.opts.namespace;
                 let breaker = pol.spec.circuit_breaker.is_some() && ns != ctx.opts.namespace;
-                out.push(pol);
                 if cross || breaker {
                     (
                         "True",
@@ -429,23 +432,12 @@ async fn validate_policies(
             warn!(policy = %format!("{ns}/{name}"), error = %e, "cannot write policy status");
         }
     }
-    out
+    usable
 }
 
 /// Fetch key names of Secrets referenced by failing Git sources (values are not kept).
 async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
-    let wanted: Vec<(String, String)> = snap
-        .objects
-        .values()
-        .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
-        .filter_map(|o| {
-            o.secret_ref
-                .as_ref()
-                .map(|s| (o.key.namespace.clone(), s.clone()))
-        })
-        .filter(|k| snap.secrets.get(k).is_some_and(|s| s.keys.is_empty()))
-        .collect();
-    for (ns, name) in wanted {
+    for (ns, name) in snap.uninspected_git_secrets() {
         match ctx.actuator.secret_info(&ns, &name).await {
             Ok(Some(info)) => {
                 snap.secrets
@@ -486,6 +478,22 @@ async fn event(
 
 fn rem_ref(rem: &Remediation) -> ObjectReference {
     rem.object_ref(&())
+}
+
+/// The same Event on the target (when it still exists) and on its Remediation.
+async fn announce(
+    ctx: &Context,
+    target: Option<&FluxObject>,
+    rem: &Remediation,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    if let Some(o) = target {
+        event(ctx, &object_ref(o), type_, reason, action, note.clone()).await;
+    }
+    event(ctx, &rem_ref(rem), type_, reason, action, note).await;
 }
 
 async fn write_status(
@@ -556,7 +564,6 @@ async fn create_remediation(
         Err(e) => return Err(e.into()),
     };
     // Its status is written with the first plan (one write, not two); see handle_incident.
-    let out = created;
     ctx.metrics
         .incidents
         .get_or_create(&CaseLabels {
@@ -577,25 +584,17 @@ async fn create_remediation(
         },
         d.summary
     );
-    event(
+    announce(
         ctx,
-        &object_ref(obj),
-        EventType::Warning,
-        "FailureDetected",
-        "Diagnose",
-        note.clone(),
-    )
-    .await;
-    event(
-        ctx,
-        &rem_ref(&out),
+        Some(obj),
+        &created,
         EventType::Warning,
         "FailureDetected",
         "Diagnose",
         note,
     )
     .await;
-    Ok(out)
+    Ok(created)
 }
 
 fn record(d: &Diagnosis) -> DiagnosisRecord {
@@ -688,18 +687,10 @@ async fn handle_incident(
             status.detected_at.clone().unwrap_or_default(),
             d.summary
         );
-        event(
+        announce(
             ctx,
-            &object_ref(obj),
-            EventType::Warning,
-            "Escalated",
-            "Escalate",
-            note.clone(),
-        )
-        .await;
-        event(
-            ctx,
-            &rem_ref(&rem),
+            Some(obj),
+            &rem,
             EventType::Warning,
             "Escalated",
             "Escalate",
@@ -855,16 +846,7 @@ async fn run_step(
         }
     }
     write_status(ctx, rem, &status).await?;
-    event(
-        ctx,
-        &object_ref(obj),
-        etype,
-        &reason,
-        action.name(),
-        note.clone(),
-    )
-    .await;
-    event(ctx, &rem_ref(rem), etype, &reason, action.name(), note).await;
+    announce(ctx, Some(obj), rem, etype, &reason, action.name(), note).await;
     result.map(|_| ())
 }
 
@@ -1020,20 +1002,10 @@ async fn close(
         "{} recovered after {}s ({:?})",
         rem.spec.target, ttr as i64, status.phase
     );
-    if let Some(o) = obj {
-        event(
-            ctx,
-            &object_ref(o),
-            EventType::Normal,
-            "Recovered",
-            "Close",
-            note.clone(),
-        )
-        .await;
-    }
-    event(
+    announce(
         ctx,
-        &rem_ref(rem),
+        obj.map(|o| &**o),
+        rem,
         EventType::Normal,
         "Recovered",
         "Close",

@@ -127,6 +127,26 @@ impl Snapshot {
         entry.releases.sort_by_key(|r| r.version);
     }
 
+    /// Secrets referenced by failing GitRepositories whose key names are not known yet: the
+    /// ones whose keys become evidence for git-auth / git-unreachable (`(namespace, name)`).
+    pub fn uninspected_git_secrets(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .objects
+            .values()
+            .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
+            .filter_map(|o| {
+                o.secret_ref
+                    .as_ref()
+                    .map(|s| (o.key.namespace.clone(), s.clone()))
+            })
+            // A Secret absent from the snapshot is known missing: nothing to fetch.
+            .filter(|k| self.secrets.get(k).is_some_and(|s| s.keys.is_empty()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     pub fn history_of(&self, obj: &FluxObject) -> Option<&ReleaseHistory> {
         let h = obj.helm.as_ref()?;
         self.releases

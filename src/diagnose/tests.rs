@@ -482,3 +482,33 @@ fn huge_messages_are_bounded_in_evidence() {
     assert!(d.evidence[0].message.len() < MAX_EVIDENCE_MESSAGE + 64);
     assert!(d.evidence[0].message.ends_with("bytes truncated)"));
 }
+
+#[test]
+fn only_failing_git_sources_with_unknown_secret_keys_are_inspected() {
+    let failing = cond(
+        "Ready",
+        "False",
+        "GitOperationFailed",
+        "unable to clone 'x': authentication required",
+    );
+    let mut snap = Snapshot::new([git("repo", vec![failing]), git("ok", vec![ready()])], 0);
+    // Known but not yet inspected: listed. Both sources reference "creds"; listed once.
+    snap.secrets.insert(
+        ("flux-system".into(), "creds".into()),
+        SecretInfo::default(),
+    );
+    assert_eq!(
+        snap.uninspected_git_secrets(),
+        vec![("flux-system".to_string(), "creds".to_string())]
+    );
+    // Inspected already: not again.
+    snap.secrets
+        .get_mut(&("flux-system".to_string(), "creds".to_string()))
+        .unwrap()
+        .keys
+        .insert("username".into());
+    assert!(snap.uninspected_git_secrets().is_empty());
+    // Absent from the snapshot: known missing, nothing to fetch.
+    snap.secrets.clear();
+    assert!(snap.uninspected_git_secrets().is_empty());
+}

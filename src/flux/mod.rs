@@ -10,7 +10,6 @@ mod views;
 use std::{collections::BTreeMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 pub use views::{ParseError, from_value};
 
@@ -340,11 +339,6 @@ pub fn format_duration(d: Duration) -> String {
         out.push_str(&format!("{s}s"));
     }
     out
-}
-
-/// Convenience for tests and the CLI: parse any JSON value that is a Flux object.
-pub fn parse(value: &Value) -> Result<FluxObject, ParseError> {
-    from_value(value)
 }
 
 #[cfg(test)]
