@@ -340,7 +340,8 @@ pub struct Step {
     /// The planned action, machine-readable, so a step interrupted by a crash can be re-run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Planned, Running, Succeeded, Failed.
+    /// Running, Succeeded, Failed, or Interrupted (a crash cut it short and the target
+    /// recovered before it could be finished safely).
     pub outcome: String,
     /// The reconcile token written (for annotation actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, Client,
@@ -15,47 +14,12 @@ use kube::{
 use serde_json::{Value, json};
 use support::*;
 
-const MIN: Duration = Duration::from_secs(60);
-
-fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: \"{value}\"\n"
-    )
-}
-
-const BROKEN_YAML: &str =
-    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: broken\ndata:\n  value: [unclosed\n";
-
 async fn setup(prefix: &str) -> (&'static Env, Client, String) {
     let env = env();
     let client = env.client().await;
     install_crds(&client).await;
     let ns = namespace(&client, prefix).await;
     (env, client, ns)
-}
-
-fn phase(r: &Value) -> &str {
-    r["status"]["phase"].as_str().unwrap_or_default()
-}
-
-fn steps(r: &Value) -> Vec<(String, String)> {
-    r["status"]["steps"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|s| {
-                    (
-                        s["action"].as_str().unwrap().to_string(),
-                        s["outcome"].as_str().unwrap().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn has_step(r: &Value, action: &str, outcome: &str) -> bool {
-    steps(r).iter().any(|(a, o)| a == action && o == outcome)
 }
 
 /// Events are published right after the status they report; give them a moment.
@@ -75,10 +39,6 @@ async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) 
         },
     )
     .await
-}
-
-fn auto(rules: Value) -> Value {
-    json!({"rules": rules, "limits": {"pollInterval": "2s", "maxPollInterval": "4s", "cooldown": "3s", "maxAttempts": 3}})
 }
 
 // ---------------------------------------------------------------- invalid manifests
@@ -274,86 +234,6 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
 }
 
 // ---------------------------------------------------------------- helm helpers
-
-const CM_TEMPLATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-{{ .Values.suffix }}\ndata:\n  v: \"{{ .Values.suffix }}\"\n";
-const DEPLOYMENT_TEMPLATE: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 0\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers:\n      - name: web\n        image: registry.invalid/web:1\n";
-
-async fn helm_release(
-    client: &Client,
-    ns: &str,
-    name: &str,
-    version: &str,
-    values: Value,
-    timeout: &str,
-) {
-    apply(client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"interval": "1h", "timeout": timeout, "values": values,
-                 "chart": {"spec": {"chart": "web", "version": version, "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
-}
-
-async fn chart_repo(env: &Env, client: &Client, ns: &str) -> ChartRepo {
-    let charts = ChartRepo::new(env, ns);
-    charts.publish(
-        env,
-        "web",
-        "0.1.0",
-        &[("cm.yaml", CM_TEMPLATE)],
-        "suffix: one\n",
-    );
-    charts.publish(
-        env,
-        "web",
-        "0.2.0",
-        &[
-            ("cm.yaml", CM_TEMPLATE),
-            ("deploy.yaml", DEPLOYMENT_TEMPLATE),
-        ],
-        "suffix: one\n",
-    );
-    apply(client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
-        "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
-    charts
-}
-
-async fn wait_stalled(client: &Client, ns: &str, name: &str) -> Value {
-    wait_for(
-        &format!("HelmRelease {name} Stalled/RetriesExceeded"),
-        Duration::from_secs(120),
-        || async {
-            let o = get(client, ns, "HelmRelease", name)
-                .await
-                .ok_or("missing")?;
-            if condition(&o, "Stalled")
-                .is_some_and(|c| c["status"] == "True" && c["reason"] == "RetriesExceeded")
-            {
-                Ok(o)
-            } else {
-                Err(format!("{:?}", o["status"]["conditions"]))
-            }
-        },
-    )
-    .await
-}
-
-/// Make the Deployment look rolled out (no kubelet or deployment controller runs here).
-async fn mark_deployment_available(client: &Client, ns: &str) {
-    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), ns);
-    let d = wait_for("Deployment web", MIN, || async {
-        api.get("web").await.map_err(|e| e.to_string())
-    })
-    .await;
-    let gen_ = d.metadata.generation.unwrap_or(1);
-    let status = json!({"status": {"observedGeneration": gen_, "replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
-        "conditions": [
-            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"},
-            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ok"}]}});
-    api.patch_status("web", &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
-}
-
-// ---------------------------------------------------------------- failed release: retry
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token() {
@@ -558,66 +438,6 @@ async fn non_retryable_release_is_rolled_back_kept_suspended_and_resumed_when_fi
 }
 
 // ---------------------------------------------------------------- stale lock
-
-async fn forge_pending(
-    client: &Client,
-    ns: &str,
-    release: &str,
-    from: i64,
-    to: i64,
-    age_s: i64,
-    corrupt: bool,
-) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let src = secrets
-        .get(&format!("sh.helm.release.v1.{release}.v{from}"))
-        .await
-        .unwrap();
-    let data: std::collections::BTreeMap<String, Vec<u8>> = src
-        .data
-        .unwrap()
-        .into_iter()
-        .map(|(k, ByteString(v))| (k, v))
-        .collect();
-    let mut rel =
-        fluxmedic::helm::decode_secret(&format!("sh.helm.release.v1.{release}.v{from}"), &data)
-            .unwrap();
-    rel.json["version"] = json!(to);
-    rel.json["info"]["status"] = json!("pending-upgrade");
-    let payload = if corrupt {
-        base64::engine::general_purpose::STANDARD
-            .encode(b"\x1f\x8b\x08garbage")
-            .into_bytes()
-    } else {
-        rel.encode()
-    };
-    let modified = (jiff::Timestamp::now().as_second() - age_s).to_string();
-    let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("sh.helm.release.v1.{release}.v{to}"), "namespace": ns,
-        "labels": {"owner": "helm", "name": release, "status": "pending-upgrade", "version": to.to_string(), "modifiedAt": modified}},
-        "type": "helm.sh/release.v1"}))
-    .unwrap();
-    let mut s = s;
-    s.data = Some([("release".to_string(), ByteString(payload))].into());
-    secrets.create(&PostParams::default(), &s).await.unwrap();
-}
-
-/// A release installed, then suspended for maintenance, while a Helm operation that died an
-/// hour ago left a pending-upgrade revision 2 (unreadable if `corrupt`). helm-controller cannot
-/// unlock it while suspended.
-async fn suspended_release_with_pending(env: &Env, client: &Client, ns: &str, corrupt: bool) {
-    chart_repo(env, client, ns).await;
-    helm_release(client, ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
-    wait_ready(client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    merge_patch(
-        client,
-        ns,
-        "HelmRelease",
-        "web",
-        json!({"spec": {"suspend": true}}),
-    )
-    .await;
-    forge_pending(client, ns, "web", 1, 2, 3600, corrupt).await;
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stale_pending_release_is_unlocked_like_helm_controller_does() {

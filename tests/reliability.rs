@@ -1,6 +1,8 @@
 //! Reliability on the real control plane: the operator killed at each step of a multi-step
 //! remediation finishes the job after a restart without doing anything twice, and with two
 //! replicas only the Lease holder acts, with fail-over when it dies.
+//! Every multi-step action is killed at each of its steps: rollback (suspend, helm rollback),
+//! unlock (mark failed, reconcile) and a source's credentials fix (source, then consumers).
 
 mod support;
 
@@ -12,8 +14,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use support::*;
-
-const CM_TEMPLATE: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-{{ .Values.suffix }}\ndata:\n  v: \"{{ .Values.suffix }}\"\n";
 
 async fn release(env: &Env, client: &Client, ns: &str) {
     let charts = ChartRepo::new(env, ns);
@@ -158,6 +158,262 @@ async fn crash_after_suspending_before_helm_rollback() {
 #[tokio::test(flavor = "multi_thread")]
 async fn crash_after_helm_rollback_before_recording_it() {
     crash_during_rollback("rollback:after-act").await;
+}
+
+fn last_step(r: &Value) -> Value {
+    r["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
+fn steps_of<'a>(r: &'a Value, action: &str) -> Vec<&'a Value> {
+    r["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["action"] == action)
+        .collect()
+}
+
+/// Kill the operator at `point` of an unlock (mark the stale pending release failed, then
+/// request a reconcile), restart it: the release is unlocked once, the reconcile carries the
+/// recorded token, and the step ends Succeeded exactly once.
+async fn crash_during_unlock(point: &str) {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(
+        &client,
+        &format!("crash-{}", point.replace([':', '_'], "-")),
+    )
+    .await;
+    suspended_release_with_pending(env, &client, &ns, false).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "stale-lock", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let mut op = Operator::start_with(env, &ns, &[], &[("FLUXMEDIC_CRASH_AT", point)]);
+    assert!(
+        op.wait_exit(Duration::from_secs(120)),
+        "the operator reached {point} and died"
+    );
+    let r = remediation_for(&client, &ns, "HelmRelease/web")
+        .await
+        .unwrap();
+    let interrupted = last_step(&r);
+    assert_eq!(interrupted["action"], "unlock");
+    assert_eq!(interrupted["outcome"], "Running", "the intent was recorded");
+    let token = interrupted["token"].as_str().unwrap().to_string();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let before = secrets.get("sh.helm.release.v1.web.v2").await.unwrap();
+    let unlocked_before = before.metadata.labels.as_ref().unwrap()["status"] == "failed";
+    assert_eq!(
+        unlocked_before,
+        point != "unlock:after-intent",
+        "the crash came where it was injected"
+    );
+
+    let _op = Operator::start(env, &ns, &[]);
+    let r = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "the restarted operator finishes the unlock",
+        Duration::from_secs(120),
+        |r| phase(r) == "Succeeded",
+    )
+    .await;
+    let unlocks = steps_of(&r, "unlock");
+    assert_eq!(unlocks.len(), 1, "one unlock step: {unlocks:?}");
+    assert_eq!(unlocks[0]["outcome"], "Succeeded", "{}", unlocks[0]);
+    assert_eq!(
+        unlocks[0]["token"],
+        token.as_str(),
+        "finished with its own token"
+    );
+    let after = secrets.get("sh.helm.release.v1.web.v2").await.unwrap();
+    assert_eq!(after.metadata.labels.as_ref().unwrap()["status"], "failed");
+    if unlocked_before {
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "the release Secret was not written a second time"
+        );
+    }
+    let data: std::collections::BTreeMap<String, Vec<u8>> = after
+        .data
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let rel = fluxmedic::helm::decode_secret("sh.helm.release.v1.web.v2", &data).unwrap();
+    assert_eq!(rel.status(), Some("failed"));
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_eq!(
+        hr["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"],
+        token.as_str(),
+        "the follow-up reconcile was requested with the recorded token"
+    );
+    assert_eq!(
+        hr["spec"]["suspend"], true,
+        "a suspension fluxmedic did not make is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_recording_the_unlock_intent() {
+    crash_during_unlock("unlock:after-intent").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_unlocking_before_the_reconcile_request() {
+    crash_during_unlock("unlock:after-unlock").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_unlock_and_reconcile_before_recording_it() {
+    crash_during_unlock("unlock:after-act").await;
+}
+
+/// Kill the operator at `point` of "reconcile the source, then its consumers" (a fixed Git
+/// credentials Secret), restart it: source and consumer carry the one recorded token, and the
+/// step ends Succeeded exactly once.
+async fn crash_during_source_and_consumers(point: &str) {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(
+        &client,
+        &format!("crash-{}", point.rsplit(':').next().unwrap()),
+    )
+    .await;
+    let repo = Repo::new(env, &ns, true);
+    repo.set_server_credentials(env, "bot", "first-password");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
+        ],
+        "initial",
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let creds: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": ns},
+        "stringData": {"username": "bot", "password": "first-password"}}))
+        .unwrap();
+    secrets
+        .create(&kube::api::PostParams::default(), &creds)
+        .await
+        .unwrap();
+    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    repo.set_server_credentials(env, "bot", "second-password");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        MIN,
+    )
+    .await;
+    let mut op = Operator::start_with(env, &ns, &[], &[("FLUXMEDIC_CRASH_AT", point)]);
+    wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "an open incident",
+        MIN,
+        |r| r["status"]["blocked"].is_string(),
+    )
+    .await;
+    secrets
+        .patch(
+            "creds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        op.wait_exit(Duration::from_secs(120)),
+        "the operator reached {point} and died"
+    );
+    let r = remediation_for(&client, &ns, "GitRepository/repo")
+        .await
+        .unwrap();
+    let interrupted = last_step(&r);
+    assert_eq!(interrupted["action"], "reconcile-source-and-consumers");
+    assert_eq!(interrupted["outcome"], "Running", "the intent was recorded");
+    let token = interrupted["token"].as_str().unwrap().to_string();
+    let requested = |o: &Value| {
+        o["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let ks = get(&client, &ns, "Kustomization", "app").await.unwrap();
+    assert_eq!(
+        requested(&ks).as_deref() == Some(token.as_str()),
+        point == "reconcile-source-and-consumers:after-act",
+        "the crash came where it was injected"
+    );
+
+    let _op = Operator::start(env, &ns, &[]);
+    let r = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "the restarted operator finishes the step",
+        Duration::from_secs(120),
+        |r| phase(r) == "Succeeded",
+    )
+    .await;
+    let done = steps_of(&r, "reconcile-source-and-consumers");
+    assert_eq!(done.len(), 1, "one step: {done:?}");
+    assert_eq!(done[0]["outcome"], "Succeeded", "{}", done[0]);
+    assert_eq!(done[0]["token"], token.as_str());
+    for kind_name in [("GitRepository", "repo"), ("Kustomization", "app")] {
+        let o = get(&client, &ns, kind_name.0, kind_name.1).await.unwrap();
+        assert_eq!(
+            requested(&o).as_deref(),
+            Some(token.as_str()),
+            "{kind_name:?} carries the recorded token"
+        );
+    }
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_recording_the_source_and_consumers_intent() {
+    crash_during_source_and_consumers("reconcile-source-and-consumers:after-intent").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_reconciling_the_source_before_its_consumers() {
+    crash_during_source_and_consumers("reconcile-source-and-consumers:after-source").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_after_source_and_consumers_before_recording_it() {
+    crash_during_source_and_consumers("reconcile-source-and-consumers:after-act").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -477,4 +733,83 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         max <= 3 * limit,
         "at most the limit plus its burst in any second: {max}"
     );
+}
+
+/// Remediations stay within a cap: a target that fails and recovers four times keeps only
+/// `--history-limit` closed records (the newest), plus nothing open once it is Ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_remediations_are_garbage_collected_beyond_the_history_limit() {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "gc").await;
+    let repo = Repo::new(env, &ns, false);
+    let good = cm("greeting", "v1");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&good)),
+        ],
+        "initial",
+    );
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "invalid-manifests", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &["--history-limit", "2"]);
+    let mut closed_names = vec![];
+    for round in 0..4 {
+        repo.commit(
+            &[("app/cm.yaml", Some(BROKEN_YAML))],
+            &format!("broken {round}"),
+        );
+        request_reconcile(&client, &ns, "GitRepository", "repo").await;
+        let open = wait_remediation(
+            &client,
+            &ns,
+            "Kustomization/app",
+            "an open incident",
+            MIN,
+            |r| r["metadata"]["labels"]["fluxmedic.io/open"] == "true",
+        )
+        .await;
+        repo.commit(&[("app/cm.yaml", Some(&good))], &format!("fixed {round}"));
+        let name = open["metadata"]["name"].as_str().unwrap().to_string();
+        wait_for("the incident closes", MIN, || async {
+            let all = remediations(&client, &ns).await;
+            match all.iter().find(|r| r["metadata"]["name"] == name.as_str()) {
+                Some(r) if phase(r) == "Succeeded" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        closed_names.push(name);
+    }
+    // The two newest closed records remain; the older ones were deleted.
+    let kept = wait_for("garbage collection", MIN, || async {
+        let names: Vec<String> = remediations(&client, &ns)
+            .await
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        if names.len() == 2 {
+            Ok(names)
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+    let mut newest = closed_names[2..].to_vec();
+    newest.sort();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(kept, newest, "the newest records are kept");
 }

@@ -559,8 +559,21 @@ async fn create_remediation(
         .await
     {
         Ok(r) => r,
-        // Created before a crash, or by the previous leader: adopt it.
-        Err(kube::Error::Api(s)) if s.code == 409 => api.get(&name).await?,
+        // Created before a crash, or by the previous leader: adopt it from the watch (no
+        // `get` right needed); if the watch has not delivered it yet, the next pass will.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let known = ctx
+                .index
+                .read()
+                .await
+                .remediations
+                .get(&(d.target.namespace.clone(), name.clone()))
+                .map(|r| (**r).clone());
+            match known {
+                Some(r) => r,
+                None => return Err(kube::Error::Api(s).into()),
+            }
+        }
         Err(e) => return Err(e.into()),
     };
     // Its status is written with the first plan (one write, not two); see handle_incident.
@@ -804,9 +817,9 @@ async fn run_step(
     let last = status.steps.last_mut().expect("a step was recorded");
     last.finished_at = Some(rfc3339(now_s()));
     let (etype, reason) = match &result {
-        Ok(msg) => {
+        Ok(done) => {
             last.outcome = "Succeeded".into();
-            last.message = msg.clone();
+            last.message = done.message.clone();
             (EventType::Normal, "ActionSucceeded".to_string())
         }
         Err(e) => {
@@ -824,14 +837,13 @@ async fn run_step(
             "failed"
         },
     );
-    if result.is_ok() {
+    if let Ok(done) = &result {
         match &action {
             Action::Rollback { .. } => {
                 status.phase = Phase::AwaitingFix;
                 // The generation after our own suspend, and the chart revision now: a change
                 // of either means the fix landed.
-                let (generation, _, _) = ctx.actuator.generation_and_owner(&obj.key).await?;
-                status.observed_generation = generation;
+                status.observed_generation = done.generation;
                 status.observed_revision = source_revision(snap, obj);
             }
             Action::Reconcile if status.diagnosis.as_ref().is_some() => {
@@ -857,20 +869,21 @@ async fn perform(
     rem: &Remediation,
     action: &Action,
     token: &str,
-) -> Result<String> {
+) -> Result<Done> {
     let a = &ctx.actuator;
     let key = &obj.key;
     match action {
         Action::Reconcile => {
             a.request_reconcile(key, token, false, false).await?;
-            Ok(format!("requested reconcile of {key}"))
+            Ok(format!("requested reconcile of {key}").into())
         }
         Action::ReconcileSource { source } => {
             a.request_reconcile(source, token, false, false).await?;
-            Ok(format!("requested reconcile of {source}"))
+            Ok(format!("requested reconcile of {source}").into())
         }
         Action::ReconcileSourceAndConsumers { source } => {
             a.request_reconcile(source, token, false, false).await?;
+            crash_point("reconcile-source-and-consumers:after-source");
             let consumers = consumers(snap, source);
             for c in &consumers {
                 a.request_reconcile(c, token, false, false).await?;
@@ -878,23 +891,22 @@ async fn perform(
             Ok(format!(
                 "requested reconcile of {source} and {} consumer(s)",
                 consumers.len()
-            ))
+            )
+            .into())
         }
         Action::RetryRelease { with_source } => {
             if let Some(s) = with_source {
                 a.request_reconcile(s, token, false, false).await?;
             }
             a.request_reconcile(key, token, true, true).await?;
-            Ok(format!(
-                "requested retry of {key} (requestedAt+resetAt+forceAt={token})"
-            ))
+            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})").into())
         }
         Action::Rollback { to_version } => {
             let h = obj
                 .helm
                 .as_ref()
                 .ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
-            a.set_suspend(key, true, &rem.name_any()).await?;
+            let generation = a.set_suspend(key, true, &rem.name_any()).await?;
             crash_point("rollback:after-suspend");
             match a
                 .helm_rollback(
@@ -905,9 +917,10 @@ async fn perform(
                 )
                 .await
             {
-                Ok(msg) => Ok(format!(
-                    "suspended {key}; {msg}; stays suspended until the fix lands"
-                )),
+                Ok(msg) => Ok(Done {
+                    message: format!("suspended {key}; {msg}; stays suspended until the fix lands"),
+                    generation,
+                }),
                 Err(e) => {
                     // Never leave it suspended because of a failed step.
                     if let Err(undo) = a.set_suspend(key, false, "").await {
@@ -919,7 +932,7 @@ async fn perform(
         }
         Action::Resume => {
             a.set_suspend(key, false, "").await?;
-            Ok(format!("resumed {key}: the fix landed"))
+            Ok(format!("resumed {key}: the fix landed").into())
         }
         Action::UnlockRelease {
             namespace,
@@ -928,8 +941,9 @@ async fn perform(
             ..
         } => {
             let outcome = a.unlock(namespace, secret, *delete).await?;
+            crash_point(&format!("{}:after-unlock", action.name()));
             a.request_reconcile(key, token, false, false).await?;
-            Ok(match outcome {
+            Ok(Done::from(match outcome {
                 UnlockOutcome::Unlocked { previous } => format!(
                     "marked {namespace}/{secret} failed (was {previous}); requested reconcile"
                 ),
@@ -940,7 +954,23 @@ async fn perform(
                     format!("{namespace}/{secret} was already {status}; requested reconcile")
                 }
                 UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
-            })
+            }))
+        }
+    }
+}
+
+/// What a performed action reports: the message for the record and, for a suspend, the
+/// HelmRelease's generation after it (from the patch response, so no `get` is needed).
+struct Done {
+    message: String,
+    generation: Option<i64>,
+}
+
+impl From<String> for Done {
+    fn from(message: String) -> Self {
+        Done {
+            message,
+            generation: None,
         }
     }
 }
@@ -960,6 +990,39 @@ async fn close(
         && o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rem.name_any())
     {
         ctx.actuator.set_suspend(&o.key, false, "").await?;
+    }
+    // A step a crash interrupted is finished with the token it recorded, even though the target
+    // recovered meanwhile (an unlock's follow-up reconcile, a source's consumers): every action
+    // is idempotent for one token, so this completes it without doing anything twice. A
+    // rollback is not re-run on a recovered target; its suspension was released above.
+    if let (Some(o), Some(step)) = (obj, status.steps.last_mut())
+        && step.outcome == "Running"
+    {
+        let action: Option<Action> = step
+            .detail
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        let token = step.token.clone().unwrap_or_else(fresh_token);
+        let result = match action {
+            Some(Action::Rollback { .. } | Action::Resume) | None => {
+                Err("interrupted by a restart; not re-run on a recovered target".to_string())
+            }
+            Some(action) => {
+                info!(target = %o.key, action = %action, "finishing a step interrupted by a restart");
+                let r = perform(ctx, snap, o, rem, &action, &token).await;
+                ctx.metrics.action(
+                    action.name(),
+                    if r.is_ok() { "succeeded" } else { "failed" },
+                );
+                // An API error leaves the incident open; the next pass tries again.
+                Ok(r?.message)
+            }
+        };
+        step.finished_at = Some(rfc3339(now_s()));
+        (step.outcome, step.message) = match result {
+            Ok(msg) => ("Succeeded".into(), msg),
+            Err(msg) => ("Interrupted".into(), msg),
+        };
     }
     let now = now_s();
     let acted = status.steps.iter().any(|s| s.outcome == "Succeeded");
