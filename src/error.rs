@@ -20,6 +20,12 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(s)) => match s.code {
+                _ if s.reason == "Timeout"
+                    || s.code == 504
+                    || s.message.contains("context deadline exceeded") =>
+                {
+                    "Timeout"
+                }
                 409 => "Conflict",
                 403 => "Forbidden",
                 404 => "NotFound",
@@ -42,3 +48,38 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> Error {
+        Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            ..Default::default()
+        })))
+    }
+
+    #[test]
+    fn api_errors_get_stable_categories() {
+        assert_eq!(api(409, "Conflict", "modified").category(), "Conflict");
+        assert_eq!(api(403, "Forbidden", "no").category(), "Forbidden");
+        assert_eq!(api(504, "Timeout", "").category(), "Timeout");
+        // A webhook that did not answer in time: the apiserver's 500 names the deadline.
+        let webhook = api(
+            500,
+            "InternalError",
+            "Internal error occurred: failed calling webhook \"x\": context deadline exceeded",
+        );
+        assert_eq!(webhook.category(), "Timeout");
+        assert!(webhook.is_transient());
+        assert_eq!(
+            api(503, "ServiceUnavailable", "").category(),
+            "ApiUnavailable"
+        );
+        assert_eq!(api(422, "Invalid", "").category(), "Invalid");
+        assert!(!api(422, "Invalid", "").is_transient());
+    }
+}

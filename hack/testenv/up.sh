@@ -62,6 +62,9 @@ omitStages: [RequestReceived]
 rules:
 - level: Metadata
   users: ["fluxmedic-bench"]
+# ServiceAccounts (only the chart tests' operators use one): the least-privilege proof.
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
 - level: None
 EOF
 
@@ -106,7 +109,7 @@ start etcd "$bin/etcd" --name=testenv --data-dir="$dir/etcd" \
   --listen-metrics-urls="http://127.0.0.1:$((base + 3))"
 wait_for etcd 30 curl -sf "http://127.0.0.1:$P_ETCD/health"
 
-start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_ETCD" \
+apiserver=("$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_ETCD" \
   --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$P_API" \
   --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" --token-auth-file="$pki/tokens.csv" \
@@ -114,14 +117,17 @@ start kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_E
   --service-account-issuer="https://127.0.0.1:$P_API" \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
   --disable-admission-plugins=ServiceAccount --allow-privileged=true --endpoint-reconciler-type=none \
-  --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log" --audit-log-maxsize=200
+  --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log" --audit-log-maxsize=200)
+# Kept for restart-apiserver.sh (the fault tests restart the apiserver under a running operator).
+printf '%q ' "${apiserver[@]}" > "$dir/kube-apiserver.cmd"
+start kube-apiserver "${apiserver[@]}"
 wait_for kube-apiserver 90 kubectl get --raw /readyz
 
 start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBECONFIG" \
   --authentication-kubeconfig="$KUBECONFIG" --authorization-kubeconfig="$KUBECONFIG" \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --service-cluster-ip-range=10.0.0.0/24 --leader-elect=false \
-  --controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token \
+  --controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation \
   --bind-address=127.0.0.1 --secure-port="$P_KCM" --cert-dir="$dir/kcm"
 
 log "applying Flux CRDs"

@@ -1,0 +1,111 @@
+//! The kube-apiserver crashes (SIGKILL) and comes back five seconds later under a running
+//! operator with an open incident. Its own test binary: nothing else runs meanwhile.
+//! The operator survives, records the failed calls, re-establishes its watches (a failure
+//! after the restart is detected), and closes the incident when the fix lands.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_survives_an_apiserver_restart() {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, "restart").await;
+    let repo = Repo::new(env, &ns, false);
+    let good = cm("greeting", "v1");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&good)),
+        ],
+        "initial",
+    );
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
+                   "limits": {"pollInterval": "1s", "maxPollInterval": "2s"}}),
+        ),
+    )
+    .await;
+    let mut op = Operator::start(env, &ns, &[]);
+    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    let first = wait_remediation(&client, &ns, "Kustomization/app", "polling", MIN, |r| {
+        has_step(r, "reconcile-source", "Succeeded")
+    })
+    .await;
+
+    let out = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/hack/testenv/restart-apiserver.sh"
+        ))
+        .arg("5")
+        .env("FLUXMEDIC_TESTENV_DIR", env.var("FLUXMEDIC_TESTENV_DIR"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                env.var("FLUXMEDIC_TESTENV_BIN"),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("restart the apiserver");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(op.alive(), "the operator survives the apiserver going away");
+    op.wait_metric("fluxmedic_errors_total{category=\"ApiUnreachable\"}", 1.0)
+        .await;
+
+    // The incident opened before the crash is still followed and closes when the fix lands.
+    let client = env.client().await;
+    repo.commit(&[("app/cm.yaml", Some(&good))], "fixed");
+    let closed = wait_remediation(&client, &ns, "Kustomization/app", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    assert_eq!(closed["metadata"]["name"], first["metadata"]["name"]);
+    assert!(
+        closed["status"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["outcome"] != "Running"),
+        "no step left half-done: {}",
+        closed["status"]
+    );
+
+    // The watches were re-established: a new failure after the restart is detected.
+    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken again");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    let second = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/app",
+        "a new incident",
+        MIN,
+        |r| {
+            r["metadata"]["name"] != first["metadata"]["name"]
+                && has_step(r, "reconcile-source", "Succeeded")
+        },
+    )
+    .await;
+    assert_eq!(second["spec"]["case"], "invalid-manifests");
+    assert!(op.alive());
+}
