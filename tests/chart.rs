@@ -118,6 +118,7 @@ async fn install_chart(
     client: &kube::Client,
     ns: &str,
     namespaced: bool,
+    extra: &[&str],
 ) -> std::path::PathBuf {
     // The chart installs the CRDs when they are missing; when other tests already applied
     // them (server-side, another field manager) it must not fight over them.
@@ -136,6 +137,7 @@ async fn install_chart(
     if present {
         args.push("--skip-crds");
     }
+    args.extend(extra);
     let (ok, out) = helm(env, &args);
     assert!(ok, "{out}");
     assert!(
@@ -172,7 +174,7 @@ async fn service_account_remediates(namespaced: bool) {
     let client = env.client().await;
     let ns = namespace(&client, if namespaced { "chartns" } else { "chart" }).await;
     let release = ns.clone();
-    let kc = install_chart(env, &client, &ns, namespaced).await;
+    let kc = install_chart(env, &client, &ns, namespaced, &[]).await;
 
     // A stale lock and a broken commit, fixed by the operator running as the ServiceAccount.
     let charts = ChartRepo::new(env, &ns);
@@ -292,7 +294,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
     let env = env();
     let client = env.client().await;
     let ns = namespace(&client, "forbidden").await;
-    let kc = install_chart(env, &client, &ns, false).await;
+    let kc = install_chart(env, &client, &ns, false, &[]).await;
 
     // Take `patch` on sources away from the ClusterRole.
     let roles: Api<ClusterRole> = Api::all(client.clone());
@@ -446,5 +448,399 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
     assert!(child.try_wait().unwrap().is_none());
     let _ = child.kill();
     let _ = child.wait();
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+}
+
+/// A process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run `fluxmedic run` on a ServiceAccount kubeconfig, scoped to `ns`, logging to a file.
+fn run_as(
+    kc: &std::path::Path,
+    ns: &str,
+    port_offset: u16,
+    extra: &[&str],
+) -> (Killed, std::path::PathBuf) {
+    let env = env();
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + port_offset;
+    let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args([
+            "run",
+            "--namespace",
+            ns,
+            "--watch-namespaces",
+            ns,
+            "--tick-seconds",
+            "1",
+        ])
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
+        .env("KUBECONFIG", kc)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Killed(child), log)
+}
+
+/// (apiGroup, resource[/subresource], verb) granted by a list of RBAC rules.
+fn granted(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in rules {
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.insert((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rights the chart grants that this environment cannot exercise, with the reason.
+const NOT_EXERCISED_HERE: &[(&str, &str, &str, &str)] = &[(
+    "source.toolkit.fluxcd.io",
+    "ocirepositories",
+    "patch",
+    "reconcile of an OCIRepository source: no OCI registry runs here",
+)];
+
+/// Least privilege, proven rather than claimed: the operator runs on the chart's ServiceAccount
+/// token through every remediation the chart grants rights for (unlock, delete a pending
+/// release, retry with the chart source, poll a broken commit's source, reconcile a dependent,
+/// Events and their aggregation, records and their garbage collection, leader election), and
+/// the API server's audit log of that identity shows that no request was refused and that every
+/// (group, resource, verb) the chart's roles grant was used. Removing any rule therefore makes
+/// one of these requests Forbidden and fails this test, and a right nothing uses fails it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "rbac").await;
+    let kc = install_chart(env, &client, &ns, false, &[]).await;
+    let user = format!("system:serviceaccount:{ns}:fluxmedic");
+
+    // Helm: two suspended releases with a stale pending revision (one to unlock, one whose
+    // pending Secret is deleted), one whose upgrade timed out with retries exhausted.
+    chart_repo(env, &client, &ns).await;
+    for name in ["lock", "gone", "slow"] {
+        helm_release(&client, &ns, name, "0.1.0", json!({"suffix": name}), "10s").await;
+    }
+    for name in ["lock", "gone", "slow"] {
+        wait_ready(&client, &ns, "HelmRelease", name, Duration::from_secs(90)).await;
+    }
+    for name in ["lock", "gone"] {
+        merge_patch(
+            &client,
+            &ns,
+            "HelmRelease",
+            name,
+            json!({"spec": {"suspend": true}}),
+        )
+        .await;
+        forge_pending(&client, &ns, name, 1, 2, 3600, false).await;
+    }
+    helm_release(
+        &client,
+        &ns,
+        "slow",
+        "0.2.0",
+        json!({"suffix": "slow"}),
+        "10s",
+    )
+    .await;
+    wait_stalled(&client, &ns, "slow").await;
+    mark_deployment_available(&client, &ns).await;
+
+    // Git: a broken root and a dependent blocked by it.
+    let repo = Repo::new(env, &ns, false);
+    repo.commit(
+        &[
+            ("base/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("base/cm.yaml", Some(&cm("base", "v1"))),
+            ("mid/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("mid/cm.yaml", Some(&cm("mid", "v1"))),
+        ],
+        "initial",
+    );
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    kustomization(&client, &ns, "a", "./base", &[]).await;
+    kustomization(&client, &ns, "b", "./mid", &["a"]).await;
+    wait_ready(&client, &ns, "Kustomization", "a", MIN).await;
+    wait_ready(&client, &ns, "Kustomization", "b", MIN).await;
+    repo.commit(&[("base/cm.yaml", Some(BROKEN_YAML))], "break the root");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_failing(&client, &ns, "Kustomization", "a", "BuildFailed", MIN).await;
+    request_reconcile(&client, &ns, "Kustomization", "b").await;
+    wait_failing(
+        &client,
+        &ns,
+        "Kustomization",
+        "b",
+        "DependencyNotReady",
+        MIN,
+    )
+    .await;
+
+    let limits = json!({"pollInterval": "1s", "maxPollInterval": "2s", "cooldown": "3s"});
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [
+        {"case": "stale-lock", "mode": "Auto"},
+        {"case": "failed-release", "mode": "Auto", "actions": ["Retry"], "withSource": true},
+        {"case": "invalid-manifests", "mode": "Auto"},
+        {"case": "dependency-cascade", "mode": "Auto"}], "limits": limits}),
+        ),
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "delete",
+            json!({"priority": 10, "targets": {"names": ["gone"]},
+        "rules": [{"case": "stale-lock", "mode": "Auto", "actions": ["DeletePendingRelease"]}]}),
+        ),
+    )
+    .await;
+
+    let (child, log) = run_as(&kc, &ns, 193, &["--leader-elect", "--history-limit", "0"]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    wait_for(
+        "unlock, delete, retry and polls",
+        Duration::from_secs(120),
+        || async {
+            let lock = secrets
+                .get("sh.helm.release.v1.lock.v2")
+                .await
+                .map_err(|e| e.to_string())?;
+            let unlocked = lock
+                .metadata
+                .labels
+                .unwrap_or_default()
+                .get("status")
+                .map(String::as_str)
+                == Some("failed");
+            let deleted = secrets
+                .get_opt("sh.helm.release.v1.gone.v2")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none();
+            let slow = get(&client, &ns, "HelmRelease", "slow")
+                .await
+                .ok_or("slow")?;
+            let retried = is_ready(&slow) && slow["status"]["lastAttemptedRevision"] == "0.2.0";
+            // At least two polls of the broken root's source: the second Event is aggregated.
+            let polled = events_about(&client, &ns, "a")
+                .await
+                .iter()
+                .filter(|(r, _)| r == "ActionSucceeded")
+                .count()
+                >= 1
+                && remediation_for(&client, &ns, "Kustomization/a")
+                    .await
+                    .is_some_and(|r| {
+                        r["status"]["steps"].as_array().is_some_and(|s| {
+                            s.iter().filter(|s| s["outcome"] == "Succeeded").count() >= 2
+                        })
+                    });
+            if unlocked && deleted && retried && polled {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unlocked {unlocked} deleted {deleted} retried {retried} polled {polled}"
+                ))
+            }
+        },
+    )
+    .await;
+    repo.commit(&[("base/cm.yaml", Some(&cm("base", "v2")))], "fix the root");
+    wait_ready(&client, &ns, "Kustomization", "b", Duration::from_secs(90)).await;
+    // Every incident closed and its record garbage-collected (--history-limit 0).
+    wait_for(
+        "every Remediation closed and collected",
+        Duration::from_secs(90),
+        || async {
+            let left = remediations(&client, &ns).await;
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{:?}",
+                    left.iter()
+                        .map(|r| (&r["spec"]["targetName"], &r["status"]["phase"]))
+                        .collect::<Vec<_>>()
+                ))
+            }
+        },
+    )
+    .await;
+    drop(child);
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logs.to_lowercase().contains("forbidden"),
+        "the chart's RBAC was not enough:\n{logs}"
+    );
+
+    // The audit log of the ServiceAccount: nothing refused, every granted right used.
+    let audit = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut refused = vec![];
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if e["user"]["username"] != user.as_str() {
+            continue;
+        }
+        let o = &e["objectRef"];
+        let mut res = o["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = o["subresource"].as_str() {
+            res = format!("{res}/{sub}");
+        }
+        let key = (
+            o["apiGroup"].as_str().unwrap_or_default().to_string(),
+            res,
+            e["verb"].as_str().unwrap_or_default().to_string(),
+        );
+        if e["responseStatus"]["code"] == 403 {
+            refused.push(key.clone());
+        }
+        used.insert(key);
+    }
+    assert!(refused.is_empty(), "requests refused: {refused:?}");
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let mut rights = granted(
+        &roles
+            .get(&format!("{ns}-fluxmedic"))
+            .await
+            .unwrap()
+            .rules
+            .unwrap_or_default(),
+    );
+    let lease_role: Api<Role> = Api::namespaced(client.clone(), &ns);
+    rights.extend(granted(
+        &lease_role
+            .get("fluxmedic-leader-election")
+            .await
+            .unwrap()
+            .rules
+            .unwrap_or_default(),
+    ));
+    let unused: Vec<_> = rights
+        .iter()
+        .filter(|k| !used.contains(*k))
+        .filter(|(g, r, v)| {
+            !NOT_EXERCISED_HERE
+                .iter()
+                .any(|(g2, r2, v2, _)| g == g2 && r == r2 && v == v2)
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used (remove from the chart, or exercise here): {unused:?}\nused: {used:?}"
+    );
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+}
+
+/// Rollback runs `helm rollback` as the ServiceAccount: with the chart's opt-in binding
+/// (`rollback.enabled`, here to the built-in `edit` ClusterRole rather than the default
+/// cluster-admin) the whole rollback path works on the ServiceAccount token.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "chartrb").await;
+    let kc = install_chart(
+        env,
+        &client,
+        &ns,
+        false,
+        &[
+            "--set",
+            "rollback.enabled=true",
+            "--set",
+            "rollback.clusterRole=edit",
+        ],
+    )
+    .await;
+    chart_repo(env, &client, &ns).await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}]}))).await;
+    let (child, log) = run_as(&kc, &ns, 195, &["--helm", env.helm()]);
+    // Values the chart cannot render: not retryable, so suspend + rollback.
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Not_Valid"}),
+        "30s",
+    )
+    .await;
+    let rem = wait_for(
+        "rolled back as the ServiceAccount",
+        Duration::from_secs(120),
+        || async {
+            match remediation_for(&client, &ns, "HelmRelease/web").await {
+                Some(r) if r["status"]["phase"] == "AwaitingFix" => Ok(r),
+                Some(r) => Err(r["status"].to_string()),
+                None => Err("none".into()),
+            }
+        },
+    )
+    .await;
+    assert!(has_step(&rem, "rollback", "Succeeded"), "{}", rem["status"]);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let rolled = wait_for("revision 3 deployed", MIN, || async {
+        secrets
+            .get("sh.helm.release.v1.web.v3")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(rolled.metadata.labels.unwrap()["status"], "deployed");
+    // The fix lands: resumed and recovered, still on the ServiceAccount token.
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "two"}),
+        "30s",
+    )
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    drop(child);
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logs.to_lowercase().contains("forbidden"), "{logs}");
     let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
 }

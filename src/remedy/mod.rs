@@ -110,37 +110,25 @@ impl Actuator {
     }
 
     /// Suspend or resume, marking who suspended it so a suspension is never orphaned.
-    pub async fn set_suspend(&self, key: &ObjectKey, suspend: bool, owner: &str) -> Result<()> {
+    /// Returns the object's generation after the patch (from the response, no `get`).
+    pub async fn set_suspend(
+        &self,
+        key: &ObjectKey,
+        suspend: bool,
+        owner: &str,
+    ) -> Result<Option<i64>> {
         let patch = if suspend {
             json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: owner}}, "spec": {"suspend": true}})
         } else {
             json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: null}}, "spec": {"suspend": false}})
         };
         self.throttle().await;
-        self.flux_api(key)
+        let o = self
+            .flux_api(key)
             .patch(&key.name, &pp(), &Patch::Merge(patch))
             .await?;
         info!(target = %key, suspend, "set suspend");
-        Ok(())
-    }
-
-    /// Current generation and the suspended-by annotation of a Flux object.
-    pub async fn generation_and_owner(
-        &self,
-        key: &ObjectKey,
-    ) -> Result<(Option<i64>, Option<String>, bool)> {
-        let o = self.flux_api(key).get(&key.name).await?;
-        let owner = o
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SUSPENDED_BY_ANNOTATION).cloned());
-        let suspended = o
-            .data
-            .pointer("/spec/suspend")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
-        Ok((o.metadata.generation, owner, suspended))
+        Ok(o.metadata.generation)
     }
 
     async fn release_history(
