@@ -6,7 +6,8 @@
 //! 2. start `fluxmedic run` (release build) and report start-up until the first full evaluation,
 //!    resident memory, idle CPU and API requests per idle minute (from the API server's audit
 //!    log, which records only fluxmedic's identity);
-//! 3. flip FLUXMEDIC_LOAD_FLIP Kustomizations (default 1,000) to a failing condition and report,
+//! 3. flip FLUXMEDIC_LOAD_TRICKLE Kustomizations (default 100) to a failing condition one every
+//!    FLUXMEDIC_LOAD_TRICKLE_MS (default 250), then FLUXMEDIC_LOAD_FLIP others (default 1,000) at once, and report for each,
 //!    per object, the time from the status write to the Remediation being visible and to its
 //!    first action being recorded (p50/p99);
 //! 4. time `fluxmedic diagnose` on a dump file and on the live API server against the runbook's
@@ -274,41 +275,43 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let written: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let api = flux_api(&client, &ns, "Kustomization");
-    let t_flip = Instant::now();
-    futures::stream::iter(0..flip)
-        .for_each_concurrent(16, |i| {
-            let (api, written) = (api.clone(), written.clone());
-            async move {
-                let name = format!("ks-{}", i * 5); // roots of their dependsOn chains
-                let st = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
-                    "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context",
-                    "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
-                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st)).await.unwrap();
-                written.lock().unwrap().insert(name, Instant::now());
+    let fail = |api: Api<DynamicObject>,
+                written: Arc<Mutex<HashMap<String, Instant>>>,
+                name: String| async move {
+        let st = json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
+            "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context",
+            "lastTransitionTime": jiff::Timestamp::now().to_string()}]}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(st))
+            .await
+            .unwrap();
+        written.lock().unwrap().insert(name, Instant::now());
+    };
+    // Wait until every name has its first action recorded (or the deadline), then the
+    // latencies from each status write.
+    let wait_and_measure = |names: Vec<String>, timeout: Duration| {
+        let (seen, written) = (seen.clone(), written.clone());
+        async move {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let done = {
+                    let s = seen.lock().unwrap();
+                    names
+                        .iter()
+                        .filter(|n| s.get(*n).is_some_and(|(_, a)| a.is_some()))
+                        .count()
+                };
+                if done >= names.len() || Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        })
-        .await;
-    let flip_write = t_flip.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let done = seen
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|(_, a)| a.is_some())
-            .count();
-        if done >= flip || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    watch.abort();
-    let (mut to_rem, mut to_act) = (vec![], vec![]);
-    {
-        let w = written.lock().unwrap();
-        let s = seen.lock().unwrap();
-        for (name, at) in w.iter() {
-            if let Some((r, a)) = s.get(name) {
+            let (mut to_rem, mut to_act) = (vec![], vec![]);
+            let w = written.lock().unwrap();
+            let s = seen.lock().unwrap();
+            for name in &names {
+                let (Some(at), Some((r, a))) = (w.get(name), s.get(name)) else {
+                    continue;
+                };
                 if let Some(r) = r {
                     to_rem.push(r.saturating_duration_since(*at).as_secs_f64());
                 }
@@ -316,8 +319,58 @@ async fn main() {
                     to_act.push(a.saturating_duration_since(*at).as_secs_f64());
                 }
             }
+            (to_rem, to_act)
         }
+    };
+
+    // A steady trickle first: failures arriving one at a time, as in a busy fleet.
+    let trickle: usize = std::env::var("FLUXMEDIC_LOAD_TRICKLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+        .min(n / 2);
+    let spacing_ms: u64 = std::env::var("FLUXMEDIC_LOAD_TRICKLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    let trickle_names: Vec<String> = (0..trickle).map(|i| format!("ks-{}", i * 5 + 1)).collect();
+    for name in &trickle_names {
+        fail(api.clone(), written.clone(), name.clone()).await;
+        tokio::time::sleep(Duration::from_millis(spacing_ms)).await;
     }
+    let (mut to_rem, mut to_act) = wait_and_measure(trickle_names, Duration::from_secs(60)).await;
+    rows.push((
+        format!(
+            "one failure every 250 ms ({trickle}): status write → Remediation visible, p50 / p99"
+        ),
+        format!(
+            "{:.3} s / {:.3} s ({} seen)",
+            pct(&mut to_rem, 0.5),
+            pct(&mut to_rem, 0.99),
+            to_rem.len()
+        ),
+    ));
+    rows.push((
+        format!(
+            "one failure every 250 ms ({trickle}): status write → first action recorded, p50 / p99"
+        ),
+        format!(
+            "{:.3} s / {:.3} s ({} seen)",
+            pct(&mut to_act, 0.5),
+            pct(&mut to_act, 0.99),
+            to_act.len()
+        ),
+    ));
+
+    // Then a storm: `flip` roots of dependsOn chains at once.
+    let storm_names: Vec<String> = (0..flip).map(|i| format!("ks-{}", i * 5)).collect();
+    let t_flip = Instant::now();
+    futures::stream::iter(storm_names.clone())
+        .for_each_concurrent(16, |name| fail(api.clone(), written.clone(), name))
+        .await;
+    let flip_write = t_flip.elapsed();
+    let (mut to_rem, mut to_act) = wait_and_measure(storm_names, Duration::from_secs(300)).await;
+    watch.abort();
     rows.push((
         format!("status writes of {flip} flips (16 concurrent)"),
         format!("{:.2} s", flip_write.as_secs_f64()),

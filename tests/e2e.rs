@@ -104,6 +104,14 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
         &["FailureDetected", "ActionSucceeded", "Recovered"],
     )
     .await;
+    // One Event per occurrence, about the target, naming the Remediation as related.
+    let related = events_related(&client, &ns, rem["metadata"]["name"].as_str().unwrap()).await;
+    for reason in ["FailureDetected", "ActionSucceeded", "Recovered"] {
+        assert!(
+            related.iter().any(|(r, _)| r == reason),
+            "{reason}: {related:?}"
+        );
+    }
     op.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0)
         .await;
     op.wait_metric(

@@ -458,6 +458,7 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
 async fn event(
     ctx: &Context,
     regarding: &ObjectReference,
+    related: Option<ObjectReference>,
     type_: EventType,
     reason: &str,
     action: &str,
@@ -468,7 +469,7 @@ async fn event(
         reason: reason.into(),
         note: Some(note),
         action: action.into(),
-        secondary: None,
+        secondary: related,
     };
     ctx.limiter.acquire().await;
     if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
@@ -480,7 +481,9 @@ fn rem_ref(rem: &Remediation) -> ObjectReference {
     rem.object_ref(&())
 }
 
-/// The same Event on the target (when it still exists) and on its Remediation.
+/// One Event about the target (where `flux events` and `kubectl describe` look), naming the
+/// Remediation as its related object; about the Remediation itself once the target is gone.
+/// One write per occurrence, not one per object.
 async fn announce(
     ctx: &Context,
     target: Option<&FluxObject>,
@@ -490,10 +493,13 @@ async fn announce(
     action: &str,
     note: String,
 ) {
-    if let Some(o) = target {
-        event(ctx, &object_ref(o), type_, reason, action, note.clone()).await;
+    match target {
+        Some(o) => {
+            let related = Some(rem_ref(rem));
+            event(ctx, &object_ref(o), related, type_, reason, action, note).await
+        }
+        None => event(ctx, &rem_ref(rem), None, type_, reason, action, note).await,
     }
-    event(ctx, &rem_ref(rem), type_, reason, action, note).await;
 }
 
 async fn write_status(
@@ -754,6 +760,7 @@ async fn handle_incident(
                 event(
                     ctx,
                     &rem_ref(&rem),
+                    None,
                     EventType::Normal,
                     "ActionBlocked",
                     "Plan",

@@ -295,7 +295,8 @@ pub async fn watch_own<K>(
 
 pub fn put_policy(idx: &mut Index, p: Option<RemediationPolicy>, key: (String, String)) {
     match p {
-        Some(p) => {
+        Some(mut p) => {
+            p.metadata.managed_fields = None;
             idx.policies.insert(key, Arc::new(p));
         }
         None => {
@@ -306,7 +307,9 @@ pub fn put_policy(idx: &mut Index, p: Option<RemediationPolicy>, key: (String, S
 
 pub fn put_remediation(idx: &mut Index, r: Option<Remediation>, key: (String, String)) {
     match r {
-        Some(r) => {
+        Some(mut r) => {
+            // Server-side apply bookkeeping is never read; it is most of a record's size.
+            r.metadata.managed_fields = None;
             // Never go back to an older copy than one the engine itself just wrote.
             let newer = idx
                 .remediations
@@ -328,4 +331,38 @@ fn rv_num(r: &Remediation) -> u64 {
         .as_deref()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rem(rv: &str) -> Remediation {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "r", "namespace": "ns", "resourceVersion": rv,
+                "managedFields": [{"manager": "fluxmedic", "operation": "Apply", "fieldsType": "FieldsV1",
+                                   "fieldsV1": {"f:status": {"f:phase": {}}}}]},
+            "spec": {"target": {"kind": "Kustomization", "name": "app", "namespace": "ns"},
+                     "targetName": "Kustomization/app", "case": "invalid-manifests"}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn remediations_are_stored_without_managed_fields_and_never_go_back_in_time() {
+        let mut idx = Index::default();
+        let key = ("ns".to_string(), "r".to_string());
+        put_remediation(&mut idx, Some(rem("20")), key.clone());
+        let stored = &idx.remediations[&key];
+        assert!(stored.metadata.managed_fields.is_none());
+        assert_eq!(stored.metadata.resource_version.as_deref(), Some("20"));
+        // A watch event older than what the engine itself wrote is ignored.
+        put_remediation(&mut idx, Some(rem("10")), key.clone());
+        assert_eq!(
+            idx.remediations[&key].metadata.resource_version.as_deref(),
+            Some("20")
+        );
+        put_remediation(&mut idx, None, key.clone());
+        assert!(idx.remediations.is_empty());
+    }
 }

@@ -558,6 +558,19 @@ pub async fn remediation_for(client: &Client, ns: &str, target_name: &str) -> Op
     all.into_iter().next()
 }
 
+/// Events (events.k8s.io) in a namespace whose related object is `name`: (reason, note).
+pub async fn events_related(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.related.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
 /// Events (events.k8s.io) in a namespace about an object name: (reason, note).
 pub async fn events_about(client: &Client, ns: &str, name: &str) -> Vec<(String, String)> {
     let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
