@@ -542,15 +542,7 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         wait_ready(&client, &ns, "HelmRelease", name, Duration::from_secs(90)).await;
     }
     for name in ["lock", "gone"] {
-        merge_patch(
-            &client,
-            &ns,
-            "HelmRelease",
-            name,
-            json!({"spec": {"suspend": true}}),
-        )
-        .await;
-        forge_pending(&client, &ns, name, 1, 2, 3600, false).await;
+        suspend_then_forge_pending(&client, &ns, name, false).await;
     }
     helm_release(
         &client,

@@ -846,13 +846,29 @@ pub async fn suspended_release_with_pending(env: &Env, client: &Client, ns: &str
     chart_repo(env, client, ns).await;
     helm_release(client, ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
     wait_ready(client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    suspend_then_forge_pending(client, ns, "web", corrupt).await;
+}
+
+/// Suspend a Ready HelmRelease, then leave a pending-upgrade revision 2 that a Helm process
+/// left an hour ago. helm-controller may still be inside a reconcile the suspend patch started
+/// (it would unlock the release itself): the forgery waits for that to settle, and checks that
+/// the release is still Ready afterwards so a lost race fails here, with its reason.
+pub async fn suspend_then_forge_pending(client: &Client, ns: &str, name: &str, corrupt: bool) {
     merge_patch(
         client,
         ns,
         "HelmRelease",
-        "web",
+        name,
         json!({"spec": {"suspend": true}}),
     )
     .await;
-    forge_pending(client, ns, "web", 1, 2, 3600, corrupt).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    forge_pending(client, ns, name, 1, 2, 3600, corrupt).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hr = get(client, ns, "HelmRelease", name).await.unwrap();
+    assert!(
+        is_ready(&hr),
+        "helm-controller acted on the suspended release: {}",
+        hr["status"]
+    );
 }
