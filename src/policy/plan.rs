@@ -438,13 +438,28 @@ fn gate(
             threshold: ctx.circuit_breaker,
         });
     }
+    let poll_wait = || {
+        let factor = 1u32.checked_shl(inc.polls.min(16)).unwrap_or(u32::MAX);
+        policy
+            .poll_interval
+            .saturating_mul(factor)
+            .min(policy.max_poll_interval)
+    };
+    // Polling a source for a fixing commit only helps while fluxmedic would poll more often
+    // than source-controller fetches by itself; after that, leave it to Flux.
+    if let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, d.case)
+        && let Some(every) = ctx.snapshot.objects.get(source).and_then(|s| s.interval)
+        && every <= poll_wait()
+    {
+        return Some(Blocked::AwaitingFix(format!(
+            "{source} fetches every {} by itself, as often as fluxmedic would poll; fluxmedic reconciles {} once the fix is fetched",
+            crate::flux::format_duration(every),
+            d.target
+        )));
+    }
     if let Some(last) = inc.last_action_at {
         let wait = if a.is_poll() {
-            let factor = 1u32.checked_shl(inc.polls.min(16)).unwrap_or(u32::MAX);
-            policy
-                .poll_interval
-                .saturating_mul(factor)
-                .min(policy.max_poll_interval)
+            poll_wait()
         } else if matches!(a, Action::Resume | Action::Reconcile) {
             // follow-ups after a fix landed or a root recovered: no cooldown beyond a beat
             Duration::from_secs(2)

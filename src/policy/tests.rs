@@ -509,6 +509,31 @@ fn cooldown_and_max_attempts() {
 }
 
 #[test]
+fn polling_stops_once_flux_fetches_as_often() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut s = scenario(Case::InvalidManifests);
+    let source = s.snap.objects[&s.target].source_ref.clone().unwrap();
+    std::sync::Arc::make_mut(s.snap.objects.get_mut(&source).unwrap()).interval =
+        Some(Duration::from_secs(60));
+    // 10 s, 20 s, 40 s: more often than the source's 1m, so fluxmedic polls.
+    s.inc.last_action_at = Some(NOW - 45);
+    s.inc.polls = 2;
+    assert!(matches!(
+        decide(&s, Some(&p)).1.act(),
+        Some(Action::ReconcileSource { .. })
+    ));
+    // The next poll would wait 80 s: source-controller fetches sooner by itself.
+    s.inc.polls = 3;
+    s.inc.last_action_at = Some(NOW - 200);
+    let blocked = decide(&s, Some(&p)).1.blocked.unwrap();
+    assert!(matches!(blocked, Blocked::AwaitingFix(_)), "{blocked}");
+    assert!(blocked.to_string().contains("every 1m"), "{blocked}");
+    // A fetched fix is still acted upon at once.
+    s.inc.observed_revision = Some("main@sha1:old".into());
+    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Reconcile));
+}
+
+#[test]
 fn polling_backs_off() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
     let mut s = scenario(Case::InvalidManifests);
