@@ -193,30 +193,7 @@ async fn service_account_remediates(namespaced: bool) {
     apply(&client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": "web", "namespace": ns},
         "spec": {"interval": "1h", "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
     wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    merge_patch(
-        &client,
-        &ns,
-        "HelmRelease",
-        "web",
-        json!({"spec": {"suspend": true}}),
-    )
-    .await;
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let mut s = secrets.get("sh.helm.release.v1.web.v1").await.unwrap();
-    let data: std::collections::BTreeMap<String, Vec<u8>> = s
-        .data
-        .clone()
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    let mut rel = fluxmedic::helm::decode_secret("sh.helm.release.v1.web.v1", &data).unwrap();
-    rel.json["version"] = json!(2);
-    rel.json["info"]["status"] = json!("pending-upgrade");
-    s.metadata = serde_json::from_value(json!({"name": "sh.helm.release.v1.web.v2", "namespace": ns, "labels": {"owner": "helm", "name": "web",
-        "status": "pending-upgrade", "version": "2", "modifiedAt": (jiff::Timestamp::now().as_second() - 3600).to_string()}})).unwrap();
-    s.data = Some([("release".to_string(), k8s_openapi::ByteString(rel.encode()))].into());
-    secrets.create(&PostParams::default(), &s).await.unwrap();
+    suspend_then_forge_pending(&client, &ns, "web", false).await;
     apply(
         &client,
         policy(
