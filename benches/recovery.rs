@@ -136,9 +136,7 @@ async fn broken_commit(env: &'static Env, client: Client, with: bool, cfg: &Cfg)
     ks(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     let _op = maybe_operator(env, &client, &ns, with).await;
-    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", MIN).await;
+    break_app(&client, &ns, &repo, "broken").await;
     tokio::time::sleep(cfg.fix_after).await;
     let fix = repo.commit(&[("app/cm.yaml", Some(&cm("greeting", "v2")))], "fixed");
     until(cfg.cap, || async {

@@ -204,25 +204,7 @@ async fn service_account_remediates(namespaced: bool) {
     )
     .await;
 
-    let port =
-        env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + if namespaced { 191 } else { 190 };
-    let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args([
-            "run",
-            "--namespace",
-            &ns,
-            "--watch-namespaces",
-            &ns,
-            "--tick-seconds",
-            "1",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("KUBECONFIG", &kc)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (child, log) = run_as(&kc, &ns, if namespaced { 191 } else { 190 }, &[]);
     let res = wait_for(
         "unlock done as the ServiceAccount",
         Duration::from_secs(60),
@@ -235,8 +217,7 @@ async fn service_account_remediates(namespaced: bool) {
         },
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         !logs.contains("Forbidden") && !logs.contains("forbidden"),
@@ -291,27 +272,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
         .await
         .unwrap();
 
-    let repo = Repo::new(env, &ns, false);
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            (
-                "app/cm.yaml",
-                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: one\n"),
-            ),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(
-        &client,
-        &ns,
-        "Kustomization",
-        "app",
-        Duration::from_secs(60),
-    )
-    .await;
+    let repo = ready_app(env, &client, &ns).await;
     apply(
         &client,
         policy(
@@ -342,22 +303,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
 
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 192;
     let metrics = format!("http://127.0.0.1:{port}/metrics");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
-        .args([
-            "run",
-            "--namespace",
-            &ns,
-            "--watch-namespaces",
-            &ns,
-            "--tick-seconds",
-            "1",
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("KUBECONFIG", &kc)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, _log) = run_as(&kc, &ns, 192, &[]);
     let failed = wait_for("a Forbidden step", Duration::from_secs(60), || async {
         match remediation_for(&client, &ns, "Kustomization/app").await {
             Some(r)
@@ -394,7 +340,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
     let evs = events_about(&client, &ns, "app").await;
     assert!(evs.iter().any(|(r, _)| r == "Forbidden"), "{evs:?}");
     assert!(
-        child.try_wait().unwrap().is_none(),
+        child.0.try_wait().unwrap().is_none(),
         "the operator survives API errors"
     );
 
@@ -422,20 +368,9 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
         },
     )
     .await;
-    assert!(child.try_wait().unwrap().is_none());
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(child.0.try_wait().unwrap().is_none());
+    drop(child);
     let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
-}
-
-/// A process killed when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Run `fluxmedic run` on a ServiceAccount kubeconfig, scoped to `ns`, logging to a file.

@@ -14,14 +14,6 @@ use kube::{
 use serde_json::{Value, json};
 use support::*;
 
-async fn setup(prefix: &str) -> (&'static Env, Client, String) {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, prefix).await;
-    (env, client, ns)
-}
-
 /// Events are published right after the status they report; give them a moment.
 async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) {
     wait_for(
@@ -46,17 +38,7 @@ async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     let (env, client, ns) = setup("invalid").await;
-    let repo = Repo::new(env, &ns, false);
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    let repo = ready_app(env, &client, &ns).await;
     apply(
         &client,
         policy(
@@ -68,9 +50,7 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     .await;
     let op = Operator::start(env, &ns, &[]);
 
-    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", MIN).await;
+    break_app(&client, &ns, &repo, "broken").await;
     let rem = wait_remediation(
         &client,
         &ns,

@@ -126,22 +126,9 @@ impl Drop for FaultWebhook {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn conflicts_and_timeouts_are_recorded_survived_and_retried() {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "faults").await;
-    let repo = Repo::new(env, &ns, false);
+    let (env, client, ns) = setup("faults").await;
+    let repo = ready_app(env, &client, &ns).await;
     let good = cm("greeting", "v1");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&good)),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     apply(
         &client,
         policy(
@@ -151,9 +138,7 @@ async fn conflicts_and_timeouts_are_recorded_survived_and_retried() {
         ),
     )
     .await;
-    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], "broken");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "app", "BuildFailed", MIN).await;
+    break_app(&client, &ns, &repo, "broken").await;
 
     // The operator's first status write times out; its first three polls of the source get
     // 409, 409 and a timeout.

@@ -418,31 +418,8 @@ async fn crash_after_source_and_consumers_before_recording_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "ha").await;
-    let repo = Repo::new(env, &ns, false);
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            (
-                "app/cm.yaml",
-                Some("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\ndata:\n  v: one\n"),
-            ),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(
-        &client,
-        &ns,
-        "Kustomization",
-        "app",
-        Duration::from_secs(60),
-    )
-    .await;
+    let (env, client, ns) = setup("ha").await;
+    let repo = ready_app(env, &client, &ns).await;
     apply(
         &client,
         policy(
@@ -559,10 +536,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "storm").await;
+    let (env, client, ns) = setup("storm").await;
     // One shared source whose credentials the server rejects, and 200 consumers.
     let repo = Repo::new(env, &ns, true);
     repo.set_server_credentials(env, "bot", "right");
@@ -626,7 +600,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
     let limit = 30u32;
     let from = jiff::Timestamp::now();
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 170;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args([
             "run",
             "--namespace",
@@ -644,6 +618,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let child = Killed(child);
     let rems = wait_for(
         "a Remediation per failing target",
         Duration::from_secs(180),
@@ -661,8 +636,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         },
     )
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let to = jiff::Timestamp::now();
     // The root is the shared source; every consumer names it and waits; no consumer was touched.
     for r in &rems {
@@ -739,22 +713,9 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
 /// `--history-limit` closed records (the newest), plus nothing open once it is Ready.
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_remediations_are_garbage_collected_beyond_the_history_limit() {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "gc").await;
-    let repo = Repo::new(env, &ns, false);
+    let (env, client, ns) = setup("gc").await;
+    let repo = ready_app(env, &client, &ns).await;
     let good = cm("greeting", "v1");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&good)),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     apply(
         &client,
         policy(

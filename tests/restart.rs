@@ -12,22 +12,9 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_survives_an_apiserver_restart() {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(&client, "restart").await;
-    let repo = Repo::new(env, &ns, false);
+    let (env, client, ns) = setup("restart").await;
+    let repo = ready_app(env, &client, &ns).await;
     let good = cm("greeting", "v1");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&good)),
-        ],
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    kustomization(&client, &ns, "app", "./app", &[]).await;
-    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
     apply(
         &client,
         policy(

@@ -407,6 +407,17 @@ pub async fn wait_failing(
     .await
 }
 
+/// A process killed when the test ends, passed or not (a leaked operator would hold its
+/// metrics port and keep acting in later runs).
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `fluxmedic run`, scoped to one namespace, killed on drop.
 pub struct Operator {
     child: Child,
@@ -871,4 +882,37 @@ pub async fn suspend_then_forge_pending(client: &Client, ns: &str, name: &str, c
         "helm-controller acted on the suspended release: {}",
         hr["status"]
     );
+}
+
+/// The Git repository `repo` (public) with one Kustomization `app` applying one ConfigMap,
+/// `cm("greeting", "v1")`, Ready.
+pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
+    let repo = Repo::new(env, ns, false);
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
+        ],
+        "initial",
+    );
+    git_repository(client, ns, "repo", &repo.url, None).await;
+    kustomization(client, ns, "app", "./app", &[]).await;
+    wait_ready(client, ns, "Kustomization", "app", MIN).await;
+    repo
+}
+
+/// Push broken YAML for `app`, have the source fetch it, and wait for the build to fail.
+pub async fn break_app(client: &Client, ns: &str, repo: &Repo, message: &str) {
+    repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], message);
+    request_reconcile(client, ns, "GitRepository", "repo").await;
+    wait_failing(client, ns, "Kustomization", "app", "BuildFailed", MIN).await;
+}
+
+/// The control plane, a client, the CRDs installed and a fresh namespace.
+pub async fn setup(prefix: &str) -> (&'static Env, Client, String) {
+    let env = env();
+    let client = env.client().await;
+    install_crds(&client).await;
+    let ns = namespace(&client, prefix).await;
+    (env, client, ns)
 }
