@@ -215,6 +215,26 @@ pub fn source_revision(snap: &Snapshot, target: &FluxObject) -> Option<String> {
         .and_then(|s| s.artifact_revision.clone())
 }
 
+/// A dependency as kustomize-controller's dependency check sees it: Ready for its current
+/// generation and, when it shares the dependent's source, applied at that source's revision.
+fn caught_up(snap: &Snapshot, dep: &FluxObject, dependent: &FluxObject) -> bool {
+    if !dep.is_ready() {
+        return false;
+    }
+    if let (Some(g), Some(o)) = (dep.generation, dep.observed_generation)
+        && g != o
+    {
+        return false;
+    }
+    if dep.source_ref.is_some() && dep.source_ref == dependent.source_ref {
+        return match (source_revision(snap, dep), &dep.last_attempted_revision) {
+            (Some(current), Some(applied)) => &current == applied,
+            _ => true,
+        };
+    }
+    true
+}
+
 fn secret_version(snap: &Snapshot, source: &FluxObject) -> Option<String> {
     let name = source.secret_ref.as_ref()?;
     snap.secrets
@@ -338,14 +358,16 @@ fn runbook(
                     d.root
                 )));
             }
-            // No ancestor is failing; act only once every one of them is Ready=True (one that is
-            // merely progressing, Ready=Unknown, would make the reconcile fail again).
-            if let Some(p) = crate::diagnose::parents(target)
-                .into_iter()
-                .find(|p| snap.objects.get(p).is_some_and(|o| !o.is_ready()))
-            {
+            // No ancestor is failing; act only once every one of them is caught up the way
+            // kustomize-controller checks it (one merely progressing, or Ready on an older
+            // revision of the shared source, would make the reconcile fail again).
+            if let Some(p) = crate::diagnose::parents(target).into_iter().find(|p| {
+                snap.objects
+                    .get(p)
+                    .is_some_and(|o| !caught_up(snap, o, target))
+            }) {
                 return Err(Blocked::FluxRemediating(format!(
-                    "waiting for {p} to become Ready"
+                    "waiting for {p} to become Ready on its source's current revision"
                 )));
             }
             // Every ancestor is Ready again: ask Flux to look now instead of in 30s.

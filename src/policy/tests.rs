@@ -662,6 +662,46 @@ fn a_dependent_waits_while_its_dependency_is_only_progressing() {
 }
 
 #[test]
+fn a_dependent_waits_while_its_dependency_is_ready_on_an_older_revision() {
+    // The source moved to aaa; the dependency is still Ready on its previous revision, which
+    // kustomize-controller reports as "revision is not up to date" to the dependent.
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut infra = ks("infra", vec![ready()], &[]);
+    infra.last_attempted_revision = Some("main@sha1:old".into());
+    let app = ks(
+        "app",
+        vec![cond(
+            "Ready",
+            "False",
+            "DependencyNotReady",
+            "dependency 'apps/infra' revision is not up to date",
+        )],
+        &["infra"],
+    );
+    let mut s = Scenario {
+        snap: Snapshot::new([infra.clone(), app, git(vec![ready()])], NOW),
+        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
+        inc: IncidentView::default(),
+    };
+    let dec = decide(&s, Some(&p)).1;
+    assert!(
+        matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")),
+        "{dec:?}"
+    );
+    // Once it applied the current revision, the dependent is reconciled at once.
+    infra.last_attempted_revision = Some("main@sha1:aaa".into());
+    s.snap = Snapshot::new(
+        [
+            infra,
+            s.snap.objects[&s.target].as_ref().clone(),
+            git(vec![ready()]),
+        ],
+        NOW,
+    );
+    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Reconcile));
+}
+
+#[test]
 fn stale_lock_respects_threshold_and_running_actions() {
     let mut p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
     let s = scenario(Case::StaleLock);
