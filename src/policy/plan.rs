@@ -468,9 +468,15 @@ fn gate(
             .min(policy.max_poll_interval)
     };
     // Polling a source for a fixing commit only helps while fluxmedic would poll more often
-    // than source-controller fetches by itself; after that, leave it to Flux.
+    // than source-controller fetches by itself (a suspended source never does); after that,
+    // leave it to Flux.
     if let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, d.case)
-        && let Some(every) = ctx.snapshot.objects.get(source).and_then(|s| s.interval)
+        && let Some(every) = ctx
+            .snapshot
+            .objects
+            .get(source)
+            .filter(|s| !s.suspended)
+            .and_then(|s| s.interval)
         && every <= poll_wait()
     {
         return Some(Blocked::AwaitingFix(format!(

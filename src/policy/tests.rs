@@ -528,6 +528,12 @@ fn polling_stops_once_flux_fetches_as_often() {
     let blocked = decide(&s, Some(&p)).1.blocked.unwrap();
     assert!(matches!(blocked, Blocked::AwaitingFix(_)), "{blocked}");
     assert!(blocked.to_string().contains("every 1m"), "{blocked}");
+    // A suspended source fetches nothing by itself: fluxmedic keeps polling.
+    std::sync::Arc::make_mut(s.snap.objects.get_mut(&source).unwrap()).suspended = true;
+    assert!(matches!(
+        decide(&s, Some(&p)).1.act(),
+        Some(Action::ReconcileSource { .. })
+    ));
     // A fetched fix is still acted upon at once.
     s.inc.observed_revision = Some("main@sha1:old".into());
     assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Reconcile));
