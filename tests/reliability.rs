@@ -345,11 +345,13 @@ async fn crash_during_source_and_consumers(point: &str) {
         |r| r["status"]["blocked"].is_string(),
     )
     .await;
+    // The Secret changes but still holds the old password, so source-controller's own retries
+    // keep failing: only fluxmedic's reaction to the change can happen (and be cut short).
     secrets
         .patch(
             "creds",
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+            &kube::api::Patch::Merge(json!({"stringData": {"rotated": "pending"}})),
         )
         .await
         .unwrap();
@@ -383,7 +385,11 @@ async fn crash_during_source_and_consumers(point: &str) {
         "GitRepository/repo",
         "the restarted operator finishes the step",
         Duration::from_secs(120),
-        |r| phase(r) == "Succeeded",
+        |r| {
+            r["status"]["steps"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| s["outcome"] != "Running"))
+        },
     )
     .await;
     let done = steps_of(&r, "reconcile-source-and-consumers");
@@ -398,7 +404,13 @@ async fn crash_during_source_and_consumers(point: &str) {
             "{kind_name:?} carries the recorded token"
         );
     }
-    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    // The server accepts the Secret's password again: recovered, and the record closes.
+    repo.set_server_credentials(env, "bot", "first-password");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_remediation(&client, &ns, "GitRepository/repo", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
