@@ -655,30 +655,9 @@ async fn handle_incident(
         status.observed_secret_version = source_secret_version(snap, obj);
     }
     // A step interrupted by a crash is finished first, with the token it recorded.
-    if let Some(step) = status
-        .steps
-        .last()
-        .filter(|s| s.outcome == "Running")
-        .cloned()
-    {
-        let action: Option<Action> = step
-            .detail
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok());
-        if let Some(action) = action {
-            info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
-            return run_step(
-                ctx,
-                snap,
-                obj,
-                &rem,
-                status,
-                action,
-                step.token.unwrap_or_else(fresh_token),
-                false,
-            )
-            .await;
-        }
+    if let Some((Some(action), token)) = interrupted_step(&status) {
+        info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
+        return run_step(ctx, snap, obj, &rem, status, action, token, false).await;
     }
     let inc = incident_view(&rem, &status);
     let pctx = PlanContext {
@@ -775,6 +754,17 @@ async fn handle_incident(
         write_status(ctx, &rem, &status).await?;
     }
     Ok(())
+}
+
+/// The last step, if a crash interrupted it (`Running`): its planned action (when readable)
+/// and the token it recorded.
+fn interrupted_step(status: &RemediationStatus) -> Option<(Option<Action>, String)> {
+    let step = status.steps.last().filter(|s| s.outcome == "Running")?;
+    let action = step
+        .detail
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok());
+    Some((action, step.token.clone().unwrap_or_else(fresh_token)))
 }
 
 /// Persist the intent, act, persist the outcome.
@@ -1002,14 +992,7 @@ async fn close(
     // recovered meanwhile (an unlock's follow-up reconcile, a source's consumers): every action
     // is idempotent for one token, so this completes it without doing anything twice. A
     // rollback is not re-run on a recovered target; its suspension was released above.
-    if let (Some(o), Some(step)) = (obj, status.steps.last_mut())
-        && step.outcome == "Running"
-    {
-        let action: Option<Action> = step
-            .detail
-            .as_deref()
-            .and_then(|s| serde_json::from_str(s).ok());
-        let token = step.token.clone().unwrap_or_else(fresh_token);
+    if let (Some(o), Some((action, token))) = (obj, interrupted_step(&status)) {
         let result = match action {
             Some(Action::Rollback { .. } | Action::Resume) | None => {
                 Err("interrupted by a restart; not re-run on a recovered target".to_string())
@@ -1025,6 +1008,7 @@ async fn close(
                 Ok(r?.message)
             }
         };
+        let step = status.steps.last_mut().expect("an interrupted step");
         step.finished_at = Some(rfc3339(now_s()));
         (step.outcome, step.message) = match result {
             Ok(msg) => ("Succeeded".into(), msg),
