@@ -290,13 +290,7 @@ async fn cascade(env: &'static Env, client: Client, with: bool, cfg: &Cfg) -> Op
         wait_ready(&client, &ns, "Kustomization", k, Duration::from_secs(90)).await;
     }
     let _op = maybe_operator(env, &client, &ns, with).await;
-    repo.commit(&[("base/cm.yaml", Some(BROKEN_YAML))], "break the root");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "a", "BuildFailed", MIN).await;
-    for k in ["b", "c"] {
-        request_reconcile(&client, &ns, "Kustomization", k).await;
-        wait_failing(&client, &ns, "Kustomization", k, "DependencyNotReady", MIN).await;
-    }
+    break_root(&client, &ns, &repo, &["b", "c"]).await;
     tokio::time::sleep(cfg.fix_after).await;
     repo.commit(&[("base/cm.yaml", Some(&cm("base", "v2")))], "fix the root");
     until(cfg.cap, || async {

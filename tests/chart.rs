@@ -484,19 +484,7 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
     kustomization(&client, &ns, "b", "./mid", &["a"]).await;
     wait_ready(&client, &ns, "Kustomization", "a", MIN).await;
     wait_ready(&client, &ns, "Kustomization", "b", MIN).await;
-    repo.commit(&[("base/cm.yaml", Some(BROKEN_YAML))], "break the root");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "a", "BuildFailed", MIN).await;
-    request_reconcile(&client, &ns, "Kustomization", "b").await;
-    wait_failing(
-        &client,
-        &ns,
-        "Kustomization",
-        "b",
-        "DependencyNotReady",
-        MIN,
-    )
-    .await;
+    break_root(&client, &ns, &repo, &["b"]).await;
 
     let limits = json!({"pollInterval": "1s", "maxPollInterval": "2s", "cooldown": "3s"});
     apply(

@@ -554,29 +554,7 @@ async fn dependency_cascade_acts_on_the_root_then_reconciles_dependents_in_order
         {"case": "invalid-manifests", "mode": "Auto"}, {"case": "dependency-cascade", "mode": "Auto"}])))).await;
     let op = Operator::start(env, &ns, &[]);
 
-    repo.commit(&[("base/cm.yaml", Some(BROKEN_YAML))], "break the root");
-    request_reconcile(&client, &ns, "GitRepository", "repo").await;
-    wait_failing(&client, &ns, "Kustomization", "a", "BuildFailed", MIN).await;
-    request_reconcile(&client, &ns, "Kustomization", "b").await;
-    wait_failing(
-        &client,
-        &ns,
-        "Kustomization",
-        "b",
-        "DependencyNotReady",
-        MIN,
-    )
-    .await;
-    request_reconcile(&client, &ns, "Kustomization", "c").await;
-    wait_failing(
-        &client,
-        &ns,
-        "Kustomization",
-        "c",
-        "DependencyNotReady",
-        MIN,
-    )
-    .await;
+    break_root(&client, &ns, &repo, &["b", "c"]).await;
     for k in ["b", "c"] {
         let rem = wait_remediation(
             &client,

@@ -74,17 +74,7 @@ async fn crash_during_rollback(point: &str) {
     let r = remediation_for(&client, &ns, "HelmRelease/web")
         .await
         .unwrap();
-    let last = r["status"]["steps"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(last["action"], "rollback");
-    assert_eq!(
-        last["outcome"], "Running",
-        "the intent was recorded before acting"
-    );
+    interrupted_token(&r, "rollback");
 
     let _op = Operator::start(env, &ns, &[]);
     let r = remediation(
@@ -169,6 +159,15 @@ fn last_step(r: &Value) -> Value {
         .clone()
 }
 
+/// The token of the last step, asserted to be `action` left Running by the crash (the intent
+/// was recorded before acting).
+fn interrupted_token(r: &Value, action: &str) -> String {
+    let interrupted = last_step(r);
+    assert_eq!(interrupted["action"], action);
+    assert_eq!(interrupted["outcome"], "Running", "the intent was recorded");
+    interrupted["token"].as_str().unwrap().to_string()
+}
+
 fn steps_of<'a>(r: &'a Value, action: &str) -> Vec<&'a Value> {
     r["status"]["steps"]
         .as_array()
@@ -208,10 +207,7 @@ async fn crash_during_unlock(point: &str) {
     let r = remediation_for(&client, &ns, "HelmRelease/web")
         .await
         .unwrap();
-    let interrupted = last_step(&r);
-    assert_eq!(interrupted["action"], "unlock");
-    assert_eq!(interrupted["outcome"], "Running", "the intent was recorded");
-    let token = interrupted["token"].as_str().unwrap().to_string();
+    let token = interrupted_token(&r, "unlock");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let before = secrets.get("sh.helm.release.v1.web.v2").await.unwrap();
     let unlocked_before = before.metadata.labels.as_ref().unwrap()["status"] == "failed";
@@ -362,10 +358,7 @@ async fn crash_during_source_and_consumers(point: &str) {
     let r = remediation_for(&client, &ns, "GitRepository/repo")
         .await
         .unwrap();
-    let interrupted = last_step(&r);
-    assert_eq!(interrupted["action"], "reconcile-source-and-consumers");
-    assert_eq!(interrupted["outcome"], "Running", "the intent was recorded");
-    let token = interrupted["token"].as_str().unwrap().to_string();
+    let token = interrupted_token(&r, "reconcile-source-and-consumers");
     let requested = |o: &Value| {
         o["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"]
             .as_str()

@@ -916,3 +916,15 @@ pub async fn setup(prefix: &str) -> (&'static Env, Client, String) {
     let ns = namespace(&client, prefix).await;
     (env, client, ns)
 }
+
+/// Push broken YAML for the root Kustomization `a` (path `base/`), wait for its build to fail,
+/// then have each dependent re-check in turn and fail with DependencyNotReady.
+pub async fn break_root(client: &Client, ns: &str, repo: &Repo, dependents: &[&str]) {
+    repo.commit(&[("base/cm.yaml", Some(BROKEN_YAML))], "break the root");
+    request_reconcile(client, ns, "GitRepository", "repo").await;
+    wait_failing(client, ns, "Kustomization", "a", "BuildFailed", MIN).await;
+    for k in dependents {
+        request_reconcile(client, ns, "Kustomization", k).await;
+        wait_failing(client, ns, "Kustomization", k, "DependencyNotReady", MIN).await;
+    }
+}
