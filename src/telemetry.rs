@@ -50,6 +50,7 @@ pub struct Metrics {
     pub passes: Counter,
     pub leader: Gauge,
     pub pass_duration: Histogram,
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +71,7 @@ impl Default for Metrics {
         let passes = Counter::default();
         let leader = Gauge::default();
         let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
+        let events_dropped = Counter::default();
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
         registry.register(
             "actions",
@@ -131,6 +133,11 @@ impl Default for Metrics {
             "Duration of an evaluation pass",
             pass_duration.clone(),
         );
+        registry.register(
+            "events_dropped",
+            "Events not published because the Event queue was full",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
             incidents,
@@ -146,6 +153,7 @@ impl Default for Metrics {
             passes,
             leader,
             pass_duration,
+            events_dropped,
         }
     }
 }

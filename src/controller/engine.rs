@@ -455,7 +455,7 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
     snap
 }
 
-async fn event(
+fn event(
     ctx: &Context,
     regarding: &ObjectReference,
     related: Option<ObjectReference>,
@@ -471,10 +471,7 @@ async fn event(
         action: action.into(),
         secondary: related,
     };
-    ctx.limiter.acquire().await;
-    if let Err(e) = ctx.recorder.publish(&ev, regarding).await {
-        warn!(error = %e, reason, "cannot publish Event");
-    }
+    ctx.events.send(ev, regarding.clone());
 }
 
 fn rem_ref(rem: &Remediation) -> ObjectReference {
@@ -483,8 +480,8 @@ fn rem_ref(rem: &Remediation) -> ObjectReference {
 
 /// One Event about the target (where `flux events` and `kubectl describe` look), naming the
 /// Remediation as its related object; about the Remediation itself once the target is gone.
-/// One write per occurrence, not one per object.
-async fn announce(
+/// One write per occurrence, not one per object; queued, never awaited.
+fn announce(
     ctx: &Context,
     target: Option<&FluxObject>,
     rem: &Remediation,
@@ -496,9 +493,9 @@ async fn announce(
     match target {
         Some(o) => {
             let related = Some(rem_ref(rem));
-            event(ctx, &object_ref(o), related, type_, reason, action, note).await
+            event(ctx, &object_ref(o), related, type_, reason, action, note)
         }
-        None => event(ctx, &rem_ref(rem), None, type_, reason, action, note).await,
+        None => event(ctx, &rem_ref(rem), None, type_, reason, action, note),
     }
 }
 
@@ -611,8 +608,7 @@ async fn create_remediation(
         "FailureDetected",
         "Diagnose",
         note,
-    )
-    .await;
+    );
     Ok(created)
 }
 
@@ -693,8 +689,7 @@ async fn handle_incident(
             "Escalated",
             "Escalate",
             note,
-        )
-        .await;
+        );
     }
     if let Some(action) = dec.act().cloned() {
         return run_step(ctx, snap, obj, &rem, status, action, fresh_token(), true).await;
@@ -744,8 +739,7 @@ async fn handle_incident(
                     "ActionBlocked",
                     "Plan",
                     text.clone(),
-                )
-                .await;
+                );
             }
         }
         status.blocked = Some(text);
@@ -855,7 +849,7 @@ async fn run_step(
         }
     }
     write_status(ctx, rem, &status).await?;
-    announce(ctx, Some(obj), rem, etype, &reason, action.name(), note).await;
+    announce(ctx, Some(obj), rem, etype, &reason, action.name(), note);
     result.map(|_| ())
 }
 
@@ -1064,8 +1058,7 @@ async fn close(
         "Recovered",
         "Close",
         note,
-    )
-    .await;
+    );
     info!(target = %rem.spec.target, phase = ?status.phase, ttr, "incident closed");
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! snapshot, plans under the policies and acts with bounded concurrency.
 
 pub mod engine;
+pub mod events;
 pub mod index;
 pub mod limiter;
 
@@ -54,7 +55,8 @@ pub struct Context {
     pub index: index::SharedIndex,
     pub notify: Arc<Notify>,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    /// Events, published off the remediation path.
+    pub events: events::EventQueue,
     pub actuator: Actuator,
     pub limiter: Arc<limiter::WriteLimiter>,
     backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
@@ -129,12 +131,18 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         opts.max_writes_per_second,
         opts.max_writes_per_second * 2,
     ));
+    let metrics = Metrics::default();
+    let events = events::EventQueue::start(
+        Recorder::new(client.clone(), reporter),
+        write_limiter.clone(),
+        metrics.events_dropped.clone(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         index: Arc::new(RwLock::new(index::Index::default())),
         notify: Arc::new(Notify::new()),
-        metrics: Metrics::default(),
-        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        events,
         actuator: Actuator {
             client: client.clone(),
             helm_bin: opts.helm_bin.clone(),
@@ -264,6 +272,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         _ = engine => {}
         _ = shutdown_signal() => info!("shutting down"),
         Some(r) = tasks.join_next() => warn!(?r, "a watch task ended"),
+    }
+    if !ctx.events.flush(Duration::from_secs(5)).await {
+        warn!(
+            pending = ctx.events.pending(),
+            "Events not written before shutdown"
+        );
     }
     Ok(())
 }
