@@ -8,8 +8,10 @@
 //!    log, which records only fluxmedic's identity);
 //! 3. flip FLUXMEDIC_LOAD_TRICKLE Kustomizations (default 100) to a failing condition one every
 //!    FLUXMEDIC_LOAD_TRICKLE_MS (default 250), then FLUXMEDIC_LOAD_FLIP others (default 1,000) at once, and report for each,
-//!    per object, the time from the status write to the Remediation being visible and to its
-//!    first action being recorded (p50/p99);
+//!    per object, the time from the status write to the Remediation being visible, to its
+//!    first step's intent being recorded (written before the action) and to that step's outcome
+//!    (written after the action), p50/p99; the operator runs with FLUXMEDIC_LOAD_WRITES writes/s
+//!    (default 20, the product default) and FLUXMEDIC_LOAD_CONCURRENCY (default 16);
 //! 4. time `fluxmedic diagnose` on a dump file and on the live API server against the runbook's
 //!    manual `kubectl get` commands.
 //!
@@ -34,8 +36,12 @@ use kube::{
 use serde_json::json;
 use support::*;
 
-/// When the harness first saw a target's Remediation, and its first recorded action.
-type FirstSeen = (Option<Instant>, Option<Instant>);
+/// When the harness first saw a target's Remediation, its first step recorded (the intent,
+/// written before the action) and that step's outcome (written after the action).
+type FirstSeen = [Option<Instant>; 3];
+
+/// Latencies from the status writes: [to the Remediation, to the intent, to the outcome].
+type Latencies = [Vec<f64>; 3];
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -182,6 +188,8 @@ async fn main() {
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let writes = std::env::var("FLUXMEDIC_LOAD_WRITES").unwrap_or_else(|_| "20".into());
     rows.push(("`--max-writes-per-second`".into(), writes.clone()));
+    let concurrency = std::env::var("FLUXMEDIC_LOAD_CONCURRENCY").unwrap_or_else(|_| "16".into());
+    rows.push(("`--concurrency`".into(), concurrency.clone()));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args([
@@ -195,7 +203,7 @@ async fn main() {
             "--tick-seconds",
             "5",
             "--concurrency",
-            "16",
+            &concurrency,
             "--max-writes-per-second",
             &writes,
         ])
@@ -265,10 +273,14 @@ async fn main() {
         while let Ok(Some(r)) = s.try_next().await {
             let now = Instant::now();
             let mut m = seen2.lock().unwrap();
-            let e = m.entry(r.spec.target.name.clone()).or_insert((None, None));
-            e.0.get_or_insert(now);
-            if r.status.as_ref().is_some_and(|s| !s.steps.is_empty()) {
-                e.1.get_or_insert(now);
+            let e = m.entry(r.spec.target.name.clone()).or_default();
+            e[0].get_or_insert(now);
+            let first = r.status.as_ref().and_then(|s| s.steps.first());
+            if first.is_some() {
+                e[1].get_or_insert(now);
+            }
+            if first.is_some_and(|st| st.outcome != "Running") {
+                e[2].get_or_insert(now);
             }
         }
     });
@@ -297,7 +309,7 @@ async fn main() {
                     let s = seen.lock().unwrap();
                     names
                         .iter()
-                        .filter(|n| s.get(*n).is_some_and(|(_, a)| a.is_some()))
+                        .filter(|n| s.get(*n).is_some_and(|e| e[2].is_some()))
                         .count()
                 };
                 if done >= names.len() || Instant::now() > deadline {
@@ -305,21 +317,35 @@ async fn main() {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let (mut to_rem, mut to_act) = (vec![], vec![]);
+            let mut out: Latencies = Default::default();
             let w = written.lock().unwrap();
             let s = seen.lock().unwrap();
             for name in &names {
-                let (Some(at), Some((r, a))) = (w.get(name), s.get(name)) else {
+                let (Some(at), Some(e)) = (w.get(name), s.get(name)) else {
                     continue;
                 };
-                if let Some(r) = r {
-                    to_rem.push(r.saturating_duration_since(*at).as_secs_f64());
-                }
-                if let Some(a) = a {
-                    to_act.push(a.saturating_duration_since(*at).as_secs_f64());
+                for (v, t) in out.iter_mut().zip(e) {
+                    if let Some(t) = t {
+                        v.push(t.saturating_duration_since(*at).as_secs_f64());
+                    }
                 }
             }
-            (to_rem, to_act)
+            out
+        }
+    };
+    let report = |rows: &mut Vec<(String, String)>, what: &str, of: usize, mut l: Latencies| {
+        for (v, to) in l.iter_mut().zip([
+            "Remediation visible",
+            "intent recorded (before the action)",
+            "outcome recorded (after the action)",
+        ]) {
+            rows.push((
+                format!(
+                    "{what}: status write → {to}, p50 / p99 ({} of {of})",
+                    v.len()
+                ),
+                format!("{:.3} s / {:.3} s", pct(v, 0.5), pct(v, 0.99)),
+            ));
         }
     };
 
@@ -338,29 +364,13 @@ async fn main() {
         fail(api.clone(), written.clone(), name.clone()).await;
         tokio::time::sleep(Duration::from_millis(spacing_ms)).await;
     }
-    let (mut to_rem, mut to_act) = wait_and_measure(trickle_names, Duration::from_secs(60)).await;
-    rows.push((
-        format!(
-            "one failure every 250 ms ({trickle}): status write → Remediation visible, p50 / p99"
-        ),
-        format!(
-            "{:.3} s / {:.3} s ({} seen)",
-            pct(&mut to_rem, 0.5),
-            pct(&mut to_rem, 0.99),
-            to_rem.len()
-        ),
-    ));
-    rows.push((
-        format!(
-            "one failure every 250 ms ({trickle}): status write → first action recorded, p50 / p99"
-        ),
-        format!(
-            "{:.3} s / {:.3} s ({} seen)",
-            pct(&mut to_act, 0.5),
-            pct(&mut to_act, 0.99),
-            to_act.len()
-        ),
-    ));
+    let l = wait_and_measure(trickle_names, Duration::from_secs(60)).await;
+    report(
+        &mut rows,
+        &format!("one failure every {spacing_ms} ms"),
+        trickle,
+        l,
+    );
 
     // Then a storm: `flip` roots of dependsOn chains at once.
     let storm_names: Vec<String> = (0..flip).map(|i| format!("ks-{}", i * 5)).collect();
@@ -369,34 +379,13 @@ async fn main() {
         .for_each_concurrent(16, |name| fail(api.clone(), written.clone(), name))
         .await;
     let flip_write = t_flip.elapsed();
-    let (mut to_rem, mut to_act) = wait_and_measure(storm_names, Duration::from_secs(300)).await;
+    let l = wait_and_measure(storm_names, Duration::from_secs(300)).await;
     watch.abort();
     rows.push((
         format!("status writes of {flip} flips (16 concurrent)"),
         format!("{:.2} s", flip_write.as_secs_f64()),
     ));
-    rows.push((
-        format!(
-            "status write → Remediation visible, p50 / p99 ({} of {flip})",
-            to_rem.len()
-        ),
-        format!(
-            "{:.3} s / {:.3} s",
-            pct(&mut to_rem, 0.5),
-            pct(&mut to_rem, 0.99)
-        ),
-    ));
-    rows.push((
-        format!(
-            "status write → first action recorded, p50 / p99 ({} of {flip})",
-            to_act.len()
-        ),
-        format!(
-            "{:.3} s / {:.3} s",
-            pct(&mut to_act, 0.5),
-            pct(&mut to_act, 0.99)
-        ),
-    ));
+    report(&mut rows, &format!("{flip} flipped at once"), flip, l);
     let (rss2, hwm, _) = proc_stat(pid);
     rows.push((
         format!("resident memory with {flip} open incidents (peak)"),
