@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
 use support::*;
@@ -154,24 +154,8 @@ async fn broken_commit(env: &'static Env, client: Client, with: bool, cfg: &Cfg)
 
 async fn credentials(env: &'static Env, client: Client, with: bool, cfg: &Cfg) -> Option<f64> {
     let ns = namespace(&client, if with { "ttr-creds-fm" } else { "ttr-creds" }).await;
-    let repo = Repo::new(env, &ns, true);
-    repo.set_server_credentials(env, "bot", "first-password");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
-        ],
-        "initial",
-    );
+    let repo = private_app_repo(env, &client, &ns).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let creds: Secret =
-        serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": ns},
-        "stringData": {"username": "bot", "password": "first-password"}}))
-        .unwrap();
-    secrets
-        .create(&PostParams::default(), &creds)
-        .await
-        .unwrap();
     git_source(&client, &ns, &repo.url, Some("creds")).await;
     ks(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;

@@ -112,25 +112,8 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     let (env, client, ns) = setup("gitauth").await;
-    let repo = Repo::new(env, &ns, true);
-    repo.set_server_credentials(env, "bot", "first-password");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
-        ],
-        "initial",
-    );
+    let repo = private_app_repo(env, &client, &ns).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let creds = |pw: &str| -> Secret {
-        serde_json::from_value(json!({"metadata": {"name": "creds", "namespace": ns},
-            "stringData": {"username": "bot", "password": pw}}))
-        .unwrap()
-    };
-    secrets
-        .create(&PostParams::default(), &creds("first-password"))
-        .await
-        .unwrap();
     git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
     kustomization(&client, &ns, "app", "./app", &[]).await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;

@@ -901,6 +901,30 @@ pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
     repo
 }
 
+/// A private Git repository on the fixture server that accepts `bot:first-password`, holding
+/// the `app` of [`ready_app`], and the Secret `creds` with those credentials. The caller
+/// creates the GitRepository (`secretRef: creds`) and Kustomization with its own intervals.
+pub async fn private_app_repo(env: &Env, client: &Client, ns: &str) -> Repo {
+    let repo = Repo::new(env, ns, true);
+    repo.set_server_credentials(env, "bot", "first-password");
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
+        ],
+        "initial",
+    );
+    let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "creds", "namespace": ns},
+        "stringData": {"username": "bot", "password": "first-password"}}))
+    .unwrap();
+    Api::namespaced(client.clone(), ns)
+        .create(&kube::api::PostParams::default(), &creds)
+        .await
+        .unwrap();
+    repo
+}
+
 /// Push broken YAML for `app`, have the source fetch it, and wait for the build to fail.
 pub async fn break_app(client: &Client, ns: &str, repo: &Repo, message: &str) {
     repo.commit(&[("app/cm.yaml", Some(BROKEN_YAML))], message);
