@@ -16,6 +16,11 @@ pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
 pub const TARGET_LABEL: &str = "fluxmedic.io/target";
 /// Label on Remediations: "true" while the incident is open.
 pub const OPEN_LABEL: &str = "fluxmedic.io/open";
+/// Annotation on a Remediation created with its first step's intent (a JSON `Step`): a new
+/// incident whose action follows at once records the intent in the create, one write fewer
+/// before the action. The status holds the step from its outcome on; until then (a crash
+/// between the create and the outcome) this is the record the step is finished from.
+pub const INTENT_ANNOTATION: &str = "fluxmedic.io/intent";
 /// Annotation fluxmedic sets on a HelmRelease it suspended, naming the Remediation that owns the suspension.
 pub const SUSPENDED_BY_ANNOTATION: &str = "fluxmedic.io/suspended-by";
 

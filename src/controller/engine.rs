@@ -15,14 +15,14 @@ use kube::{
     runtime::events::{Event, EventType},
 };
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::{
     api::{
-        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, Mode, OPEN_LABEL, Phase, Remediation,
-        RemediationPolicy, RemediationPolicyStatus, RemediationSpec, RemediationStatus,
-        SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL, TargetRef,
+        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, INTENT_ANNOTATION, Mode, OPEN_LABEL,
+        Phase, Remediation, RemediationPolicy, RemediationPolicyStatus, RemediationSpec,
+        RemediationStatus, SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL, TargetRef,
     },
     diagnose::{self, Diagnosis, Report, Snapshot},
     error::{Error, Result},
@@ -259,7 +259,7 @@ pub async fn pass(ctx: &Arc<Context>) {
         if let Some(owner) = o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) {
             let rem = remediations.get(&(o.key.namespace.clone(), owner.clone()));
             let holds = rem.is_some_and(|r| {
-                let s = r.status.clone().unwrap_or_default();
+                let s = recorded_status(r);
                 s.phase.is_open()
                     && (s.phase == Phase::AwaitingFix
                         || s.steps.last().is_some_and(|st| st.outcome == "Running"))
@@ -270,6 +270,7 @@ pub async fn pass(ctx: &Arc<Context>) {
         }
     }
 
+    let items = work.len();
     let report = Arc::new(report);
     let snap = Arc::new(snap);
     let ctx2 = ctx.clone();
@@ -304,6 +305,12 @@ pub async fn pass(ctx: &Arc<Context>) {
         })
         .await;
     gc_history(ctx, &remediations).await;
+    debug!(
+        failing,
+        items,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "evaluation pass"
+    );
     ctx.metrics.passes.inc();
     ctx.metrics
         .pass_duration
@@ -521,17 +528,14 @@ async fn write_status(
     Ok(out)
 }
 
-async fn create_remediation(
-    ctx: &Context,
-    snap: &Snapshot,
-    d: &Diagnosis,
-    obj: &FluxObject,
-) -> Result<Remediation> {
-    let now = snap.now;
-    let since = obj.failing_since().map(|t| t.as_second()).unwrap_or(now);
+/// The Remediation a new incident on `obj` gets (not yet created).
+fn draft_remediation(snap: &Snapshot, d: &Diagnosis, obj: &FluxObject) -> Remediation {
+    let since = obj
+        .failing_since()
+        .map(|t| t.as_second())
+        .unwrap_or(snap.now);
     let name = remediation_name(&d.target, since);
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &d.target.namespace);
-    let rem = Remediation {
+    Remediation {
         metadata: ObjectMeta {
             name: Some(name.clone()),
             namespace: Some(d.target.namespace.clone()),
@@ -549,7 +553,31 @@ async fn create_remediation(
             approved: false,
         },
         status: None,
-    };
+    }
+}
+
+/// Create a new incident's Remediation. `intent` is its first step when an action follows at
+/// once: recorded in the same write (see [`INTENT_ANNOTATION`]), so the action needs no status
+/// write before it. Returns the object and whether this call created it (false: it existed,
+/// created before a crash or by the previous leader, and was adopted from the watch).
+async fn create_remediation(
+    ctx: &Context,
+    snap: &Snapshot,
+    d: &Diagnosis,
+    obj: &FluxObject,
+    mut rem: Remediation,
+    intent: Option<&Step>,
+) -> Result<(Remediation, bool)> {
+    let now = snap.now;
+    let since = obj.failing_since().map(|t| t.as_second()).unwrap_or(now);
+    let name = rem.name_any();
+    if let Some(step) = intent {
+        rem.annotations_mut().insert(
+            INTENT_ANNOTATION.into(),
+            serde_json::to_string(step).unwrap_or_default(),
+        );
+    }
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &d.target.namespace);
     ctx.limiter.acquire().await;
     let created = match api
         .create(
@@ -573,7 +601,7 @@ async fn create_remediation(
                 .get(&(d.target.namespace.clone(), name.clone()))
                 .map(|r| (**r).clone());
             match known {
-                Some(r) => r,
+                Some(r) => return Ok((r, false)),
                 None => return Err(kube::Error::Api(s).into()),
             }
         }
@@ -609,7 +637,7 @@ async fn create_remediation(
         "Diagnose",
         note,
     );
-    Ok(created)
+    Ok((created, true))
 }
 
 fn record(d: &Diagnosis) -> DiagnosisRecord {
@@ -631,16 +659,18 @@ async fn handle_incident(
     (failing, threshold): (usize, u32),
 ) -> Result<()> {
     let obj = &snap.objects[&d.target];
-    let rem = match existing {
-        Some(r) if r.spec.case == d.case => (*r).clone(),
+    // A new incident is planned before its Remediation exists, so that an immediate first
+    // action is recorded by the create itself.
+    let (mut rem, mut draft) = match existing {
+        Some(r) if r.spec.case == d.case => ((*r).clone(), false),
         Some(r) => {
             // The failure changed nature: close this incident, open one for the new case.
             close(ctx, snap, &r, "Superseded").await?;
-            create_remediation(ctx, snap, d, obj).await?
+            (draft_remediation(snap, d, obj), true)
         }
-        None => create_remediation(ctx, snap, d, obj).await?,
+        None => (draft_remediation(snap, d, obj), true),
     };
-    let mut status = rem.status.clone().unwrap_or_default();
+    let mut status = recorded_status(&rem);
     if status.detected_at.is_none() {
         // A new incident (or one whose creation a crash interrupted): when it was seen, and
         // what a fix would change. Written together with the first plan.
@@ -653,7 +683,17 @@ async fn handle_incident(
     // A step interrupted by a crash is finished first, with the token it recorded.
     if let Some((Some(action), token)) = interrupted_step(&status) {
         info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
-        return run_step(ctx, snap, obj, &rem, status, action, token, false).await;
+        return run_step(
+            ctx,
+            snap,
+            obj,
+            &rem,
+            status,
+            action,
+            token,
+            Intent::Recorded,
+        )
+        .await;
     }
     let inc = incident_view(&rem, &status);
     let pctx = PlanContext {
@@ -667,6 +707,35 @@ async fn handle_incident(
     status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
     status.policy = policy.map(Policy::id);
     status.mode = Some(dec.mode);
+    if let (true, Some(action)) = (draft && !dec.escalate, dec.act()) {
+        let token = fresh_token();
+        begin_step(&mut status, action, &token, snap.now);
+        let step = status.steps.last().expect("a step was just begun").clone();
+        let (rem, created) = create_remediation(ctx, snap, d, obj, rem, Some(&step)).await?;
+        if !created {
+            // Somebody else's record of this incident: the next pass goes on from it.
+            return Ok(());
+        }
+        return run_step(
+            ctx,
+            snap,
+            obj,
+            &rem,
+            status,
+            action.clone(),
+            token,
+            Intent::InCreate,
+        )
+        .await;
+    }
+    if draft {
+        let (created, fresh) = create_remediation(ctx, snap, d, obj, rem, None).await?;
+        if !fresh {
+            return Ok(());
+        }
+        (rem, draft) = (created, false);
+    }
+    debug_assert!(!draft);
     if dec.escalate && status.phase != Phase::Escalated && status.phase.is_open() {
         status.phase = Phase::Escalated;
         ctx.metrics
@@ -692,7 +761,17 @@ async fn handle_incident(
         );
     }
     if let Some(action) = dec.act().cloned() {
-        return run_step(ctx, snap, obj, &rem, status, action, fresh_token(), true).await;
+        return run_step(
+            ctx,
+            snap,
+            obj,
+            &rem,
+            status,
+            action,
+            fresh_token(),
+            Intent::Write,
+        )
+        .await;
     }
     let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
     let text = match &dec.planned {
@@ -761,7 +840,70 @@ fn interrupted_step(status: &RemediationStatus) -> Option<(Option<Action>, Strin
     Some((action, step.token.clone().unwrap_or_else(fresh_token)))
 }
 
-/// Persist the intent, act, persist the outcome.
+/// Where a step's intent is (or goes) before its action runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Intent {
+    /// Write it to the status now.
+    Write,
+    /// The Remediation's create carried it ([`INTENT_ANNOTATION`]); `status` holds it too.
+    InCreate,
+    /// Already recorded (a step a restart interrupted); `status` holds it.
+    Recorded,
+}
+
+/// Add a Running step for `action` to `status`, with the bookkeeping that goes with it.
+fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, now: i64) {
+    status.steps.push(Step {
+        action: action.name().into(),
+        detail: serde_json::to_string(action).ok(),
+        outcome: "Running".into(),
+        token: Some(token.into()),
+        started_at: rfc3339(now),
+        finished_at: None,
+        message: action.to_string(),
+    });
+    // Bound the step list: keep the first and the latest ones.
+    if status.steps.len() > 30 {
+        status.steps.drain(1..status.steps.len() - 29);
+    }
+    if action.is_attempt() {
+        status.attempts += 1;
+    }
+    if matches!(action, Action::ReconcileSource { .. }) {
+        status.polls += 1;
+    }
+    status.last_action_at = Some(rfc3339(now));
+    status.action = Some(action.name().into());
+    status.blocked = None;
+    if status.phase != Phase::Escalated {
+        status.phase = Phase::Remediating;
+    }
+}
+
+/// What a Remediation has recorded: its status, plus the first step's intent when the create
+/// carried it and a crash came before the outcome reached the status.
+fn recorded_status(rem: &Remediation) -> RemediationStatus {
+    let mut status = rem.status.clone().unwrap_or_default();
+    if status.steps.is_empty()
+        && let Some(step) = rem
+            .annotations()
+            .get(INTENT_ANNOTATION)
+            .and_then(|v| serde_json::from_str::<Step>(v).ok())
+    {
+        let action = step
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<Action>(d).ok());
+        let at = parse_ts(&Some(step.started_at.clone())).unwrap_or_else(now_s);
+        match action {
+            Some(a) => begin_step(&mut status, &a, step.token.as_deref().unwrap_or(""), at),
+            None => status.steps.push(step),
+        }
+    }
+    status
+}
+
+/// Persist the intent (unless already recorded), act, persist the outcome.
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     ctx: &Arc<Context>,
@@ -771,36 +913,13 @@ async fn run_step(
     mut status: RemediationStatus,
     action: Action,
     token: String,
-    fresh: bool,
+    intent: Intent,
 ) -> Result<()> {
-    let now = now_s();
-    if fresh {
-        status.steps.push(Step {
-            action: action.name().into(),
-            detail: serde_json::to_string(&action).ok(),
-            outcome: "Running".into(),
-            token: Some(token.clone()),
-            started_at: rfc3339(now),
-            finished_at: None,
-            message: action.to_string(),
-        });
-        // Bound the step list: keep the first and the latest ones.
-        if status.steps.len() > 30 {
-            status.steps.drain(1..status.steps.len() - 29);
-        }
-        if action.is_attempt() {
-            status.attempts += 1;
-        }
-        if matches!(action, Action::ReconcileSource { .. }) {
-            status.polls += 1;
-        }
-        status.last_action_at = Some(rfc3339(now));
-        status.action = Some(action.name().into());
-        status.blocked = None;
-        if status.phase != Phase::Escalated {
-            status.phase = Phase::Remediating;
-        }
+    if intent == Intent::Write {
+        begin_step(&mut status, &action, &token, now_s());
         write_status(ctx, rem, &status).await?;
+    }
+    if intent != Intent::Recorded {
         crash_point(&format!("{}:after-intent", action.name()));
     }
     let result = perform(ctx, snap, obj, rem, &action, &token).await;
@@ -848,7 +967,19 @@ async fn run_step(
             _ => {}
         }
     }
-    write_status(ctx, rem, &status).await?;
+    if let Err(write) = write_status(ctx, rem, &status).await {
+        // The outcome did not reach the status: the step stays Running there and is finished
+        // again with its token. An action error is still counted, not hidden behind this one.
+        if let Err(e) = &result {
+            ctx.metrics
+                .errors
+                .get_or_create(&CategoryLabels {
+                    category: e.category().into(),
+                })
+                .inc();
+        }
+        return Err(write);
+    }
     announce(ctx, Some(obj), rem, etype, &reason, action.name(), note);
     result.map(|_| ())
 }
@@ -973,7 +1104,7 @@ async fn close(
     rem: &Remediation,
     reason: &'static str,
 ) -> Result<()> {
-    let mut status = rem.status.clone().unwrap_or_default();
+    let mut status = recorded_status(rem);
     let target = rem.spec.target.to_key();
     let obj = target.as_ref().and_then(|k| snap.objects.get(k));
     // Our suspension never outlives the incident.
@@ -1108,5 +1239,85 @@ async fn gc_history(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rem_with(status: Option<RemediationStatus>, intent: Option<&Step>) -> Remediation {
+        let mut r = Remediation::new(
+            "ks-app-1",
+            RemediationSpec {
+                target: TargetRef::from_key(&ObjectKey {
+                    kind: FluxKind::Kustomization,
+                    namespace: "apps".into(),
+                    name: "app".into(),
+                }),
+                target_name: "Kustomization/app".into(),
+                case: crate::diagnose::Case::StaleLock,
+                approved: false,
+            },
+        );
+        r.status = status;
+        if let Some(step) = intent {
+            r.annotations_mut().insert(
+                INTENT_ANNOTATION.into(),
+                serde_json::to_string(step).unwrap(),
+            );
+        }
+        r
+    }
+
+    fn intent_of(action: &Action, token: &str, now: i64) -> (RemediationStatus, Step) {
+        let mut status = RemediationStatus::default();
+        begin_step(&mut status, action, token, now);
+        let step = status.steps[0].clone();
+        (status, step)
+    }
+
+    #[test]
+    fn an_intent_recorded_at_creation_reads_as_the_interrupted_step() {
+        let action = Action::UnlockRelease {
+            namespace: "apps".into(),
+            secret: "sh.helm.release.v1.web.v2".into(),
+            version: 2,
+            delete: false,
+        };
+        let (expected, step) = intent_of(&action, "2026-11-23T10:00:00Z", 1_795_000_000);
+        let status = recorded_status(&rem_with(None, Some(&step)));
+        assert_eq!(status.steps, expected.steps);
+        assert_eq!(status.attempts, 1, "the unlock counts as an attempt");
+        assert_eq!(status.phase, Phase::Remediating);
+        assert_eq!(status.last_action_at, expected.last_action_at);
+        let (a, token) = interrupted_step(&status).expect("interrupted");
+        assert_eq!(a, Some(action));
+        assert_eq!(
+            token, "2026-11-23T10:00:00Z",
+            "finished with the recorded token"
+        );
+    }
+
+    #[test]
+    fn the_status_wins_once_it_holds_the_step() {
+        let action = Action::Reconcile;
+        let (mut done, step) = intent_of(&action, "t1", 1_795_000_000);
+        done.steps[0].outcome = "Succeeded".into();
+        let status = recorded_status(&rem_with(Some(done.clone()), Some(&step)));
+        assert_eq!(
+            status, done,
+            "the annotation is history once the outcome is recorded"
+        );
+        assert!(interrupted_step(&status).is_none());
+    }
+
+    #[test]
+    fn an_unreadable_intent_is_kept_as_is_and_not_rerun() {
+        let mut step = intent_of(&Action::Reconcile, "t1", 1_795_000_000).1;
+        step.detail = Some("{not json".into());
+        let status = recorded_status(&rem_with(None, Some(&step)));
+        assert_eq!(status.steps, vec![step]);
+        assert_eq!(interrupted_step(&status).map(|(a, _)| a), Some(None));
     }
 }
