@@ -22,6 +22,7 @@ mod support;
 
 use std::{
     collections::HashMap,
+    path::Path,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -29,7 +30,7 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{DynamicObject, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
@@ -70,6 +71,32 @@ fn proc_stat(pid: u32) -> (u64, u64, f64) {
     let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (kb("VmRSS:") / 1024, kb("VmHWM:") / 1024, ticks / 100.0)
+}
+
+/// CPU seconds used so far by each control-plane process (`<testenv>/pids/*`), the operator
+/// and this harness.
+fn cpu_seconds(env: &Env, operator: u32) -> Vec<(String, f64)> {
+    let mut out = vec![];
+    let dir = Path::new(env.var("FLUXMEDIC_TESTENV_DIR")).join("pids");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names {
+        if let Some(pid) = std::fs::read_to_string(dir.join(&name))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            out.push((name, proc_stat(pid).2));
+        }
+    }
+    out.push(("fluxmedic".into(), proc_stat(operator).2));
+    out.push(("load harness".into(), proc_stat(std::process::id()).2));
+    out
 }
 
 fn audit_requests(
@@ -188,6 +215,8 @@ async fn main() {
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let writes = std::env::var("FLUXMEDIC_LOAD_WRITES").unwrap_or_else(|_| "20".into());
     rows.push(("`--max-writes-per-second`".into(), writes.clone()));
+    // FLUXMEDIC_LOAD_LOG=<file>: the operator's info log, to see where time goes.
+    let log = std::env::var("FLUXMEDIC_LOAD_LOG").ok();
     let concurrency = std::env::var("FLUXMEDIC_LOAD_CONCURRENCY").unwrap_or_else(|_| "16".into());
     rows.push(("`--concurrency`".into(), concurrency.clone()));
     let started = Instant::now();
@@ -208,8 +237,18 @@ async fn main() {
             &writes,
         ])
         .env("KUBECONFIG", &kc)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
+        .env(
+            "RUST_LOG",
+            if log.is_some() {
+                "info,fluxmedic=debug"
+            } else {
+                "warn"
+            },
+        )
+        .stderr(match &log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        })
         .spawn()
         .unwrap();
     let pid = child.id();
@@ -276,7 +315,8 @@ async fn main() {
             let e = m.entry(r.spec.target.name.clone()).or_default();
             e[0].get_or_insert(now);
             let first = r.status.as_ref().and_then(|s| s.steps.first());
-            if first.is_some() {
+            // A new incident's first intent rides on the create (an annotation).
+            if first.is_some() || r.annotations().contains_key("fluxmedic.io/intent") {
                 e[1].get_or_insert(now);
             }
             if first.is_some_and(|st| st.outcome != "Running") {
@@ -375,17 +415,31 @@ async fn main() {
     // Then a storm: `flip` roots of dependsOn chains at once.
     let storm_names: Vec<String> = (0..flip).map(|i| format!("ks-{}", i * 5)).collect();
     let t_flip = Instant::now();
+    let cpu_before = cpu_seconds(env, pid);
+    eprintln!("storm starts at {}", jiff::Timestamp::now());
     futures::stream::iter(storm_names.clone())
         .for_each_concurrent(16, |name| fail(api.clone(), written.clone(), name))
         .await;
     let flip_write = t_flip.elapsed();
     let l = wait_and_measure(storm_names, Duration::from_secs(300)).await;
+    let storm_wall = t_flip.elapsed().as_secs_f64();
+    let cpu: Vec<String> = cpu_seconds(env, pid)
+        .into_iter()
+        .zip(cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .filter(|(_, used)| *used >= 0.05)
+        .map(|(name, used)| format!("{name} {used:.1}"))
+        .collect();
     watch.abort();
     rows.push((
         format!("status writes of {flip} flips (16 concurrent)"),
         format!("{:.2} s", flip_write.as_secs_f64()),
     ));
     report(&mut rows, &format!("{flip} flipped at once"), flip, l);
+    rows.push((
+        format!("CPU seconds used during the storm ({storm_wall:.1} s wall, 2 cores)"),
+        cpu.join(", "),
+    ));
     let (rss2, hwm, _) = proc_stat(pid);
     rows.push((
         format!("resident memory with {flip} open incidents (peak)"),
