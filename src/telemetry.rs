@@ -165,6 +165,14 @@ impl Metrics {
         out
     }
 
+    pub fn error(&self, category: &str) {
+        self.errors
+            .get_or_create(&CategoryLabels {
+                category: category.into(),
+            })
+            .inc();
+    }
+
     pub fn action(&self, action: &str, outcome: &str) {
         self.actions
             .get_or_create(&ActionLabels {

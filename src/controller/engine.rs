@@ -29,7 +29,7 @@ use crate::{
     flux::{FluxKind, FluxObject, ObjectKey},
     policy::{self, Action, Blocked, Decision, IncidentView, PlanContext, Policy, source_revision},
     remedy::{UnlockOutcome, fresh_token},
-    telemetry::{CaseLabels, CategoryLabels, ReasonLabels},
+    telemetry::{CaseLabels, ReasonLabels},
 };
 
 /// FNV-1a: a stable hash for Remediation names and labels (stable across restarts and builds).
@@ -295,7 +295,7 @@ pub async fn pass(ctx: &Arc<Context>) {
                     match res {
                         Ok(()) => ctx.backoff_reset(&k),
                         Err(e) => {
-                            ctx.metrics.errors.get_or_create(&CategoryLabels { category: e.category().into() }).inc();
+                            ctx.metrics.error(e.category());
                             let delay = ctx.backoff_fail(&k, now);
                             warn!(target = %k, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
                         }
@@ -971,12 +971,7 @@ async fn run_step(
         // The outcome did not reach the status: the step stays Running there and is finished
         // again with its token. An action error is still counted, not hidden behind this one.
         if let Err(e) = &result {
-            ctx.metrics
-                .errors
-                .get_or_create(&CategoryLabels {
-                    category: e.category().into(),
-                })
-                .inc();
+            ctx.metrics.error(e.category());
         }
         return Err(write);
     }
