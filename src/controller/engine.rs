@@ -528,13 +528,16 @@ async fn write_status(
     Ok(out)
 }
 
+/// When the failure of `obj` started (its Ready condition's transition), else now.
+fn failing_since(snap: &Snapshot, obj: &FluxObject) -> i64 {
+    obj.failing_since()
+        .map(|t| t.as_second())
+        .unwrap_or(snap.now)
+}
+
 /// The Remediation a new incident on `obj` gets (not yet created).
 fn draft_remediation(snap: &Snapshot, d: &Diagnosis, obj: &FluxObject) -> Remediation {
-    let since = obj
-        .failing_since()
-        .map(|t| t.as_second())
-        .unwrap_or(snap.now);
-    let name = remediation_name(&d.target, since);
+    let name = remediation_name(&d.target, failing_since(snap, obj));
     Remediation {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -569,7 +572,7 @@ async fn create_remediation(
     intent: Option<&Step>,
 ) -> Result<(Remediation, bool)> {
     let now = snap.now;
-    let since = obj.failing_since().map(|t| t.as_second()).unwrap_or(now);
+    let since = failing_since(snap, obj);
     let name = rem.name_any();
     if let Some(step) = intent {
         rem.annotations_mut().insert(
@@ -661,7 +664,7 @@ async fn handle_incident(
     let obj = &snap.objects[&d.target];
     // A new incident is planned before its Remediation exists, so that an immediate first
     // action is recorded by the create itself.
-    let (mut rem, mut draft) = match existing {
+    let (mut rem, draft) = match existing {
         Some(r) if r.spec.case == d.case => ((*r).clone(), false),
         Some(r) => {
             // The failure changed nature: close this incident, open one for the new case.
@@ -707,35 +710,34 @@ async fn handle_incident(
     status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
     status.policy = policy.map(Policy::id);
     status.mode = Some(dec.mode);
-    if let (true, Some(action)) = (draft && !dec.escalate, dec.act()) {
-        let token = fresh_token();
-        begin_step(&mut status, action, &token, snap.now);
-        let step = status.steps.last().expect("a step was just begun").clone();
-        let (rem, created) = create_remediation(ctx, snap, d, obj, rem, Some(&step)).await?;
-        if !created {
+    if draft {
+        // A first action that follows at once has its intent recorded by the create.
+        let first = dec.act().filter(|_| !dec.escalate).map(|a| {
+            let token = fresh_token();
+            begin_step(&mut status, a, &token, snap.now);
+            (a.clone(), token)
+        });
+        let intent = first.as_ref().and_then(|_| status.steps.last().cloned());
+        let (created, fresh) = create_remediation(ctx, snap, d, obj, rem, intent.as_ref()).await?;
+        if !fresh {
             // Somebody else's record of this incident: the next pass goes on from it.
             return Ok(());
         }
-        return run_step(
-            ctx,
-            snap,
-            obj,
-            &rem,
-            status,
-            action.clone(),
-            token,
-            Intent::InCreate,
-        )
-        .await;
-    }
-    if draft {
-        let (created, fresh) = create_remediation(ctx, snap, d, obj, rem, None).await?;
-        if !fresh {
-            return Ok(());
+        if let Some((action, token)) = first {
+            return run_step(
+                ctx,
+                snap,
+                obj,
+                &created,
+                status,
+                action,
+                token,
+                Intent::InCreate,
+            )
+            .await;
         }
-        (rem, draft) = (created, false);
+        rem = created;
     }
-    debug_assert!(!draft);
     if dec.escalate && status.phase != Phase::Escalated && status.phase.is_open() {
         status.phase = Phase::Escalated;
         ctx.metrics
@@ -833,11 +835,17 @@ async fn handle_incident(
 /// and the token it recorded.
 fn interrupted_step(status: &RemediationStatus) -> Option<(Option<Action>, String)> {
     let step = status.steps.last().filter(|s| s.outcome == "Running")?;
-    let action = step
-        .detail
+    Some((
+        planned_action(step),
+        step.token.clone().unwrap_or_else(fresh_token),
+    ))
+}
+
+/// The action a step recorded (machine-readable in `detail`), when readable.
+fn planned_action(step: &Step) -> Option<Action> {
+    step.detail
         .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok());
-    Some((action, step.token.clone().unwrap_or_else(fresh_token)))
+        .and_then(|s| serde_json::from_str(s).ok())
 }
 
 /// Where a step's intent is (or goes) before its action runs.
@@ -890,12 +898,12 @@ fn recorded_status(rem: &Remediation) -> RemediationStatus {
             .get(INTENT_ANNOTATION)
             .and_then(|v| serde_json::from_str::<Step>(v).ok())
     {
-        let action = step
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<Action>(d).ok());
-        let at = parse_ts(&Some(step.started_at.clone())).unwrap_or_else(now_s);
-        match action {
+        let at = step
+            .started_at
+            .parse::<jiff::Timestamp>()
+            .map(|t| t.as_second())
+            .unwrap_or_else(|_| now_s());
+        match planned_action(&step) {
             Some(a) => begin_step(&mut status, &a, step.token.as_deref().unwrap_or(""), at),
             None => status.steps.push(step),
         }
