@@ -316,7 +316,10 @@ async fn main() {
             e[0].get_or_insert(now);
             let first = r.status.as_ref().and_then(|s| s.steps.first());
             // A new incident's first intent rides on the create (an annotation).
-            if first.is_some() || r.annotations().contains_key("fluxmedic.io/intent") {
+            if first.is_some()
+                || r.annotations()
+                    .contains_key(fluxmedic::api::INTENT_ANNOTATION)
+            {
                 e[1].get_or_insert(now);
             }
             if first.is_some_and(|st| st.outcome != "Running") {
@@ -437,7 +440,10 @@ async fn main() {
     ));
     report(&mut rows, &format!("{flip} flipped at once"), flip, l);
     rows.push((
-        format!("CPU seconds used during the storm ({storm_wall:.1} s wall, 2 cores)"),
+        format!(
+            "CPU seconds used during the storm ({storm_wall:.1} s wall, {} cores)",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
         cpu.join(", "),
     ));
     let (rss2, hwm, _) = proc_stat(pid);

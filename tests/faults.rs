@@ -190,12 +190,7 @@ async fn conflicts_and_timeouts_are_recorded_survived_and_retried() {
     // the token recorded at creation (and met the second conflict). Each later fault is one
     // Failed step.
     assert_eq!(failed.len(), 2, "{failed:?}");
-    let intent: Value = serde_json::from_str(
-        rem["metadata"]["annotations"]["fluxmedic.io/intent"]
-            .as_str()
-            .unwrap(),
-    )
-    .unwrap();
+    let intent = recorded_intent(&rem).expect("the first intent recorded at creation");
     assert_eq!(
         failed[0]["token"], intent["token"],
         "the interrupted first step kept its token"

@@ -55,14 +55,7 @@ async fn remediation(
 /// Kill the operator at `point` of the rollback path, restart it, and check the job is
 /// finished exactly once.
 async fn crash_during_rollback(point: &str) {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(
-        &client,
-        &format!("crash-{}", point.replace([':', '_'], "-")),
-    )
-    .await;
+    let (env, client, ns) = setup(&format!("crash-{}", point.replace([':', '_'], "-"))).await;
     release(env, &client, &ns).await;
     apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}]}))).await;
     let mut op = Operator::start_with(env, &ns, &[], &[("FLUXMEDIC_CRASH_AT", point)]);
@@ -155,12 +148,7 @@ async fn crash_after_helm_rollback_before_recording_it() {
 fn last_step(r: &Value) -> Value {
     match r["status"]["steps"].as_array().and_then(|s| s.last()) {
         Some(step) => step.clone(),
-        None => serde_json::from_str(
-            r["metadata"]["annotations"]["fluxmedic.io/intent"]
-                .as_str()
-                .expect("a step in the status or an intent recorded at creation"),
-        )
-        .unwrap(),
+        None => recorded_intent(r).expect("a step in the status or an intent recorded at creation"),
     }
 }
 
@@ -186,14 +174,7 @@ fn steps_of<'a>(r: &'a Value, action: &str) -> Vec<&'a Value> {
 /// request a reconcile), restart it: the release is unlocked once, the reconcile carries the
 /// recorded token, and the step ends Succeeded exactly once.
 async fn crash_during_unlock(point: &str) {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(
-        &client,
-        &format!("crash-{}", point.replace([':', '_'], "-")),
-    )
-    .await;
+    let (env, client, ns) = setup(&format!("crash-{}", point.replace([':', '_'], "-"))).await;
     suspended_release_with_pending(env, &client, &ns, false).await;
     apply(
         &client,
@@ -293,14 +274,7 @@ async fn crash_after_unlock_and_reconcile_before_recording_it() {
 /// credentials Secret), restart it: source and consumer carry the one recorded token, and the
 /// step ends Succeeded exactly once.
 async fn crash_during_source_and_consumers(point: &str) {
-    let env = env();
-    let client = env.client().await;
-    install_crds(&client).await;
-    let ns = namespace(
-        &client,
-        &format!("crash-{}", point.rsplit(':').next().unwrap()),
-    )
-    .await;
+    let (env, client, ns) = setup(&format!("crash-{}", point.rsplit(':').next().unwrap())).await;
     let repo = private_app_repo(env, &client, &ns).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;

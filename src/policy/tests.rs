@@ -599,16 +599,7 @@ fn dependents_wait_for_their_root() {
                 )],
                 &[],
             ),
-            ks(
-                "app",
-                vec![cond(
-                    "Ready",
-                    "False",
-                    "DependencyNotReady",
-                    "dependency 'apps/infra' is not ready",
-                )],
-                &["infra"],
-            ),
+            app_waiting_on_infra("dependency 'apps/infra' is not ready"),
             git(vec![ready()]),
         ],
         NOW,
@@ -629,6 +620,15 @@ fn dependents_wait_for_their_root() {
     );
 }
 
+/// Kustomization `app` depending on `infra`, failing with kustomize-controller's `message`.
+fn app_waiting_on_infra(message: &str) -> FluxObject {
+    ks(
+        "app",
+        vec![cond("Ready", "False", "DependencyNotReady", message)],
+        &["infra"],
+    )
+}
+
 #[test]
 fn a_dependent_waits_while_its_dependency_is_only_progressing() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
@@ -641,16 +641,7 @@ fn a_dependent_waits_while_its_dependency_is_only_progressing() {
     let snap = Snapshot::new(
         [
             ks("infra", vec![progressing], &[]),
-            ks(
-                "app",
-                vec![cond(
-                    "Ready",
-                    "False",
-                    "DependencyNotReady",
-                    "dependency 'apps/infra' is not ready",
-                )],
-                &["infra"],
-            ),
+            app_waiting_on_infra("dependency 'apps/infra' is not ready"),
             git(vec![ready()]),
         ],
         NOW,
@@ -674,16 +665,7 @@ fn a_dependent_waits_while_its_dependency_is_ready_on_an_older_revision() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
     let mut infra = ks("infra", vec![ready()], &[]);
     infra.last_attempted_revision = Some("main@sha1:old".into());
-    let app = ks(
-        "app",
-        vec![cond(
-            "Ready",
-            "False",
-            "DependencyNotReady",
-            "dependency 'apps/infra' revision is not up to date",
-        )],
-        &["infra"],
-    );
+    let app = app_waiting_on_infra("dependency 'apps/infra' revision is not up to date");
     let mut s = Scenario {
         snap: Snapshot::new([infra.clone(), app, git(vec![ready()])], NOW),
         target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),

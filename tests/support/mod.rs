@@ -860,6 +860,13 @@ pub async fn suspended_release_with_pending(env: &Env, client: &Client, ns: &str
     suspend_then_forge_pending(client, ns, "web", corrupt).await;
 }
 
+/// The first step's intent a Remediation's create carried (`fluxmedic.io/intent`), if any.
+pub fn recorded_intent(r: &Value) -> Option<Value> {
+    r["metadata"]["annotations"]["fluxmedic.io/intent"]
+        .as_str()
+        .map(|v| serde_json::from_str(v).expect("the intent annotation is a JSON step"))
+}
+
 /// Suspend a Ready HelmRelease, then leave a pending-upgrade revision 2 that a Helm process
 /// left an hour ago. helm-controller may still be inside a reconcile the suspend patch started
 /// (it would unlock the release itself): the forgery waits for that to settle, and checks that
@@ -884,10 +891,8 @@ pub async fn suspend_then_forge_pending(client: &Client, ns: &str, name: &str, c
     );
 }
 
-/// The Git repository `repo` (public) with one Kustomization `app` applying one ConfigMap,
-/// `cm("greeting", "v1")`, Ready.
-pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
-    let repo = Repo::new(env, ns, false);
+/// The first commit of `app`: a kustomization applying one ConfigMap, `cm("greeting", "v1")`.
+fn commit_app(repo: &Repo) {
     repo.commit(
         &[
             ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
@@ -895,6 +900,13 @@ pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
         ],
         "initial",
     );
+}
+
+/// The Git repository `repo` (public) with one Kustomization `app` applying one ConfigMap,
+/// `cm("greeting", "v1")`, Ready.
+pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
+    let repo = Repo::new(env, ns, false);
+    commit_app(&repo);
     git_repository(client, ns, "repo", &repo.url, None).await;
     kustomization(client, ns, "app", "./app", &[]).await;
     wait_ready(client, ns, "Kustomization", "app", MIN).await;
@@ -907,13 +919,7 @@ pub async fn ready_app(env: &Env, client: &Client, ns: &str) -> Repo {
 pub async fn private_app_repo(env: &Env, client: &Client, ns: &str) -> Repo {
     let repo = Repo::new(env, ns, true);
     repo.set_server_credentials(env, "bot", "first-password");
-    repo.commit(
-        &[
-            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
-            ("app/cm.yaml", Some(&cm("greeting", "v1"))),
-        ],
-        "initial",
-    );
+    commit_app(&repo);
     let creds: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "creds", "namespace": ns},
         "stringData": {"username": "bot", "password": "first-password"}}))
