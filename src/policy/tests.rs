@@ -604,11 +604,7 @@ fn dependents_wait_for_their_root() {
         ],
         NOW,
     );
-    let s = Scenario {
-        snap,
-        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
-        inc: IncidentView::default(),
-    };
+    let s = app_scenario(snap);
     let dec = decide(&s, Some(&p)).1;
     assert_eq!(
         dec.blocked,
@@ -629,6 +625,24 @@ fn app_waiting_on_infra(message: &str) -> FluxObject {
     )
 }
 
+/// The incident on Kustomization `app` in `snap`, seen for the first time.
+fn app_scenario(snap: Snapshot) -> Scenario {
+    Scenario {
+        snap,
+        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
+        inc: IncidentView::default(),
+    }
+}
+
+/// fluxmedic leaves `app` to Flux while its dependency `infra` is not caught up.
+fn assert_waits_for_infra(s: &Scenario, p: &Policy) {
+    let dec = decide(s, Some(p)).1;
+    assert!(
+        matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")),
+        "{dec:?}"
+    );
+}
+
 #[test]
 fn a_dependent_waits_while_its_dependency_is_only_progressing() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
@@ -646,16 +660,8 @@ fn a_dependent_waits_while_its_dependency_is_only_progressing() {
         ],
         NOW,
     );
-    let s = Scenario {
-        snap,
-        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
-        inc: IncidentView::default(),
-    };
-    let dec = decide(&s, Some(&p)).1;
-    assert!(
-        matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")),
-        "{dec:?}"
-    );
+    let s = app_scenario(snap);
+    assert_waits_for_infra(&s, &p);
 }
 
 #[test]
@@ -666,16 +672,8 @@ fn a_dependent_waits_while_its_dependency_is_ready_on_an_older_revision() {
     let mut infra = ks("infra", vec![ready()], &[]);
     infra.last_attempted_revision = Some("main@sha1:old".into());
     let app = app_waiting_on_infra("dependency 'apps/infra' revision is not up to date");
-    let mut s = Scenario {
-        snap: Snapshot::new([infra.clone(), app, git(vec![ready()])], NOW),
-        target: ObjectKey::new(flux::FluxKind::Kustomization, "apps", "app"),
-        inc: IncidentView::default(),
-    };
-    let dec = decide(&s, Some(&p)).1;
-    assert!(
-        matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("infra")),
-        "{dec:?}"
-    );
+    let mut s = app_scenario(Snapshot::new([infra.clone(), app, git(vec![ready()])], NOW));
+    assert_waits_for_infra(&s, &p);
     // Once it applied the current revision, the dependent is reconciled at once.
     infra.last_attempted_revision = Some("main@sha1:aaa".into());
     s.snap = Snapshot::new(
