@@ -198,10 +198,20 @@ pub enum ReleaseStrategy {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HelmReleaseInfo {
-    /// Helm release name (spec.releaseName or `[<targetNamespace>-]<name>`).
+    /// Helm release name as helm-controller computes it: spec.releaseName or
+    /// `[<targetNamespace>-]<name>`, shortened when longer than 53 characters.
     pub release_name: String,
-    /// Namespace holding the Helm storage Secrets.
+    /// Namespace holding the Helm storage Secrets: spec.storageNamespace, else the
+    /// HelmRelease's namespace (never the target namespace).
     pub storage_namespace: String,
+    /// Namespace the release's objects go to: spec.targetNamespace, else the HelmRelease's.
+    pub release_namespace: String,
+    /// status.storageNamespace, as helm-controller last recorded it.
+    pub status_storage_namespace: Option<String>,
+    /// spec.kubeConfig is set: the release lives in another cluster.
+    pub remote: bool,
+    /// spec.serviceAccountName: helm-controller acts as that ServiceAccount.
+    pub service_account: Option<String>,
     /// The Helm action timeout (spec.timeout, default 5m).
     pub timeout: Duration,
     pub install_retries: i64,
@@ -241,6 +251,10 @@ pub struct FluxObject {
     pub depends_on: Vec<ObjectKey>,
     /// The source the object consumes (Kustomization/HelmRelease/HelmChart).
     pub source_ref: Option<ObjectKey>,
+    /// A sourceRef of a kind fluxmedic does not know (ExternalArtifact, a future kind):
+    /// recorded as is, never guessed to be a known kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_source: Option<String>,
     /// spec.secretRef.name of a source.
     pub secret_ref: Option<String>,
     /// spec.url of a source.
@@ -285,40 +299,97 @@ impl FluxObject {
     }
 }
 
+/// The Helm release name helm-controller uses for `name` (`release.ShortenName`): unchanged
+/// up to 53 characters, else its first 40 characters, `-`, and the first 12 hex digits of
+/// its SHA-256.
+pub fn shorten_release_name(name: &str) -> String {
+    if name.len() <= 53 {
+        return name.to_string();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, name.as_bytes());
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // Byte-wise like Go's `name[:40]`; release names are ASCII (DNS labels).
+    let mut end = 40;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}-{hex}", &name[..end])
+}
+
+/// The longest duration Go's `time.Duration` holds (int64 nanoseconds, about 292 years).
+/// Flux's controllers parse every duration into one, so anything longer is invalid for Flux
+/// too, even where a CRD pattern lets it through.
+pub const MAX_GO_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
 /// Parse a Go `time.Duration` string as Flux writes it ("5m", "1m30s", "10m0s", "500ms").
+/// Exact (integer arithmetic, no float rounding) and total: any input, however long or odd,
+/// gives `None` rather than a panic; a value beyond [`MAX_GO_DURATION`] is `None`, as Go's
+/// `time.ParseDuration` rejects it.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    if s.is_empty() {
+    if s.is_empty() || s.len() > 64 {
         return None;
     }
     if s == "0" {
         return Some(Duration::ZERO);
     }
-    let mut total = 0f64;
+    let max = MAX_GO_DURATION.as_nanos();
+    let mut total: u128 = 0;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        if num_len == 0 {
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let int_part = &rest[..int_len];
+        rest = &rest[int_len..];
+        let frac_part = match rest.strip_prefix('.') {
+            Some(r) => {
+                let n = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
+                rest = &r[n..];
+                &r[..n]
+            }
+            None => "",
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
             return None;
         }
-        let value: f64 = rest[..num_len].parse().ok()?;
-        rest = &rest[num_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let factor = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        total += value * factor;
         rest = &rest[unit_len..];
+        // Integer part: digits beyond what fits are an overflow, not a wrap.
+        let mut whole: u128 = 0;
+        for d in int_part.bytes() {
+            whole = whole.checked_mul(10)?.checked_add((d - b'0') as u128)?;
+            if whole > max {
+                return None;
+            }
+        }
+        let mut nanos = whole.checked_mul(unit)?;
+        // Fraction: scaled by the unit, truncated like Go (digits past nanosecond precision drop).
+        let mut scale = unit;
+        for d in frac_part.bytes().take(20) {
+            scale /= 10;
+            nanos = nanos.checked_add((d - b'0') as u128 * scale)?;
+        }
+        total = total.checked_add(nanos)?;
+        if total > max {
+            return None;
+        }
     }
-    Some(Duration::from_secs_f64(total))
+    u64::try_from(total).ok().map(Duration::from_nanos)
 }
 
 /// Render a duration the way Flux and kubectl users write it ("90s" -> "1m30s").
@@ -358,6 +429,67 @@ mod tests {
         assert_eq!(parse_go_duration("5 minutes"), None);
         assert_eq!(parse_go_duration("m5"), None);
         assert_eq!(parse_go_duration("5x"), None);
+        assert_eq!(parse_go_duration(".5s"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_go_duration("1.s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_go_duration("."), None);
+        assert_eq!(parse_go_duration("1.2.3s"), None);
+    }
+
+    #[test]
+    fn overflowing_durations_are_invalid_never_a_panic() {
+        // Both Flux's CRD pattern and fluxmedic's accept these strings.
+        assert_eq!(parse_go_duration("99999999999999999999h"), None);
+        assert_eq!(
+            parse_go_duration("2562048h"),
+            None,
+            "just past Go's int64 nanoseconds"
+        );
+        assert_eq!(
+            parse_go_duration("2562047h"),
+            Some(Duration::from_secs(2_562_047 * 3600))
+        );
+        assert_eq!(
+            parse_go_duration("2562047h47m16s854775807ns"),
+            Some(MAX_GO_DURATION)
+        );
+        assert_eq!(parse_go_duration("2562047h47m16s854775808ns"), None);
+        assert_eq!(parse_go_duration(&"9".repeat(40)), None);
+        assert_eq!(
+            parse_go_duration(&format!("1.{}s", "9".repeat(50))),
+            Some(Duration::from_nanos(1_999_999_999)),
+            "extra fraction digits are dropped, as Go does"
+        );
+        assert_eq!(
+            parse_go_duration(&format!("1.{}s", "9".repeat(70))),
+            None,
+            "too long"
+        );
+        assert_eq!(
+            parse_go_duration("0.0000000019s"),
+            Some(Duration::from_nanos(1)),
+            "truncated to nanoseconds like Go"
+        );
+    }
+
+    #[test]
+    fn long_release_names_are_shortened_like_helm_controller() {
+        // helm-controller internal/release/name_test.go
+        assert_eq!(shorten_release_name("release-name"), "release-name");
+        assert_eq!(
+            shorten_release_name(
+                "release-name-with-very-long-name-which-is-longer-than-53-characters"
+            ),
+            "release-name-with-very-long-name-which-i-788ca0d0d7b0"
+        );
+        assert_eq!(
+            shorten_release_name(
+                "another-release-name-with-very-long-name-which-is-longer-than-53-characters"
+            ),
+            "another-release-name-with-very-long-name-7e72150d5a36"
+        );
+        assert_eq!(shorten_release_name(""), "");
+        let exactly = "a".repeat(53);
+        assert_eq!(shorten_release_name(&exactly), exactly);
     }
 
     #[test]

@@ -158,6 +158,11 @@ struct HelmReleaseSpec {
     install: Option<ReleaseAction>,
     #[serde(default)]
     upgrade: Option<ReleaseAction>,
+    /// Only its presence matters: the release lives in another cluster.
+    #[serde(default)]
+    kube_config: Option<Value>,
+    #[serde(default)]
+    service_account_name: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,6 +318,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         conditions: vec![],
         depends_on: vec![],
         source_ref: None,
+        unknown_source: None,
         secret_ref: None,
         url: None,
         artifact_revision: None,
@@ -333,13 +339,25 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             })
             .collect::<Vec<_>>()
     };
-    let source_key = |r: NamedRef, default_kind: FluxKind| {
-        let k = r
-            .kind
-            .as_deref()
-            .and_then(FluxKind::from_kind)
-            .unwrap_or(default_kind);
-        ObjectKey::new(k, r.namespace.unwrap_or_else(|| namespace.clone()), r.name)
+    // A sourceRef of a kind fluxmedic does not know is kept as text, never guessed to be
+    // the default kind (an ExternalArtifact named like a GitRepository is not that repository).
+    let mut unknown_source = None;
+    let mut source_key = |r: NamedRef, default_kind: FluxKind| -> Option<ObjectKey> {
+        let k = match r.kind.as_deref() {
+            None | Some("") => default_kind,
+            Some(other) => match FluxKind::from_kind(other) {
+                Some(k) => k,
+                None => {
+                    unknown_source = Some(format!("{other}/{}", r.name));
+                    return None;
+                }
+            },
+        };
+        Some(ObjectKey::new(
+            k,
+            r.namespace.unwrap_or_else(|| namespace.clone()),
+            r.name,
+        ))
     };
     match kind {
         FluxKind::Kustomization => {
@@ -348,7 +366,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.depends_on = dep_keys(spec.depends_on);
             out.source_ref = spec
                 .source_ref
-                .map(|r| source_key(r, FluxKind::GitRepository));
+                .and_then(|r| source_key(r, FluxKind::GitRepository));
             out.suspended = spec.suspend;
             out.interval = duration_field(spec.interval, "spec.interval")?;
             out.retry_interval = duration_field(spec.retry_interval, "spec.retryInterval")?;
@@ -362,7 +380,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             let status: HelmReleaseStatus = field(value, "status")?;
             out.depends_on = dep_keys(spec.depends_on);
             out.source_ref = if let Some(r) = spec.chart_ref {
-                Some(source_key(r, FluxKind::OCIRepository))
+                source_key(r, FluxKind::OCIRepository)
             } else if let Some((ns, name)) =
                 status.helm_chart.as_deref().and_then(|s| s.split_once('/'))
             {
@@ -389,26 +407,35 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             };
             let install_timeout = action_timeout(&spec.install, "spec.install.timeout")?;
             let upgrade_timeout = action_timeout(&spec.upgrade, "spec.upgrade.timeout")?;
-            let release_name = status
-                .history
-                .first()
-                .map(|s| s.name.clone())
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| match (&spec.release_name, &spec.target_namespace) {
-                    (Some(r), _) => r.clone(),
-                    (None, Some(t)) => format!("{t}-{}", meta.name),
-                    (None, None) => meta.name.clone(),
-                });
-            let storage_namespace = status
+            // Exactly as helm-controller derives them (GetReleaseName + ShortenName,
+            // GetStorageNamespace, GetReleaseNamespace): from the spec, never from the status,
+            // which only serves to cross-check.
+            let release_name = super::shorten_release_name(&match (
+                spec.release_name.as_deref().filter(|r| !r.is_empty()),
+                spec.target_namespace.as_deref().filter(|t| !t.is_empty()),
+            ) {
+                (Some(r), _) => r.to_string(),
+                (None, Some(t)) => format!("{t}-{}", meta.name),
+                (None, None) => meta.name.clone(),
+            });
+            let storage_namespace = spec
                 .storage_namespace
                 .clone()
-                .or(spec.storage_namespace.clone())
-                .or(spec.target_namespace.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| namespace.clone());
+            let release_namespace = spec
+                .target_namespace
+                .clone()
+                .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| namespace.clone());
             let base = timeout.unwrap_or(Duration::from_secs(300));
             out.helm = Some(HelmReleaseInfo {
                 release_name,
                 storage_namespace,
+                release_namespace,
+                status_storage_namespace: status.storage_namespace.filter(|s| !s.is_empty()),
+                remote: spec.kube_config.is_some_and(|v| !v.is_null()),
+                service_account: spec.service_account_name.filter(|s| !s.is_empty()),
                 timeout: base
                     .max(install_timeout.unwrap_or(base))
                     .max(upgrade_timeout.unwrap_or(base)),
@@ -444,13 +471,14 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             if kind == FluxKind::HelmChart {
                 out.source_ref = spec
                     .source_ref
-                    .map(|r| source_key(r, FluxKind::HelmRepository));
+                    .and_then(|r| source_key(r, FluxKind::HelmRepository));
             }
             out.conditions = status.conditions;
             out.observed_generation = status.observed_generation;
             out.artifact_revision = status.artifact.and_then(|a| a.revision);
         }
     }
+    out.unknown_source = unknown_source;
     Ok(out)
 }
 
@@ -499,12 +527,48 @@ mod tests {
         assert_eq!(o.reconcile_annotations.len(), 1);
         let h = o.helm.clone().unwrap();
         assert_eq!(h.release_name, "web-podinfo");
-        assert_eq!(h.storage_namespace, "web");
+        assert_eq!(h.release_namespace, "web");
+        assert_eq!(
+            h.storage_namespace, "apps",
+            "storage defaults to the HelmRelease's namespace, not the target namespace"
+        );
+        assert!(!h.remote);
+        assert_eq!(h.service_account, None);
         assert_eq!(h.timeout, Duration::from_secs(420));
         assert_eq!(h.upgrade_retries, 2);
         assert_eq!(h.upgrade_strategy, Some(ReleaseStrategy::RetryOnFailure));
         assert_eq!(h.upgrade_failures, 3);
         assert!(o.is_failing());
+    }
+
+    #[test]
+    fn release_identity_follows_helm_controller_and_flags_remote_and_impersonated_releases() {
+        let long = "a-helm-release-with-a-name-long-enough-to-need-shortening";
+        let hr = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": long, "namespace": "team"},
+            "spec": {"targetNamespace": "prod", "storageNamespace": "prod",
+                     "kubeConfig": {"secretRef": {"name": "remote"}}, "serviceAccountName": "deployer",
+                     "chartRef": {"kind": "ExternalArtifact", "name": "chart"}},
+            "status": {"storageNamespace": "prod",
+                       "history": [{"name": "some-other-release", "namespace": "x", "version": 1}]}});
+        let o = from_value(&hr).unwrap();
+        let h = o.helm.unwrap();
+        let full = format!("prod-{long}");
+        assert_eq!(h.release_name, crate::flux::shorten_release_name(&full));
+        assert_eq!(h.release_name.len(), 53);
+        assert_eq!(h.storage_namespace, "prod");
+        assert_eq!(h.status_storage_namespace.as_deref(), Some("prod"));
+        assert!(h.remote);
+        assert_eq!(h.service_account.as_deref(), Some("deployer"));
+        // An unknown sourceRef kind is kept as text, not mistaken for an OCIRepository.
+        assert_eq!(o.source_ref, None);
+        assert_eq!(o.unknown_source.as_deref(), Some("ExternalArtifact/chart"));
+        let ks = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": "a", "namespace": "n"},
+            "spec": {"sourceRef": {"kind": "ExternalArtifact", "name": "repo"}}});
+        let o = from_value(&ks).unwrap();
+        assert_eq!(o.source_ref, None);
+        assert_eq!(o.unknown_source.as_deref(), Some("ExternalArtifact/repo"));
     }
 
     #[test]
