@@ -99,6 +99,7 @@ fn bench(c: &mut Criterion) {
                     failing_targets: report.diagnoses.len(),
                     circuit_breaker: 100_000,
                     shared_root: false,
+                    operator_namespace: "flux-system",
                 };
                 std::hint::black_box(policy::plan(
                     d,

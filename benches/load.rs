@@ -322,7 +322,7 @@ async fn main() {
             {
                 e[1].get_or_insert(now);
             }
-            if first.is_some_and(|st| st.outcome != "Running") {
+            if first.is_some_and(|st| st.outcome != fluxmedic::api::StepOutcome::Running) {
                 e[2].get_or_insert(now);
             }
         }

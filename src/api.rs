@@ -21,8 +21,54 @@ pub const OPEN_LABEL: &str = "fluxmedic.io/open";
 /// before the action. The status holds the step from its outcome on; until then (a crash
 /// between the create and the outcome) this is the record the step is finished from.
 pub const INTENT_ANNOTATION: &str = "fluxmedic.io/intent";
+/// Annotation on a Remediation created with its first step's intent: what the incident was
+/// detected with (time, observed generation, revision and Secret), so that a crash before the
+/// first status write loses nothing. A JSON [`Baseline`].
+pub const BASELINE_ANNOTATION: &str = "fluxmedic.io/baseline";
+
+/// What a new incident was detected with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_secret: Option<ObservedSecret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+}
+
+impl Baseline {
+    pub fn of(s: &RemediationStatus) -> Self {
+        Baseline {
+            detected_at: s.detected_at.clone(),
+            observed_generation: s.observed_generation,
+            observed_revision: s.observed_revision.clone(),
+            observed_secret: s.observed_secret.clone(),
+            policy: s.policy.clone(),
+            mode: s.mode,
+        }
+    }
+
+    pub fn apply(self, s: &mut RemediationStatus) {
+        s.detected_at = s.detected_at.take().or(self.detected_at);
+        s.observed_generation = s.observed_generation.or(self.observed_generation);
+        s.observed_revision = s.observed_revision.take().or(self.observed_revision);
+        s.observed_secret = s.observed_secret.take().or(self.observed_secret);
+        s.policy = s.policy.take().or(self.policy);
+        s.mode = s.mode.or(self.mode);
+    }
+}
+
 /// Annotation fluxmedic sets on a HelmRelease it suspended, naming the Remediation that owns the suspension.
 pub const SUSPENDED_BY_ANNOTATION: &str = "fluxmedic.io/suspended-by";
+pub use crate::incident::seal::{HOLD_ANNOTATION, SEAL_ANNOTATION};
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')";
 const DURATION_MSG: &str = "must be a duration such as 30s, 5m or 1h30m";
@@ -338,16 +384,28 @@ pub struct RemediationSpec {
     pub approved: bool,
 }
 
+/// How a step ended (or that it has not yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum StepOutcome {
+    /// Intent recorded, outcome not yet: a crash here is finished after the restart, with
+    /// the recorded token, if today's plan still calls for it.
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    /// A crash or a change cut it short and it was not finished (the message says why).
+    Interrupted,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub action: String,
-    /// The planned action, machine-readable, so a step interrupted by a crash can be re-run.
+    /// The planned action, machine-readable, so a step interrupted by a crash can be
+    /// compared with what today's plan calls for before it is finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Running, Succeeded, Failed, or Interrupted (a crash cut it short and the target
-    /// recovered before it could be finished safely).
-    pub outcome: String,
+    pub outcome: StepOutcome,
     /// The reconcile token written (for annotation actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -356,6 +414,29 @@ pub struct Step {
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+}
+
+/// A suspension fluxmedic holds on the target (after a rollback), until the fix lands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Hold {
+    /// The HelmRelease's generation after fluxmedic suspended it: a later one means its spec
+    /// changed (the fix, or a person's edit) and the hold ends.
+    pub generation: i64,
+    /// The chart revision when suspended: a new one means the fix landed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    pub since: String,
+}
+
+/// A source's credentials Secret as seen when the incident was detected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedSecret {
+    pub name: String,
+    /// Its resourceVersion; absent when the Secret did not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -389,6 +470,17 @@ pub struct RemediationStatus {
     /// Why nothing is being done right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// When the next action may come (a cooldown or poll backoff), rather than a countdown:
+    /// a waiting incident costs no writes until something changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_action_at: Option<String>,
+    /// The suspension fluxmedic holds on the target, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Set when the record was changed outside fluxmedic: it takes no further action on
+    /// this incident (a hold it owns stays until a person resumes the HelmRelease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
     #[serde(default)]
     pub steps: Vec<Step>,
     #[serde(default)]
@@ -406,14 +498,18 @@ pub struct RemediationStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_revision: Option<String>,
-    /// resourceVersion of the source's Secret when detected (git cases).
+    /// The source's credentials Secret when detected (git cases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_secret_version: Option<String>,
+    pub observed_secret: Option<ObservedSecret>,
     /// Number of source polls while awaiting a fix.
     #[serde(default)]
     pub polls: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// fluxmedic's seal over this status (HMAC with a key only the operator holds): a status
+    /// that does not carry a valid one was changed outside fluxmedic and is never acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// Both CRDs as YAML documents, in a stable order: what `fluxmedic crds` prints and

@@ -47,6 +47,7 @@ pub fn evaluate(
                 failing_targets: report.diagnoses.len(),
                 circuit_breaker: threshold,
                 shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
+                operator_namespace: operator_ns,
             };
             let inc = IncidentView {
                 detected_at: snap.now,
@@ -170,9 +171,15 @@ pub async fn live_snapshot(
         ..Default::default()
     };
     let mut warnings = vec![];
+    let served = crate::controller::discovery::discover(&client).await;
     for kind in crate::controller::index::WATCHED_KINDS {
-        let api: Api<DynamicObject> =
-            Api::all_with(client.clone(), &crate::remedy::api_resource(kind));
+        let Some(ar) = served.resources.get(&kind) else {
+            if let Some(why) = served.missing.get(&kind) {
+                warnings.push(format!("{kind}: not read: {why}"));
+            }
+            continue;
+        };
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
             Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -183,7 +190,7 @@ pub async fn live_snapshot(
         };
         for o in list.items {
             let mut v = serde_json::to_value(&o)?;
-            v["apiVersion"] = format!("{}/{}", kind.group(), kind.version()).into();
+            v["apiVersion"] = ar.api_version.clone().into();
             v["kind"] = kind.as_str().into();
             match crate::flux::from_value(&v) {
                 Ok(obj) => {
@@ -218,6 +225,7 @@ pub async fn live_snapshot(
         client,
         helm_bin: "helm".into(),
         limiter: None,
+        apis: Default::default(),
     };
     for (ns, name) in snap.uninspected_git_secrets() {
         match actuator.secret_info(&ns, &name).await? {

@@ -13,6 +13,10 @@ pub enum Error {
     CorruptRelease(#[from] DecodeError),
     #[error("{0}")]
     Precondition(String),
+    #[error(transparent)]
+    NotLeader(#[from] crate::controller::limiter::NotLeader),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl Error {
@@ -38,6 +42,8 @@ impl Error {
             Error::Helm(_) => "HelmFailed",
             Error::CorruptRelease(_) => "CorruptRelease",
             Error::Precondition(_) => "PreconditionFailed",
+            Error::NotLeader(_) => "NotLeader",
+            Error::Timeout(_) => "Timeout",
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! The pipeline is visible in the modules: [`flux`] (typed views) and [`helm`]
 //! (release storage) are read by [`diagnose`] (pure), whose output [`policy`]
-//! plans (pure); [`remedy`] acts and [`controller`] drives it all, recorded
+//! plans (pure); [`incident`] is the lifecycle of each incident's record (pure); [`remedy`] acts and [`controller`] drives it all, recorded
 //! through [`telemetry`]. [`api`] holds fluxmedic's own CRDs.
 #![forbid(unsafe_code)]
 
@@ -13,6 +13,7 @@ pub mod diagnose;
 pub mod error;
 pub mod flux;
 pub mod helm;
+pub mod incident;
 pub mod input;
 pub mod policy;
 pub mod remedy;

@@ -23,6 +23,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
     pub category: String,
 }
@@ -51,6 +56,9 @@ pub struct Metrics {
     pub leader: Gauge,
     pub pass_duration: Histogram,
     pub events_dropped: Counter,
+    pub records_edited: Counter,
+    /// 1 per Flux kind the API server does not serve in a version fluxmedic reads.
+    pub flux_api_missing: Family<KindLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -72,6 +80,8 @@ impl Default for Metrics {
         let leader = Gauge::default();
         let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         let events_dropped = Counter::default();
+        let records_edited = Counter::default();
+        let flux_api_missing = Family::<KindLabels, Gauge>::default();
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
         registry.register(
             "actions",
@@ -138,8 +148,20 @@ impl Default for Metrics {
             "Events not published because the Event queue was full",
             events_dropped.clone(),
         );
+        registry.register(
+            "records_edited",
+            "Remediations found changed outside fluxmedic (frozen, never acted upon)",
+            records_edited.clone(),
+        );
+        registry.register(
+            "flux_api_missing",
+            "1 for each Flux kind not served in a version fluxmedic reads (not watched)",
+            flux_api_missing.clone(),
+        );
         Metrics {
             registry,
+            records_edited,
+            flux_api_missing,
             incidents,
             actions,
             blocked,
@@ -188,8 +210,10 @@ pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
     });
+    // Colour codes only on a terminal: `kubectl logs` shows them as garbage.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();

@@ -1,10 +1,13 @@
-//! The evaluation pass: snapshot -> diagnose -> plan -> act -> record, and the
-//! per-incident state machine persisted in each Remediation's status.
+//! The evaluation pass: snapshot -> diagnose -> plan -> [`incident::next`] -> effects.
+//!
+//! Every decision is pure (diagnose, plan, the incident lifecycle); this module reads the
+//! index, performs the effects the lifecycle returns, in order, and nothing else. Helm runs
+//! off the pass, as a job per target with a hard timeout.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use futures::StreamExt;
@@ -20,27 +23,23 @@ use tracing::{debug, info, warn};
 use super::Context;
 use crate::{
     api::{
-        APPROVE_ANNOTATION, DiagnosisRecord, FIELD_MANAGER, INTENT_ANNOTATION, Mode, OPEN_LABEL,
-        Phase, Remediation, RemediationPolicy, RemediationPolicyStatus, RemediationSpec,
-        RemediationStatus, SUSPENDED_BY_ANNOTATION, Step, TARGET_LABEL, TargetRef,
+        BASELINE_ANNOTATION, FIELD_MANAGER, INTENT_ANNOTATION, OPEN_LABEL, Remediation,
+        RemediationPolicy, RemediationPolicyStatus, RemediationSpec, RemediationStatus,
+        SEAL_ANNOTATION, Step, TARGET_LABEL, TargetRef,
     },
-    diagnose::{self, Diagnosis, Report, Snapshot},
+    diagnose::{self, Case, Diagnosis, Report, Snapshot},
     error::{Error, Result},
     flux::{FluxKind, FluxObject, ObjectKey},
-    policy::{self, Action, Blocked, Decision, IncidentView, PlanContext, Policy, source_revision},
+    incident::{
+        self, Count, Effect, Facts, Input, IntentAt, Outcome, Record, Regarding, Seen, Trust,
+        seal::RecordId,
+    },
+    policy::{self, Action, PlanContext, Policy, source_revision},
     remedy::{UnlockOutcome, fresh_token},
     telemetry::{CaseLabels, ReasonLabels},
 };
 
-/// FNV-1a: a stable hash for Remediation names and labels (stable across restarts and builds).
-pub fn stable_hash(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in s.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+pub use crate::incident::stable_hash;
 
 /// Fault injection for the crash-safety tests: `FLUXMEDIC_CRASH_AT=<point>` aborts the
 /// process (no cleanup, like SIGKILL) when a step reaches that point. Unset in production.
@@ -55,32 +54,8 @@ fn now_s() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-fn rfc3339(t: i64) -> String {
-    jiff::Timestamp::from_second(t)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-fn parse_ts(s: &Option<String>) -> Option<i64> {
-    s.as_deref()
-        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
-        .map(|t| t.as_second())
-}
-
 pub fn target_label(key: &ObjectKey) -> String {
     format!("{:016x}", stable_hash(&key.to_string()))
-}
-
-/// Deterministic name of the incident that started at `since` on `key`.
-pub fn remediation_name(key: &ObjectKey, since: i64) -> String {
-    let mut base: String = key.name.chars().take(40).collect();
-    base = base.trim_end_matches(['-', '.']).to_string();
-    format!(
-        "{}-{}-{:08x}",
-        key.kind.abbrev(),
-        base,
-        stable_hash(&format!("{key}@{since}")) as u32
-    )
 }
 
 fn object_ref(obj: &FluxObject) -> ObjectReference {
@@ -98,88 +73,11 @@ fn object_ref(obj: &FluxObject) -> ObjectReference {
     }
 }
 
-/// Views the incident through what its Remediation recorded.
-fn incident_view(rem: &Remediation, s: &RemediationStatus) -> IncidentView {
-    let approved = rem.spec.approved
-        || rem
-            .annotations()
-            .get(APPROVE_ANNOTATION)
-            .is_some_and(|v| v == "true");
-    IncidentView {
-        phase: s.phase,
-        attempts: s.attempts,
-        polls: s.polls,
-        approved,
-        detected_at: parse_ts(&s.detected_at).unwrap_or_else(now_s),
-        last_action_at: parse_ts(&s.last_action_at),
-        rolled_back: s
-            .steps
-            .iter()
-            .any(|st| st.action == "rollback" && st.outcome == "Succeeded")
-            && !s
-                .steps
-                .iter()
-                .any(|st| st.action == "resume" && st.outcome == "Succeeded"),
-        observed_generation: s.observed_generation,
-        observed_revision: s.observed_revision.clone(),
-        observed_secret_version: s.observed_secret_version.clone(),
-    }
-}
-
-fn source_secret_version(snap: &Snapshot, obj: &FluxObject) -> Option<String> {
-    let secret = obj.secret_ref.as_ref()?;
-    snap.secrets
-        .get(&(obj.key.namespace.clone(), secret.clone()))
-        .and_then(|s| s.resource_version.clone())
-}
-
-/// Kustomizations, HelmReleases and HelmCharts that consume `source` (directly or via a HelmChart).
-pub fn consumers(snap: &Snapshot, source: &ObjectKey) -> Vec<ObjectKey> {
-    let mut out: Vec<ObjectKey> = vec![];
-    let charts: Vec<ObjectKey> = snap
-        .objects
-        .values()
-        .filter(|o| o.key.kind == FluxKind::HelmChart && o.source_ref.as_ref() == Some(source))
-        .map(|o| o.key.clone())
-        .collect();
-    for o in snap.objects.values() {
-        if o.key.kind.is_source() && o.key.kind != FluxKind::HelmChart {
-            continue;
-        }
-        if let Some(s) = &o.source_ref
-            && (s == source || charts.contains(s))
-        {
-            out.push(o.key.clone());
-        }
-    }
-    out.sort_by_key(|k| (k.kind != FluxKind::HelmChart, k.clone()));
-    out
-}
-
-#[allow(clippy::large_enum_variant)] // a handful per pass; boxing buys nothing
-enum Work {
-    Incident {
-        d: Diagnosis,
-        policy: Option<Policy>,
-        existing: Option<Arc<Remediation>>,
-    },
-    Close {
-        rem: Arc<Remediation>,
-        reason: &'static str,
-    },
-    Orphan {
-        key: ObjectKey,
-    },
-}
-
-impl Work {
-    fn key(&self) -> Option<ObjectKey> {
-        match self {
-            Work::Incident { d, .. } => Some(d.target.clone()),
-            Work::Close { rem, .. } => rem.spec.target.to_key(),
-            Work::Orphan { key } => Some(key.clone()),
-        }
-    }
+/// One target to evaluate: its diagnosis (if failing) and its open record (if any).
+struct Work {
+    key: ObjectKey,
+    diagnosis: Option<Diagnosis>,
+    record: Option<Record>,
 }
 
 /// One evaluation pass over the whole index.
@@ -210,101 +108,90 @@ pub async fn pass(ctx: &Arc<Context>) {
         .circuit_breaker_open
         .set((failing > threshold as usize) as i64);
 
-    let mut open: HashMap<ObjectKey, Arc<Remediation>> = HashMap::new();
-    for r in remediations.values() {
-        if r.status
-            .as_ref()
-            .map(|s| s.phase)
-            .unwrap_or_default()
-            .is_open()
-            && let Some(k) = r.spec.target.to_key()
-        {
-            open.insert(k, r.clone());
+    // Records, read through their seals. Foreign ones are ignored entirely.
+    let records: HashMap<(String, String), Record> = remediations
+        .iter()
+        .filter_map(|(k, r)| Record::read(r, &ctx.sealer).map(|rec| (k.clone(), rec)))
+        .filter(|(_, r)| r.trust != Trust::Foreign)
+        .collect();
+    let mut open: HashMap<ObjectKey, Record> = HashMap::new();
+    for r in records.values().filter(|r| r.is_open()) {
+        // Two open records for one target cannot come from fluxmedic; keep the newest.
+        let newer = open
+            .get(&r.target)
+            .is_none_or(|o| o.status.detected_at < r.status.detected_at);
+        if newer {
+            open.insert(r.target.clone(), r.clone());
         }
     }
     ctx.metrics.open_incidents.set(open.len() as i64);
 
+    let busy = ctx.busy_targets();
     let mut work = vec![];
     for d in &report.diagnoses {
-        let obj = &snap.objects[&d.target];
-        if !ctx.in_scope(&d.target.namespace) {
+        if !ctx.in_scope(&d.target.namespace) || busy.contains(&d.target) {
             continue;
         }
-        let p = policy::select(&policies, obj, &ctx.opts.namespace)
-            .0
-            .cloned();
-        if p.as_ref().is_some_and(|p| p.mode(d.case) == Mode::Off) {
-            continue;
-        }
-        let existing = open.remove(&d.target);
-        work.push(Work::Incident {
-            d: d.clone(),
-            policy: p,
-            existing,
+        let record = open.remove(&d.target);
+        work.push(Work {
+            key: d.target.clone(),
+            diagnosis: Some(d.clone()),
+            record,
         });
     }
-    // Close only on recovery (Ready=True) or when the target is gone; a target that is
-    // merely progressing (Ready=Unknown while Flux works) keeps its incident open.
-    for (key, rem) in open {
-        match snap.objects.get(&key) {
-            Some(o) if !o.is_ready() => {}
-            _ => work.push(Work::Close {
-                rem,
-                reason: "Ready",
-            }),
+    // Open records whose target no longer fails: closed when Ready or gone, holds kept.
+    for (key, rec) in open {
+        if !busy.contains(&key) {
+            work.push(Work {
+                key,
+                diagnosis: None,
+                record: Some(rec),
+            });
         }
     }
-    // A HelmRelease suspended by fluxmedic whose Remediation no longer holds it is resumed.
-    for o in snap.objects.values() {
-        if let Some(owner) = o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) {
-            let rem = remediations.get(&(o.key.namespace.clone(), owner.clone()));
-            let holds = rem.is_some_and(|r| {
-                let s = recorded_status(r);
-                s.phase.is_open()
-                    && (s.phase == Phase::AwaitingFix
-                        || s.steps.last().is_some_and(|st| st.outcome == "Running"))
-            });
-            if !holds && o.suspended {
-                work.push(Work::Orphan { key: o.key.clone() });
-            }
+    // Suspensions fluxmedic made that no open record holds any more.
+    let mut orphans = vec![];
+    for o in snap
+        .objects
+        .values()
+        .filter(|o| o.key.kind == FluxKind::HelmRelease && ctx.in_scope(&o.key.namespace))
+    {
+        let owner = o
+            .reconcile_annotations
+            .get(crate::api::SUSPENDED_BY_ANNOTATION)
+            .and_then(|n| records.get(&(o.key.namespace.clone(), n.clone())));
+        if !busy.contains(&o.key) && incident::orphaned_hold(o, owner, &ctx.sealer) {
+            orphans.push(o.clone());
         }
     }
 
-    let items = work.len();
+    let items = work.len() + orphans.len();
     let report = Arc::new(report);
     let snap = Arc::new(snap);
+    let policies = Arc::new(policies);
     let ctx2 = ctx.clone();
     futures::stream::iter(work)
         .for_each_concurrent(ctx.opts.concurrency, |w| {
-            let (ctx, report, snap) = (ctx2.clone(), report.clone(), snap.clone());
+            let (ctx, report, snap, policies) =
+                (ctx2.clone(), report.clone(), snap.clone(), policies.clone());
             async move {
-                let key = w.key();
-                if let Some(k) = &key
-                    && !ctx.backoff_ready(k, now)
-                {
+                let key = w.key.clone();
+                if !ctx.backoff_ready(&key, now) {
                     return;
                 }
-                let res = match w {
-                    Work::Incident { d, policy, existing } => {
-                        handle_incident(&ctx, &snap, &report, &d, policy.as_ref(), existing, (failing, threshold)).await
-                    }
-                    Work::Close { rem, reason } => close(&ctx, &snap, &rem, reason).await,
-                    Work::Orphan { key } => resume_orphan(&ctx, &key).await,
-                };
-                if let Some(k) = key {
-                    match res {
-                        Ok(()) => ctx.backoff_reset(&k),
-                        Err(e) => {
-                            ctx.metrics.error(e.category());
-                            let delay = ctx.backoff_fail(&k, now);
-                            warn!(target = %k, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
-                        }
-                    }
-                }
+                let res = handle(&ctx, &snap, &report, &policies, w, (failing, threshold)).await;
+                settle_backoff(&ctx, &key, now, res);
             }
         })
         .await;
-    gc_history(ctx, &remediations).await;
+    for o in orphans {
+        if !ctx.backoff_ready(&o.key, now) {
+            continue;
+        }
+        let res = resume_orphan(ctx, &o).await;
+        settle_backoff(ctx, &o.key, now, res);
+    }
+    gc_history(ctx, &records).await;
     debug!(
         failing,
         items,
@@ -315,6 +202,497 @@ pub async fn pass(ctx: &Arc<Context>) {
     ctx.metrics
         .pass_duration
         .observe(started.elapsed().as_secs_f64());
+}
+
+fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
+    match res {
+        Ok(()) => ctx.backoff_reset(key),
+        Err(Error::NotLeader(_)) => {}
+        Err(e) => {
+            ctx.metrics.error(e.category());
+            let delay = ctx.backoff_fail(key, now);
+            warn!(target = %key, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
+        }
+    }
+}
+
+/// Plan one target and perform what its incident's lifecycle says.
+async fn handle(
+    ctx: &Arc<Context>,
+    snap: &Arc<Snapshot>,
+    report: &Report,
+    policies: &[Policy],
+    w: Work,
+    (failing, threshold): (usize, u32),
+) -> Result<()> {
+    let now = snap.now;
+    let obj = snap.objects.get(&w.key).cloned();
+    let policy = obj
+        .as_deref()
+        .and_then(|o| policy::select(policies, o, &ctx.opts.namespace).0);
+    let view = w
+        .record
+        .as_ref()
+        .map(|r| r.view(now))
+        .unwrap_or_else(|| incident::new_incident_view(now));
+    let pctx = PlanContext {
+        snapshot: snap,
+        failing_targets: failing,
+        circuit_breaker: threshold,
+        shared_root: report.shared_roots.iter().any(|(k, _)| k == &w.key),
+        operator_namespace: &ctx.opts.namespace,
+    };
+    let decision = match (&w.diagnosis, obj.as_deref()) {
+        (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &pctx)),
+        _ => None,
+    };
+    let seen = match (&w.diagnosis, &decision, obj.as_deref()) {
+        (Some(d), Some(dec), _) => Seen::Failing {
+            diagnosis: d,
+            decision: dec,
+        },
+        (_, _, None) => Seen::Gone,
+        (_, _, Some(o)) if o.is_ready() => Seen::Ready,
+        _ => Seen::Pending,
+    };
+    let recheck = match (&w.record, &w.diagnosis, obj.as_deref()) {
+        (Some(r), None, Some(o)) => r.interrupted().and_then(|(a, _)| {
+            a.and_then(|a| policy::recheck(&a, r.case, o, policy, &view, &pctx))
+        }),
+        _ => None,
+    };
+    let token = fresh_token();
+    let input = Input {
+        record: w.record.as_ref(),
+        target: obj.as_deref(),
+        seen,
+        source_revision: obj.as_deref().and_then(|o| source_revision(snap, o)),
+        secret: obj
+            .as_deref()
+            .and_then(|o| policy::observed_secret(snap, o)),
+        recheck,
+        escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
+        policy: policy.map(Policy::id),
+        now,
+        token: &token,
+    };
+    let effects = incident::next(&input);
+    if effects.is_empty() {
+        return Ok(());
+    }
+    let cur = w.record.as_ref().map(|r| Cur {
+        name: r.name.clone(),
+        case: r.case,
+    });
+    let since = obj
+        .as_deref()
+        .and_then(|o| o.failing_since())
+        .map(|t| t.as_second())
+        .unwrap_or(now);
+    execute(ctx, snap, &w.key, obj, cur, since, effects).await
+}
+
+/// The record the effects are about: the target's open one, or the one an Open created.
+#[derive(Clone)]
+struct Cur {
+    name: String,
+    case: Case,
+}
+
+fn need(cur: &Option<Cur>) -> Result<&Cur> {
+    cur.as_ref()
+        .ok_or_else(|| Error::Precondition("an effect without a record".into()))
+}
+
+/// Perform `effects` in order (the only IO of an incident), with the crash points between them.
+async fn execute(
+    ctx: &Arc<Context>,
+    snap: &Arc<Snapshot>,
+    key: &ObjectKey,
+    obj: Option<Arc<FluxObject>>,
+    mut cur: Option<Cur>,
+    since: i64,
+    effects: Vec<Effect>,
+) -> Result<()> {
+    for effect in effects {
+        match effect {
+            Effect::Open {
+                case,
+                status,
+                intent,
+            } => {
+                let name = create_record(ctx, key, case, since, intent.as_ref(), &status).await?;
+                info!(target = %key, case = %case, remediation = %name, "incident detected");
+                cur = Some(Cur { name, case });
+                if intent.is_none() {
+                    write_status(ctx, key, need(&cur)?, &status).await?;
+                }
+            }
+            Effect::Write(status) => {
+                write_status(ctx, key, need(&cur)?, &status).await?;
+            }
+            Effect::Close(status) => {
+                let c = need(&cur)?;
+                label_closed(ctx, key, &c.name).await?;
+                write_status(ctx, key, c, &status).await?;
+                info!(target = %key, phase = ?status.phase, "incident closed");
+            }
+            Effect::ReleaseHold => {
+                let c = need(&cur)?;
+                if let Some(o) = &obj {
+                    let uid = o.uid.clone().unwrap_or_default();
+                    ctx.actuator.release_hold(key, &uid, &c.name).await?;
+                }
+            }
+            Effect::Perform {
+                action,
+                token,
+                status,
+                intent,
+            } => {
+                let c = need(&cur)?.clone();
+                if intent == IntentAt::Status {
+                    write_status(ctx, key, &c, &status).await?;
+                }
+                if intent != IntentAt::Recorded {
+                    crash_point(&format!("{}:after-intent", action.name()));
+                } else {
+                    info!(target = %key, action = %action, "finishing a step interrupted by a restart");
+                }
+                let Some(o) = obj.clone() else {
+                    return Err(Error::Precondition(format!("{key} is gone")));
+                };
+                if matches!(action, Action::Rollback { .. }) {
+                    spawn_rollback(ctx, snap.clone(), o, c, action, token, *status);
+                    return Ok(());
+                }
+                return act(ctx, snap, &o, &c, action, &token, *status).await;
+            }
+            Effect::Event {
+                regarding,
+                warning,
+                reason,
+                action,
+                note,
+            } => {
+                let rem = cur.as_ref().map(|c| rem_ref(key, &c.name));
+                announce(
+                    ctx,
+                    obj.as_deref(),
+                    rem,
+                    regarding,
+                    warning,
+                    reason,
+                    action,
+                    note,
+                );
+            }
+            Effect::Count(c) => count(ctx, c),
+        }
+    }
+    Ok(())
+}
+
+/// Perform an action, then record its outcome (one write) and announce it.
+async fn act(
+    ctx: &Arc<Context>,
+    snap: &Snapshot,
+    obj: &Arc<FluxObject>,
+    cur: &Cur,
+    action: Action,
+    token: &str,
+    status: RemediationStatus,
+) -> Result<()> {
+    let result = perform(ctx, snap, obj, cur, &action, token).await;
+    crash_point(&format!("{}:after-act", action.name()));
+    record_outcome(ctx, snap, obj, cur, &action, status, result).await
+}
+
+async fn record_outcome(
+    ctx: &Context,
+    snap: &Snapshot,
+    obj: &FluxObject,
+    cur: &Cur,
+    action: &Action,
+    status: RemediationStatus,
+    result: Result<Done>,
+) -> Result<()> {
+    if let Err(Error::NotLeader(_)) = &result {
+        // No longer the leader: the new one finishes the step from its recorded intent.
+        return result.map(|_| ());
+    }
+    let outcome = match &result {
+        Ok(done) => Outcome::Done {
+            message: done.message.clone(),
+            generation: done.generation,
+        },
+        Err(e) => Outcome::Failed {
+            message: e.to_string(),
+            category: e.category(),
+        },
+    };
+    let facts = Facts {
+        source_revision: source_revision(snap, obj),
+        secret: policy::observed_secret(snap, obj),
+        generation: obj.generation,
+    };
+    let key = &obj.key;
+    for effect in incident::settle(status, action, &outcome, &facts, now_s()) {
+        match effect {
+            Effect::Write(status) => {
+                if let Err(write) = write_status(ctx, key, cur, &status).await {
+                    // The outcome did not reach the status: the step stays Running there and
+                    // is finished again with its token. An action error is still counted.
+                    if let Err(e) = &result {
+                        ctx.metrics.error(e.category());
+                    }
+                    return Err(write);
+                }
+            }
+            Effect::Count(c) => count(ctx, c),
+            Effect::Event {
+                regarding,
+                warning,
+                reason,
+                action,
+                note,
+            } => announce(
+                ctx,
+                Some(obj),
+                Some(rem_ref(key, &cur.name)),
+                regarding,
+                warning,
+                reason,
+                action,
+                note,
+            ),
+            _ => {}
+        }
+    }
+    result.map(|_| ())
+}
+
+/// A rollback runs off the pass: the target is busy until it ends; its outcome is recorded
+/// by the job. Shutdown (and a lost Lease) stop it; helm's lock is cleared on the way out.
+fn spawn_rollback(
+    ctx: &Arc<Context>,
+    snap: Arc<Snapshot>,
+    obj: Arc<FluxObject>,
+    cur: Cur,
+    action: Action,
+    token: String,
+    status: RemediationStatus,
+) {
+    let key = obj.key.clone();
+    let job_ctx = ctx.clone();
+    let job_key = key.clone();
+    let handle = tokio::spawn(async move {
+        let ctx = job_ctx;
+        let result = perform(&ctx, &snap, &obj, &cur, &action, &token).await;
+        crash_point(&format!("{}:after-act", action.name()));
+        let res = record_outcome(&ctx, &snap, &obj, &cur, &action, status, result).await;
+        let now = now_s();
+        settle_backoff(&ctx, &job_key, now, res);
+        ctx.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job_key);
+        ctx.notify.notify_one();
+    });
+    // Registered before the pass ends: the next pass sees the target busy. (A job that
+    // already ended is dropped by `busy_targets`.)
+    ctx.jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, handle);
+}
+
+async fn perform(
+    ctx: &Context,
+    snap: &Snapshot,
+    obj: &FluxObject,
+    cur: &Cur,
+    action: &Action,
+    token: &str,
+) -> Result<Done> {
+    let a = &ctx.actuator;
+    let key = &obj.key;
+    let uid = obj.uid.clone().unwrap_or_default();
+    match action {
+        Action::Reconcile => {
+            a.request_reconcile(key, token, false, false).await?;
+            Ok(format!("requested reconcile of {key}").into())
+        }
+        Action::ReconcileSource { source } => {
+            a.request_reconcile(source, token, false, false).await?;
+            Ok(format!("requested reconcile of {source}").into())
+        }
+        Action::ReconcileSourceAndConsumers { source, consumers } => {
+            a.request_reconcile(source, token, false, false).await?;
+            crash_point("reconcile-source-and-consumers:after-source");
+            for c in consumers {
+                a.request_reconcile(c, token, false, false).await?;
+            }
+            Ok(format!(
+                "requested reconcile of {source} and {} consumer(s)",
+                consumers.len()
+            )
+            .into())
+        }
+        Action::RetryRelease { with_source } => {
+            if let Some(s) = with_source {
+                a.request_reconcile(s, token, false, false).await?;
+            }
+            a.request_reconcile(key, token, true, true).await?;
+            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})").into())
+        }
+        Action::Rollback {
+            to_version,
+            release,
+        } => {
+            let h = obj
+                .helm
+                .as_ref()
+                .ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
+            // Suspended by this step already (a restart finishing it): keep that suspension.
+            let generation = if obj.suspended
+                && obj
+                    .reconcile_annotations
+                    .get(crate::api::SUSPENDED_BY_ANNOTATION)
+                    == Some(&cur.name)
+            {
+                obj.generation
+            } else {
+                let next_gen = obj.generation.unwrap_or(0).saturating_add(1);
+                let hold = ctx.sealer.seal_hold(key, &uid, &cur.name, next_gen);
+                a.suspend(key, &uid, &cur.name, &hold).await?
+            };
+            crash_point("rollback:after-suspend");
+            match a
+                .helm_rollback(
+                    release,
+                    &key.namespace,
+                    *to_version,
+                    h.timeout,
+                    ctx.stop.subscribe(),
+                )
+                .await
+            {
+                Ok(msg) => Ok(Done {
+                    message: format!("suspended {key}; {msg}; stays suspended until the fix lands"),
+                    generation,
+                }),
+                Err(e) => {
+                    // Never leave it suspended because of a failed step.
+                    if let Err(undo) = a.release_hold(key, &uid, &cur.name).await {
+                        warn!(target = %key, error = %undo, "cannot resume after a failed rollback; the next pass resumes it");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        Action::Resume => {
+            let resumed = a.release_hold(key, &uid, &cur.name).await?;
+            Ok(if resumed {
+                format!("resumed {key}: the fix landed")
+            } else {
+                format!("{key} was already resumed by someone else")
+            }
+            .into())
+        }
+        Action::UnlockRelease {
+            namespace,
+            secret,
+            delete,
+            release,
+            ..
+        } => {
+            let outcome = a.unlock(namespace, secret, *delete, release).await?;
+            crash_point(&format!("{}:after-unlock", action.name()));
+            a.request_reconcile(key, token, false, false).await?;
+            let _ = snap;
+            Ok(Done::from(match outcome {
+                UnlockOutcome::Unlocked { previous } => format!(
+                    "marked {namespace}/{secret} failed (was {previous}); requested reconcile"
+                ),
+                UnlockOutcome::Deleted => {
+                    format!("deleted stale {namespace}/{secret}; requested reconcile")
+                }
+                UnlockOutcome::AlreadyUnlocked { status } => {
+                    format!("{namespace}/{secret} was already {status}; requested reconcile")
+                }
+                UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
+            }))
+        }
+    }
+}
+
+/// What a performed action reports: the message for the record and, for a suspend, the
+/// HelmRelease's generation after it (from the patch response, so no `get` is needed).
+struct Done {
+    message: String,
+    generation: Option<i64>,
+}
+
+impl From<String> for Done {
+    fn from(message: String) -> Self {
+        Done {
+            message,
+            generation: None,
+        }
+    }
+}
+
+async fn resume_orphan(ctx: &Arc<Context>, o: &FluxObject) -> Result<()> {
+    let owner = o
+        .reconcile_annotations
+        .get(crate::api::SUSPENDED_BY_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    warn!(target = %o.key, owner, "resuming a HelmRelease fluxmedic suspended and no record holds");
+    let uid = o.uid.clone().unwrap_or_default();
+    if ctx.actuator.release_hold(&o.key, &uid, &owner).await? {
+        ctx.metrics.action("resume-orphan", "succeeded");
+    }
+    Ok(())
+}
+
+fn count(ctx: &Context, c: Count) {
+    let m = &ctx.metrics;
+    match c {
+        Count::Incident(case) => {
+            m.incidents
+                .get_or_create(&CaseLabels {
+                    case: case.to_string(),
+                })
+                .inc();
+        }
+        Count::Detected(s) => m.time_to_detect.observe(s as f64),
+        Count::Escalation(case) => {
+            m.escalations
+                .get_or_create(&CaseLabels {
+                    case: case.to_string(),
+                })
+                .inc();
+        }
+        Count::Blocked(reason) => {
+            m.blocked
+                .get_or_create(&ReasonLabels {
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+        Count::Recovered { case, seconds } => m
+            .time_to_recover
+            .get_or_create(&CaseLabels {
+                case: case.to_string(),
+            })
+            .observe(seconds as f64),
+        Count::Action { name, ok } => m.action(name, if ok { "succeeded" } else { "failed" }),
+        Count::RecordEdited => {
+            m.records_edited.inc();
+        }
+    }
 }
 
 /// Most overridden targets listed in a policy's status.
@@ -426,7 +804,9 @@ async fn validate_policies(
             overridden,
         };
         let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        ctx.limiter.acquire().await;
+        if ctx.limiter.acquire().await.is_err() {
+            return usable;
+        }
         let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy", "status": status});
         if let Err(e) = api
             .patch_status(
@@ -445,6 +825,9 @@ async fn validate_policies(
 /// Fetch key names of Secrets referenced by failing Git sources (values are not kept).
 async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
     for (ns, name) in snap.uninspected_git_secrets() {
+        if !ctx.in_scope(&ns) {
+            continue;
+        }
         match ctx.actuator.secret_info(&ns, &name).await {
             Ok(Some(info)) => {
                 snap.secrets
@@ -462,710 +845,92 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
     snap
 }
 
-fn event(
-    ctx: &Context,
-    regarding: &ObjectReference,
-    related: Option<ObjectReference>,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: related,
-    };
-    ctx.events.send(ev, regarding.clone());
-}
-
-fn rem_ref(rem: &Remediation) -> ObjectReference {
-    rem.object_ref(&())
+fn rem_ref(key: &ObjectKey, name: &str) -> ObjectReference {
+    let mut r = Remediation::new(
+        name,
+        RemediationSpec {
+            target: TargetRef::from_key(key),
+            target_name: String::new(),
+            case: Case::Other,
+            approved: false,
+        },
+    );
+    r.metadata.namespace = Some(key.namespace.clone());
+    r.object_ref(&())
 }
 
 /// One Event about the target (where `flux events` and `kubectl describe` look), naming the
 /// Remediation as its related object; about the Remediation itself once the target is gone.
-/// One write per occurrence, not one per object; queued, never awaited.
+/// One write per occurrence; queued, never awaited.
+#[allow(clippy::too_many_arguments)]
 fn announce(
     ctx: &Context,
     target: Option<&FluxObject>,
-    rem: &Remediation,
-    type_: EventType,
+    rem: Option<ObjectReference>,
+    regarding: Regarding,
+    warning: bool,
     reason: &str,
     action: &str,
     note: String,
 ) {
-    match target {
-        Some(o) => {
-            let related = Some(rem_ref(rem));
-            event(ctx, &object_ref(o), related, type_, reason, action, note)
-        }
-        None => event(ctx, &rem_ref(rem), None, type_, reason, action, note),
+    let ev = |secondary| Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.into(),
+        note: Some(note.clone()),
+        action: action.into(),
+        secondary,
+    };
+    match (regarding, target, rem) {
+        (Regarding::Target, Some(o), rem) => ctx.events.send(ev(rem), object_ref(o)),
+        (_, _, Some(rem)) => ctx.events.send(ev(None), rem),
+        (_, Some(o), None) => ctx.events.send(ev(None), object_ref(o)),
+        _ => {}
     }
 }
 
+/// Seal and write a record's status (server-side apply of the status subresource).
 async fn write_status(
     ctx: &Context,
-    rem: &Remediation,
+    key: &ObjectKey,
+    cur: &Cur,
     status: &RemediationStatus,
 ) -> Result<Remediation> {
-    let api: Api<Remediation> =
-        Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
+    let mut status = status.clone();
+    status.seal = Some(ctx.sealer.seal_status(
+        RecordId {
+            namespace: &key.namespace,
+            name: &cur.name,
+            target: key,
+            case: cur.case,
+        },
+        &status,
+    ));
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
     let patch =
         json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
-    ctx.limiter.acquire().await;
+    ctx.limiter.acquire().await?;
     let out = api
         .patch_status(
-            &rem.name_any(),
+            &cur.name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(patch),
         )
         .await?;
-    let key = (out.namespace().unwrap_or_default(), out.name_any());
-    super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), key);
+    let k = (out.namespace().unwrap_or_default(), out.name_any());
+    super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), k);
     Ok(out)
 }
 
-/// When the failure of `obj` started (its Ready condition's transition), else now.
-fn failing_since(snap: &Snapshot, obj: &FluxObject) -> i64 {
-    obj.failing_since()
-        .map(|t| t.as_second())
-        .unwrap_or(snap.now)
-}
-
-/// The Remediation a new incident on `obj` gets (not yet created).
-fn draft_remediation(snap: &Snapshot, d: &Diagnosis, obj: &FluxObject) -> Remediation {
-    let name = remediation_name(&d.target, failing_since(snap, obj));
-    Remediation {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(d.target.namespace.clone()),
-            labels: Some(BTreeMap::from([
-                (TARGET_LABEL.to_string(), target_label(&d.target)),
-                (OPEN_LABEL.to_string(), "true".to_string()),
-                ("fluxmedic.io/case".to_string(), d.case.to_string()),
-            ])),
-            ..Default::default()
-        },
-        spec: RemediationSpec {
-            target: TargetRef::from_key(&d.target),
-            target_name: format!("{}/{}", d.target.kind, d.target.name),
-            case: d.case,
-            approved: false,
-        },
-        status: None,
-    }
-}
-
-/// Create a new incident's Remediation. `intent` is its first step when an action follows at
-/// once: recorded in the same write (see [`INTENT_ANNOTATION`]), so the action needs no status
-/// write before it. Returns the object and whether this call created it (false: it existed,
-/// created before a crash or by the previous leader, and was adopted from the watch).
-async fn create_remediation(
-    ctx: &Context,
-    snap: &Snapshot,
-    d: &Diagnosis,
-    obj: &FluxObject,
-    mut rem: Remediation,
-    intent: Option<&Step>,
-) -> Result<(Remediation, bool)> {
-    let now = snap.now;
-    let since = failing_since(snap, obj);
-    let name = rem.name_any();
-    if let Some(step) = intent {
-        rem.annotations_mut().insert(
-            INTENT_ANNOTATION.into(),
-            serde_json::to_string(step).unwrap_or_default(),
-        );
-    }
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &d.target.namespace);
-    ctx.limiter.acquire().await;
-    let created = match api
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &rem,
-        )
-        .await
-    {
-        Ok(r) => r,
-        // Created before a crash, or by the previous leader: adopt it from the watch (no
-        // `get` right needed); if the watch has not delivered it yet, the next pass will.
-        Err(kube::Error::Api(s)) if s.code == 409 => {
-            let known = ctx
-                .index
-                .read()
-                .await
-                .remediations
-                .get(&(d.target.namespace.clone(), name.clone()))
-                .map(|r| (**r).clone());
-            match known {
-                Some(r) => return Ok((r, false)),
-                None => return Err(kube::Error::Api(s).into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
-    // Its status is written with the first plan (one write, not two); see handle_incident.
-    ctx.metrics
-        .incidents
-        .get_or_create(&CaseLabels {
-            case: d.case.to_string(),
-        })
-        .inc();
-    ctx.metrics
-        .time_to_detect
-        .observe((now - since).max(0) as f64);
-    info!(target = %d.target, case = %d.case, remediation = %name, "incident detected");
-    let note = format!(
-        "{} ({}): {}",
-        d.case,
-        if d.retryable {
-            "retry can help"
-        } else {
-            "retry cannot help"
-        },
-        d.summary
-    );
-    announce(
-        ctx,
-        Some(obj),
-        &created,
-        EventType::Warning,
-        "FailureDetected",
-        "Diagnose",
-        note,
-    );
-    Ok((created, true))
-}
-
-fn record(d: &Diagnosis) -> DiagnosisRecord {
-    DiagnosisRecord {
-        summary: d.summary.clone(),
-        retryable: d.retryable,
-        native: d.native,
-        evidence: d.evidence.clone(),
-    }
-}
-
-async fn handle_incident(
-    ctx: &Arc<Context>,
-    snap: &Snapshot,
-    report: &Report,
-    d: &Diagnosis,
-    policy: Option<&Policy>,
-    existing: Option<Arc<Remediation>>,
-    (failing, threshold): (usize, u32),
-) -> Result<()> {
-    let obj = &snap.objects[&d.target];
-    // A new incident is planned before its Remediation exists, so that an immediate first
-    // action is recorded by the create itself.
-    let (mut rem, draft) = match existing {
-        Some(r) if r.spec.case == d.case => ((*r).clone(), false),
-        Some(r) => {
-            // The failure changed nature: close this incident, open one for the new case.
-            close(ctx, snap, &r, "Superseded").await?;
-            (draft_remediation(snap, d, obj), true)
-        }
-        None => (draft_remediation(snap, d, obj), true),
-    };
-    let mut status = recorded_status(&rem);
-    if status.detected_at.is_none() {
-        // A new incident (or one whose creation a crash interrupted): when it was seen, and
-        // what a fix would change. Written together with the first plan.
-        status.detected_at = Some(rfc3339(snap.now));
-        status.observed_generation = obj.generation;
-        status.observed_revision =
-            source_revision(snap, obj).or_else(|| obj.artifact_revision.clone());
-        status.observed_secret_version = source_secret_version(snap, obj);
-    }
-    // A step interrupted by a crash is finished first, with the token it recorded.
-    if let Some((Some(action), token)) = interrupted_step(&status) {
-        info!(target = %d.target, action = %action, "finishing a step interrupted by a restart");
-        return run_step(
-            ctx,
-            snap,
-            obj,
-            &rem,
-            status,
-            action,
-            token,
-            Intent::Recorded,
-        )
-        .await;
-    }
-    let inc = incident_view(&rem, &status);
-    let pctx = PlanContext {
-        snapshot: snap,
-        failing_targets: failing,
-        circuit_breaker: threshold,
-        shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
-    };
-    let dec: Decision = policy::plan(d, obj, policy, &inc, &pctx);
-    status.diagnosis = Some(record(d));
-    status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
-    status.policy = policy.map(Policy::id);
-    status.mode = Some(dec.mode);
-    if draft {
-        // A first action that follows at once has its intent recorded by the create.
-        let first = dec.act().filter(|_| !dec.escalate).map(|a| {
-            let token = fresh_token();
-            begin_step(&mut status, a, &token, snap.now);
-            (a.clone(), token)
-        });
-        let intent = first.as_ref().and_then(|_| status.steps.last().cloned());
-        let (created, fresh) = create_remediation(ctx, snap, d, obj, rem, intent.as_ref()).await?;
-        if !fresh {
-            // Somebody else's record of this incident: the next pass goes on from it.
-            return Ok(());
-        }
-        if let Some((action, token)) = first {
-            return run_step(
-                ctx,
-                snap,
-                obj,
-                &created,
-                status,
-                action,
-                token,
-                Intent::InCreate,
-            )
-            .await;
-        }
-        rem = created;
-    }
-    if dec.escalate && status.phase != Phase::Escalated && status.phase.is_open() {
-        status.phase = Phase::Escalated;
-        ctx.metrics
-            .escalations
-            .get_or_create(&CaseLabels {
-                case: d.case.to_string(),
-            })
-            .inc();
-        let note = format!(
-            "{} has been failing since {} ({}); a person is needed",
-            d.target,
-            status.detected_at.clone().unwrap_or_default(),
-            d.summary
-        );
-        announce(
-            ctx,
-            Some(obj),
-            &rem,
-            EventType::Warning,
-            "Escalated",
-            "Escalate",
-            note,
-        );
-    }
-    if let Some(action) = dec.act().cloned() {
-        return run_step(
-            ctx,
-            snap,
-            obj,
-            &rem,
-            status,
-            action,
-            fresh_token(),
-            Intent::Write,
-        )
-        .await;
-    }
-    let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
-    let text = match &dec.planned {
-        Some(a) => format!("planned {a}; {blocked}"),
-        None => blocked.to_string(),
-    };
-    if status.phase != Phase::Escalated {
-        status.phase = match &blocked {
-            Blocked::AwaitingApproval => Phase::AwaitingApproval,
-            Blocked::MaxAttempts => Phase::Failed,
-            Blocked::AwaitingFix(_) => Phase::AwaitingFix,
-            _ if status.phase == Phase::AwaitingApproval => Phase::Detected,
-            _ => status.phase,
-        };
-    }
-    if dec.planned.is_some() && status.action.is_none() {
-        status.action = dec.planned.as_ref().map(|a| format!("{}?", a.name()));
-    }
-    let changed_reason = status.blocked.as_deref() != Some(text.as_str());
-    if changed_reason {
-        if status
-            .blocked
-            .as_deref()
-            .map(|b| b.split(';').next() != text.split(';').next())
-            .unwrap_or(true)
-        {
-            ctx.metrics
-                .blocked
-                .get_or_create(&ReasonLabels {
-                    reason: blocked.label().into(),
-                })
-                .inc();
-            if matches!(
-                blocked,
-                Blocked::AwaitingApproval
-                    | Blocked::MaxAttempts
-                    | Blocked::CircuitBreakerOpen { .. }
-            ) {
-                event(
-                    ctx,
-                    &rem_ref(&rem),
-                    None,
-                    EventType::Normal,
-                    "ActionBlocked",
-                    "Plan",
-                    text.clone(),
-                );
-            }
-        }
-        status.blocked = Some(text);
-    }
-    if rem.status.as_ref() != Some(&status) {
-        write_status(ctx, &rem, &status).await?;
-    }
-    Ok(())
-}
-
-/// The last step, if a crash interrupted it (`Running`): its planned action (when readable)
-/// and the token it recorded.
-fn interrupted_step(status: &RemediationStatus) -> Option<(Option<Action>, String)> {
-    let step = status.steps.last().filter(|s| s.outcome == "Running")?;
-    Some((
-        planned_action(step),
-        step.token.clone().unwrap_or_else(fresh_token),
-    ))
-}
-
-/// The action a step recorded (machine-readable in `detail`), when readable.
-fn planned_action(step: &Step) -> Option<Action> {
-    step.detail
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
-}
-
-/// Where a step's intent is (or goes) before its action runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Intent {
-    /// Write it to the status now.
-    Write,
-    /// The Remediation's create carried it ([`INTENT_ANNOTATION`]); `status` holds it too.
-    InCreate,
-    /// Already recorded (a step a restart interrupted); `status` holds it.
-    Recorded,
-}
-
-/// Add a Running step for `action` to `status`, with the bookkeeping that goes with it.
-fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, now: i64) {
-    status.steps.push(Step {
-        action: action.name().into(),
-        detail: serde_json::to_string(action).ok(),
-        outcome: "Running".into(),
-        token: Some(token.into()),
-        started_at: rfc3339(now),
-        finished_at: None,
-        message: action.to_string(),
-    });
-    // Bound the step list: keep the first and the latest ones.
-    if status.steps.len() > 30 {
-        status.steps.drain(1..status.steps.len() - 29);
-    }
-    if action.is_attempt() {
-        status.attempts += 1;
-    }
-    if matches!(action, Action::ReconcileSource { .. }) {
-        status.polls += 1;
-    }
-    status.last_action_at = Some(rfc3339(now));
-    status.action = Some(action.name().into());
-    status.blocked = None;
-    if status.phase != Phase::Escalated {
-        status.phase = Phase::Remediating;
-    }
-}
-
-/// What a Remediation has recorded: its status, plus the first step's intent when the create
-/// carried it and a crash came before the outcome reached the status.
-fn recorded_status(rem: &Remediation) -> RemediationStatus {
-    let mut status = rem.status.clone().unwrap_or_default();
-    if status.steps.is_empty()
-        && let Some(step) = rem
-            .annotations()
-            .get(INTENT_ANNOTATION)
-            .and_then(|v| serde_json::from_str::<Step>(v).ok())
-    {
-        let at = step
-            .started_at
-            .parse::<jiff::Timestamp>()
-            .map(|t| t.as_second())
-            .unwrap_or_else(|_| now_s());
-        match planned_action(&step) {
-            Some(a) => begin_step(&mut status, &a, step.token.as_deref().unwrap_or(""), at),
-            None => status.steps.push(step),
-        }
-    }
-    status
-}
-
-/// Persist the intent (unless already recorded), act, persist the outcome.
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    ctx: &Arc<Context>,
-    snap: &Snapshot,
-    obj: &FluxObject,
-    rem: &Remediation,
-    mut status: RemediationStatus,
-    action: Action,
-    token: String,
-    intent: Intent,
-) -> Result<()> {
-    if intent == Intent::Write {
-        begin_step(&mut status, &action, &token, now_s());
-        write_status(ctx, rem, &status).await?;
-    }
-    if intent != Intent::Recorded {
-        crash_point(&format!("{}:after-intent", action.name()));
-    }
-    let result = perform(ctx, snap, obj, rem, &action, &token).await;
-    crash_point(&format!("{}:after-act", action.name()));
-    let last = status.steps.last_mut().expect("a step was recorded");
-    last.finished_at = Some(rfc3339(now_s()));
-    let (etype, reason) = match &result {
-        Ok(done) => {
-            last.outcome = "Succeeded".into();
-            last.message = done.message.clone();
-            (EventType::Normal, "ActionSucceeded".to_string())
-        }
-        Err(e) => {
-            last.outcome = "Failed".into();
-            last.message = e.to_string();
-            (EventType::Warning, e.category().to_string())
-        }
-    };
-    let note = format!("{}: {}", action, last.message);
-    ctx.metrics.action(
-        action.name(),
-        if result.is_ok() {
-            "succeeded"
-        } else {
-            "failed"
-        },
-    );
-    if let Ok(done) = &result {
-        match &action {
-            Action::Rollback { .. } => {
-                status.phase = Phase::AwaitingFix;
-                // The generation after our own suspend, and the chart revision now: a change
-                // of either means the fix landed.
-                status.observed_generation = done.generation;
-                status.observed_revision = source_revision(snap, obj);
-            }
-            Action::Reconcile if status.diagnosis.as_ref().is_some() => {
-                status.observed_revision =
-                    source_revision(snap, obj).or(status.observed_revision.clone());
-            }
-            Action::ReconcileSourceAndConsumers { .. } => {
-                status.observed_secret_version = source_secret_version(snap, obj);
-            }
-            Action::Resume => status.phase = Phase::Remediating,
-            _ => {}
-        }
-    }
-    if let Err(write) = write_status(ctx, rem, &status).await {
-        // The outcome did not reach the status: the step stays Running there and is finished
-        // again with its token. An action error is still counted, not hidden behind this one.
-        if let Err(e) = &result {
-            ctx.metrics.error(e.category());
-        }
-        return Err(write);
-    }
-    announce(ctx, Some(obj), rem, etype, &reason, action.name(), note);
-    result.map(|_| ())
-}
-
-async fn perform(
-    ctx: &Arc<Context>,
-    snap: &Snapshot,
-    obj: &FluxObject,
-    rem: &Remediation,
-    action: &Action,
-    token: &str,
-) -> Result<Done> {
-    let a = &ctx.actuator;
-    let key = &obj.key;
-    match action {
-        Action::Reconcile => {
-            a.request_reconcile(key, token, false, false).await?;
-            Ok(format!("requested reconcile of {key}").into())
-        }
-        Action::ReconcileSource { source } => {
-            a.request_reconcile(source, token, false, false).await?;
-            Ok(format!("requested reconcile of {source}").into())
-        }
-        Action::ReconcileSourceAndConsumers { source } => {
-            a.request_reconcile(source, token, false, false).await?;
-            crash_point("reconcile-source-and-consumers:after-source");
-            let consumers = consumers(snap, source);
-            for c in &consumers {
-                a.request_reconcile(c, token, false, false).await?;
-            }
-            Ok(format!(
-                "requested reconcile of {source} and {} consumer(s)",
-                consumers.len()
-            )
-            .into())
-        }
-        Action::RetryRelease { with_source } => {
-            if let Some(s) = with_source {
-                a.request_reconcile(s, token, false, false).await?;
-            }
-            a.request_reconcile(key, token, true, true).await?;
-            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})").into())
-        }
-        Action::Rollback { to_version } => {
-            let h = obj
-                .helm
-                .as_ref()
-                .ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
-            let generation = a.set_suspend(key, true, &rem.name_any()).await?;
-            crash_point("rollback:after-suspend");
-            match a
-                .helm_rollback(
-                    &h.storage_namespace,
-                    &h.release_name,
-                    *to_version,
-                    h.timeout,
-                )
-                .await
-            {
-                Ok(msg) => Ok(Done {
-                    message: format!("suspended {key}; {msg}; stays suspended until the fix lands"),
-                    generation,
-                }),
-                Err(e) => {
-                    // Never leave it suspended because of a failed step.
-                    if let Err(undo) = a.set_suspend(key, false, "").await {
-                        warn!(target = %key, error = %undo, "cannot resume after a failed rollback; will retry");
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Action::Resume => {
-            a.set_suspend(key, false, "").await?;
-            Ok(format!("resumed {key}: the fix landed").into())
-        }
-        Action::UnlockRelease {
-            namespace,
-            secret,
-            delete,
-            ..
-        } => {
-            let outcome = a.unlock(namespace, secret, *delete).await?;
-            crash_point(&format!("{}:after-unlock", action.name()));
-            a.request_reconcile(key, token, false, false).await?;
-            Ok(Done::from(match outcome {
-                UnlockOutcome::Unlocked { previous } => format!(
-                    "marked {namespace}/{secret} failed (was {previous}); requested reconcile"
-                ),
-                UnlockOutcome::Deleted => {
-                    format!("deleted stale {namespace}/{secret}; requested reconcile")
-                }
-                UnlockOutcome::AlreadyUnlocked { status } => {
-                    format!("{namespace}/{secret} was already {status}; requested reconcile")
-                }
-                UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
-            }))
-        }
-    }
-}
-
-/// What a performed action reports: the message for the record and, for a suspend, the
-/// HelmRelease's generation after it (from the patch response, so no `get` is needed).
-struct Done {
-    message: String,
-    generation: Option<i64>,
-}
-
-impl From<String> for Done {
-    fn from(message: String) -> Self {
-        Done {
-            message,
-            generation: None,
-        }
-    }
-}
-
-/// Close an incident whose target recovered (or vanished, or changed case).
-async fn close(
-    ctx: &Arc<Context>,
-    snap: &Snapshot,
-    rem: &Remediation,
-    reason: &'static str,
-) -> Result<()> {
-    let mut status = recorded_status(rem);
-    let target = rem.spec.target.to_key();
-    let obj = target.as_ref().and_then(|k| snap.objects.get(k));
-    // Our suspension never outlives the incident.
-    if let Some(o) = obj
-        && o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rem.name_any())
-    {
-        ctx.actuator.set_suspend(&o.key, false, "").await?;
-    }
-    // A step a crash interrupted is finished with the token it recorded, even though the target
-    // recovered meanwhile (an unlock's follow-up reconcile, a source's consumers): every action
-    // is idempotent for one token, so this completes it without doing anything twice. A
-    // rollback is not re-run on a recovered target; its suspension was released above.
-    if let (Some(o), Some((action, token))) = (obj, interrupted_step(&status)) {
-        let result = match action {
-            Some(Action::Rollback { .. } | Action::Resume) | None => {
-                Err("interrupted by a restart; not re-run on a recovered target".to_string())
-            }
-            Some(action) => {
-                info!(target = %o.key, action = %action, "finishing a step interrupted by a restart");
-                let r = perform(ctx, snap, o, rem, &action, &token).await;
-                ctx.metrics.action(
-                    action.name(),
-                    if r.is_ok() { "succeeded" } else { "failed" },
-                );
-                // An API error leaves the incident open; the next pass tries again.
-                Ok(r?.message)
-            }
-        };
-        let step = status.steps.last_mut().expect("an interrupted step");
-        step.finished_at = Some(rfc3339(now_s()));
-        (step.outcome, step.message) = match result {
-            Ok(msg) => ("Succeeded".into(), msg),
-            Err(msg) => ("Interrupted".into(), msg),
-        };
-    }
-    let now = now_s();
-    let acted = status.steps.iter().any(|s| s.outcome == "Succeeded");
-    status.phase = if acted {
-        Phase::Succeeded
-    } else {
-        Phase::Resolved
-    };
-    status.closed_at = Some(rfc3339(now));
-    status.blocked = None;
-    let detected = parse_ts(&status.detected_at).unwrap_or(now);
-    let ttr = (now - detected).max(0) as f64;
-    status.time_to_recovery_seconds = Some(ttr);
-    status.message = Some(match (reason, obj) {
-        ("Superseded", _) => "the failure changed; a new Remediation records it".into(),
-        (_, None) => "the target no longer exists".into(),
-        _ => "the target is Ready".into(),
-    });
-    let api: Api<Remediation> =
-        Api::namespaced(ctx.client.clone(), &rem.namespace().unwrap_or_default());
-    // Label first: a closed phase then always comes with open=false.
-    ctx.limiter.acquire().await;
+/// Label first: a closed phase then always comes with open=false.
+async fn label_closed(ctx: &Context, key: &ObjectKey, name: &str) -> Result<()> {
+    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    ctx.limiter.acquire().await?;
     api.patch(
-        &rem.name_any(),
+        name,
         &PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..Default::default()
@@ -1173,154 +938,122 @@ async fn close(
         &Patch::Merge(json!({"metadata": {"labels": {OPEN_LABEL: "false"}}})),
     )
     .await?;
-    write_status(ctx, rem, &status).await?;
-    ctx.metrics
-        .time_to_recover
-        .get_or_create(&CaseLabels {
-            case: rem.spec.case.to_string(),
-        })
-        .observe(ttr);
-    let note = format!(
-        "{} recovered after {}s ({:?})",
-        rem.spec.target, ttr as i64, status.phase
-    );
-    announce(
-        ctx,
-        obj.map(|o| &**o),
-        rem,
-        EventType::Normal,
-        "Recovered",
-        "Close",
-        note,
-    );
-    info!(target = %rem.spec.target, phase = ?status.phase, ttr, "incident closed");
     Ok(())
 }
 
-async fn resume_orphan(ctx: &Arc<Context>, key: &ObjectKey) -> Result<()> {
-    warn!(target = %key, "resuming a HelmRelease left suspended without an open Remediation");
-    ctx.actuator.set_suspend(key, false, "").await?;
-    ctx.metrics.action("resume-orphan", "succeeded");
-    Ok(())
-}
-
-/// Keep at most `history_limit` closed Remediations per target.
-async fn gc_history(
-    ctx: &Arc<Context>,
-    remediations: &BTreeMap<(String, String), Arc<Remediation>>,
-) {
-    let mut by_target: HashMap<String, Vec<&Arc<Remediation>>> = HashMap::new();
-    for r in remediations.values() {
-        if !r
-            .status
-            .as_ref()
-            .map(|s| s.phase)
-            .unwrap_or_default()
-            .is_open()
+/// Create a new incident's record, sealed, under the first free deterministic name (a name
+/// held by a closed record, or by a record that is not fluxmedic's, is never reused, so a
+/// closed record is never reopened). `intent` is its first step when an action follows at
+/// once. A 409 means the create raced the watch: the next pass meets the record.
+async fn create_record(
+    ctx: &Context,
+    key: &ObjectKey,
+    case: Case,
+    since: i64,
+    intent: Option<&Step>,
+    status: &RemediationStatus,
+) -> Result<String> {
+    let intent_json = intent.map(incident::intent_json).unwrap_or_default();
+    let baseline = if intent.is_some() {
+        incident::baseline_json(status)
+    } else {
+        String::new()
+    };
+    for n in 0..16 {
+        let name = incident::record_name(key, since, case, n);
+        if ctx
+            .index
+            .read()
+            .await
+            .remediations
+            .contains_key(&(key.namespace.clone(), name.clone()))
         {
-            by_target
-                .entry(r.spec.target.to_string())
-                .or_default()
-                .push(r);
-        }
-    }
-    for (_, mut closed) in by_target {
-        if closed.len() <= ctx.opts.history_limit {
             continue;
         }
-        closed.sort_by_key(|r| {
-            std::cmp::Reverse(r.status.as_ref().and_then(|s| s.closed_at.clone()))
-        });
+        let mut annotations = BTreeMap::from([(
+            SEAL_ANNOTATION.to_string(),
+            ctx.sealer.seal_creation(
+                RecordId {
+                    namespace: &key.namespace,
+                    name: &name,
+                    target: key,
+                    case,
+                },
+                &incident::creation_payload(&intent_json, &baseline),
+            ),
+        )]);
+        if intent.is_some() {
+            annotations.insert(INTENT_ANNOTATION.into(), intent_json.clone());
+            annotations.insert(BASELINE_ANNOTATION.into(), baseline.clone());
+        }
+        let rem = Remediation {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(key.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (TARGET_LABEL.to_string(), target_label(key)),
+                    (OPEN_LABEL.to_string(), "true".to_string()),
+                    ("fluxmedic.io/case".to_string(), case.to_string()),
+                ])),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: RemediationSpec {
+                target: TargetRef::from_key(key),
+                target_name: format!("{}/{}", key.kind, key.name),
+                case,
+                approved: false,
+            },
+            status: None,
+        };
+        let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        ctx.limiter.acquire().await?;
+        let created = api
+            .create(
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &rem,
+            )
+            .await?;
+        let k = (key.namespace.clone(), name.clone());
+        super::index::put_remediation(&mut *ctx.index.write().await, Some(created), k);
+        return Ok(name);
+    }
+    Err(Error::Precondition(format!(
+        "no free Remediation name for {key}: 16 records of this failure exist"
+    )))
+}
+
+/// Keep at most `history_limit` closed records per target (fluxmedic's own only).
+async fn gc_history(ctx: &Arc<Context>, records: &HashMap<(String, String), Record>) {
+    let mut by_target: HashMap<&ObjectKey, Vec<&Record>> = HashMap::new();
+    for r in records.values() {
+        if r.trust == Trust::Ours && !r.is_open() {
+            by_target.entry(&r.target).or_default().push(r);
+        }
+    }
+    let busy: HashSet<ObjectKey> = ctx.busy_targets();
+    for (target, mut closed) in by_target {
+        if closed.len() <= ctx.opts.history_limit || busy.contains(target) {
+            continue;
+        }
+        closed.sort_by_key(|r| std::cmp::Reverse(r.status.closed_at.clone()));
         for r in closed.into_iter().skip(ctx.opts.history_limit) {
-            let api: Api<Remediation> =
-                Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-            ctx.limiter.acquire().await;
-            match api.delete(&r.name_any(), &DeleteParams::default()).await {
-                Ok(_) => info!(remediation = %r.name_any(), "garbage-collected old Remediation"),
+            let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &r.namespace);
+            if ctx.limiter.acquire().await.is_err() {
+                return;
+            }
+            match api.delete(&r.name, &DeleteParams::default()).await {
+                Ok(_) => info!(remediation = %r.name, "garbage-collected old Remediation"),
                 Err(e) => {
-                    warn!(remediation = %r.name_any(), error = %e, "cannot garbage-collect Remediation")
+                    warn!(remediation = %r.name, error = %e, "cannot garbage-collect Remediation")
                 }
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rem_with(status: Option<RemediationStatus>, intent: Option<&Step>) -> Remediation {
-        let mut r = Remediation::new(
-            "ks-app-1",
-            RemediationSpec {
-                target: TargetRef::from_key(&ObjectKey {
-                    kind: FluxKind::Kustomization,
-                    namespace: "apps".into(),
-                    name: "app".into(),
-                }),
-                target_name: "Kustomization/app".into(),
-                case: crate::diagnose::Case::StaleLock,
-                approved: false,
-            },
-        );
-        r.status = status;
-        if let Some(step) = intent {
-            r.annotations_mut().insert(
-                INTENT_ANNOTATION.into(),
-                serde_json::to_string(step).unwrap(),
-            );
-        }
-        r
-    }
-
-    fn intent_of(action: &Action, token: &str, now: i64) -> (RemediationStatus, Step) {
-        let mut status = RemediationStatus::default();
-        begin_step(&mut status, action, token, now);
-        let step = status.steps[0].clone();
-        (status, step)
-    }
-
-    #[test]
-    fn an_intent_recorded_at_creation_reads_as_the_interrupted_step() {
-        let action = Action::UnlockRelease {
-            namespace: "apps".into(),
-            secret: "sh.helm.release.v1.web.v2".into(),
-            version: 2,
-            delete: false,
-        };
-        let (expected, step) = intent_of(&action, "2026-11-23T10:00:00Z", 1_795_000_000);
-        let status = recorded_status(&rem_with(None, Some(&step)));
-        assert_eq!(status.steps, expected.steps);
-        assert_eq!(status.attempts, 1, "the unlock counts as an attempt");
-        assert_eq!(status.phase, Phase::Remediating);
-        assert_eq!(status.last_action_at, expected.last_action_at);
-        let (a, token) = interrupted_step(&status).expect("interrupted");
-        assert_eq!(a, Some(action));
-        assert_eq!(
-            token, "2026-11-23T10:00:00Z",
-            "finished with the recorded token"
-        );
-    }
-
-    #[test]
-    fn the_status_wins_once_it_holds_the_step() {
-        let action = Action::Reconcile;
-        let (mut done, step) = intent_of(&action, "t1", 1_795_000_000);
-        done.steps[0].outcome = "Succeeded".into();
-        let status = recorded_status(&rem_with(Some(done.clone()), Some(&step)));
-        assert_eq!(
-            status, done,
-            "the annotation is history once the outcome is recorded"
-        );
-        assert!(interrupted_step(&status).is_none());
-    }
-
-    #[test]
-    fn an_unreadable_intent_is_kept_as_is_and_not_rerun() {
-        let mut step = intent_of(&Action::Reconcile, "t1", 1_795_000_000).1;
-        step.detail = Some("{not json".into());
-        let status = recorded_status(&rem_with(None, Some(&step)));
-        assert_eq!(status.steps, vec![step]);
-        assert_eq!(interrupted_step(&status).map(|(a, _)| a), Some(None));
-    }
-}
+/// How long shutdown waits for running Helm jobs before stopping them.
+pub const JOB_GRACE: Duration = Duration::from_secs(20);

@@ -47,7 +47,11 @@ impl EventQueue {
                     (recorder.clone(), limiter.clone(), pending.clone());
                 tokio::spawn(async move {
                     while let Some((ev, regarding)) = rx.recv().await {
-                        limiter.acquire().await;
+                        if limiter.acquire().await.is_err() {
+                            // No longer the leader: the new one records what it does.
+                            pending.fetch_sub(1, Ordering::SeqCst);
+                            continue;
+                        }
                         if let Err(e) = recorder.publish(&ev, &regarding).await {
                             warn!(error = %e, reason = %ev.reason, "cannot publish Event");
                         }
@@ -72,7 +76,7 @@ impl EventQueue {
             regarding.namespace.as_deref().unwrap_or_default(),
             regarding.name.as_deref().unwrap_or_default()
         );
-        let shard = super::engine::stable_hash(&key) as usize % self.shards.len();
+        let shard = crate::incident::stable_hash(&key) as usize % self.shards.len();
         self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = self.shards[shard].try_send((ev, regarding)) {
             self.pending.fetch_sub(1, Ordering::SeqCst);

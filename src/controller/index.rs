@@ -22,7 +22,6 @@ use crate::{
     diagnose::{SecretInfo, Snapshot},
     flux::{self, FluxKind, FluxObject, ObjectKey},
     helm::StoredRelease,
-    remedy::api_resource,
 };
 
 /// The Flux kinds fluxmedic watches (Bucket is rare and only ever a source: not watched).
@@ -51,6 +50,8 @@ pub struct Index {
     pub expected_watches: usize,
     /// Objects that could not be read, with the reason (reported, never acted upon).
     pub unreadable: BTreeMap<String, String>,
+    /// Flux kinds the cluster does not serve in a readable version (not watched), with why.
+    pub missing_kinds: BTreeMap<String, String>,
 }
 
 impl Index {
@@ -172,12 +173,13 @@ pub async fn watch_flux(
     client: Client,
     scope: Scope,
     kind: FluxKind,
+    resource: kube::core::ApiResource,
     index: SharedIndex,
     notify: Arc<Notify>,
 ) {
     let api: Api<DynamicObject> = match &scope {
-        Some(ns) => Api::namespaced_with(client, ns, &api_resource(kind)),
-        None => Api::all_with(client, &api_resource(kind)),
+        Some(ns) => Api::namespaced_with(client, ns, &resource),
+        None => Api::all_with(client, &resource),
     };
     let stream = watcher(api, watcher_config()).default_backoff();
     let apply = |idx: &mut Index, o: DynamicObject, key: &Key| {

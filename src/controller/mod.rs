@@ -1,12 +1,20 @@
 //! `fluxmedic run`: watches feed the index; a debounced evaluation pass diagnoses the
 //! snapshot, plans under the policies and acts with bounded concurrency.
 
+pub mod discovery;
 pub mod engine;
 pub mod events;
 pub mod index;
+pub mod leader;
 pub mod limiter;
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use kube::{
@@ -18,6 +26,8 @@ use tracing::{info, warn};
 
 use crate::{
     api::{Remediation, RemediationPolicy},
+    flux::ObjectKey,
+    incident::seal::Sealer,
     remedy::Actuator,
     telemetry::Metrics,
 };
@@ -59,10 +69,23 @@ pub struct Context {
     pub events: events::EventQueue,
     pub actuator: Actuator,
     pub limiter: Arc<limiter::WriteLimiter>,
+    /// Seals records, intents and holds; the key lives in the operator's namespace.
+    pub sealer: Sealer,
+    /// Helm jobs running off the pass, per target.
+    pub jobs: std::sync::Mutex<HashMap<ObjectKey, tokio::task::JoinHandle<()>>>,
+    /// Fires (true) when Helm jobs must stop: shutdown, or the Lease lost.
+    pub stop: tokio::sync::watch::Sender<bool>,
     backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
 }
 
 impl Context {
+    /// Targets with a Helm job running: no pass touches them until it ends.
+    pub fn busy_targets(&self) -> HashSet<ObjectKey> {
+        let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.retain(|_, h| !h.is_finished());
+        jobs.keys().cloned().collect()
+    }
+
     pub fn in_scope(&self, ns: &str) -> bool {
         self.opts.watch_namespaces.is_empty() || self.opts.watch_namespaces.iter().any(|n| n == ns)
     }
@@ -104,11 +127,61 @@ async fn metrics_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
 }
 
 async fn ready_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
-    if ctx.index.read().await.all_synced() {
-        (StatusCode::OK, "ok")
+    let idx = ctx.index.read().await;
+    let mut body = if idx.all_synced() {
+        "ok\n"
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "syncing")
+        "syncing\n"
     }
+    .to_string();
+    // A Flux kind the cluster does not serve leaves the rest working: shown, not fatal.
+    for (kind, why) in &idx.missing_kinds {
+        body.push_str(&format!("not watched: {kind}: {why}\n"));
+    }
+    let code = if idx.all_synced() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+/// The seal key: read from its Secret in the operator's namespace, created on first start.
+async fn load_sealer(client: &Client, ns: &str) -> anyhow::Result<Sealer> {
+    use crate::incident::seal::KEY_SECRET;
+    use k8s_openapi::{ByteString, api::core::v1::Secret};
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for _ in 0..3 {
+        if let Some(s) = api.get_opt(KEY_SECRET).await? {
+            let key = s
+                .data
+                .and_then(|d| d.get("key").cloned())
+                .map(|ByteString(k)| k)
+                .filter(|k| k.len() >= 32)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("Secret {ns}/{KEY_SECRET} has no 32-byte data.key; delete it to have a new key made")
+                })?;
+            return Ok(Sealer::from_key(&key));
+        }
+        let key = Sealer::generate_key().map_err(anyhow::Error::msg)?;
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": KEY_SECRET, "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "fluxmedic"}},
+            "type": "Opaque",
+        }))?;
+        let mut secret = secret;
+        secret.data = Some([("key".to_string(), ByteString(key.to_vec()))].into());
+        match api.create(&Default::default(), &secret).await {
+            Ok(_) => {
+                info!(secret = %format!("{ns}/{KEY_SECRET}"), "created the record seal key");
+                return Ok(Sealer::from_key(&key));
+            }
+            // Another replica made it first: read theirs.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("cannot read or create Secret {ns}/{KEY_SECRET}")
 }
 
 /// Run the operator until SIGTERM/SIGINT.
@@ -137,6 +210,10 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         write_limiter.clone(),
         metrics.events_dropped.clone(),
     );
+    let sealer = load_sealer(&client, &opts.namespace).await?;
+    // Which Flux kinds the cluster serves, in which version: a missing one is not watched.
+    let served = discovery::discover(&client).await;
+    let (stop, _) = tokio::sync::watch::channel(false);
     let ctx = Arc::new(Context {
         client: client.clone(),
         index: Arc::new(RwLock::new(index::Index::default())),
@@ -147,11 +224,29 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             client: client.clone(),
             helm_bin: opts.helm_bin.clone(),
             limiter: Some(write_limiter.clone()),
+            apis: Arc::new(served.resources.clone()),
         },
         limiter: write_limiter,
+        sealer,
+        jobs: std::sync::Mutex::new(HashMap::new()),
+        stop,
         backoff: Mutex::new(HashMap::new()),
         opts,
     });
+    for (kind, why) in &served.missing {
+        warn!(kind = %kind, reason = %why, "Flux kind not served in a version fluxmedic reads: not watched");
+        ctx.metrics
+            .flux_api_missing
+            .get_or_create(&crate::telemetry::KindLabels {
+                kind: kind.to_string(),
+            })
+            .set(1);
+    }
+    ctx.index.write().await.missing_kinds = served
+        .missing
+        .iter()
+        .map(|(k, why)| (k.to_string(), why.clone()))
+        .collect();
 
     // Watch the whole cluster, or only the watched namespaces (plus, for policies, the
     // operator's namespace): the chart's namespace mode grants Roles only.
@@ -172,15 +267,20 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     {
         policy_scopes.push(Some(ctx.opts.namespace.clone()));
     }
+    let kinds: Vec<_> = index::WATCHED_KINDS
+        .into_iter()
+        .filter_map(|k| served.resources.get(&k).map(|r| (k, r.clone())))
+        .collect();
     ctx.index.write().await.expected_watches =
-        scopes.len() * (index::WATCHED_KINDS.len() + 2) + policy_scopes.len();
+        scopes.len() * (kinds.len() + 2) + policy_scopes.len();
     let mut tasks = tokio::task::JoinSet::new();
     for scope in &scopes {
-        for kind in index::WATCHED_KINDS {
+        for (kind, resource) in &kinds {
             tasks.spawn(index::watch_flux(
                 client.clone(),
                 scope.clone(),
-                kind,
+                *kind,
+                resource.clone(),
                 ctx.index.clone(),
                 ctx.notify.clone(),
             ));
@@ -227,22 +327,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     });
 
     // Leader election: every replica watches (a warm standby), only the Lease holder acts.
-    let leader = if ctx.opts.leader_elect {
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "fluxmedic-leader")
-                .with_namespace(&ctx.opts.namespace)
-                .with_identity(&ctx.opts.identity)
-                .with_duration(15)
-                .with_grace(5)
-                .with_field_manager(crate::api::FIELD_MANAGER)
-                .build()
-                .await?;
-        let (rx, task) = manager.watch().await;
-        tasks.spawn(async move {
-            if let Ok(Err(e)) = task.await {
-                warn!(error = %e, "leader election stopped");
-            }
-        });
+    // The gate closes the moment the Lease is seen held by another replica or expires
+    // unrenewed, so a pass in progress stops writing at once.
+    let leading = if ctx.opts.leader_elect {
+        let (rx, task) =
+            leader::elect(client.clone(), &ctx.opts.namespace, &ctx.opts.identity).await?;
+        tasks.spawn(task);
         Some(rx)
     } else {
         None
@@ -251,27 +341,59 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let engine = async move {
         let mut was_leader = false;
         loop {
-            tokio::select! {
-                _ = engine_ctx.notify.notified() => {}
-                _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
-            }
-            let is_leader = leader.as_ref().is_none_or(|rx| *rx.borrow());
+            let is_leader = leading.as_ref().is_none_or(|rx| *rx.borrow());
+            engine_ctx.limiter.set_allowed(is_leader);
             if is_leader != was_leader {
                 info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
                 engine_ctx.metrics.leader.set(is_leader as i64);
+                // Helm jobs stop when the Lease is lost (a standby takes over from the record).
+                engine_ctx.stop.send_replace(!is_leader);
                 was_leader = is_leader;
             }
-            if !is_leader || !engine_ctx.index.read().await.all_synced() {
-                continue;
+            if is_leader && engine_ctx.index.read().await.all_synced() {
+                tokio::time::sleep(engine_ctx.opts.debounce).await;
+                engine::pass(&engine_ctx).await;
             }
-            tokio::time::sleep(engine_ctx.opts.debounce).await;
-            engine::pass(&engine_ctx).await;
+            let mut lead_rx = leading.clone();
+            tokio::select! {
+                _ = engine_ctx.notify.notified() => {}
+                _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
+                _ = async {
+                    match lead_rx.as_mut() {
+                        Some(rx) => { let _ = rx.changed().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
         }
     };
-    tokio::select! {
-        _ = engine => {}
-        _ = shutdown_signal() => info!("shutting down"),
-        Some(r) = tasks.join_next() => warn!(?r, "a watch task ended"),
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = engine => Ok(()),
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+        Some(r) = tasks.join_next() => {
+            // A watch, the leader election or the metrics server died: exit non-zero so
+            // Kubernetes restarts the process rather than leaving it half-blind.
+            Err(anyhow::anyhow!("a component of the operator stopped: {r:?}"))
+        }
+    };
+    // Helm jobs: stop them, and wait for them to clear their locks and record the outcome.
+    ctx.stop.send_replace(true);
+    let jobs: Vec<_> = ctx
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, h)| h)
+        .collect();
+    if !jobs.is_empty() {
+        info!(jobs = jobs.len(), "waiting for Helm jobs to stop");
+        let all = futures::future::join_all(jobs);
+        if tokio::time::timeout(engine::JOB_GRACE, all).await.is_err() {
+            warn!("Helm jobs did not stop within the grace period");
+        }
     }
     if !ctx.events.flush(Duration::from_secs(5)).await {
         warn!(
@@ -279,7 +401,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             "Events not written before shutdown"
         );
     }
-    Ok(())
+    outcome
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,10 @@ use std::{cmp::Ordering, time::Duration};
 
 use kube::core::{Selector, SelectorExt};
 
-pub use plan::{Action, Blocked, Decision, IncidentView, PlanContext, plan, source_revision};
+pub use plan::{
+    Action, Blocked, Decision, IncidentView, PlanContext, ReleaseRef, consumers, escalates,
+    observed_secret, plan, recheck, source_revision, verified_release,
+};
 
 use crate::{
     api::{ActionKind, CaseRule, Mode, RemediationPolicySpec, TargetKind},
@@ -126,6 +129,19 @@ impl Policy {
             .as_ref()
             .is_none_or(|s| s.matches(&obj.labels));
         kind_ok && name_ok && labels_ok
+    }
+
+    /// Whether actions decided by this policy may write in namespace `ns`: its own, and for
+    /// a policy in the operator's namespace the namespaces it covers.
+    pub fn may_write(&self, ns: &str, operator_ns: &str) -> bool {
+        ns == self.namespace
+            || self.namespace == operator_ns
+                && self
+                    .spec
+                    .targets
+                    .namespaces
+                    .iter()
+                    .any(|n| n == "*" || n == ns)
     }
 
     pub fn rule(&self, case: Case) -> Option<&CaseRule> {

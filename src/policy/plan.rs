@@ -6,24 +6,35 @@ use serde::{Deserialize, Serialize};
 
 use super::Policy;
 use crate::{
-    api::{ActionKind, Mode, Phase},
+    api::{ActionKind, Mode, ObservedSecret, Phase},
     diagnose::{Case, Diagnosis, NativeState, Snapshot},
-    flux::{FluxObject, ObjectKey},
+    flux::{FluxKind, FluxObject, ObjectKey},
 };
 
-/// What fluxmedic does to a target.
+/// What fluxmedic does to a target. Every parameter is derived from the snapshot and the
+/// policy at planning time and recorded with the step, so a step finished after a crash can
+/// be compared with what today's plan calls for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// requestedAt on the target.
     Reconcile,
     /// requestedAt on a source (polling while a fix is awaited, or an unreachable source).
     ReconcileSource { source: ObjectKey },
-    /// The source's Secret changed: reconcile the source, then its consumers.
-    ReconcileSourceAndConsumers { source: ObjectKey },
+    /// The source's Secret changed: reconcile the source, then those of its consumers the
+    /// deciding policy may change.
+    ReconcileSourceAndConsumers {
+        source: ObjectKey,
+        #[serde(default)]
+        consumers: Vec<ObjectKey>,
+    },
     /// requestedAt + resetAt + forceAt, one fresh token; the source first when given.
     RetryRelease { with_source: Option<ObjectKey> },
     /// Suspend, `helm rollback` to `to_version`, keep suspended (AwaitingFix).
-    Rollback { to_version: i64 },
+    Rollback {
+        to_version: i64,
+        #[serde(default)]
+        release: ReleaseRef,
+    },
     /// Resume a HelmRelease fluxmedic suspended, now that the fix landed.
     Resume,
     /// Mark the stale pending release failed (or delete its Secret), then reconcile.
@@ -32,7 +43,24 @@ pub enum Action {
         secret: String,
         version: i64,
         delete: bool,
+        /// The release the Secret must belong to (checked against its payload).
+        #[serde(default)]
+        release: ReleaseRef,
     },
+}
+
+/// A Helm release as helm-controller manages it for one HelmRelease, verified to belong to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRef {
+    pub name: String,
+    /// Where the release's storage Secrets are.
+    pub storage_namespace: String,
+    /// Where its objects go (targetNamespace).
+    pub namespace: String,
+    /// helm-controller acts as this ServiceAccount (spec.serviceAccountName); so does a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 impl Action {
@@ -74,18 +102,44 @@ impl Action {
     fn is_poll(&self) -> bool {
         matches!(self, Action::ReconcileSource { .. })
     }
+
+    /// The namespaces this action writes in, for `target`.
+    pub fn writes<'a>(&'a self, target: &'a ObjectKey) -> Vec<&'a str> {
+        match self {
+            Action::Reconcile | Action::Resume => vec![&target.namespace],
+            Action::ReconcileSource { source } => vec![&source.namespace],
+            Action::ReconcileSourceAndConsumers { source, consumers } => {
+                let mut v: Vec<&str> = vec![&source.namespace];
+                v.extend(consumers.iter().map(|c| c.namespace.as_str()));
+                v
+            }
+            Action::RetryRelease { with_source } => {
+                let mut v: Vec<&str> = vec![&target.namespace];
+                v.extend(with_source.iter().map(|s| s.namespace.as_str()));
+                v
+            }
+            // Suspend/resume the target; helm writes storage and the release's objects.
+            Action::Rollback { release, .. } => vec![
+                &target.namespace,
+                &release.storage_namespace,
+                &release.namespace,
+            ],
+            Action::UnlockRelease { namespace, .. } => vec![&target.namespace, namespace],
+        }
+    }
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::ReconcileSource { source } | Action::ReconcileSourceAndConsumers { source } => {
+            Action::ReconcileSource { source }
+            | Action::ReconcileSourceAndConsumers { source, .. } => {
                 write!(f, "{} {}", self.name(), source)
             }
             Action::RetryRelease {
                 with_source: Some(s),
             } => write!(f, "retry (with source {s})"),
-            Action::Rollback { to_version } => write!(f, "rollback to revision {to_version}"),
+            Action::Rollback { to_version, .. } => write!(f, "rollback to revision {to_version}"),
             Action::UnlockRelease {
                 namespace, secret, ..
             } => write!(f, "{} {namespace}/{secret}", self.name()),
@@ -94,22 +148,38 @@ impl fmt::Display for Action {
     }
 }
 
-/// Why nothing is done now.
+/// Why nothing is done now. Every text is stable while the situation is (no countdowns, no
+/// counts that drift), so a waiting incident is written only when something changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Blocked {
     NoPolicy,
     Observe,
     AwaitingApproval,
     ActionNotAllowed(ActionKind),
-    Cooldown { remaining: Duration },
+    /// The next action may come at this unix second.
+    Cooldown {
+        until: i64,
+    },
     MaxAttempts,
-    CircuitBreakerOpen { failing: usize, threshold: u32 },
+    CircuitBreakerOpen {
+        threshold: u32,
+    },
     RetryCannotHelp(String),
     FluxRemediating(String),
     BlockedByRoot(ObjectKey),
     AwaitingFix(String),
     NotStale(String),
     NoRunbook,
+    /// The action would write in a namespace the deciding policy may not change.
+    OutsidePolicyNamespace {
+        namespace: String,
+        policy: String,
+    },
+    /// The target is suspended and fluxmedic did not suspend it: a person is working on it.
+    SuspendedByPerson,
+    /// Helm storage that cannot be shown to belong to this HelmRelease, or a release
+    /// fluxmedic cannot act on with its own rights (another cluster).
+    ReleaseNotVerified(String),
 }
 
 impl Blocked {
@@ -129,6 +199,17 @@ impl Blocked {
             Blocked::AwaitingFix(_) => "awaiting-fix",
             Blocked::NotStale(_) => "not-stale",
             Blocked::NoRunbook => "no-runbook",
+            Blocked::OutsidePolicyNamespace { .. } => "outside-policy-namespace",
+            Blocked::SuspendedByPerson => "suspended-by-person",
+            Blocked::ReleaseNotVerified(_) => "release-not-verified",
+        }
+    }
+
+    /// When the next action may come, if this is a wait with a known end.
+    pub fn until(&self) -> Option<i64> {
+        match self {
+            Blocked::Cooldown { until } => Some(*until),
+            _ => None,
         }
     }
 }
@@ -142,11 +223,15 @@ impl fmt::Display for Blocked {
                 f.write_str("waiting for approval (kubectl annotate remediation <name> fluxmedic.io/approve=true)")
             }
             Blocked::ActionNotAllowed(a) => write!(f, "the policy does not allow action {a:?} for this case"),
-            Blocked::Cooldown { remaining } => write!(f, "cooldown: next action in {}s", remaining.as_secs()),
-            Blocked::MaxAttempts => f.write_str("maximum attempts for this incident reached"),
-            Blocked::CircuitBreakerOpen { failing, threshold } => write!(
+            Blocked::Cooldown { until } => write!(
                 f,
-                "circuit breaker open: {failing} Flux objects failing (threshold {threshold}); acting on shared roots only"
+                "cooldown: next action at {}",
+                jiff::Timestamp::from_second(*until).map(|t| t.to_string()).unwrap_or_default()
+            ),
+            Blocked::MaxAttempts => f.write_str("maximum attempts for this incident reached"),
+            Blocked::CircuitBreakerOpen { threshold } => write!(
+                f,
+                "circuit breaker open: more than {threshold} Flux objects failing; acting on shared roots only"
             ),
             Blocked::RetryCannotHelp(why) => write!(f, "a retry cannot help: {why}"),
             Blocked::FluxRemediating(why) => write!(f, "Flux is handling it: {why}"),
@@ -154,11 +239,19 @@ impl fmt::Display for Blocked {
             Blocked::AwaitingFix(why) => write!(f, "awaiting a fix: {why}"),
             Blocked::NotStale(why) => write!(f, "not a stale lock: {why}"),
             Blocked::NoRunbook => f.write_str("no runbook action for this failure: record only"),
+            Blocked::OutsidePolicyNamespace { namespace, policy } => write!(
+                f,
+                "the action would change namespace {namespace}, which policy {policy} may not change: record only"
+            ),
+            Blocked::SuspendedByPerson => f.write_str(
+                "the target is suspended and fluxmedic did not suspend it: record only until it is resumed",
+            ),
+            Blocked::ReleaseNotVerified(why) => write!(f, "record only: {why}"),
         }
     }
 }
 
-/// What is known about the open incident (from the Remediation's status).
+/// What is known about the open incident (from its sealed record).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct IncidentView {
     pub phase: Phase,
@@ -167,11 +260,15 @@ pub struct IncidentView {
     pub approved: bool,
     pub detected_at: i64,
     pub last_action_at: Option<i64>,
-    /// Whether fluxmedic rolled this HelmRelease back in this incident.
-    pub rolled_back: bool,
+    /// fluxmedic holds a suspension of the target (after a rollback), or is in the middle of
+    /// the rollback that makes one.
+    pub holds: bool,
+    /// The step a crash interrupted, being re-derived: planned again it is finished without a
+    /// new cooldown or attempt, and only if today's plan still calls for exactly it.
+    pub interrupted: Option<Action>,
     pub observed_generation: Option<i64>,
     pub observed_revision: Option<String>,
-    pub observed_secret_version: Option<String>,
+    pub observed_secret: Option<ObservedSecret>,
 }
 
 /// Cluster-wide facts the plan needs.
@@ -182,6 +279,8 @@ pub struct PlanContext<'a> {
     pub circuit_breaker: u32,
     /// Whether the target is the root of other failures.
     pub shared_root: bool,
+    /// The operator's namespace: only policies there may change other namespaces.
+    pub operator_namespace: &'a str,
 }
 
 /// The outcome of planning.
@@ -235,11 +334,96 @@ fn caught_up(snap: &Snapshot, dep: &FluxObject, dependent: &FluxObject) -> bool 
     true
 }
 
-fn secret_version(snap: &Snapshot, source: &FluxObject) -> Option<String> {
+/// The credentials Secret a source references, as the snapshot sees it now.
+pub fn observed_secret(snap: &Snapshot, source: &FluxObject) -> Option<ObservedSecret> {
     let name = source.secret_ref.as_ref()?;
-    snap.secrets
-        .get(&(source.key.namespace.clone(), name.clone()))
-        .and_then(|s| s.resource_version.clone())
+    Some(ObservedSecret {
+        name: name.clone(),
+        resource_version: snap
+            .secrets
+            .get(&(source.key.namespace.clone(), name.clone()))
+            .and_then(|s| s.resource_version.clone()),
+    })
+}
+
+/// Kustomizations, HelmReleases and HelmCharts that consume `source` (directly or via a
+/// HelmChart), sorted: charts first.
+pub fn consumers(snap: &Snapshot, source: &ObjectKey) -> Vec<ObjectKey> {
+    let charts: Vec<&ObjectKey> = snap
+        .objects
+        .values()
+        .filter(|o| o.key.kind == FluxKind::HelmChart && o.source_ref.as_ref() == Some(source))
+        .map(|o| &o.key)
+        .collect();
+    let mut out: Vec<ObjectKey> = snap
+        .objects
+        .values()
+        .filter(|o| !o.key.kind.is_source() || o.key.kind == FluxKind::HelmChart)
+        .filter(|o| {
+            o.source_ref
+                .as_ref()
+                .is_some_and(|s| s == source || charts.contains(&s))
+        })
+        .map(|o| o.key.clone())
+        .collect();
+    out.sort_by_key(|k| (k.kind != FluxKind::HelmChart, k.clone()));
+    out
+}
+
+/// The Helm release of a HelmRelease, when its storage verifiably belongs to it: the name
+/// and namespaces helm-controller derives, agreeing with what helm-controller last recorded
+/// in the status, and no other HelmRelease mapping to the same storage. Releases in another
+/// cluster (`spec.kubeConfig`) never match local storage.
+pub fn verified_release(snap: &Snapshot, target: &FluxObject) -> Result<ReleaseRef, Blocked> {
+    let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
+    if h.remote {
+        return Err(Blocked::ReleaseNotVerified(
+            "the release lives in another cluster (spec.kubeConfig); fluxmedic acts on Helm storage of this cluster only".into(),
+        ));
+    }
+    if let Some(recorded) = &h.status_storage_namespace
+        && recorded != &h.storage_namespace
+    {
+        return Err(Blocked::ReleaseNotVerified(format!(
+            "helm-controller last used storage namespace {recorded}, the spec now says {}; waiting until it has reconciled the change",
+            h.storage_namespace
+        )));
+    }
+    if let Some(last) = h.history.first()
+        && !last.name.is_empty()
+        && (last.name != h.release_name
+            || !last.namespace.is_empty() && last.namespace != h.release_namespace)
+    {
+        return Err(Blocked::ReleaseNotVerified(format!(
+            "the HelmRelease's history names release {}/{}, not {}/{}",
+            last.namespace, last.name, h.release_namespace, h.release_name
+        )));
+    }
+    let others: Vec<&ObjectKey> = snap
+        .objects
+        .values()
+        .filter(|o| o.key != target.key)
+        .filter(|o| {
+            o.helm.as_ref().is_some_and(|oh| {
+                !oh.remote
+                    && oh.release_name == h.release_name
+                    && oh.storage_namespace == h.storage_namespace
+            })
+        })
+        .map(|o| &o.key)
+        .collect();
+    if let Some(other) = others.first() {
+        return Err(Blocked::ReleaseNotVerified(format!(
+            "release {}/{} is also claimed by {other}; fluxmedic does not touch storage two HelmReleases claim",
+            h.storage_namespace, h.release_name
+        )));
+    }
+    Ok(ReleaseRef {
+        name: h.release_name.clone(),
+        storage_namespace: h.storage_namespace.clone(),
+        namespace: h.release_namespace.clone(),
+        service_account: h.service_account.clone(),
+    })
 }
 
 /// The runbook, before mode and limits.
@@ -253,18 +437,20 @@ fn runbook(
     let snap = ctx.snapshot;
     match d.case {
         Case::FailedRelease => {
-            if inc.rolled_back || inc.phase == Phase::AwaitingFix {
-                // Generations only grow: an older one is a stale view of our own suspend.
-                let new_generation = matches!((target.generation, inc.observed_generation), (Some(g), Some(o)) if g > o);
-                let new_revision = inc.observed_revision.is_some()
-                    && source_revision(snap, target) != inc.observed_revision;
-                return if new_generation || new_revision {
-                    Ok(Action::Resume)
-                } else {
-                    Err(Blocked::AwaitingFix(
-                        "rolled back and suspended; resumes when the HelmRelease spec or its chart changes".into(),
-                    ))
-                };
+            // A rollback a crash interrupted is finished as recorded while the release it
+            // names is still this HelmRelease's (the rollback itself may have landed, which
+            // makes the latest revision good again).
+            if let Some(Action::Rollback {
+                to_version,
+                release,
+            }) = &inc.interrupted
+                && policy.allows(d.case, ActionKind::Rollback)
+                && verified_release(snap, target).as_ref() == Ok(release)
+                && snap
+                    .history_of(target)
+                    .is_some_and(|h| h.releases.iter().any(|r| r.version == *to_version))
+            {
+                return Ok(inc.interrupted.clone().unwrap_or(Action::Resume));
             }
             match d.native {
                 NativeState::Retrying => {
@@ -279,13 +465,16 @@ fn runbook(
                 }
                 NativeState::Exhausted => {}
             }
-            let retry_left = inc.attempts < policy.spec.limits.max_attempts;
+            // An interrupted retry already counted its attempt.
+            let retry_left = inc.attempts < policy.spec.limits.max_attempts
+                || matches!(inc.interrupted, Some(Action::RetryRelease { .. }));
             if d.retryable && retry_left && policy.allows(d.case, ActionKind::Retry) {
                 let with_source = policy.rule(d.case).is_some_and(|r| r.with_source);
                 return Ok(Action::RetryRelease {
                     with_source: target.source_ref.clone().filter(|_| with_source),
                 });
             }
+            let mut rollback_refused = None;
             if policy.allows(d.case, ActionKind::Rollback)
                 && let Some(good) = snap.history_of(target).and_then(|h| h.last_good())
                 && snap
@@ -293,16 +482,30 @@ fn runbook(
                     .and_then(|h| h.latest())
                     .is_some_and(|l| !l.status.is_good())
             {
-                return Ok(Action::Rollback {
-                    to_version: good.version,
-                });
+                match verified_release(snap, target) {
+                    Ok(release) if release.storage_namespace == release.namespace => {
+                        return Ok(Action::Rollback {
+                            to_version: good.version,
+                            release,
+                        });
+                    }
+                    // The helm CLI has one --namespace for storage and objects alike: a
+                    // rollback would apply namespace-less objects into the storage namespace.
+                    Ok(release) => {
+                        rollback_refused = Some(Blocked::ReleaseNotVerified(format!(
+                            "release {} keeps its storage in {} but its objects in {}; helm rollback cannot keep them apart, roll back by hand",
+                            release.name, release.storage_namespace, release.namespace
+                        )))
+                    }
+                    Err(b) => rollback_refused = Some(b),
+                }
             }
             if !d.retryable {
-                Err(Blocked::RetryCannotHelp(
-                    "the release input is invalid; fix it in Git".into(),
-                ))
+                Err(rollback_refused.unwrap_or_else(|| {
+                    Blocked::RetryCannotHelp("the release input is invalid; fix it in Git".into())
+                }))
             } else if !retry_left {
-                Err(Blocked::MaxAttempts)
+                Err(rollback_refused.unwrap_or(Blocked::MaxAttempts))
             } else {
                 Err(Blocked::ActionNotAllowed(ActionKind::Retry))
             }
@@ -315,37 +518,41 @@ fn runbook(
             };
             let rev = source_revision(snap, target);
             if inc.observed_revision.is_some() && rev != inc.observed_revision {
-                Ok(Action::Reconcile)
-            } else {
-                Ok(Action::ReconcileSource { source })
+                return Ok(Action::Reconcile);
             }
+            if snap.objects.get(&source).is_some_and(|s| s.suspended) {
+                return Err(Blocked::AwaitingFix(format!(
+                    "{source} is suspended: Flux fetches nothing from it until it is resumed"
+                )));
+            }
+            Ok(Action::ReconcileSource { source })
         }
-        Case::GitAuth => {
-            let changed = inc.observed_secret_version.is_some()
-                && secret_version(snap, target) != inc.observed_secret_version;
+        Case::GitAuth | Case::GitUnreachable => {
+            let now = observed_secret(snap, target);
+            let changed = inc.observed_secret.is_some() && now != inc.observed_secret;
             if changed {
+                let consumers = consumers(snap, &target.key)
+                    .into_iter()
+                    .filter(|c| policy.may_write(&c.namespace, ctx.operator_namespace))
+                    .filter(|c| snap.objects.get(c).is_none_or(|o| !o.suspended))
+                    .collect();
                 Ok(Action::ReconcileSourceAndConsumers {
                     source: target.key.clone(),
+                    consumers,
                 })
-            } else {
-                let secret = target.secret_ref.as_deref().unwrap_or("<none>");
-                Err(Blocked::RetryCannotHelp(format!(
-                    "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
-                    target.key.namespace
-                )))
-            }
-        }
-        Case::GitUnreachable => {
-            let changed = inc.observed_secret_version.is_some()
-                && secret_version(snap, target) != inc.observed_secret_version;
-            if changed {
-                Ok(Action::ReconcileSourceAndConsumers {
-                    source: target.key.clone(),
-                })
-            } else {
+            } else if d.case == Case::GitUnreachable {
                 Ok(Action::ReconcileSource {
                     source: target.key.clone(),
                 })
+            } else {
+                Err(Blocked::RetryCannotHelp(match &target.secret_ref {
+                    Some(secret) => format!(
+                        "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
+                        target.key.namespace
+                    ),
+                    None => "the source references no credentials Secret; add one (spec.secretRef)"
+                        .into(),
+                }))
             }
         }
         Case::DependencyCascade => {
@@ -380,9 +587,21 @@ fn runbook(
                 ));
             }
             let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
+            let release = verified_release(snap, target)?;
+            // An unlock a crash interrupted is finished as recorded (the release may already
+            // be unlocked; the unlock re-checks, and the reconcile is still owed).
+            if let Some(
+                a @ Action::UnlockRelease {
+                    release: recorded, ..
+                },
+            ) = &inc.interrupted
+                && recorded == &release
+            {
+                return Ok(a.clone());
+            }
             let threshold = policy
                 .stale_threshold
-                .unwrap_or(h.timeout + Duration::from_secs(60));
+                .unwrap_or(h.timeout.saturating_add(Duration::from_secs(60)));
             let Some(history) = snap.history_of(target) else {
                 return Err(Blocked::NotStale("no release in Helm storage".into()));
             };
@@ -392,10 +611,11 @@ fn runbook(
                     secret: p.secret_name.clone(),
                     version: p.version,
                     delete: policy.allows(d.case, ActionKind::DeletePendingRelease),
+                    release,
                 }),
                 None => Err(Blocked::NotStale(format!(
-                    "the latest release is not pending, or was written less than {}s ago",
-                    threshold.as_secs()
+                    "the latest release is not pending, or was written less than {} ago",
+                    crate::flux::format_duration(threshold)
                 ))),
             }
         }
@@ -421,12 +641,12 @@ pub fn plan(
         };
     };
     let mode = policy.mode(d.case);
-    let escalate = now.saturating_sub(inc.detected_at) >= policy.escalate_after.as_secs() as i64;
+    let escalate = escalates(policy, inc, now);
     let planned = runbook(d, target, policy, inc, ctx);
     let (planned, blocked) = match planned {
         Err(b) => (None, Some(b)),
         Ok(a) => {
-            let blocked = gate(&a, d, policy, inc, ctx, mode, now);
+            let blocked = gate(&a, d.case, target, policy, inc, ctx, mode);
             (Some(a), blocked)
         }
     };
@@ -438,25 +658,64 @@ pub fn plan(
     }
 }
 
-/// Mode and limits, applied to a planned action.
+/// Whether an incident detected at `inc.detected_at` is due for escalation under `policy`.
+pub fn escalates(policy: &Policy, inc: &IncidentView, now: i64) -> bool {
+    let after = i64::try_from(policy.escalate_after.as_secs()).unwrap_or(i64::MAX);
+    now.saturating_sub(inc.detected_at) >= after
+}
+
+/// Re-check an action a crash interrupted when its target no longer fails (so there is no
+/// diagnosis to plan from): today's policy must still allow it, in today's mode, in the
+/// namespaces it writes. `None` = it may be finished.
+pub fn recheck(
+    action: &Action,
+    case: Case,
+    target: &FluxObject,
+    policy: Option<&Policy>,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Option<Blocked> {
+    let Some(policy) = policy else {
+        return Some(Blocked::NoPolicy);
+    };
+    gate(action, case, target, policy, inc, ctx, policy.mode(case))
+}
+
+/// Mode, scope and limits, applied to a planned action.
 fn gate(
     a: &Action,
-    d: &Diagnosis,
+    case: Case,
+    target: &FluxObject,
     policy: &Policy,
     inc: &IncidentView,
     ctx: &PlanContext<'_>,
     mode: Mode,
-    now: i64,
 ) -> Option<Blocked> {
-    if !policy.allows(d.case, a.kind()) && !matches!(a, Action::Resume) {
+    let now = ctx.snapshot.now;
+    if !policy.allows(case, a.kind()) && !matches!(a, Action::Resume) {
         return Some(Blocked::ActionNotAllowed(a.kind()));
+    }
+    // Nothing a policy says reaches a namespace it may not change.
+    if let Some(ns) = a
+        .writes(&target.key)
+        .into_iter()
+        .find(|ns| !policy.may_write(ns, ctx.operator_namespace))
+    {
+        return Some(Blocked::OutsidePolicyNamespace {
+            namespace: ns.to_string(),
+            policy: policy.id(),
+        });
+    }
+    // A person suspended it: hands off (a stale lock is still released: helm-controller
+    // cannot do it while suspended, and the unlock does not resume anything).
+    if target.suspended && !inc.holds && !matches!(a, Action::UnlockRelease { .. }) {
+        return Some(Blocked::SuspendedByPerson);
     }
     if ctx.failing_targets > ctx.circuit_breaker as usize
         && !ctx.shared_root
         && !matches!(a, Action::Resume)
     {
         return Some(Blocked::CircuitBreakerOpen {
-            failing: ctx.failing_targets,
             threshold: ctx.circuit_breaker,
         });
     }
@@ -468,24 +727,20 @@ fn gate(
             .min(policy.max_poll_interval)
     };
     // Polling a source for a fixing commit only helps while fluxmedic would poll more often
-    // than source-controller fetches by itself (a suspended source never does); after that,
-    // leave it to Flux.
-    if let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, d.case)
-        && let Some(every) = ctx
-            .snapshot
-            .objects
-            .get(source)
-            .filter(|s| !s.suspended)
-            .and_then(|s| s.interval)
+    // than source-controller fetches by itself; after that, leave it to Flux.
+    if let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, case)
+        && let Some(every) = ctx.snapshot.objects.get(source).and_then(|s| s.interval)
         && every <= poll_wait()
     {
         return Some(Blocked::AwaitingFix(format!(
             "{source} fetches every {} by itself, as often as fluxmedic would poll; fluxmedic reconciles {} once the fix is fetched",
             crate::flux::format_duration(every),
-            d.target
+            target.key
         )));
     }
-    if let Some(last) = inc.last_action_at {
+    // The step a crash interrupted was already counted and waited for.
+    let resuming = inc.interrupted.as_ref() == Some(a);
+    if let Some(last) = inc.last_action_at.filter(|_| !resuming) {
         let wait = if a.is_poll() {
             poll_wait()
         } else if matches!(a, Action::Resume | Action::Reconcile) {
@@ -494,14 +749,14 @@ fn gate(
         } else {
             policy.cooldown
         };
-        let elapsed = Duration::from_secs(now.saturating_sub(last).max(0) as u64);
-        if elapsed < wait {
-            return Some(Blocked::Cooldown {
-                remaining: wait - elapsed,
-            });
+        let wait = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+        let until = last.saturating_add(wait);
+        if now < until {
+            return Some(Blocked::Cooldown { until });
         }
     }
     if a.is_attempt()
+        && !resuming
         && !matches!(a, Action::Rollback { .. })
         && inc.attempts >= policy.spec.limits.max_attempts
     {

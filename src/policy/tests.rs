@@ -2,7 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::{
-    api::{CaseRule, CircuitBreaker, Limits, Phase, StaleLockSettings, TargetSelector},
+    api::{CaseRule, CircuitBreaker, Limits, StaleLockSettings, TargetSelector},
     diagnose::{self, Diagnosis, SecretInfo, Snapshot},
     flux::{self, ObjectKey},
     helm::{ReleaseStatus, StoredRelease},
@@ -167,7 +167,10 @@ fn scenario(case: Case) -> Scenario {
                 snap,
                 target: o.key,
                 inc: IncidentView {
-                    observed_secret_version: Some("1".into()),
+                    observed_secret: Some(crate::api::ObservedSecret {
+                        name: "creds".into(),
+                        resource_version: Some("1".into()),
+                    }),
                     ..inc
                 },
             }
@@ -252,6 +255,7 @@ fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
         failing_targets: report.diagnoses.len(),
         circuit_breaker: 20,
         shared_root: false,
+        operator_namespace: "fluxmedic",
     };
     let dec = plan(&d, &s.snap.objects[&s.target], p, &s.inc, &ctx);
     (d, dec)
@@ -349,7 +353,8 @@ fn runbook_actions_per_case() {
     assert_eq!(
         act(Case::GitAuth),
         Action::ReconcileSourceAndConsumers {
-            source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo")
+            source: ObjectKey::new(flux::FluxKind::GitRepository, "apps", "repo"),
+            consumers: vec![]
         }
     );
     assert_eq!(
@@ -365,9 +370,19 @@ fn runbook_actions_per_case() {
             namespace: "apps".into(),
             secret: "sh.helm.release.v1.web.v3".into(),
             version: 3,
-            delete: false
+            delete: false,
+            release: web_release(),
         }
     );
+}
+
+fn web_release() -> ReleaseRef {
+    ReleaseRef {
+        name: "web".into(),
+        storage_namespace: "apps".into(),
+        namespace: "apps".into(),
+        service_account: None,
+    }
 }
 
 #[test]
@@ -392,36 +407,23 @@ fn retry_with_source_reconciles_the_chart_first() {
 }
 
 #[test]
-fn failed_release_retries_then_rolls_back_then_waits_for_the_fix() {
+fn failed_release_retries_then_rolls_back() {
     let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
     let mut s = scenario(Case::FailedRelease);
     s.inc.attempts = 3; // max attempts used by retries
     s.inc.last_action_at = Some(NOW - 3600);
     let dec = decide(&s, Some(&p)).1;
-    assert_eq!(dec.act(), Some(&Action::Rollback { to_version: 2 }));
+    assert_eq!(
+        dec.act(),
+        Some(&Action::Rollback {
+            to_version: 2,
+            release: web_release()
+        })
+    );
 
     // Without Rollback allowed: max attempts.
     let p2 = all_cases(Mode::Auto, &[ActionKind::Retry]);
     assert_eq!(decide(&s, Some(&p2)).1.blocked, Some(Blocked::MaxAttempts));
-
-    // After the rollback: suspended, awaiting a fix; a spec change resumes.
-    s.inc.rolled_back = true;
-    s.inc.phase = Phase::AwaitingFix;
-    s.inc.observed_generation = Some(2);
-    assert!(matches!(
-        decide(&s, Some(&p)).1.blocked,
-        Some(Blocked::AwaitingFix(_))
-    ));
-    s.inc.observed_generation = Some(3);
-    assert!(
-        matches!(
-            decide(&s, Some(&p)).1.blocked,
-            Some(Blocked::AwaitingFix(_))
-        ),
-        "an older generation is a stale view, not a fix"
-    );
-    s.inc.observed_generation = Some(1);
-    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Resume));
 }
 
 #[test]
@@ -498,9 +500,8 @@ fn cooldown_and_max_attempts() {
     s.inc.last_action_at = Some(NOW - 30);
     assert_eq!(
         decide(&s, Some(&p)).1.blocked,
-        Some(Blocked::Cooldown {
-            remaining: std::time::Duration::from_secs(90)
-        })
+        Some(Blocked::Cooldown { until: NOW + 90 }),
+        "the due time, not a countdown: stable while waiting"
     );
     s.inc.last_action_at = Some(NOW - 120);
     assert!(decide(&s, Some(&p)).1.act().is_some());
@@ -528,12 +529,12 @@ fn polling_stops_once_flux_fetches_as_often() {
     let blocked = decide(&s, Some(&p)).1.blocked.unwrap();
     assert!(matches!(blocked, Blocked::AwaitingFix(_)), "{blocked}");
     assert!(blocked.to_string().contains("every 1m"), "{blocked}");
-    // A suspended source fetches nothing by itself: fluxmedic keeps polling.
+    // A suspended source fetches nothing, whoever asks (source-controller skips suspended
+    // objects): polling it would be writes for nothing.
     std::sync::Arc::make_mut(s.snap.objects.get_mut(&source).unwrap()).suspended = true;
-    assert!(matches!(
-        decide(&s, Some(&p)).1.act(),
-        Some(Action::ReconcileSource { .. })
-    ));
+    let blocked = decide(&s, Some(&p)).1.blocked.unwrap();
+    assert!(blocked.to_string().contains("is suspended"), "{blocked}");
+    std::sync::Arc::make_mut(s.snap.objects.get_mut(&source).unwrap()).suspended = false;
     // A fetched fix is still acted upon at once.
     s.inc.observed_revision = Some("main@sha1:old".into());
     assert_eq!(decide(&s, Some(&p)).1.act(), Some(&Action::Reconcile));
@@ -571,14 +572,12 @@ fn circuit_breaker_limits_action_to_shared_roots() {
         failing_targets: 50,
         circuit_breaker: 20,
         shared_root: shared,
+        operator_namespace: "fluxmedic",
     };
     let blocked = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(false));
     assert_eq!(
         blocked.blocked,
-        Some(Blocked::CircuitBreakerOpen {
-            failing: 50,
-            threshold: 20
-        })
+        Some(Blocked::CircuitBreakerOpen { threshold: 20 })
     );
     let ok = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(true));
     assert!(ok.act().is_some());
@@ -844,3 +843,322 @@ trait Tap: Sized {
     }
 }
 impl<T> Tap for T {}
+
+// ---------------------------------------------------------------- trust boundaries
+
+/// The tenant policy `apps/p` (not in the operator's namespace) and a decision on `s`.
+fn decide_as(s: &Scenario, p: &Policy, operator_ns: &str) -> Decision {
+    let report = diagnose::diagnose(&s.snap);
+    let d = report.get(&s.target).cloned().expect("failing");
+    let ctx = PlanContext {
+        snapshot: &s.snap,
+        failing_targets: report.diagnoses.len(),
+        circuit_breaker: 20,
+        shared_root: false,
+        operator_namespace: operator_ns,
+    };
+    plan(&d, &s.snap.objects[&s.target], Some(p), &s.inc, &ctx)
+}
+
+#[test]
+fn a_tenant_policy_never_writes_outside_its_namespace() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    // The tenant's Kustomization consumes a GitRepository shared from flux-system.
+    let app = flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": "apps"},
+        "spec": {"sourceRef": {"kind": "GitRepository", "name": "shared", "namespace": "flux-system"}},
+        "status": {"conditions": [cond("Ready", "False", "BuildFailed", "kustomize build failed: bad")]}}))
+    .unwrap();
+    let shared = flux::from_value(&json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "shared", "namespace": "flux-system"}, "spec": {"url": "http://x/y.git"},
+        "status": {"conditions": [ready()], "artifact": {"revision": "main@sha1:aaa"}}}))
+    .unwrap();
+    let s = app_scenario(Snapshot::new([app, shared], NOW));
+    let dec = decide_as(&s, &p, "fluxmedic");
+    assert_eq!(
+        dec.blocked,
+        Some(Blocked::OutsidePolicyNamespace {
+            namespace: "flux-system".into(),
+            policy: "apps/p".into()
+        }),
+        "polling a shared source is for the operator's policies"
+    );
+    // The same policy in the operator's namespace, covering apps, may poll it only if it
+    // covers flux-system too.
+    let mut spec = p.spec.clone();
+    spec.targets.namespaces = vec!["apps".into()];
+    let op = Policy::new("fluxmedic", "p", spec.clone()).unwrap();
+    assert!(matches!(
+        decide_as(&s, &op, "fluxmedic").blocked,
+        Some(Blocked::OutsidePolicyNamespace { .. })
+    ));
+    spec.targets.namespaces = vec!["*".into()];
+    let op = Policy::new("fluxmedic", "p", spec).unwrap();
+    assert!(decide_as(&s, &op, "fluxmedic").act().is_some());
+}
+
+#[test]
+fn credentials_fix_reconciles_only_consumers_the_policy_may_change() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut s = scenario(Case::GitAuth);
+    let mine = ks("app", vec![ready()], &[]);
+    let theirs = flux::from_value(
+        &json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "other", "namespace": "prod"},
+        "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo", "namespace": "apps"}},
+        "status": {"conditions": [ready()]}}),
+    )
+    .unwrap();
+    for o in [mine.clone(), theirs] {
+        s.snap.objects.insert(o.key.clone(), std::sync::Arc::new(o));
+    }
+    assert_eq!(
+        decide_as(&s, &p, "fluxmedic").act(),
+        Some(&Action::ReconcileSourceAndConsumers {
+            source: s.target.clone(),
+            consumers: vec![mine.key.clone()]
+        })
+    );
+}
+
+#[test]
+fn git_auth_reacts_when_a_missing_secret_is_created() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let mut s = scenario(Case::GitAuth);
+    // Detected while the Secret did not exist.
+    s.inc.observed_secret = Some(crate::api::ObservedSecret {
+        name: "creds".into(),
+        resource_version: None,
+    });
+    s.snap.secrets.clear();
+    assert!(matches!(
+        decide_as(&s, &p, "fluxmedic").blocked,
+        Some(Blocked::RetryCannotHelp(_))
+    ));
+    s.snap.secrets.insert(
+        ("apps".into(), "creds".into()),
+        SecretInfo {
+            keys: Default::default(),
+            resource_version: Some("7".into()),
+        },
+    );
+    assert!(matches!(
+        decide_as(&s, &p, "fluxmedic").act(),
+        Some(Action::ReconcileSourceAndConsumers { .. })
+    ));
+}
+
+fn hr_with(spec: serde_json::Value, status_extra: serde_json::Value) -> flux::FluxObject {
+    let mut status = json!({"conditions": [cond("Ready", "False", "UpgradeFailed",
+        "Helm upgrade failed for release apps/web with chart web@2: another operation (install/upgrade/rollback) is in progress")]});
+    if let (Some(s), Some(e)) = (status.as_object_mut(), status_extra.as_object()) {
+        s.extend(e.clone());
+    }
+    let mut spec_v = json!({"timeout": "1m", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}});
+    if let (Some(s), Some(e)) = (spec_v.as_object_mut(), spec.as_object()) {
+        s.extend(e.clone());
+    }
+    flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": "apps", "generation": 2}, "spec": spec_v, "status": status}))
+    .unwrap()
+}
+
+fn stale_in(ns: &str, release: &str) -> Vec<StoredRelease> {
+    vec![
+        StoredRelease {
+            namespace: ns.into(),
+            release: release.into(),
+            secret_name: format!("sh.helm.release.v1.{release}.v1"),
+            ..stored(1, "deployed", 0)
+        },
+        StoredRelease {
+            namespace: ns.into(),
+            release: release.into(),
+            secret_name: format!("sh.helm.release.v1.{release}.v2"),
+            ..stored(2, "pending-upgrade", NOW - 3600)
+        },
+    ]
+}
+
+fn stale_lock_decision(
+    o: flux::FluxObject,
+    releases: Vec<StoredRelease>,
+    others: Vec<flux::FluxObject>,
+) -> Decision {
+    let p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
+    let mut objects = vec![o.clone()];
+    objects.extend(others);
+    let mut snap = Snapshot::new(objects, NOW);
+    for r in releases {
+        snap.add_release(r);
+    }
+    let s = Scenario {
+        snap,
+        target: o.key,
+        inc: IncidentView::default(),
+    };
+    let report = diagnose::diagnose(&s.snap);
+    match report.get(&s.target) {
+        Some(_) => decide_as(&s, &p, "fluxmedic"),
+        None => Decision {
+            mode: Mode::Observe,
+            planned: None,
+            blocked: Some(Blocked::NoRunbook),
+            escalate: false,
+        },
+    }
+}
+
+#[test]
+fn helm_storage_is_touched_only_when_it_verifiably_belongs_to_the_helmrelease() {
+    // Its own release: unlocked.
+    let own = stale_lock_decision(
+        hr_with(json!({}), json!({})),
+        stale_in("apps", "web"),
+        vec![],
+    );
+    assert!(
+        matches!(own.act(), Some(Action::UnlockRelease { .. })),
+        "{own:?}"
+    );
+
+    // storageNamespace pointing at another namespace's release: a tenant policy may not
+    // write there.
+    let elsewhere = stale_lock_decision(
+        hr_with(json!({"storageNamespace": "prod"}), json!({})),
+        stale_in("prod", "web"),
+        vec![],
+    );
+    assert!(
+        matches!(elsewhere.blocked, Some(Blocked::OutsidePolicyNamespace { ref namespace, .. }) if namespace == "prod"),
+        "{elsewhere:?}"
+    );
+
+    // Two HelmReleases claiming the same storage: neither is acted on.
+    let twin = flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "impostor", "namespace": "apps"},
+        "spec": {"releaseName": "web", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}))
+    .unwrap();
+    let ambiguous = stale_lock_decision(
+        hr_with(json!({}), json!({})),
+        stale_in("apps", "web"),
+        vec![twin],
+    );
+    assert!(
+        matches!(ambiguous.blocked, Some(Blocked::ReleaseNotVerified(ref m)) if m.contains("also claimed")),
+        "{ambiguous:?}"
+    );
+
+    // The history names another release than the spec derives.
+    let mismatch = stale_lock_decision(
+        hr_with(
+            json!({}),
+            json!({"history": [{"name": "db", "namespace": "apps", "version": 2, "status": "pending-upgrade"}]}),
+        ),
+        stale_in("apps", "web"),
+        vec![],
+    );
+    assert!(
+        matches!(mismatch.blocked, Some(Blocked::ReleaseNotVerified(_))),
+        "{mismatch:?}"
+    );
+
+    // A release in another cluster never matches local storage.
+    let remote = stale_lock_decision(
+        hr_with(
+            json!({"kubeConfig": {"secretRef": {"name": "kc"}}}),
+            json!({}),
+        ),
+        stale_in("apps", "web"),
+        vec![],
+    );
+    assert!(remote.act().is_none(), "{remote:?}");
+}
+
+#[test]
+fn a_long_release_name_finds_its_shortened_storage() {
+    let long = "a-release-name-that-is-much-longer-than-fifty-three-characters";
+    let o = hr_with(json!({"releaseName": long}), json!({}));
+    let short = crate::flux::shorten_release_name(long);
+    let dec = stale_lock_decision(o, stale_in("apps", &short), vec![]);
+    assert!(
+        matches!(dec.act(), Some(Action::UnlockRelease { release, .. }) if release.name == short),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn rollback_refuses_what_helm_cannot_do_right() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let mut s = scenario(Case::FailedRelease);
+    s.inc.attempts = 3;
+    // targetNamespace differs from the storage namespace: helm rollback --namespace would
+    // apply namespace-less objects into the storage namespace.
+    let mut v = serde_json::to_value(&*s.snap.objects[&s.target]).unwrap();
+    v["helm"]["releaseNamespace"] = json!("web");
+    v["helm"]["history"][0]["namespace"] = json!("web");
+    let o: flux::FluxObject = serde_json::from_value(v).unwrap();
+    s.snap.objects.insert(o.key.clone(), std::sync::Arc::new(o));
+    let dec = decide(&s, Some(&p)).1;
+    assert!(
+        matches!(dec.blocked, Some(Blocked::ReleaseNotVerified(ref m)) if m.contains("roll back by hand")),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn a_person_suspended_target_is_only_recorded_except_for_a_stale_lock() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Unlock]);
+    let mut s = scenario(Case::FailedRelease);
+    std::sync::Arc::make_mut(s.snap.objects.get_mut(&s.target).unwrap()).suspended = true;
+    assert_eq!(
+        decide(&s, Some(&p)).1.blocked,
+        Some(Blocked::SuspendedByPerson)
+    );
+    // fluxmedic's own hold is not a person's suspension.
+    s.inc.holds = true;
+    assert!(decide(&s, Some(&p)).1.act().is_some());
+
+    let mut s = scenario(Case::StaleLock);
+    std::sync::Arc::make_mut(s.snap.objects.get_mut(&s.target).unwrap()).suspended = true;
+    assert!(matches!(
+        decide(&s, Some(&p)).1.act(),
+        Some(Action::UnlockRelease { .. })
+    ));
+}
+
+#[test]
+fn an_interrupted_step_skips_its_own_cooldown_but_no_other_gate() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    let mut s = scenario(Case::FailedRelease);
+    s.inc.attempts = 3;
+    s.inc.last_action_at = Some(NOW - 1);
+    let retry = Action::RetryRelease { with_source: None };
+    s.inc.interrupted = Some(retry.clone());
+    assert_eq!(decide(&s, Some(&p)).1.act(), Some(&retry));
+    // ...but the mode is re-checked: Observe today means it is not finished.
+    let observe = all_cases(Mode::Observe, &[ActionKind::Retry]);
+    assert_eq!(decide(&s, Some(&observe)).1.blocked, Some(Blocked::Observe));
+}
+
+#[test]
+fn odd_durations_never_panic_and_escalation_is_bounded() {
+    // The longest duration Go accepts: escalation never overflows into "now".
+    let mut p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    p.escalate_after = crate::flux::MAX_GO_DURATION;
+    p.cooldown = crate::flux::MAX_GO_DURATION;
+    let mut s = scenario(Case::FailedRelease);
+    s.inc.detected_at = i64::MIN;
+    s.inc.last_action_at = Some(i64::MAX);
+    let dec = decide(&s, Some(&p)).1;
+    assert!(matches!(dec.blocked, Some(Blocked::Cooldown { .. })));
+    s.inc.detected_at = NOW;
+    assert!(!decide(&s, Some(&p)).1.escalate);
+    // A policy whose durations overflow is invalid, reported, not a panic.
+    let mut spec = p.spec.clone();
+    spec.limits.cooldown = "99999999999999999999h".into();
+    assert!(matches!(
+        Policy::new("apps", "p", spec),
+        Err(PolicyError::Duration { .. })
+    ));
+}

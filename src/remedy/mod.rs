@@ -13,11 +13,12 @@ use serde_json::json;
 use tracing::info;
 
 use crate::{
-    api::{FIELD_MANAGER, SUSPENDED_BY_ANNOTATION},
+    api::{FIELD_MANAGER, HOLD_ANNOTATION, SUSPENDED_BY_ANNOTATION},
     diagnose::SecretInfo,
     error::{Error, Result},
     flux::{FluxKind, ObjectKey},
     helm::{self, StoredRelease},
+    policy::ReleaseRef,
 };
 
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
@@ -53,6 +54,8 @@ pub struct Actuator {
     pub helm_bin: PathBuf,
     /// Paces every write (None: unlimited, for one-shot CLI reads).
     pub limiter: Option<std::sync::Arc<crate::controller::limiter::WriteLimiter>>,
+    /// The served version of each Flux kind (discovered); the default one when absent.
+    pub apis: std::sync::Arc<std::collections::HashMap<FluxKind, ApiResource>>,
 }
 
 /// What an unlock found and did.
@@ -70,14 +73,20 @@ pub enum UnlockOutcome {
 }
 
 impl Actuator {
-    async fn throttle(&self) {
+    async fn throttle(&self) -> Result<()> {
         if let Some(l) = &self.limiter {
-            l.acquire().await;
+            l.acquire().await?;
         }
+        Ok(())
     }
 
     fn flux_api(&self, key: &ObjectKey) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &key.namespace, &api_resource(key.kind))
+        let ar = self
+            .apis
+            .get(&key.kind)
+            .cloned()
+            .unwrap_or_else(|| api_resource(key.kind));
+        Api::namespaced_with(self.client.clone(), &key.namespace, &ar)
     }
 
     /// Patch only the reconcile annotations, all with the same token, in one merge patch:
@@ -97,7 +106,7 @@ impl Actuator {
         if force {
             ann.insert(FORCE_AT.into(), json!(token));
         }
-        self.throttle().await;
+        self.throttle().await?;
         self.flux_api(key)
             .patch(
                 &key.name,
@@ -109,26 +118,84 @@ impl Actuator {
         Ok(())
     }
 
-    /// Suspend or resume, marking who suspended it so a suspension is never orphaned.
-    /// Returns the object's generation after the patch (from the response, no `get`).
-    pub async fn set_suspend(
+    /// Suspend `key` on behalf of Remediation `owner`: `spec.suspend`, the owner's name and the
+    /// sealed `hold` value, in one merge patch preconditioned on the object's uid (a recreated
+    /// object is not suspended by mistake). Returns the generation after the patch.
+    pub async fn suspend(
         &self,
         key: &ObjectKey,
-        suspend: bool,
+        uid: &str,
         owner: &str,
+        hold: &str,
     ) -> Result<Option<i64>> {
-        let patch = if suspend {
-            json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: owner}}, "spec": {"suspend": true}})
-        } else {
-            json!({"metadata": {"annotations": {SUSPENDED_BY_ANNOTATION: null}}, "spec": {"suspend": false}})
-        };
-        self.throttle().await;
+        let patch = json!({"metadata": {"uid": uid, "annotations": {SUSPENDED_BY_ANNOTATION: owner, HOLD_ANNOTATION: hold}},
+                           "spec": {"suspend": true}});
+        self.throttle().await?;
         let o = self
             .flux_api(key)
             .patch(&key.name, &pp(), &Patch::Merge(patch))
             .await?;
-        info!(target = %key, suspend, "set suspend");
+        info!(target = %key, owner, "suspended");
         Ok(o.metadata.generation)
+    }
+
+    /// Resume `key` if, and only if, it still carries `owner`'s suspension: a JSON patch whose
+    /// `test` operations make the API server refuse it if a person resumed, re-suspended or
+    /// recreated the object meanwhile. Returns false (and changes nothing) in that case.
+    pub async fn release_hold(&self, key: &ObjectKey, uid: &str, owner: &str) -> Result<bool> {
+        let by = format!(
+            "/metadata/annotations/{}",
+            SUSPENDED_BY_ANNOTATION.replace('/', "~1")
+        );
+        let hold = format!(
+            "/metadata/annotations/{}",
+            HOLD_ANNOTATION.replace('/', "~1")
+        );
+        let ops = json!([
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "test", "path": by, "value": owner},
+            {"op": "test", "path": "/spec/suspend", "value": true},
+            {"op": "replace", "path": "/spec/suspend", "value": false},
+            {"op": "remove", "path": by},
+        ]);
+        let mut ops: Vec<serde_json::Value> = serde_json::from_value(ops).unwrap_or_default();
+        self.throttle().await?;
+        let api = self.flux_api(key);
+        // The hold annotation may be absent (a suspension from before seals): remove it only
+        // if present, which a second attempt without it covers.
+        let with_hold = {
+            let mut v = ops.clone();
+            v.push(json!({"op": "remove", "path": hold}));
+            v
+        };
+        let attempt = |ops: Vec<serde_json::Value>| {
+            let api = api.clone();
+            async move {
+                let patch: json_patch::Patch =
+                    serde_json::from_value(serde_json::Value::Array(ops))
+                        .map_err(|e| Error::Precondition(format!("bad JSON patch: {e}")))?;
+                api.patch(&key.name, &pp(), &Patch::<()>::Json(patch))
+                    .await
+                    .map_err(Error::from)
+            }
+        };
+        match attempt(with_hold).await {
+            Ok(_) => {}
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 409 => {
+                ops.truncate(5);
+                match attempt(ops).await {
+                    Ok(_) => {}
+                    Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 || s.code == 409 => {
+                        info!(target = %key, owner, "not resumed: the suspension is no longer fluxmedic's");
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        info!(target = %key, owner, "resumed");
+        Ok(true)
     }
 
     async fn release_history(
@@ -150,25 +217,93 @@ impl Actuator {
         Ok(out)
     }
 
-    /// Roll a release back to `to_version` with the helm binary. Skipped if the latest
-    /// revision already is that rollback (a crash after helm ran).
+    async fn latest_decoded(
+        &self,
+        release: &ReleaseRef,
+    ) -> Result<(
+        Vec<StoredRelease>,
+        Option<(StoredRelease, Secret, helm::Release)>,
+    )> {
+        let history = self
+            .release_history(&release.storage_namespace, &release.name)
+            .await?;
+        let stored: Vec<StoredRelease> = history.iter().map(|(r, _)| r.clone()).collect();
+        let latest = match history.into_iter().last() {
+            Some((r, secret)) => {
+                let rel = helm::decode_secret(&r.secret_name, &secret_data(&secret))?;
+                Some((r, secret, rel))
+            }
+            None => None,
+        };
+        Ok((stored, latest))
+    }
+
+    /// A pending-rollback to `to_version` left by a helm fluxmedic ran and stopped (killed at
+    /// its timeout, at shutdown, or with the process): marked failed so the lock it holds is
+    /// gone. Returns whether there was one.
+    pub async fn clear_own_rollback_lock(
+        &self,
+        release: &ReleaseRef,
+        to_version: i64,
+        why: &str,
+    ) -> Result<bool> {
+        let (_, latest) = self.latest_decoded(release).await?;
+        let Some((stored, mut secret, mut rel)) = latest else {
+            return Ok(false);
+        };
+        let ours = rel.status() == Some("pending-rollback")
+            && rel.description() == Some(&format!("Rollback to {to_version}"));
+        if !ours {
+            return Ok(false);
+        }
+        if let Some(info) = rel.json.get_mut("info").and_then(|i| i.as_object_mut()) {
+            info.insert("status".into(), json!("failed"));
+            info.insert(
+                "description".into(),
+                json!(format!(
+                    "Rollback to {to_version} stopped by fluxmedic: {why}"
+                )),
+            );
+        }
+        let mut d = secret.data.take().unwrap_or_default();
+        d.insert("release".into(), ByteString(rel.encode()));
+        secret.data = Some(d);
+        let l = secret.metadata.labels.get_or_insert_with(Default::default);
+        l.insert("status".into(), "failed".into());
+        l.insert(
+            "modifiedAt".into(),
+            jiff::Timestamp::now().as_second().to_string(),
+        );
+        self.throttle().await?;
+        Api::<Secret>::namespaced(self.client.clone(), &release.storage_namespace)
+            .replace(
+                &stored.secret_name,
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await?;
+        info!(secret = %stored.secret_name, "cleared the lock of an interrupted rollback");
+        Ok(true)
+    }
+
+    /// Roll a release back to `to_version` with the helm binary, as the release's
+    /// ServiceAccount when helm-controller impersonates one (`hr_namespace` is where it lives).
+    /// Skipped if the latest revision already is that rollback (a crash after helm ran); a
+    /// pending-rollback an earlier run of fluxmedic left is cleared first. helm is killed if
+    /// it outlives `timeout` plus a minute or `stop` fires, and the lock it leaves is cleared.
     pub async fn helm_rollback(
         &self,
-        ns: &str,
-        release: &str,
+        release: &ReleaseRef,
+        hr_namespace: &str,
         to_version: i64,
         timeout: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<String> {
-        let history = self.release_history(ns, release).await?;
-        if let Some((latest, secret)) = history.last() {
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, ByteString(v))| (k, v))
-                .collect();
-            let rel = helm::decode_secret(&latest.secret_name, &data)?;
+        let (stored, latest) = self.latest_decoded(release).await?;
+        if let Some((latest, _, rel)) = &latest {
             if rel.description() == Some(&format!("Rollback to {to_version}"))
                 && latest.status.is_good()
             {
@@ -177,41 +312,85 @@ impl Actuator {
                     latest.version
                 ));
             }
+            if rel.status() == Some("pending-rollback") {
+                self.clear_own_rollback_lock(release, to_version, "a previous run was interrupted")
+                    .await?;
+            }
         }
-        if !history.iter().any(|(r, _)| r.version == to_version) {
+        if !stored.iter().any(|r| r.version == to_version) {
             return Err(Error::Precondition(format!(
-                "revision {to_version} of {ns}/{release} is gone from Helm storage"
+                "revision {to_version} of {}/{} is gone from Helm storage",
+                release.storage_namespace, release.name
             )));
         }
-        self.throttle().await;
-        let out = tokio::process::Command::new(&self.helm_bin)
-            .args([
-                "rollback",
-                release,
-                &to_version.to_string(),
-                "--namespace",
-                ns,
-                "--timeout",
-            ])
-            .arg(format!("{}s", timeout.as_secs().max(30)))
-            .kill_on_drop(true)
-            .output()
-            .await
-            .map_err(|e| Error::Helm(format!("cannot run {}: {e}", self.helm_bin.display())))?;
-        if !out.status.success() {
-            return Err(Error::Helm(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ));
+        self.throttle().await?;
+        let helm_timeout = timeout.max(Duration::from_secs(30));
+        let mut cmd = tokio::process::Command::new(&self.helm_bin);
+        cmd.args([
+            "rollback",
+            &release.name,
+            &to_version.to_string(),
+            "--namespace",
+            &release.storage_namespace,
+            "--timeout",
+        ])
+        .arg(format!("{}s", helm_timeout.as_secs()))
+        .kill_on_drop(true);
+        if let Some(sa) = &release.service_account {
+            cmd.arg("--kube-as-user")
+                .arg(format!("system:serviceaccount:{hr_namespace}:{sa}"));
         }
-        Ok(format!(
-            "rolled back {ns}/{release} to revision {to_version}"
-        ))
+        let hard = helm_timeout.saturating_add(Duration::from_secs(60));
+        let stopped = async {
+            while !*stop.borrow() {
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let why = tokio::select! {
+            out = cmd.output() => {
+                let out = out.map_err(|e| Error::Helm(format!("cannot run {}: {e}", self.helm_bin.display())))?;
+                if out.status.success() {
+                    return Ok(format!(
+                        "rolled back {}/{} to revision {to_version}",
+                        release.storage_namespace, release.name
+                    ));
+                }
+                let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                self.clear_own_rollback_lock(release, to_version, "helm failed").await.ok();
+                return Err(Error::Helm(err));
+            }
+            _ = tokio::time::sleep(hard) => format!("helm ran longer than {}s", hard.as_secs()),
+            _ = stopped => "fluxmedic is shutting down".to_string(),
+        };
+        // helm was killed (kill_on_drop): leave no lock of fluxmedic's making.
+        self.clear_own_rollback_lock(release, to_version, &why)
+            .await?;
+        Err(Error::Timeout(format!(
+            "rollback to {to_version} stopped: {why}"
+        )))
     }
 
     /// Unlock a stale pending release: mark it failed as helm-controller does (default), or
     /// delete its Secret. Preconditioned on the resourceVersion that was checked; a corrupt
     /// Secret is reported and left alone.
-    pub async fn unlock(&self, ns: &str, secret_name: &str, delete: bool) -> Result<UnlockOutcome> {
+    ///
+    /// The Secret must verifiably be `expected`'s: in its storage namespace, and a payload
+    /// naming that release and its namespace. Anything else is refused, never written.
+    pub async fn unlock(
+        &self,
+        ns: &str,
+        secret_name: &str,
+        delete: bool,
+        expected: &ReleaseRef,
+    ) -> Result<UnlockOutcome> {
+        if ns != expected.storage_namespace {
+            return Err(Error::Precondition(format!(
+                "{ns}/{secret_name} is not in release {}'s storage namespace {}",
+                expected.name, expected.storage_namespace
+            )));
+        }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let Some(mut secret) = api.get_opt(secret_name).await? else {
             return Ok(UnlockOutcome::Gone);
@@ -220,14 +399,18 @@ impl Actuator {
         let stored = StoredRelease::from_metadata(secret_name, ns, &labels).ok_or_else(|| {
             Error::Precondition(format!("{ns}/{secret_name} is not a Helm release Secret"))
         })?;
-        let data: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, ByteString(v))| (k, v))
-            .collect();
+        let data = secret_data(&secret);
         let mut rel = helm::decode_secret(secret_name, &data)?;
+        let payload_ns = rel.json.get("namespace").and_then(|v| v.as_str());
+        if stored.release != expected.name || payload_ns.is_some_and(|n| n != expected.namespace) {
+            return Err(Error::Precondition(format!(
+                "{ns}/{secret_name} holds release {}/{}, not {}/{}: not touched",
+                payload_ns.unwrap_or("?"),
+                stored.release,
+                expected.namespace,
+                expected.name
+            )));
+        }
         let status = rel.status().unwrap_or("unknown").to_string();
         if !stored.status.is_pending() || !helm::ReleaseStatus(status.clone()).is_pending() {
             return Ok(UnlockOutcome::AlreadyUnlocked { status });
@@ -240,7 +423,7 @@ impl Actuator {
                 }),
                 ..Default::default()
             };
-            self.throttle().await;
+            self.throttle().await?;
             api.delete(secret_name, &dp).await?;
             info!(secret = secret_name, ns, "deleted stale pending release");
             return Ok(UnlockOutcome::Deleted);
@@ -256,7 +439,7 @@ impl Actuator {
             jiff::Timestamp::now().as_second().to_string(),
         );
         // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
-        self.throttle().await;
+        self.throttle().await?;
         api.replace(
             secret_name,
             &PostParams {
@@ -287,4 +470,14 @@ impl Actuator {
             resource_version: s.metadata.resource_version,
         }))
     }
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, ByteString(v))| (k, v))
+        .collect()
 }

@@ -1,0 +1,1021 @@
+//! The incident lifecycle: what happens to one incident's record, decided without IO.
+//!
+//! The engine reads a [`Record`] from a Remediation (verifying fluxmedic's seal), plans the
+//! target with [`crate::policy::plan`], and asks [`next`] what to do; [`next`] answers with
+//! [`Effect`]s, data the engine performs in order. [`settle`] folds an action's outcome into
+//! the record. Every rule of the lifecycle lives here and is table-tested without a cluster.
+//!
+//! ```text
+//!                 failing, no record
+//!   (none) ───────────────────────────▶ Detected ◀──────────────┐ planned action blocked
+//!                                         │   AwaitingApproval ─┤ (approval, attempts,
+//!                    the plan acts        ▼   Failed ───────────┘  cooldown, ...)
+//!                                    Remediating ── rollback done ──▶ AwaitingFix (hold)
+//!                                         ▲                               │
+//!                                         └── resume: spec or chart changed
+//!
+//!   target Ready ──────────▶ Succeeded (fluxmedic acted) | Resolved (it did not)
+//!   target gone ───────────▶ the same, "no longer exists"
+//!   case changes ──────────▶ this record closes ("superseded"), a new record opens
+//!   open > escalation.after ▶ Escalated (once; actions and holds go on)
+//!   record edited ─────────▶ frozen: no further action; a hold stays for a person
+//! ```
+//!
+//! Rules that hold in every path (each has a test in `tests.rs`):
+//! - A record is evidence, not a command: a step is finished after a crash only if
+//!   fluxmedic's seal verifies and today's plan derives the same action again.
+//! - A hold (fluxmedic's suspension after a rollback) ends only when the fix lands (the
+//!   HelmRelease's generation or chart revision moves) or a person resumes the HelmRelease;
+//!   never on escalation, a policy change, a case change or a frozen record.
+//! - One incident, one record; a new case is a new record; a closed record is never reopened.
+//! - Nothing is written while nothing changes: waits carry a due time, not a countdown.
+
+pub mod seal;
+#[cfg(test)]
+mod tests;
+
+use crate::{
+    api::{
+        APPROVE_ANNOTATION, BASELINE_ANNOTATION, Baseline, DiagnosisRecord, Hold,
+        INTENT_ANNOTATION, Mode, ObservedSecret, Phase, Remediation, RemediationStatus,
+        SEAL_ANNOTATION, SUSPENDED_BY_ANNOTATION, Step, StepOutcome, TargetRef,
+    },
+    diagnose::{Case, Diagnosis},
+    flux::{FluxObject, ObjectKey},
+    policy::{Action, Blocked, Decision, IncidentView},
+};
+use seal::{RecordId, Sealer};
+
+/// Steps kept per record: the first and the latest ones.
+pub const MAX_STEPS: usize = 30;
+
+/// How far a Remediation can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// fluxmedic's seal verifies: what it says, fluxmedic wrote.
+    Ours,
+    /// fluxmedic created it, but its status was changed since: frozen, never acted from.
+    Edited,
+    /// Not fluxmedic's (no valid seal, or outside its target's namespace): ignored entirely.
+    Foreign,
+}
+
+/// A Remediation as the lifecycle reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub name: String,
+    pub namespace: String,
+    pub target: ObjectKey,
+    pub case: Case,
+    /// What fluxmedic recorded: the status, plus the first step's intent when the create
+    /// carried it and no outcome has reached the status yet.
+    pub status: RemediationStatus,
+    /// The status as stored, to write only on change.
+    pub stored: Option<RemediationStatus>,
+    pub approved: bool,
+    pub trust: Trust,
+}
+
+fn parse_ts(s: Option<&str>) -> Option<i64> {
+    s.and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+}
+
+/// RFC 3339 for a unix second (empty if out of range).
+pub fn rfc3339(t: i64) -> String {
+    jiff::Timestamp::from_second(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The action a step recorded (machine-readable in `detail`), when readable.
+pub fn planned_action(step: &Step) -> Option<Action> {
+    step.detail
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
+impl Record {
+    /// Read a Remediation. `None` when it cannot be about a Flux object fluxmedic knows, or
+    /// sits outside its target's namespace (fluxmedic creates records only there).
+    pub fn read(rem: &Remediation, sealer: &Sealer) -> Option<Record> {
+        let target = rem.spec.target.to_key()?;
+        let namespace = rem.metadata.namespace.clone()?;
+        let name = rem.metadata.name.clone()?;
+        let id = RecordId {
+            namespace: &namespace,
+            name: &name,
+            target: &target,
+            case: rem.spec.case,
+        };
+        let annotations = rem.metadata.annotations.clone().unwrap_or_default();
+        let intent = annotations
+            .get(INTENT_ANNOTATION)
+            .map(String::as_str)
+            .unwrap_or("");
+        let baseline = annotations
+            .get(BASELINE_ANNOTATION)
+            .map(String::as_str)
+            .unwrap_or("");
+        let created_by_us = sealer.verify_creation(
+            id,
+            &creation_payload(intent, baseline),
+            annotations.get(SEAL_ANNOTATION).map(String::as_str),
+        );
+        let stored = rem.status.clone();
+        let trust = if namespace != target.namespace {
+            Trust::Foreign
+        } else {
+            match &stored {
+                None if created_by_us => Trust::Ours,
+                None => Trust::Foreign,
+                Some(s) if sealer.verify_status(id, s) => Trust::Ours,
+                Some(_) if created_by_us => Trust::Edited,
+                Some(_) => Trust::Foreign,
+            }
+        };
+        let mut status = stored.clone().unwrap_or_default();
+        if stored.is_none()
+            && created_by_us
+            && let Ok(b) = serde_json::from_str::<Baseline>(baseline)
+        {
+            b.apply(&mut status);
+        }
+        if status.steps.is_empty()
+            && created_by_us
+            && let Ok(step) = serde_json::from_str::<Step>(intent)
+        {
+            let at = parse_ts(Some(&step.started_at)).unwrap_or(0);
+            match planned_action(&step) {
+                Some(a) => begin_step(&mut status, &a, step.token.as_deref().unwrap_or(""), at),
+                None => status.steps.push(step),
+            }
+        }
+        let approved = rem.spec.approved
+            || annotations
+                .get(APPROVE_ANNOTATION)
+                .is_some_and(|v| v == "true");
+        Some(Record {
+            name,
+            namespace,
+            target,
+            case: rem.spec.case,
+            status,
+            stored,
+            approved,
+            trust,
+        })
+    }
+
+    pub fn id(&self) -> RecordId<'_> {
+        RecordId {
+            namespace: &self.namespace,
+            name: &self.name,
+            target: &self.target,
+            case: self.case,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.status.phase.is_open()
+    }
+
+    /// The last step, if a crash interrupted it: its recorded action (when readable) and token.
+    pub fn interrupted(&self) -> Option<(Option<Action>, String)> {
+        let step = self
+            .status
+            .steps
+            .last()
+            .filter(|s| s.outcome == StepOutcome::Running)?;
+        Some((planned_action(step), step.token.clone().unwrap_or_default()))
+    }
+
+    /// The incident as the planner sees it.
+    pub fn view(&self, now: i64) -> IncidentView {
+        let s = &self.status;
+        let interrupted = self.interrupted().and_then(|(a, _)| a);
+        IncidentView {
+            phase: s.phase,
+            attempts: s.attempts,
+            polls: s.polls,
+            approved: self.approved,
+            detected_at: parse_ts(s.detected_at.as_deref()).unwrap_or(now),
+            last_action_at: parse_ts(s.last_action_at.as_deref()),
+            holds: s.hold.is_some() || matches!(interrupted, Some(Action::Rollback { .. })),
+            interrupted,
+            observed_generation: s.observed_generation,
+            observed_revision: s.observed_revision.clone(),
+            observed_secret: s.observed_secret.clone(),
+        }
+    }
+}
+
+/// What the snapshot says about the target now.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// Failing, with its diagnosis and today's plan for it.
+    Failing {
+        diagnosis: &'a Diagnosis,
+        decision: &'a Decision,
+    },
+    Ready,
+    /// Neither failing nor Ready (Flux is working on it).
+    Pending,
+    Gone,
+}
+
+/// Everything [`next`] decides from.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// The open record of this target, if any (never a Foreign one).
+    pub record: Option<&'a Record>,
+    pub target: Option<&'a FluxObject>,
+    pub seen: Seen<'a>,
+    /// The target's source revision now (a HelmRelease's chart).
+    pub source_revision: Option<String>,
+    /// The target's credentials Secret now (sources).
+    pub secret: Option<ObservedSecret>,
+    /// For an interrupted step when the target no longer fails: today's policy re-checked
+    /// ([`crate::policy::recheck`]); `None` = it may be finished.
+    pub recheck: Option<Blocked>,
+    /// The governing policy says the incident is due for escalation.
+    pub escalate: bool,
+    /// The deciding policy and mode, for the record.
+    pub policy: Option<String>,
+    pub now: i64,
+    /// The token for a new action.
+    pub token: &'a str,
+}
+
+/// Where a step's intent is (or goes) before its action runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntentAt {
+    /// Write the status (holding the Running step) first.
+    Status,
+    /// The record's create carried it ([`INTENT_ANNOTATION`]).
+    Create,
+    /// Already recorded: a step a restart interrupted.
+    Recorded,
+}
+
+/// What an Event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Regarding {
+    /// The target (where `flux events` and `kubectl describe` look), the record related;
+    /// the record itself when the target is gone.
+    Target,
+    Record,
+}
+
+/// Something to count.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Count {
+    Incident(Case),
+    /// Seconds from the target going not-ready to its record.
+    Detected(i64),
+    Escalation(Case),
+    Blocked(&'static str),
+    Recovered {
+        case: Case,
+        seconds: i64,
+    },
+    Action {
+        name: &'static str,
+        ok: bool,
+    },
+    RecordEdited,
+}
+
+/// One thing the engine does, in order. Effects after [`Effect::Open`] are about the record
+/// it opened.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Create a record for `case` with `status`; `intent` is the first step's intent, recorded
+    /// by the create itself when an action follows at once (then the status is written with
+    /// the outcome), else the status is written right after the create.
+    Open {
+        case: Case,
+        status: Box<RemediationStatus>,
+        intent: Option<Step>,
+    },
+    /// Write the status (the engine seals it).
+    Write(Box<RemediationStatus>),
+    /// Perform `action` with `token`, its intent recorded as `intent` says; `status` holds
+    /// the Running step. The engine folds the outcome with [`settle`].
+    Perform {
+        action: Action,
+        token: String,
+        status: Box<RemediationStatus>,
+        intent: IntentAt,
+    },
+    /// Resume the HelmRelease this record suspended (only if it still carries this record's
+    /// suspension).
+    ReleaseHold,
+    /// Close the record: label it closed, then write `status`.
+    Close(Box<RemediationStatus>),
+    Event {
+        regarding: Regarding,
+        warning: bool,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    },
+    Count(Count),
+}
+
+fn event(
+    regarding: Regarding,
+    warning: bool,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+) -> Effect {
+    Effect::Event {
+        regarding,
+        warning,
+        reason,
+        action,
+        note,
+    }
+}
+
+fn diagnosis_record(d: &Diagnosis) -> DiagnosisRecord {
+    DiagnosisRecord {
+        summary: d.summary.clone(),
+        retryable: d.retryable,
+        native: d.native,
+        evidence: d.evidence.clone(),
+    }
+}
+
+/// Add a Running step for `action` to `status`, with the bookkeeping that goes with it.
+pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, now: i64) {
+    status.steps.push(Step {
+        action: action.name().into(),
+        detail: serde_json::to_string(action).ok(),
+        outcome: StepOutcome::Running,
+        token: Some(token.into()),
+        started_at: rfc3339(now),
+        finished_at: None,
+        message: action.to_string(),
+    });
+    if status.steps.len() > MAX_STEPS {
+        status.steps.drain(1..status.steps.len() - (MAX_STEPS - 1));
+    }
+    if action.is_attempt() {
+        status.attempts = status.attempts.saturating_add(1);
+    }
+    if matches!(action, Action::ReconcileSource { .. }) {
+        status.polls = status.polls.saturating_add(1);
+    }
+    status.last_action_at = Some(rfc3339(now));
+    status.action = Some(action.name().into());
+    status.blocked = None;
+    status.next_action_at = None;
+    if status.phase != Phase::Escalated {
+        status.phase = Phase::Remediating;
+    }
+}
+
+/// What to do about one target now.
+pub fn next(inp: &Input<'_>) -> Vec<Effect> {
+    let Some(rec) = inp.record else {
+        return match inp.seen {
+            Seen::Failing {
+                diagnosis,
+                decision,
+            } => open(inp, diagnosis, decision),
+            _ => vec![],
+        };
+    };
+    match rec.trust {
+        Trust::Foreign => return vec![],
+        Trust::Edited if rec.status.frozen.is_none() => return freeze(rec),
+        _ => {}
+    }
+    if rec.status.frozen.is_some() {
+        return match inp.seen {
+            Seen::Ready | Seen::Gone => close(rec, inp, Closing::Recovered),
+            _ => vec![],
+        };
+    }
+    if let Some((action, token)) = rec.interrupted() {
+        return finish_interrupted(rec, inp, action, token);
+    }
+    if let Some(hold) = &rec.status.hold {
+        return held(rec, inp, hold);
+    }
+    match inp.seen {
+        Seen::Ready | Seen::Gone => close(rec, inp, Closing::Recovered),
+        Seen::Pending => vec![],
+        Seen::Failing { diagnosis, .. } if diagnosis.case != rec.case => {
+            let mut out = close(rec, inp, Closing::Superseded);
+            if let Seen::Failing {
+                diagnosis,
+                decision,
+            } = inp.seen
+            {
+                out.extend(open(inp, diagnosis, decision));
+            }
+            out
+        }
+        Seen::Failing {
+            diagnosis,
+            decision,
+        } => failing(rec, inp, diagnosis, decision),
+    }
+}
+
+/// A new incident: its record, and the first action when the plan acts at once.
+fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
+    if dec.mode == Mode::Off {
+        return vec![];
+    }
+    let since = inp
+        .target
+        .and_then(|t| t.failing_since())
+        .map(|t| t.as_second())
+        .unwrap_or(inp.now);
+    let mut status = RemediationStatus {
+        detected_at: Some(rfc3339(inp.now)),
+        observed_generation: inp.target.and_then(|t| t.generation),
+        observed_revision: inp
+            .source_revision
+            .clone()
+            .or_else(|| inp.target.and_then(|t| t.artifact_revision.clone())),
+        observed_secret: inp.secret.clone(),
+        diagnosis: Some(diagnosis_record(d)),
+        root: (!d.is_root()).then(|| TargetRef::from_key(&d.root)),
+        policy: inp.policy.clone(),
+        mode: Some(dec.mode),
+        ..Default::default()
+    };
+    let note = format!(
+        "{} ({}): {}",
+        d.case,
+        if d.retryable {
+            "retry can help"
+        } else {
+            "retry cannot help"
+        },
+        d.summary
+    );
+    let mut out = vec![];
+    let first = dec.act().filter(|_| !dec.escalate).cloned();
+    match first {
+        Some(action) => {
+            begin_step(&mut status, &action, inp.token, inp.now);
+            let intent = status.steps.last().cloned();
+            out.push(Effect::Open {
+                case: d.case,
+                status: Box::new(status.clone()),
+                intent,
+            });
+            push_detected(&mut out, d, inp.now, since, note);
+            out.push(Effect::Perform {
+                action,
+                token: inp.token.to_string(),
+                status: Box::new(status),
+                intent: IntentAt::Create,
+            });
+        }
+        None => {
+            let mut waits = vec![];
+            wait(&mut status, None, dec, &mut waits);
+            out.push(Effect::Open {
+                case: d.case,
+                status: Box::new(status),
+                intent: None,
+            });
+            push_detected(&mut out, d, inp.now, since, note);
+            out.extend(waits);
+        }
+    }
+    out
+}
+
+fn push_detected(out: &mut Vec<Effect>, d: &Diagnosis, now: i64, since: i64, note: String) {
+    out.push(Effect::Count(Count::Incident(d.case)));
+    out.push(Effect::Count(Count::Detected(
+        now.saturating_sub(since).max(0),
+    )));
+    out.push(event(
+        Regarding::Target,
+        true,
+        "FailureDetected",
+        "Diagnose",
+        note,
+    ));
+}
+
+/// A planned action that is not taken: the phase, the reason and when the next action is due.
+/// Counts and announces the reason when it changes.
+fn wait(status: &mut RemediationStatus, prev: Option<&str>, dec: &Decision, out: &mut Vec<Effect>) {
+    let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
+    let text = match &dec.planned {
+        Some(a) => format!("planned {a}; {blocked}"),
+        None => blocked.to_string(),
+    };
+    if status.phase != Phase::Escalated {
+        status.phase = match &blocked {
+            Blocked::AwaitingApproval => Phase::AwaitingApproval,
+            Blocked::MaxAttempts => Phase::Failed,
+            Blocked::AwaitingFix(_) => Phase::AwaitingFix,
+            _ if matches!(status.phase, Phase::AwaitingApproval | Phase::AwaitingFix) => {
+                Phase::Detected
+            }
+            _ => status.phase,
+        };
+    }
+    if dec.planned.is_some() && status.action.is_none() {
+        status.action = dec.planned.as_ref().map(|a| format!("{}?", a.name()));
+    }
+    status.next_action_at = blocked.until().map(rfc3339);
+    let reason_changed = prev
+        .map(|b| b.split(';').next() != text.split(';').next())
+        .unwrap_or(true);
+    if reason_changed {
+        out.push(Effect::Count(Count::Blocked(blocked.label())));
+        if matches!(
+            blocked,
+            Blocked::AwaitingApproval
+                | Blocked::MaxAttempts
+                | Blocked::CircuitBreakerOpen { .. }
+                | Blocked::OutsidePolicyNamespace { .. }
+                | Blocked::SuspendedByPerson
+                | Blocked::ReleaseNotVerified(_)
+        ) {
+            out.push(event(
+                Regarding::Record,
+                false,
+                "ActionBlocked",
+                "Plan",
+                text.clone(),
+            ));
+        }
+    }
+    status.blocked = Some(text);
+}
+
+/// Escalate once, when due; holds and actions are not affected.
+fn escalate(
+    rec: &Record,
+    status: &mut RemediationStatus,
+    due: bool,
+    summary: &str,
+    out: &mut Vec<Effect>,
+) {
+    if !due || status.phase == Phase::Escalated || !status.phase.is_open() {
+        return;
+    }
+    status.phase = Phase::Escalated;
+    out.push(Effect::Count(Count::Escalation(rec.case)));
+    out.push(event(
+        Regarding::Target,
+        true,
+        "Escalated",
+        "Escalate",
+        format!(
+            "{} has been failing since {} ({summary}); a person is needed",
+            rec.target,
+            status.detected_at.clone().unwrap_or_default()
+        ),
+    ));
+}
+
+/// Write `status` if it differs from what is stored.
+fn write_if_changed(rec: &Record, status: RemediationStatus, out: &mut Vec<Effect>) {
+    if rec.stored.as_ref() != Some(&status) {
+        out.push(Effect::Write(Box::new(status)));
+    }
+}
+
+fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
+    let mut status = rec.status.clone();
+    status.diagnosis = Some(diagnosis_record(d));
+    status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
+    status.policy = inp.policy.clone();
+    status.mode = Some(dec.mode);
+    let mut out = vec![];
+    escalate(rec, &mut status, dec.escalate, &d.summary, &mut out);
+    if let Some(action) = dec.act().cloned() {
+        begin_step(&mut status, &action, inp.token, inp.now);
+        out.push(Effect::Perform {
+            action,
+            token: inp.token.to_string(),
+            status: Box::new(status),
+            intent: IntentAt::Status,
+        });
+        return out;
+    }
+    let prev = rec.status.blocked.clone();
+    wait(&mut status, prev.as_deref(), dec, &mut out);
+    write_if_changed(rec, status, &mut out);
+    out
+}
+
+/// A step a crash interrupted: finished with its recorded token if today's plan derives the
+/// same action again (or, the target no longer failing, today's policy still allows it);
+/// else marked Interrupted, undoing a suspension a half-done rollback left.
+fn finish_interrupted(
+    rec: &Record,
+    inp: &Input<'_>,
+    action: Option<Action>,
+    token: String,
+) -> Vec<Effect> {
+    let ours_suspended = inp.target.is_some_and(|t| {
+        t.suspended && t.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rec.name)
+    });
+    let verdict: Result<Action, String> = match (action, inp.seen) {
+        (None, _) => Err("its recorded action is unreadable".into()),
+        (Some(_), Seen::Gone) => Err("the target no longer exists".into()),
+        // Releasing fluxmedic's own hold is always allowed.
+        (Some(Action::Resume), _) => Ok(Action::Resume),
+        (Some(Action::Rollback { .. }), Seen::Ready | Seen::Pending) => {
+            Err("not re-run on a target that no longer fails".into())
+        }
+        (Some(a), Seen::Ready | Seen::Pending) => match &inp.recheck {
+            None => Ok(a),
+            Some(b) => Err(format!("not finished: {b}")),
+        },
+        (Some(a), Seen::Failing { diagnosis, .. }) if diagnosis.case != rec.case => {
+            let _ = a;
+            Err(format!("the failure is now {}", diagnosis.case))
+        }
+        (Some(a), Seen::Failing { decision, .. }) => match decision.act() {
+            Some(planned) if planned == &a => Ok(a),
+            Some(planned) => Err(format!("today's plan is {planned} instead")),
+            None => Err(format!(
+                "not finished: {}",
+                decision.blocked.clone().unwrap_or(Blocked::NoRunbook)
+            )),
+        },
+    };
+    match verdict {
+        Ok(action) => vec![Effect::Perform {
+            action,
+            token,
+            status: Box::new(rec.status.clone()),
+            intent: IntentAt::Recorded,
+        }],
+        Err(why) => {
+            let mut status = rec.status.clone();
+            let was_rollback = status
+                .steps
+                .last()
+                .and_then(planned_action)
+                .is_some_and(|a| matches!(a, Action::Rollback { .. }));
+            if let Some(step) = status.steps.last_mut() {
+                step.outcome = StepOutcome::Interrupted;
+                step.finished_at = Some(rfc3339(inp.now));
+                step.message = format!("interrupted by a restart; {why}");
+            }
+            let mut out = vec![];
+            // A half-done rollback's suspension is not a hold: give the HelmRelease back.
+            if was_rollback && ours_suspended {
+                out.push(Effect::ReleaseHold);
+            }
+            out.push(Effect::Count(Count::Action {
+                name: "interrupted",
+                ok: false,
+            }));
+            out.push(Effect::Write(Box::new(status)));
+            out
+        }
+    }
+}
+
+/// fluxmedic holds the HelmRelease suspended after a rollback.
+fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
+    let Some(t) = inp.target else {
+        return close(rec, inp, Closing::Recovered);
+    };
+    let ours =
+        t.suspended && t.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rec.name);
+    let mut status = rec.status.clone();
+    if !ours {
+        // A person resumed it (or suspended it anew under their own name): the hold is over.
+        status.hold = None;
+        status.blocked = None;
+        status.message = Some(format!(
+            "{} was resumed or re-suspended by someone else; fluxmedic no longer holds it",
+            rec.target
+        ));
+        if status.phase == Phase::AwaitingFix {
+            status.phase = Phase::Remediating;
+        }
+        return vec![
+            event(
+                Regarding::Target,
+                false,
+                "HoldReleased",
+                "Resume",
+                format!("{} is no longer held by {}", rec.target, rec.name),
+            ),
+            Effect::Write(Box::new(status)),
+        ];
+    }
+    let new_generation = t.generation.is_some_and(|g| g > hold.generation);
+    let new_revision = hold.revision.is_some() && inp.source_revision != hold.revision;
+    let mut out = vec![];
+    let summary = status
+        .diagnosis
+        .as_ref()
+        .map(|d| d.summary.clone())
+        .unwrap_or_default();
+    escalate(rec, &mut status, inp.escalate, &summary, &mut out);
+    if new_generation || new_revision {
+        begin_step(&mut status, &Action::Resume, inp.token, inp.now);
+        out.push(Effect::Perform {
+            action: Action::Resume,
+            token: inp.token.to_string(),
+            status: Box::new(status),
+            intent: IntentAt::Status,
+        });
+        return out;
+    }
+    if status.phase != Phase::Escalated {
+        status.phase = Phase::AwaitingFix;
+    }
+    status.next_action_at = None;
+    status.blocked = Some(
+        "awaiting a fix: rolled back and suspended; resumes when the HelmRelease spec or its chart changes"
+            .into(),
+    );
+    write_if_changed(rec, status, &mut out);
+    out
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Recovered,
+    Superseded,
+}
+
+fn close(rec: &Record, inp: &Input<'_>, why: Closing) -> Vec<Effect> {
+    let mut status = rec.status.clone();
+    let acted = status
+        .steps
+        .iter()
+        .any(|s| s.outcome == StepOutcome::Succeeded);
+    status.phase = if acted {
+        Phase::Succeeded
+    } else {
+        Phase::Resolved
+    };
+    status.closed_at = Some(rfc3339(inp.now));
+    status.blocked = None;
+    status.next_action_at = None;
+    let detected = parse_ts(status.detected_at.as_deref()).unwrap_or(inp.now);
+    let ttr = inp.now.saturating_sub(detected).max(0);
+    status.time_to_recovery_seconds = Some(ttr as f64);
+    let gone = matches!(inp.seen, Seen::Gone) || inp.target.is_none();
+    status.message = Some(match (why, gone) {
+        (Closing::Superseded, _) => "the failure changed; a new Remediation records it".into(),
+        (_, true) => "the target no longer exists".into(),
+        _ => "the target is Ready".into(),
+    });
+    let note = format!("{} recovered after {ttr}s ({:?})", rec.target, status.phase);
+    vec![
+        Effect::Close(Box::new(status)),
+        Effect::Count(Count::Recovered {
+            case: rec.case,
+            seconds: ttr,
+        }),
+        event(
+            if gone {
+                Regarding::Record
+            } else {
+                Regarding::Target
+            },
+            false,
+            "Recovered",
+            "Close",
+            note,
+        ),
+    ]
+}
+
+/// The text a frozen record carries.
+pub const FROZEN: &str = "this Remediation was changed outside fluxmedic (its status no longer carries fluxmedic's seal): fluxmedic takes no further action on this incident; delete the Remediation to let it open a new one";
+
+/// A record whose status was changed outside fluxmedic: nothing in it is acted upon again.
+fn freeze(rec: &Record) -> Vec<Effect> {
+    let mut status = rec.status.clone();
+    status.frozen = Some(FROZEN.into());
+    if let Some(step) = status
+        .steps
+        .last_mut()
+        .filter(|s| s.outcome == StepOutcome::Running)
+    {
+        step.outcome = StepOutcome::Interrupted;
+        step.message = "abandoned: the record was changed outside fluxmedic".into();
+    }
+    status.phase = Phase::Failed;
+    status.next_action_at = None;
+    status.blocked = Some(match &status.hold {
+        Some(_) => format!(
+            "{FROZEN}; {} stays suspended until a person resumes it (flux resume helmrelease)",
+            rec.target
+        ),
+        None => FROZEN.into(),
+    });
+    vec![
+        Effect::Count(Count::RecordEdited),
+        event(
+            Regarding::Record,
+            true,
+            "RecordEdited",
+            "Verify",
+            FROZEN.to_string(),
+        ),
+        Effect::Write(Box::new(status)),
+    ]
+}
+
+/// An action's outcome, as the engine reports it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Done {
+        message: String,
+        /// For a suspend: the HelmRelease's generation after it.
+        generation: Option<i64>,
+    },
+    Failed {
+        message: String,
+        category: &'static str,
+    },
+}
+
+/// What the snapshot says after an action, for the record.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Facts {
+    pub source_revision: Option<String>,
+    pub secret: Option<ObservedSecret>,
+    /// The target's generation before the action.
+    pub generation: Option<i64>,
+}
+
+/// Fold an action's outcome into `status` (which holds its Running step): the record to
+/// write and what to announce.
+pub fn settle(
+    mut status: RemediationStatus,
+    action: &Action,
+    outcome: &Outcome,
+    facts: &Facts,
+    now: i64,
+) -> Vec<Effect> {
+    let Some(last) = status
+        .steps
+        .last_mut()
+        .filter(|s| s.outcome == StepOutcome::Running)
+    else {
+        return vec![];
+    };
+    last.finished_at = Some(rfc3339(now));
+    let (warning, reason, ok) = match outcome {
+        Outcome::Done { message, .. } => {
+            last.outcome = StepOutcome::Succeeded;
+            last.message = message.clone();
+            (false, "ActionSucceeded", true)
+        }
+        Outcome::Failed { message, category } => {
+            last.outcome = StepOutcome::Failed;
+            last.message = message.clone();
+            (true, *category, false)
+        }
+    };
+    let note = format!("{action}: {}", last.message);
+    if let Outcome::Done { generation, .. } = outcome {
+        match action {
+            Action::Rollback { .. } => {
+                // The generation after fluxmedic's own suspend, and the chart revision now:
+                // a change of either means the fix landed.
+                let generation = generation
+                    .or(facts.generation.map(|g| g.saturating_add(1)))
+                    .unwrap_or(0);
+                status.hold = Some(Hold {
+                    generation,
+                    revision: facts.source_revision.clone(),
+                    since: rfc3339(now),
+                });
+                status.observed_generation = Some(generation);
+                status.observed_revision = facts.source_revision.clone();
+                if status.phase != Phase::Escalated {
+                    status.phase = Phase::AwaitingFix;
+                }
+            }
+            Action::Reconcile if status.diagnosis.is_some() => {
+                status.observed_revision = facts
+                    .source_revision
+                    .clone()
+                    .or(status.observed_revision.clone());
+            }
+            Action::ReconcileSourceAndConsumers { .. } => {
+                status.observed_secret = facts.secret.clone();
+            }
+            Action::Resume => {
+                status.hold = None;
+                if status.phase != Phase::Escalated {
+                    status.phase = Phase::Remediating;
+                }
+            }
+            _ => {}
+        }
+    }
+    vec![
+        Effect::Write(Box::new(status)),
+        Effect::Count(Count::Action {
+            name: action.name(),
+            ok,
+        }),
+        event(Regarding::Target, warning, reason, action.name(), note),
+    ]
+}
+
+/// Whether a HelmRelease's suspension is fluxmedic's leftover that nobody holds: it carries
+/// a hold fluxmedic sealed for exactly this object and generation (nothing changed its spec
+/// since), and no open record of fluxmedic's holds it (or is in the middle of the rollback
+/// that makes it). A suspension fluxmedic did not make, or one a person touched since, is
+/// never resumed.
+pub fn orphaned_hold(hr: &FluxObject, owner: Option<&Record>, sealer: &Sealer) -> bool {
+    let Some(owner_name) = hr.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) else {
+        return false;
+    };
+    if !hr.suspended {
+        return false;
+    }
+    let sealed = match (
+        hr.reconcile_annotations.get(seal::HOLD_ANNOTATION),
+        hr.uid.as_deref(),
+        hr.generation,
+    ) {
+        (Some(v), Some(uid), Some(g)) => sealer.verify_hold(&hr.key, uid, owner_name, g, v),
+        _ => false,
+    };
+    if !sealed {
+        return false;
+    }
+    match owner {
+        Some(r) if r.trust != Trust::Ours => false,
+        Some(r) if r.status.frozen.is_some() => false,
+        Some(r) if r.is_open() => {
+            let running_rollback = r
+                .interrupted()
+                .is_some_and(|(a, _)| matches!(a, Some(Action::Rollback { .. })));
+            r.status.hold.is_none() && !running_rollback
+        }
+        _ => true,
+    }
+}
+
+/// A record fluxmedic would create: a deterministic name per (target, failure start, case,
+/// attempt `n`), so a retried create after a lost response meets its own record.
+pub fn record_name(key: &ObjectKey, since: i64, case: Case, n: u32) -> String {
+    let mut base: String = key.name.chars().take(40).collect();
+    base = base.trim_end_matches(['-', '.']).to_string();
+    let seed = if n == 0 {
+        format!("{key}@{since}#{case}")
+    } else {
+        format!("{key}@{since}#{case}#{n}")
+    };
+    format!(
+        "{}-{}-{:08x}",
+        key.kind.abbrev(),
+        base,
+        stable_hash(&seed) as u32
+    )
+}
+
+/// FNV-1a: a stable hash for Remediation names and labels (stable across restarts and builds).
+pub fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// What the planner needs of a record that does not exist yet.
+pub fn new_incident_view(now: i64) -> IncidentView {
+    IncidentView {
+        detected_at: now,
+        ..Default::default()
+    }
+}
+
+/// The serialised form of a step's intent, as the create carries it.
+pub fn intent_json(step: &Step) -> String {
+    serde_json::to_string(step).unwrap_or_default()
+}
+
+/// The serialised baseline a create carries with an intent.
+pub fn baseline_json(status: &RemediationStatus) -> String {
+    serde_json::to_string(&Baseline::of(status)).unwrap_or_default()
+}
+
+/// What a record's creation seal covers: its intent and baseline annotations.
+pub fn creation_payload(intent: &str, baseline: &str) -> String {
+    format!("{intent}\n{baseline}")
+}

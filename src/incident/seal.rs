@@ -1,0 +1,272 @@
+//! Record seals: HMAC-SHA256 over what fluxmedic wrote, with a key only the operator holds.
+//!
+//! A Remediation is evidence anyone with edit rights on it can change; its steps, counters
+//! and intents must never become commands. Every record fluxmedic creates carries a seal
+//! over its identity and first intent (annotation [`SEAL_ANNOTATION`]), every status it
+//! writes a seal over the whole status (`status.seal`), and every suspension it makes a seal
+//! over the HelmRelease it suspended ([`HOLD_ANNOTATION`]). A record or suspension whose seal
+//! does not verify was not written by fluxmedic as it stands: it is never replayed,
+//! never counted as fluxmedic's, and never resumed.
+//!
+//! The key is 32 random bytes in the Secret [`KEY_SECRET`] of the operator's namespace,
+//! created on first start. Whoever can read that Secret can forge records; that is the
+//! operator's namespace, where only cluster administrators have rights.
+
+use ring::hmac;
+use serde::Serialize;
+
+use crate::{api::RemediationStatus, diagnose::Case, flux::ObjectKey};
+
+/// Annotation on a Remediation: the seal over its identity and its creation intent.
+pub const SEAL_ANNOTATION: &str = "fluxmedic.io/seal";
+/// Annotation on a HelmRelease fluxmedic suspended: `<generation>.<seal>`, the generation
+/// the suspension produced, sealed with the HelmRelease's identity and the owning record.
+pub const HOLD_ANNOTATION: &str = "fluxmedic.io/hold";
+/// The Secret (in the operator's namespace) holding the seal key, under data key `key`.
+pub const KEY_SECRET: &str = "fluxmedic-seal-key";
+
+/// Seals and verifies records. Cheap to clone (the key is shared).
+#[derive(Clone)]
+pub struct Sealer {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer(..)")
+    }
+}
+
+/// What a record seal covers besides the sealed payload: where the record is and what it is
+/// about, so a sealed status cannot be moved to another record or target.
+#[derive(Serialize)]
+struct Identity<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    target: &'a ObjectKey,
+    case: Case,
+}
+
+#[derive(Serialize)]
+struct Sealed<'a, T: Serialize> {
+    purpose: &'static str,
+    identity: Identity<'a>,
+    payload: &'a T,
+}
+
+/// A record's identity: its namespace and name, and the target and case it is about.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordId<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub target: &'a ObjectKey,
+    pub case: Case,
+}
+
+impl Sealer {
+    pub fn from_key(key: &[u8]) -> Self {
+        Sealer {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        }
+    }
+
+    /// A new random key (32 bytes), for the key Secret.
+    pub fn generate_key() -> Result<[u8; 32], String> {
+        let mut key = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| "the system random number generator failed".to_string())?;
+        Ok(key)
+    }
+
+    fn tag<T: Serialize>(&self, purpose: &'static str, id: RecordId<'_>, payload: &T) -> String {
+        let msg = serde_json::to_vec(&Sealed {
+            purpose,
+            identity: Identity {
+                namespace: id.namespace,
+                name: id.name,
+                target: id.target,
+                case: id.case,
+            },
+            payload,
+        })
+        .unwrap_or_default();
+        let tag = hmac::sign(&self.key, &msg);
+        hex(&tag.as_ref()[..20])
+    }
+
+    fn check<T: Serialize>(
+        &self,
+        purpose: &'static str,
+        id: RecordId<'_>,
+        payload: &T,
+        seal: Option<&str>,
+    ) -> bool {
+        let Some(seal) = seal else { return false };
+        // Constant-time comparison of the tags.
+        let expected = self.tag(purpose, id, payload);
+        ring_eq(expected.as_bytes(), seal.as_bytes())
+    }
+
+    /// The seal of a new record: its identity and the intent annotation it is created with
+    /// (empty when none).
+    pub fn seal_creation(&self, id: RecordId<'_>, intent: &str) -> String {
+        self.tag("creation", id, &intent)
+    }
+
+    pub fn verify_creation(&self, id: RecordId<'_>, intent: &str, seal: Option<&str>) -> bool {
+        self.check("creation", id, &intent, seal)
+    }
+
+    /// The seal of a status (computed with its `seal` field empty).
+    pub fn seal_status(&self, id: RecordId<'_>, status: &RemediationStatus) -> String {
+        let mut s = status.clone();
+        s.seal = None;
+        self.tag("status", id, &s)
+    }
+
+    pub fn verify_status(&self, id: RecordId<'_>, status: &RemediationStatus) -> bool {
+        let mut s = status.clone();
+        let seal = s.seal.take();
+        self.check("status", id, &s, seal.as_deref())
+    }
+
+    /// The value of [`HOLD_ANNOTATION`] for a suspension of `target` (with uid `uid`) by
+    /// record `owner` that leaves it at `generation`.
+    pub fn seal_hold(&self, target: &ObjectKey, uid: &str, owner: &str, generation: i64) -> String {
+        let id = RecordId {
+            namespace: &target.namespace,
+            name: owner,
+            target,
+            case: Case::FailedRelease,
+        };
+        format!("{generation}.{}", self.tag("hold", id, &(uid, generation)))
+    }
+
+    /// Whether `value` is a hold fluxmedic sealed for `target` (uid `uid`) on behalf of
+    /// `owner`, made at `generation` exactly (a later change of the spec means a person
+    /// has touched the HelmRelease since, and the suspension is no longer fluxmedic's alone).
+    pub fn verify_hold(
+        &self,
+        target: &ObjectKey,
+        uid: &str,
+        owner: &str,
+        generation: i64,
+        value: &str,
+    ) -> bool {
+        let Some((g, _)) = value.split_once('.') else {
+            return false;
+        };
+        g.parse::<i64>().is_ok_and(|g| g == generation)
+            && ring_eq(
+                self.seal_hold(target, uid, owner, generation).as_bytes(),
+                value.as_bytes(),
+            )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn ring_eq(a: &[u8], b: &[u8]) -> bool {
+    // Length is public (fixed by construction); compare the contents in constant time.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::Phase, flux::FluxKind};
+
+    fn key() -> ObjectKey {
+        ObjectKey::new(FluxKind::HelmRelease, "apps", "web")
+    }
+
+    #[test]
+    fn a_status_seal_binds_the_status_to_its_record_and_target() {
+        let s = Sealer::from_key(b"k1");
+        let t = key();
+        let id = RecordId {
+            namespace: "apps",
+            name: "hr-web-1",
+            target: &t,
+            case: Case::FailedRelease,
+        };
+        let mut st = RemediationStatus {
+            attempts: 2,
+            phase: Phase::Remediating,
+            ..Default::default()
+        };
+        st.seal = Some(s.seal_status(id, &st));
+        assert!(s.verify_status(id, &st));
+        // Any edit breaks it: a counter, the record it sits in, the target, the case, the key.
+        let mut edited = st.clone();
+        edited.attempts = 0;
+        assert!(!s.verify_status(id, &edited));
+        assert!(!s.verify_status(
+            RecordId {
+                name: "hr-web-2",
+                ..id
+            },
+            &st
+        ));
+        let other = ObjectKey::new(FluxKind::HelmRelease, "prod", "web");
+        assert!(!s.verify_status(
+            RecordId {
+                target: &other,
+                ..id
+            },
+            &st
+        ));
+        assert!(!s.verify_status(
+            RecordId {
+                case: Case::StaleLock,
+                ..id
+            },
+            &st
+        ));
+        assert!(!Sealer::from_key(b"k2").verify_status(id, &st));
+        let mut unsealed = st.clone();
+        unsealed.seal = None;
+        assert!(!s.verify_status(id, &unsealed));
+        unsealed.seal = Some(String::new());
+        assert!(!s.verify_status(id, &unsealed));
+    }
+
+    #[test]
+    fn creation_and_hold_seals() {
+        let s = Sealer::from_key(&Sealer::generate_key().unwrap());
+        let t = key();
+        let id = RecordId {
+            namespace: "apps",
+            name: "hr-web-1",
+            target: &t,
+            case: Case::StaleLock,
+        };
+        let seal = s.seal_creation(id, "{\"intent\":1}");
+        assert!(s.verify_creation(id, "{\"intent\":1}", Some(&seal)));
+        assert!(!s.verify_creation(id, "{\"intent\":2}", Some(&seal)));
+        assert!(!s.verify_creation(id, "", Some(&seal)));
+        assert!(!s.verify_creation(id, "{\"intent\":1}", None));
+
+        let hold = s.seal_hold(&t, "uid-1", "hr-web-1", 7);
+        assert!(hold.starts_with("7."));
+        assert!(s.verify_hold(&t, "uid-1", "hr-web-1", 7, &hold));
+        assert!(
+            !s.verify_hold(&t, "uid-1", "hr-web-1", 8, &hold),
+            "spec changed since"
+        );
+        assert!(
+            !s.verify_hold(&t, "uid-2", "hr-web-1", 7, &hold),
+            "recreated object"
+        );
+        assert!(
+            !s.verify_hold(&t, "uid-1", "hr-web-2", 7, &hold),
+            "other owner"
+        );
+        let elsewhere = ObjectKey::new(FluxKind::HelmRelease, "prod", "web");
+        assert!(!s.verify_hold(&elsewhere, "uid-1", "hr-web-1", 7, &hold));
+        assert!(!s.verify_hold(&t, "uid-1", "hr-web-1", 7, "7.00"));
+        assert!(!s.verify_hold(&t, "uid-1", "hr-web-1", 7, "garbage"));
+    }
+}

@@ -1,0 +1,876 @@
+//! The lifecycle as a table: (record, what is seen, today's plan) -> effects. No cluster.
+
+use std::collections::BTreeMap;
+
+use kube::api::ObjectMeta;
+
+use super::*;
+use crate::{
+    api::{RemediationSpec, SUSPENDED_BY_ANNOTATION},
+    diagnose::NativeState,
+    flux::FluxKind,
+    policy::ReleaseRef,
+};
+
+const NOW: i64 = 1_800_000_000;
+
+fn sealer() -> Sealer {
+    Sealer::from_key(b"a key only the operator holds, 32b")
+}
+
+fn target() -> ObjectKey {
+    ObjectKey::new(FluxKind::HelmRelease, "apps", "web")
+}
+
+fn release() -> ReleaseRef {
+    ReleaseRef {
+        name: "web".into(),
+        storage_namespace: "apps".into(),
+        namespace: "apps".into(),
+        service_account: None,
+    }
+}
+
+fn rollback() -> Action {
+    Action::Rollback {
+        to_version: 1,
+        release: release(),
+    }
+}
+
+fn unlock(ns: &str, delete: bool) -> Action {
+    Action::UnlockRelease {
+        namespace: ns.into(),
+        secret: "sh.helm.release.v1.web.v2".into(),
+        version: 2,
+        delete,
+        release: ReleaseRef {
+            storage_namespace: ns.into(),
+            ..release()
+        },
+    }
+}
+
+/// A Remediation as fluxmedic writes it: sealed identity (with `intent` if given) and a
+/// sealed status (if given).
+fn sealed(case: Case, status: Option<RemediationStatus>, intent: Option<&Step>) -> Remediation {
+    let s = sealer();
+    let key = target();
+    let name = "hr-web-00000001";
+    let id = RecordId {
+        namespace: "apps",
+        name,
+        target: &key,
+        case,
+    };
+    let intent_json = intent.map(intent_json).unwrap_or_default();
+    let baseline = if intent.is_some() {
+        baseline_json(&open_status(Phase::Detected))
+    } else {
+        String::new()
+    };
+    let mut annotations = BTreeMap::from([(
+        SEAL_ANNOTATION.to_string(),
+        s.seal_creation(id, &creation_payload(&intent_json, &baseline)),
+    )]);
+    if intent.is_some() {
+        annotations.insert(INTENT_ANNOTATION.into(), intent_json);
+        annotations.insert(crate::api::BASELINE_ANNOTATION.into(), baseline);
+    }
+    let status = status.map(|mut st| {
+        st.seal = Some(s.seal_status(id, &st));
+        st
+    });
+    Remediation {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("apps".into()),
+            annotations: Some(annotations),
+            ..Default::default()
+        },
+        spec: RemediationSpec {
+            target: TargetRef::from_key(&key),
+            target_name: "HelmRelease/web".into(),
+            case,
+            approved: false,
+        },
+        status,
+    }
+}
+
+fn read(rem: &Remediation) -> Record {
+    Record::read(rem, &sealer()).expect("a record about a known kind")
+}
+
+fn open_status(phase: Phase) -> RemediationStatus {
+    RemediationStatus {
+        phase,
+        detected_at: Some(rfc3339(NOW - 600)),
+        ..Default::default()
+    }
+}
+
+fn diag(case: Case) -> Diagnosis {
+    Diagnosis {
+        target: target(),
+        case,
+        retryable: true,
+        root: target(),
+        chain: vec![],
+        native: NativeState::Exhausted,
+        summary: format!("{case}: test"),
+        evidence: vec![],
+    }
+}
+
+fn acts(a: Action) -> Decision {
+    Decision {
+        mode: Mode::Auto,
+        planned: Some(a),
+        blocked: None,
+        escalate: false,
+    }
+}
+
+fn blocked(a: Option<Action>, b: Blocked) -> Decision {
+    Decision {
+        mode: Mode::Auto,
+        planned: a,
+        blocked: Some(b),
+        escalate: false,
+    }
+}
+
+fn hr(suspended_by: Option<&str>, generation: i64) -> FluxObject {
+    let mut ann = serde_json::Map::new();
+    if let Some(o) = suspended_by {
+        ann.insert(SUSPENDED_BY_ANNOTATION.into(), o.into());
+    }
+    crate::flux::from_value(&serde_json::json!({
+        "apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": "apps", "uid": "uid-1", "generation": generation,
+                     "annotations": ann},
+        "spec": {"suspend": suspended_by.is_some(),
+                 "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "UpgradeFailed", "message": "x"}]}
+    }))
+    .unwrap()
+}
+
+fn input<'a>(
+    record: Option<&'a Record>,
+    target: Option<&'a FluxObject>,
+    seen: Seen<'a>,
+) -> Input<'a> {
+    Input {
+        record,
+        target,
+        seen,
+        source_revision: Some("0.1.0".into()),
+        secret: None,
+        recheck: None,
+        escalate: false,
+        policy: Some("apps/p".into()),
+        now: NOW,
+        token: "fresh-token",
+    }
+}
+
+fn performs(effects: &[Effect]) -> Vec<(Action, String, IntentAt)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Perform {
+                action,
+                token,
+                intent,
+                ..
+            } => Some((action.clone(), token.clone(), *intent)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn written(effects: &[Effect]) -> Option<&RemediationStatus> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::Write(s) | Effect::Close(s) => Some(&**s),
+        Effect::Perform { status, .. } => Some(&**status),
+        Effect::Open { status, .. } => Some(&**status),
+        _ => None,
+    })
+}
+
+fn has_release_hold(effects: &[Effect]) -> bool {
+    effects.iter().any(|e| matches!(e, Effect::ReleaseHold))
+}
+
+// ------------------------------------------------------------------ records and seals
+
+#[test]
+fn records_without_fluxmedics_seal_are_foreign_and_edited_ones_are_known() {
+    let running = {
+        let mut st = open_status(Phase::Remediating);
+        begin_step(&mut st, &rollback(), "t1", NOW - 60);
+        st
+    };
+    assert_eq!(
+        read(&sealed(Case::FailedRelease, Some(running.clone()), None)).trust,
+        Trust::Ours
+    );
+
+    // Created by someone else: no seal.
+    let mut forged = sealed(Case::FailedRelease, Some(running.clone()), None);
+    forged.metadata.annotations = None;
+    forged.status.as_mut().unwrap().seal = None;
+    assert_eq!(read(&forged).trust, Trust::Foreign);
+
+    // fluxmedic's record, its status edited (attempts reset to get more retries).
+    let mut edited = sealed(Case::FailedRelease, Some(running.clone()), None);
+    edited.status.as_mut().unwrap().attempts = 0;
+    assert_eq!(read(&edited).trust, Trust::Edited);
+
+    // spec.target pointed at another object: the seals bind the target, so the record is
+    // nobody's now; it neither speaks for nor freezes the object it names.
+    let mut moved = sealed(Case::FailedRelease, Some(running.clone()), None);
+    moved.spec.target.name = "db".into();
+    assert_eq!(read(&moved).trust, Trust::Foreign);
+
+    // A record in namespace A about a target in namespace B is never fluxmedic's.
+    let mut elsewhere = sealed(Case::FailedRelease, Some(running), None);
+    elsewhere.spec.target.namespace = "prod".into();
+    assert_eq!(read(&elsewhere).trust, Trust::Foreign);
+}
+
+#[test]
+fn an_edited_intent_is_never_replayed() {
+    // A new incident recorded an Observe-time unlock intent... an approver rewrites it into
+    // the deletion of a release Secret in another namespace.
+    let mut st = RemediationStatus::default();
+    begin_step(&mut st, &unlock("apps", false), "t1", NOW - 5);
+    let intent = st.steps[0].clone();
+    let genuine = sealed(Case::StaleLock, None, Some(&intent));
+    let rec = read(&genuine);
+    assert_eq!(rec.trust, Trust::Ours);
+    assert_eq!(rec.interrupted().unwrap().0, Some(unlock("apps", false)));
+    assert_eq!(
+        rec.status.detected_at,
+        Some(rfc3339(NOW - 600)),
+        "the baseline rides on the create with the intent"
+    );
+
+    let mut evil = intent.clone();
+    evil.detail = serde_json::to_string(&unlock("prod", true)).ok();
+    let mut rem = genuine.clone();
+    rem.metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(INTENT_ANNOTATION.into(), intent_json(&evil));
+    let rec = read(&rem);
+    assert_eq!(
+        rec.trust,
+        Trust::Foreign,
+        "an unsealed intent is not fluxmedic's"
+    );
+    assert!(rec.interrupted().is_none() || rec.trust == Trust::Foreign);
+    let o = hr(None, 1);
+    let d = diag(Case::StaleLock);
+    let dec = acts(unlock("apps", false));
+    assert!(
+        next(&input(
+            Some(&rec),
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: &dec
+            }
+        ))
+        .is_empty(),
+        "a foreign record is ignored entirely"
+    );
+}
+
+// ------------------------------------------------------------------ opening
+
+#[test]
+fn a_new_failure_opens_one_record_and_acts_in_the_same_write() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let dec = acts(Action::RetryRelease { with_source: None });
+    let fx = next(&input(
+        None,
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    let Effect::Open { case, intent, .. } = &fx[0] else {
+        panic!("opens first: {fx:?}")
+    };
+    assert_eq!(*case, Case::FailedRelease);
+    let intent = intent.as_ref().expect("the intent rides on the create");
+    assert_eq!(intent.outcome, StepOutcome::Running);
+    assert_eq!(intent.token.as_deref(), Some("fresh-token"));
+    assert_eq!(
+        performs(&fx),
+        vec![(
+            Action::RetryRelease { with_source: None },
+            "fresh-token".into(),
+            IntentAt::Create
+        )]
+    );
+    let st = written(&fx).unwrap();
+    assert_eq!(st.attempts, 1);
+    assert_eq!(st.observed_generation, Some(3));
+    assert!(fx.contains(&Effect::Count(Count::Incident(Case::FailedRelease))));
+}
+
+#[test]
+fn a_new_failure_that_must_wait_records_why_and_off_records_nothing() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let dec = blocked(
+        Some(Action::RetryRelease { with_source: None }),
+        Blocked::AwaitingApproval,
+    );
+    let fx = next(&input(
+        None,
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(performs(&fx).is_empty());
+    let Effect::Open { status, intent, .. } = &fx[0] else {
+        panic!()
+    };
+    assert!(intent.is_none());
+    assert_eq!(status.phase, Phase::AwaitingApproval);
+    assert!(
+        status
+            .blocked
+            .as_deref()
+            .unwrap()
+            .contains("waiting for approval")
+    );
+
+    let off = Decision {
+        mode: Mode::Off,
+        ..dec.clone()
+    };
+    assert!(
+        next(&input(
+            None,
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: &off
+            }
+        ))
+        .is_empty()
+    );
+}
+
+// ------------------------------------------------------------------ waiting costs nothing
+
+#[test]
+fn a_waiting_incident_is_not_rewritten_while_nothing_changes() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let dec = blocked(Some(retry.clone()), Blocked::Cooldown { until: NOW + 90 });
+    let first = {
+        let rec = read(&sealed(
+            Case::FailedRelease,
+            Some(open_status(Phase::Remediating)),
+            None,
+        ));
+        next(&input(
+            Some(&rec),
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: &dec,
+            },
+        ))
+    };
+    let st = written(&first).unwrap().clone();
+    assert_eq!(st.next_action_at, Some(rfc3339(NOW + 90)));
+    // The next ticks, a second and a minute later, see the same plan: nothing to write.
+    let rec = read(&sealed(Case::FailedRelease, Some(st), None));
+    for later in [NOW + 1, NOW + 60] {
+        let mut inp = input(
+            Some(&rec),
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: &dec,
+            },
+        );
+        inp.now = later;
+        assert_eq!(next(&inp), vec![], "no write at {later}");
+    }
+}
+
+// ------------------------------------------------------------------ acting, closing, case changes
+
+#[test]
+fn an_open_incident_acts_with_its_intent_written_first() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(RemediationStatus {
+            attempts: 1,
+            ..open_status(Phase::Remediating)
+        }),
+        None,
+    ));
+    let dec = acts(Action::RetryRelease { with_source: None });
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert_eq!(performs(&fx)[0].2, IntentAt::Status);
+    assert_eq!(written(&fx).unwrap().attempts, 2);
+}
+
+#[test]
+fn recovery_closes_succeeded_or_resolved_and_a_gone_target_closes_too() {
+    let o = hr(None, 3);
+    let mut acted = open_status(Phase::Remediating);
+    begin_step(&mut acted, &Action::Reconcile, "t", NOW - 30);
+    acted.steps[0].outcome = StepOutcome::Succeeded;
+    let rec = read(&sealed(Case::FailedRelease, Some(acted), None));
+    let fx = next(&input(Some(&rec), Some(&o), Seen::Ready));
+    let Effect::Close(st) = &fx[0] else {
+        panic!("{fx:?}")
+    };
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert_eq!(st.time_to_recovery_seconds, Some(600.0));
+
+    let idle = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Detected)),
+        None,
+    ));
+    let fx = next(&input(Some(&idle), Some(&o), Seen::Ready));
+    assert!(matches!(&fx[0], Effect::Close(st) if st.phase == Phase::Resolved));
+    let fx = next(&input(Some(&idle), None, Seen::Gone));
+    assert!(
+        matches!(&fx[0], Effect::Close(st) if st.message.as_deref() == Some("the target no longer exists"))
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Event {
+            regarding: Regarding::Record,
+            ..
+        }
+    )));
+    // Progressing: stays open, nothing written.
+    assert!(next(&input(Some(&idle), Some(&o), Seen::Pending)).is_empty());
+}
+
+#[test]
+fn a_new_case_closes_the_record_and_opens_another_under_its_own_name() {
+    let o = hr(None, 3);
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Detected)),
+        None,
+    ));
+    let d = diag(Case::StaleLock);
+    let dec = acts(unlock("apps", false));
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(
+        matches!(&fx[0], Effect::Close(st) if st.message.as_deref().unwrap().contains("changed"))
+    );
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Open {
+            case: Case::StaleLock,
+            ..
+        }
+    )));
+    // A new case never reuses the closed record's name.
+    let since = NOW - 600;
+    let names: std::collections::BTreeSet<String> = Case::ALL
+        .iter()
+        .flat_map(|c| (0..3).map(move |n| record_name(&target(), since, *c, n)))
+        .collect();
+    assert_eq!(names.len(), Case::ALL.len() * 3);
+    assert!(names.iter().all(|n| n.len() <= 63));
+}
+
+// ------------------------------------------------------------------ interrupted steps
+
+#[test]
+fn an_interrupted_step_is_finished_only_if_todays_plan_derives_it_again() {
+    let o = hr(None, 3);
+    let d = diag(Case::StaleLock);
+    let mut st = open_status(Phase::Remediating);
+    begin_step(&mut st, &unlock("apps", false), "recorded-token", NOW - 5);
+    let rec = read(&sealed(Case::StaleLock, Some(st), None));
+
+    // Same plan: finished with the recorded token, no new intent.
+    let dec = acts(unlock("apps", false));
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert_eq!(
+        performs(&fx),
+        vec![(
+            unlock("apps", false),
+            "recorded-token".into(),
+            IntentAt::Recorded
+        )]
+    );
+
+    // Today's policy no longer allows it (Observe): not finished, marked Interrupted.
+    let dec = blocked(Some(unlock("apps", false)), Blocked::Observe);
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(performs(&fx).is_empty());
+    let st = written(&fx).unwrap();
+    assert_eq!(st.steps.last().unwrap().outcome, StepOutcome::Interrupted);
+    assert!(st.steps.last().unwrap().message.contains("Observe"));
+
+    // Today's plan is another action: not the recorded one.
+    let dec = acts(unlock("apps", true));
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(performs(&fx).is_empty());
+
+    // The target recovered: finished if today's policy still allows it, else not.
+    let fx = next(&input(Some(&rec), Some(&o), Seen::Ready));
+    assert_eq!(performs(&fx).len(), 1);
+    let mut inp = input(Some(&rec), Some(&o), Seen::Ready);
+    inp.recheck = Some(Blocked::NoPolicy);
+    assert!(performs(&next(&inp)).is_empty());
+}
+
+#[test]
+fn a_half_done_rollback_that_is_not_finished_gives_the_release_back() {
+    let mut st = open_status(Phase::Remediating);
+    begin_step(&mut st, &rollback(), "t", NOW - 5);
+    let rec = read(&sealed(Case::FailedRelease, Some(st), None));
+    let suspended = hr(Some("hr-web-00000001"), 4);
+    // Recovered meanwhile: not re-run; fluxmedic's partial suspension is released.
+    let fx = next(&input(Some(&rec), Some(&suspended), Seen::Ready));
+    assert!(performs(&fx).is_empty());
+    assert!(has_release_hold(&fx));
+    // A person suspended it under another name: not ours to release.
+    let theirs = hr(Some("someone"), 4);
+    assert!(!has_release_hold(&next(&input(
+        Some(&rec),
+        Some(&theirs),
+        Seen::Ready
+    ))));
+}
+
+// ------------------------------------------------------------------ holds
+
+fn holding(phase: Phase) -> RemediationStatus {
+    let mut st = open_status(phase);
+    begin_step(&mut st, &rollback(), "t", NOW - 300);
+    st.steps[0].outcome = StepOutcome::Succeeded;
+    st.hold = Some(Hold {
+        generation: 4,
+        revision: Some("0.1.0".into()),
+        since: rfc3339(NOW - 300),
+    });
+    st
+}
+
+#[test]
+fn a_hold_ends_only_when_the_fix_lands_or_a_person_resumes() {
+    let d = diag(Case::FailedRelease);
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(holding(Phase::AwaitingFix)),
+        None,
+    ));
+    let held = hr(Some("hr-web-00000001"), 4);
+
+    // Every plan, policy and phase that is not the fix keeps the hold: escalation, the
+    // policy gone or relaxed, Off, another case.
+    for dec in [
+        blocked(None, Blocked::NoPolicy),
+        blocked(None, Blocked::Observe),
+        blocked(None, Blocked::AwaitingApproval),
+        Decision {
+            mode: Mode::Off,
+            ..blocked(None, Blocked::Observe)
+        },
+        Decision {
+            escalate: true,
+            ..acts(Action::RetryRelease { with_source: None })
+        },
+    ] {
+        for case in [Case::FailedRelease, Case::Other] {
+            let d = diag(case);
+            let mut inp = input(
+                Some(&rec),
+                Some(&held),
+                Seen::Failing {
+                    diagnosis: &d,
+                    decision: &dec,
+                },
+            );
+            inp.escalate = dec.escalate;
+            let fx = next(&inp);
+            assert!(performs(&fx).is_empty(), "{dec:?} {case}: {fx:?}");
+            assert!(!has_release_hold(&fx), "{dec:?}");
+            assert!(!fx.iter().any(|e| matches!(e, Effect::Close(_))), "{case}");
+            if let Some(st) = written(&fx) {
+                assert!(st.hold.is_some(), "the hold stays recorded: {dec:?}");
+            }
+        }
+    }
+    // Escalation marks the phase once, and keeps the hold.
+    let dec = blocked(None, Blocked::NoPolicy);
+    let mut inp = input(
+        Some(&rec),
+        Some(&held),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    );
+    inp.escalate = true;
+    let fx = next(&inp);
+    let st = written(&fx).unwrap();
+    assert_eq!(st.phase, Phase::Escalated);
+    assert!(st.hold.is_some());
+
+    // The fix lands: a new generation, or a new chart revision.
+    let fixed = hr(Some("hr-web-00000001"), 5);
+    let fx = next(&input(Some(&rec), Some(&fixed), Seen::Ready));
+    assert_eq!(performs(&fx)[0].0, Action::Resume);
+    let mut inp = input(Some(&rec), Some(&held), Seen::Ready);
+    inp.source_revision = Some("0.1.1".into());
+    assert_eq!(performs(&next(&inp))[0].0, Action::Resume);
+
+    // A person resumed it: the hold is over, nothing to release.
+    let resumed = hr(None, 5);
+    let fx = next(&input(Some(&rec), Some(&resumed), Seen::Ready));
+    assert!(performs(&fx).is_empty() && !has_release_hold(&fx));
+    assert!(written(&fx).unwrap().hold.is_none());
+}
+
+#[test]
+fn settling_a_rollback_records_the_hold_and_a_resume_ends_it() {
+    let mut st = open_status(Phase::Remediating);
+    begin_step(&mut st, &rollback(), "t", NOW);
+    let facts = Facts {
+        source_revision: Some("0.1.0".into()),
+        secret: None,
+        generation: Some(3),
+    };
+    let fx = settle(
+        st.clone(),
+        &rollback(),
+        &Outcome::Done {
+            message: "rolled back".into(),
+            generation: Some(4),
+        },
+        &facts,
+        NOW + 5,
+    );
+    let after = written(&fx).unwrap();
+    assert_eq!(after.phase, Phase::AwaitingFix);
+    assert_eq!(after.hold.as_ref().unwrap().generation, 4);
+    assert_eq!(after.steps.last().unwrap().outcome, StepOutcome::Succeeded);
+
+    let fx = settle(
+        st,
+        &rollback(),
+        &Outcome::Failed {
+            message: "helm: boom".into(),
+            category: "HelmFailed",
+        },
+        &facts,
+        NOW + 5,
+    );
+    let after = written(&fx).unwrap();
+    assert!(after.hold.is_none(), "a failed rollback holds nothing");
+    assert_eq!(after.steps.last().unwrap().outcome, StepOutcome::Failed);
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Event {
+            warning: true,
+            reason: "HelmFailed",
+            ..
+        }
+    )));
+
+    let mut held = holding(Phase::AwaitingFix);
+    begin_step(&mut held, &Action::Resume, "t2", NOW);
+    let fx = settle(
+        held,
+        &Action::Resume,
+        &Outcome::Done {
+            message: "resumed".into(),
+            generation: None,
+        },
+        &facts,
+        NOW + 1,
+    );
+    let after = written(&fx).unwrap();
+    assert!(after.hold.is_none());
+    assert_eq!(after.phase, Phase::Remediating);
+}
+
+// ------------------------------------------------------------------ frozen records
+
+#[test]
+fn an_edited_record_is_frozen_and_never_acted_from() {
+    let mut st = open_status(Phase::Remediating);
+    begin_step(
+        &mut st,
+        &Action::RetryRelease { with_source: None },
+        "t",
+        NOW - 5,
+    );
+    let mut rem = sealed(Case::FailedRelease, Some(st), None);
+    rem.status.as_mut().unwrap().attempts = 0; // the edit
+    let rec = read(&rem);
+    assert_eq!(rec.trust, Trust::Edited);
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let dec = acts(Action::RetryRelease { with_source: None });
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(performs(&fx).is_empty(), "no replay, no new action");
+    assert!(fx.contains(&Effect::Count(Count::RecordEdited)));
+    let st = written(&fx).unwrap().clone();
+    assert_eq!(st.frozen.as_deref(), Some(FROZEN));
+    assert_eq!(st.steps.last().unwrap().outcome, StepOutcome::Interrupted);
+
+    // Re-sealed by fluxmedic, frozen: still no action; closes when Ready.
+    let frozen = read(&sealed(Case::FailedRelease, Some(st), None));
+    assert_eq!(frozen.trust, Trust::Ours);
+    assert!(
+        next(&input(
+            Some(&frozen),
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: &dec
+            }
+        ))
+        .is_empty()
+    );
+    assert!(matches!(
+        next(&input(Some(&frozen), Some(&o), Seen::Ready))[0],
+        Effect::Close(_)
+    ));
+}
+
+#[test]
+fn a_frozen_record_keeps_its_hold_for_a_person() {
+    let mut rem = sealed(Case::FailedRelease, Some(holding(Phase::AwaitingFix)), None);
+    rem.status
+        .as_mut()
+        .unwrap()
+        .hold
+        .as_mut()
+        .unwrap()
+        .generation = 99; // "fix landed"
+    let rec = read(&rem);
+    let fx = next(&input(
+        Some(&rec),
+        Some(&hr(Some("hr-web-00000001"), 5)),
+        Seen::Ready,
+    ));
+    assert!(performs(&fx).is_empty() && !has_release_hold(&fx));
+    assert!(
+        written(&fx)
+            .unwrap()
+            .blocked
+            .as_deref()
+            .unwrap()
+            .contains("stays suspended")
+    );
+}
+
+// ------------------------------------------------------------------ orphaned suspensions
+
+#[test]
+fn only_fluxmedics_own_untouched_suspension_is_resumed_when_nobody_holds_it() {
+    let s = sealer();
+    let owner = "hr-web-00000001";
+    let with_hold = |gen_: i64, hold_gen: i64, who: &str| {
+        let mut o = hr(Some(who), gen_);
+        o.reconcile_annotations.insert(
+            crate::api::HOLD_ANNOTATION.into(),
+            s.seal_hold(&o.key, "uid-1", who, hold_gen),
+        );
+        o
+    };
+    // The owner record is gone (deleted): fluxmedic's suspension, untouched since -> resumed.
+    assert!(orphaned_hold(&with_hold(4, 4, owner), None, &s));
+    // Touched since (a person edited, resumed and re-suspended): not fluxmedic's alone.
+    assert!(!orphaned_hold(&with_hold(6, 4, owner), None, &s));
+    // A suspension fluxmedic did not make: no hold seal, or a forged one.
+    assert!(!orphaned_hold(&hr(Some(owner), 4), None, &s));
+    let mut forged = hr(Some(owner), 4);
+    forged
+        .reconcile_annotations
+        .insert(crate::api::HOLD_ANNOTATION.into(), "4.deadbeef".into());
+    assert!(!orphaned_hold(&forged, None, &s));
+    // An open record still holds it, or is in the middle of the rollback: not an orphan.
+    let holder = read(&sealed(
+        Case::FailedRelease,
+        Some(holding(Phase::Escalated)),
+        None,
+    ));
+    assert!(!orphaned_hold(&with_hold(4, 4, owner), Some(&holder), &s));
+    let mut mid = open_status(Phase::Remediating);
+    begin_step(&mut mid, &rollback(), "t", NOW);
+    let mid = read(&sealed(Case::FailedRelease, Some(mid), None));
+    assert!(!orphaned_hold(&with_hold(4, 4, owner), Some(&mid), &s));
+    // A failed rollback whose undo did not get through: the record holds nothing -> resumed.
+    let failed = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Detected)),
+        None,
+    ));
+    assert!(orphaned_hold(&with_hold(4, 4, owner), Some(&failed), &s));
+}
