@@ -333,6 +333,21 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         let (rx, task) =
             leader::elect(client.clone(), &ctx.opts.namespace, &ctx.opts.identity).await?;
         tasks.spawn(task);
+        // The gate follows the election directly, not between passes: a pass in progress
+        // is cut off at its next write.
+        let (gate_ctx, mut gate_rx) = (ctx.clone(), rx.clone());
+        gate_ctx.limiter.set_allowed(false);
+        tasks.spawn(async move {
+            loop {
+                let lead = *gate_rx.borrow_and_update();
+                gate_ctx.limiter.set_allowed(lead);
+                // Helm jobs stop when the Lease is lost (a standby takes over from the record).
+                gate_ctx.stop.send_replace(!lead);
+                if gate_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Some(rx)
     } else {
         None
@@ -342,12 +357,9 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         let mut was_leader = false;
         loop {
             let is_leader = leading.as_ref().is_none_or(|rx| *rx.borrow());
-            engine_ctx.limiter.set_allowed(is_leader);
             if is_leader != was_leader {
                 info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
                 engine_ctx.metrics.leader.set(is_leader as i64);
-                // Helm jobs stop when the Lease is lost (a standby takes over from the record).
-                engine_ctx.stop.send_replace(!is_leader);
                 was_leader = is_leader;
             }
             if is_leader && engine_ctx.index.read().await.all_synced() {

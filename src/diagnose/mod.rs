@@ -147,8 +147,9 @@ impl Snapshot {
         out
     }
 
+    /// The Helm storage of a HelmRelease (never for a release in another cluster).
     pub fn history_of(&self, obj: &FluxObject) -> Option<&ReleaseHistory> {
-        let h = obj.helm.as_ref()?;
+        let h = obj.helm.as_ref().filter(|h| !h.remote)?;
         self.releases
             .get(&(h.storage_namespace.clone(), h.release_name.clone()))
     }

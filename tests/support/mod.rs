@@ -434,26 +434,34 @@ impl Operator {
 
     /// Start with extra environment variables (e.g. `FLUXMEDIC_CRASH_AT`).
     pub fn start_with(env: &Env, ns: &str, extra: &[&str], vars: &[(&str, &str)]) -> Operator {
+        Self::launch(env, ns, &[ns], extra, vars, env.kubeconfig())
+    }
+
+    /// Start with the operator's namespace `op` watching `watch` (the tenant/production
+    /// layout), as the identity of `kubeconfig`.
+    pub fn launch(
+        env: &Env,
+        op: &str,
+        watch: &[&str],
+        extra: &[&str],
+        vars: &[(&str, &str)],
+        kubeconfig: &str,
+    ) -> Operator {
         let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().unwrap();
         let port = base
             + 200
             + (std::process::id() % 50) as u16 * 20
             + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let log = std::env::temp_dir().join(format!("fluxmedic-{ns}-{port}.log"));
+        let log = std::env::temp_dir().join(format!("fluxmedic-{op}-{port}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
             .envs(vars.iter().copied())
-            .args([
-                "run",
-                "--namespace",
-                ns,
-                "--watch-namespaces",
-                ns,
-                "--metrics-addr",
-            ])
+            .args(["run", "--namespace", op, "--watch-namespaces"])
+            .arg(watch.join(","))
+            .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--tick-seconds", "1", "--helm", env.helm()])
             .args(extra)
-            .env("KUBECONFIG", env.kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,fluxmedic=debug,kube=warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -464,6 +472,19 @@ impl Operator {
             metrics_url: format!("http://127.0.0.1:{port}/metrics"),
             log,
         }
+    }
+
+    /// SIGTERM, as Kubernetes stops a pod; true if it exited within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.wait_exit(timeout)
+    }
+
+    /// The body of a URL path on the metrics port (`/readyz`).
+    pub async fn get(&self, path: &str) -> Option<String> {
+        reqwest_get(&self.metrics_url.replace("/metrics", path)).await
     }
 
     /// The value of a metric line (exact series, e.g. `fluxmedic_incidents_total{case="git-auth"}`).

@@ -1,0 +1,1168 @@
+//! Trust boundaries, on the real control plane: what an approver editing a Remediation, a
+//! tenant with rights in one namespace, or an odd value could try, and that it changes
+//! nothing fluxmedic's policies do not allow. Each test has a tenant namespace, a production
+//! namespace with a release worth protecting, and the operator in a namespace of its own.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+use support::*;
+
+/// The operator's namespace, a tenant's and production's, with the CRDs installed.
+async fn layout(prefix: &str) -> (&'static Env, Client, String, String, String) {
+    let (env, client, op) = setup(&format!("{prefix}-op")).await;
+    let tenant = namespace(&client, &format!("{prefix}-tenant")).await;
+    let prod = namespace(&client, &format!("{prefix}-prod")).await;
+    (env, client, op, tenant, prod)
+}
+
+/// The release Secret `name` in `ns`: its `status` label, or None if it is gone.
+async fn release_status(client: &Client, ns: &str, name: &str) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .get_opt(name)
+        .await
+        .unwrap()
+        .map(|s| s.metadata.labels.unwrap_or_default()["status"].clone())
+}
+
+/// Wait `secs` evaluation passes' worth of time and assert production's pending release is
+/// still there, untouched.
+async fn assert_prod_release_untouched(client: &Client, prod: &str, secs: u64) {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    assert_eq!(
+        release_status(client, prod, "sh.helm.release.v1.web.v2")
+            .await
+            .as_deref(),
+        Some("pending-upgrade"),
+        "production's release Secret was not touched"
+    );
+}
+
+fn step_json(action: &str, detail: Value, token: &str) -> Value {
+    json!({"action": action, "detail": detail.to_string(), "outcome": "Running", "token": token,
+           "startedAt": jiff::Timestamp::now().to_string(), "message": "edited in"})
+}
+
+fn delete_prod_release(prod: &str) -> Value {
+    json!({"UnlockRelease": {"namespace": prod, "secret": "sh.helm.release.v1.web.v2", "version": 2,
+           "delete": true, "release": {"name": "web", "storageNamespace": prod, "namespace": prod}}})
+}
+
+// ------------------------------------------------------------------ 1. records are evidence
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edited_record_is_frozen_and_a_forged_one_is_ignored() {
+    let (env, client, op_ns, tenant, prod) = layout("edit").await;
+    suspended_release_with_pending(env, &client, &tenant, false).await;
+    suspended_release_with_pending(env, &client, &prod, false).await;
+    // The tenant's incident is Observe: record only.
+    apply(
+        &client,
+        policy(
+            &tenant,
+            "observe",
+            json!({"rules": [{"case": "stale-lock", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    let op = Operator::launch(
+        env,
+        &op_ns,
+        &[&tenant, &prod, &op_ns],
+        &[],
+        &[],
+        env.kubeconfig(),
+    );
+    let rem = wait_remediation(
+        &client,
+        &tenant,
+        "HelmRelease/web",
+        "recorded, Observe",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains("Observe"))
+        },
+    )
+    .await;
+    let name = rem["metadata"]["name"].as_str().unwrap().to_string();
+
+    // An approver rewrites the status: a Running step deleting production's pending
+    // release, attempts reset, and approves it.
+    let rems: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &tenant);
+    let evil = step_json("delete-pending-release", delete_prod_release(&prod), "evil");
+    rems.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"attempts": 0, "steps": [evil]}})),
+    )
+    .await
+    .unwrap();
+    rems.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"approved": true}})),
+    )
+    .await
+    .unwrap();
+    let frozen = wait_for("the edited record frozen", MIN, || async {
+        let r = serde_json::to_value(rems.get(&name).await.map_err(|e| e.to_string())?).unwrap();
+        if r["status"]["frozen"].is_string() {
+            Ok(r)
+        } else {
+            Err(r["status"].to_string())
+        }
+    })
+    .await;
+    assert_eq!(phase(&frozen), "Failed");
+    assert_eq!(
+        steps(&frozen),
+        vec![(
+            "delete-pending-release".to_string(),
+            "Interrupted".to_string()
+        )],
+        "never performed"
+    );
+    assert_prod_release_untouched(&client, &prod, 4).await;
+    op.wait_metric("fluxmedic_records_edited_total", 1.0).await;
+    let evs = events_about(&client, &tenant, &name).await;
+    assert!(evs.iter().any(|(r, _)| r == "RecordEdited"), "{evs:?}");
+
+    // Rewritten again, intent annotation and status both: the record is no longer
+    // fluxmedic's at all. It is ignored (never replayed), and the incident gets a new record,
+    // planned from today's policy: Observe.
+    rems.patch(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"fluxmedic.io/intent": evil.to_string()}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    rems.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"frozen": null, "phase": "Remediating", "steps": [evil]}})),
+    )
+    .await
+    .unwrap();
+    let fresh = wait_remediation(
+        &client,
+        &tenant,
+        "HelmRelease/web",
+        "a new record, Observe",
+        MIN,
+        |r| {
+            r["metadata"]["name"] != name.as_str()
+                && r["status"]["blocked"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("Observe"))
+        },
+    )
+    .await;
+    assert!(steps(&fresh).is_empty());
+    // ...and forges a record of its own about production's release, approved.
+    let forged: fluxmedic::api::Remediation = serde_json::from_value(json!({
+        "apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation",
+        "metadata": {"name": "hr-web-forged", "namespace": tenant,
+                     "annotations": {"fluxmedic.io/intent": evil.to_string(), "fluxmedic.io/approve": "true"}},
+        "spec": {"target": {"kind": "HelmRelease", "namespace": prod, "name": "web"},
+                 "targetName": "HelmRelease/web", "case": "stale-lock", "approved": true}}))
+    .unwrap();
+    rems.create(&PostParams::default(), &forged).await.unwrap();
+    assert_prod_release_untouched(&client, &prod, 4).await;
+    assert_eq!(
+        release_status(&client, &tenant, "sh.helm.release.v1.web.v2")
+            .await
+            .as_deref(),
+        Some("pending-upgrade"),
+        "the tenant's own release stays as Observe leaves it"
+    );
+    let disowned = serde_json::to_value(rems.get(&name).await.unwrap()).unwrap();
+    assert_eq!(
+        disowned["status"]["phase"], "Remediating",
+        "not fluxmedic's any more: not written"
+    );
+    let forged = rems.get("hr-web-forged").await.unwrap();
+    assert!(
+        forged.status.is_none(),
+        "a forged record is ignored, not adopted"
+    );
+}
+
+// ------------------------------------------------------------------ 2. tenants stay in their namespace
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_policy_never_writes_in_another_namespace() {
+    let (env, client, op_ns, tenant, prod) = layout("scope").await;
+    suspended_release_with_pending(env, &client, &prod, false).await;
+    // A tenant HelmRelease claiming production's release storage (suspended, so helm-controller
+    // leaves it alone), and the tenant's own policy: delete stale pending releases.
+    apply(&client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": tenant},
+        "spec": {"interval": "1h", "suspend": true, "storageNamespace": prod, "releaseName": "web",
+                 "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts", "namespace": prod}}}}})).await;
+    // A tenant Kustomization building from production's Git source, broken.
+    let repo = Repo::new(env, &prod, false);
+    repo.commit(
+        &[
+            ("app/kustomization.yaml", Some("resources:\n- cm.yaml\n")),
+            ("app/cm.yaml", Some(BROKEN_YAML)),
+        ],
+        "broken",
+    );
+    git_repository(&client, &prod, "repo", &repo.url, None).await;
+    wait_ready(&client, &prod, "GitRepository", "repo", MIN).await;
+    apply(
+        &client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": tenant},
+        "spec": {"interval": "1h", "path": "./app", "prune": true, "targetNamespace": tenant,
+                 "sourceRef": {"kind": "GitRepository", "name": "repo", "namespace": prod}}}),
+    )
+    .await;
+    wait_failing(&client, &tenant, "Kustomization", "app", "BuildFailed", MIN).await;
+    apply(
+        &client,
+        policy(
+            &tenant,
+            "greedy",
+            auto(json!([
+        {"case": "stale-lock", "mode": "Auto", "actions": ["DeletePendingRelease"]},
+        {"case": "invalid-manifests", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+
+    let _op = Operator::launch(
+        env,
+        &op_ns,
+        &[&tenant, &prod, &op_ns],
+        &[],
+        &[],
+        env.kubeconfig(),
+    );
+    let hr = wait_remediation(&client, &tenant, "HelmRelease/web", "blocked", MIN, |r| {
+        r["status"]["blocked"].is_string()
+    })
+    .await;
+    let why = hr["status"]["blocked"].as_str().unwrap();
+    assert!(
+        why.contains("also claimed by"),
+        "production's own HelmRelease claims it too: {why}"
+    );
+    // Without production's HelmRelease (deleted while suspended: helm-controller leaves the
+    // release installed), the storage has one claimant, the tenant's, and is still out of reach.
+    flux_api(&client, &prod, "HelmRelease")
+        .delete("web", &Default::default())
+        .await
+        .unwrap();
+    let hr = wait_remediation(
+        &client,
+        &tenant,
+        "HelmRelease/web",
+        "out of the policy's namespace",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains("may not change"))
+        },
+    )
+    .await;
+    let why = hr["status"]["blocked"].as_str().unwrap();
+    assert!(why.contains(&format!("namespace {prod}")), "{why}");
+    let ks = wait_remediation(&client, &tenant, "Kustomization/app", "blocked", MIN, |r| {
+        r["status"]["blocked"].is_string()
+    })
+    .await;
+    assert!(
+        ks["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .contains("may not change"),
+        "{}",
+        ks["status"]
+    );
+    assert_prod_release_untouched(&client, &prod, 5).await;
+    let source = get(&client, &prod, "GitRepository", "repo").await.unwrap();
+    assert!(
+        source["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["manager"] != "fluxmedic"),
+        "production's source was never polled"
+    );
+}
+
+// ------------------------------------------------------------------ 4. suspensions
+
+/// A HelmRelease whose upgrade the API server rejects (non-retryable), Stalled.
+async fn broken_release(env: &Env, client: &Client, ns: &str, timeout: &str) {
+    chart_repo(env, client, ns).await;
+    helm_release(
+        client,
+        ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        timeout,
+    )
+    .await;
+    wait_ready(client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    helm_release(
+        client,
+        ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Not_Valid"}),
+        timeout,
+    )
+    .await;
+    wait_stalled(client, ns, "web").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_a_person_suspended_is_only_recorded() {
+    let (env, client, ns) = setup("personsusp").await;
+    broken_release(env, &client, &ns, "30s").await;
+    // The on-call engineer suspends it to investigate.
+    merge_patch(
+        &client,
+        &ns,
+        "HelmRelease",
+        "web",
+        json!({"spec": {"suspend": true}}),
+    )
+    .await;
+    apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}])))).await;
+    let _op = Operator::start(env, &ns, &[]);
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "recorded only", MIN, |r| {
+        r["status"]["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("did not suspend it"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(steps(&rem).is_empty(), "{:?}", steps(&rem));
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_eq!(hr["spec"]["suspend"], true, "still the person's suspension");
+    assert!(
+        hr["metadata"]["annotations"]
+            .get("fluxmedic.io/suspended-by")
+            .is_none()
+    );
+    assert!(
+        hr["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["manager"] != "fluxmedic"),
+        "fluxmedic wrote nothing to it"
+    );
+    assert!(
+        release_status(&client, &ns, "sh.helm.release.v1.web.v3")
+            .await
+            .is_none(),
+        "no rollback revision"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_survives_escalation_and_policy_removal_and_ends_with_the_fix() {
+    let (env, client, ns) = setup("hold").await;
+    broken_release(env, &client, &ns, "30s").await;
+    let mut spec =
+        auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}]));
+    spec["escalation"] = json!({"after": "3s"});
+    apply(&client, policy(&ns, "auto", spec)).await;
+    let _op = Operator::start(env, &ns, &[]);
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "rolled back, escalated",
+        Duration::from_secs(90),
+        |r| phase(r) == "Escalated" && has_step(r, "rollback", "Succeeded"),
+    )
+    .await;
+    let name = rem["metadata"]["name"].clone();
+    let held = |hr: &Value| {
+        hr["spec"]["suspend"] == true
+            && hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"] == name
+    };
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        held(&get(&client, &ns, "HelmRelease", "web").await.unwrap()),
+        "escalation keeps the hold"
+    );
+    // The policy is removed: the hold stays (resuming would re-run the failing upgrade).
+    kube::Api::<fluxmedic::api::RemediationPolicy>::namespaced(client.clone(), &ns)
+        .delete("auto", &Default::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        held(&get(&client, &ns, "HelmRelease", "web").await.unwrap()),
+        "policy removal keeps the hold"
+    );
+    let rem = remediation_for(&client, &ns, "HelmRelease/web")
+        .await
+        .unwrap();
+    let rollbacks = steps(&rem).iter().filter(|(a, _)| a == "rollback").count();
+    assert_eq!(
+        rollbacks,
+        1,
+        "rolled back once, never again: {:?}",
+        steps(&rem)
+    );
+    assert!(
+        release_status(&client, &ns, "sh.helm.release.v1.web.v4")
+            .await
+            .is_none()
+    );
+    // The fix lands: resumed (no policy needed to end fluxmedic's own hold), Ready.
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "two"}),
+        "30s",
+    )
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    assert!(has_step(&rem, "resume", "Succeeded"));
+}
+
+// ------------------------------------------------------------------ 5. one incident, one record
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_case_is_a_new_record_and_a_closed_one_is_never_reopened() {
+    let (env, client, ns) = setup("recase").await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "observe",
+            json!({"rules": [
+        {"case": "git-unreachable", "mode": "Observe"}, {"case": "git-auth", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    // Unreachable first.
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    let _op = Operator::start(env, &ns, &[]);
+    let first = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "git-unreachable",
+        MIN,
+        |r| r["spec"]["case"] == "git-unreachable" && r["status"]["diagnosis"].is_object(),
+    )
+    .await;
+    // Then the URL is corrected to a private repository, without credentials: git-auth.
+    let private = Repo::new(env, &ns, true);
+    private.set_server_credentials(env, "bot", "pw");
+    private.commit(&[("a.txt", Some("a"))], "a");
+    git_repository(&client, &ns, "repo", &private.url, None).await;
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    let second = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "git-auth recorded",
+        MIN,
+        |r| r["spec"]["case"] == "git-auth" && r["status"]["diagnosis"].is_object(),
+    )
+    .await;
+    assert_ne!(first["metadata"]["name"], second["metadata"]["name"]);
+    // And back to unreachable: a third record; the first stays closed.
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    let third = wait_for("a third record", MIN, || async {
+        let all = remediations(&client, &ns).await;
+        let open: Vec<Value> = all
+            .iter()
+            .filter(|r| r["status"]["closedAt"].is_null())
+            .cloned()
+            .collect();
+        match (all.len(), open.as_slice()) {
+            (3, [one]) if one["spec"]["case"] == "git-unreachable" => Ok(one.clone()),
+            _ => Err(format!(
+                "{} records, open: {:?}",
+                all.len(),
+                open.iter().map(|r| &r["spec"]["case"]).collect::<Vec<_>>()
+            )),
+        }
+    })
+    .await;
+    assert_ne!(third["metadata"]["name"], first["metadata"]["name"]);
+    let first_now = remediations(&client, &ns)
+        .await
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == first["metadata"]["name"])
+        .unwrap();
+    assert_eq!(phase(&first_now), "Resolved", "closed, and never reopened");
+    assert!(
+        first_now["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed")
+    );
+}
+
+// ------------------------------------------------------------------ 3. odd values
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_overflowing_policy_is_reported_and_the_rest_goes_on() {
+    let (env, client, ns) = setup("odd").await;
+    // Passes fluxmedic's CRD pattern, and overflows Go's int64 nanoseconds.
+    let mut spec = json!({"rules": [{"case": "git-unreachable", "mode": "Observe"}]});
+    spec["limits"] = json!({"cooldown": "99999999999999999999h"});
+    apply(&client, policy(&ns, "overflowing", spec)).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "sane",
+            json!({"priority": -1, "rules": [{"case": "git-unreachable", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    let mut op = Operator::start(env, &ns, &[]);
+    let invalid = wait_for("the overflowing policy reported Invalid", MIN, || async {
+        let p = get_policy(&client, &ns, "overflowing").await;
+        match p["status"]["conditions"][0]["reason"].as_str() {
+            Some("Invalid") => Ok(p),
+            _ => Err(p["status"].to_string()),
+        }
+    })
+    .await;
+    assert!(
+        invalid["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a duration"),
+        "{}",
+        invalid["status"]
+    );
+    // The rest goes on: a real failure is recorded under the sane policy.
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    let r = wait_remediation(&client, &ns, "GitRepository/repo", "recorded", MIN, |r| {
+        r["status"]["diagnosis"].is_object()
+    })
+    .await;
+    assert_eq!(r["status"]["policy"], format!("{ns}/sane"));
+    assert!(op.alive(), "an odd policy is reported, never a crash");
+}
+
+async fn get_policy(client: &Client, ns: &str, name: &str) -> Value {
+    let api: Api<fluxmedic::api::RemediationPolicy> = Api::namespaced(client.clone(), ns);
+    serde_json::to_value(api.get(name).await.unwrap()).unwrap()
+}
+
+// ------------------------------------------------------------------ 8. writes only on change
+
+/// Audited writes (create, update, patch, delete) by the measurement identity to
+/// `resource` in `ns` between `from` and `to`.
+fn audited_writes(
+    env: &Env,
+    ns: &str,
+    resource: &str,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> Vec<Value> {
+    let text = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["user"]["username"] == "fluxmedic-bench")
+        .filter(|v| {
+            matches!(
+                v["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|v| v["objectRef"]["namespace"] == ns && v["objectRef"]["resource"] == resource)
+        .filter(|v| {
+            v["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .is_some_and(|t| t >= from && t <= to)
+        })
+        .filter(|v| seen.insert(v["auditID"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_incident_costs_no_writes() {
+    let (env, client, ns) = setup("idlewrites").await;
+    let n = 8;
+    for i in 0..n {
+        git_repository(
+            &client,
+            &ns,
+            &format!("repo-{i}"),
+            "http://127.0.0.1:1/nothing.git",
+            None,
+        )
+        .await;
+    }
+    // Polled once, then a long wait: a cooldown with a due time, checked every second.
+    apply(
+        &client,
+        policy(
+            &ns,
+            "poll",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
+        "limits": {"pollInterval": "1h", "maxPollInterval": "1h"}}),
+        ),
+    )
+    .await;
+    let kc = token_kubeconfig(
+        env,
+        &format!("{ns}-bench"),
+        env.var("FLUXMEDIC_BENCH_TOKEN"),
+    );
+    let _op = Operator::launch(env, &ns, &[&ns], &[], &[], kc.to_str().unwrap());
+    wait_for(
+        "every source polled once and waiting",
+        Duration::from_secs(90),
+        || async {
+            let all = remediations(&client, &ns).await;
+            let waiting = all
+                .iter()
+                .filter(|r| {
+                    has_step(r, "reconcile-source", "Succeeded")
+                        && r["status"]["nextActionAt"].is_string()
+                })
+                .count();
+            if waiting == n {
+                Ok(())
+            } else {
+                Err(format!("{waiting}/{n}"))
+            }
+        },
+    )
+    .await;
+    // Let in-flight writes land, then watch the waiting incidents for a while.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = jiff::Timestamp::now();
+    let window = Duration::from_secs(20);
+    tokio::time::sleep(window).await;
+    let to = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = audited_writes(env, &ns, "remediations", from, to);
+    let per_incident_hour = writes.len() as f64 / n as f64 * 3600.0 / window.as_secs_f64();
+    eprintln!(
+        "waiting incidents: {} writes to {n} Remediations over {}s (tick 1s) = {per_incident_hour:.1} writes per waiting incident per hour",
+        writes.len(),
+        window.as_secs()
+    );
+    assert!(
+        writes.is_empty(),
+        "a waiting incident is not rewritten: {writes:?}"
+    );
+}
+
+// ------------------------------------------------------------------ 7. leadership
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_lease_stops_every_write_within_a_second() {
+    let (env, client, ns) = setup("lease").await;
+    // 40 failures to record at 2 writes per second: twenty seconds of writing.
+    let n = 40;
+    for i in 0..n {
+        git_repository(
+            &client,
+            &ns,
+            &format!("repo-{i}"),
+            "http://127.0.0.1:1/nothing.git",
+            None,
+        )
+        .await;
+    }
+    apply(
+        &client,
+        policy(
+            &ns,
+            "observe",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    wait_for("sources failing", MIN, || async {
+        let list = flux_api(&client, &ns, "GitRepository")
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let failing = list
+            .items
+            .iter()
+            .filter(|o| {
+                condition(&serde_json::to_value(o).unwrap(), "Ready")
+                    .is_some_and(|c| c["status"] == "False")
+            })
+            .count();
+        if failing == n {
+            Ok(())
+        } else {
+            Err(failing.to_string())
+        }
+    })
+    .await;
+    let kc = token_kubeconfig(
+        env,
+        &format!("{ns}-bench"),
+        env.var("FLUXMEDIC_BENCH_TOKEN"),
+    );
+    let _op = Operator::launch(
+        env,
+        &ns,
+        &[&ns],
+        &["--leader-elect", "--max-writes-per-second", "2"],
+        &[("POD_NAME", "replica-a")],
+        kc.to_str().unwrap(),
+    );
+    wait_for("a few records written", MIN, || async {
+        let k = remediations(&client, &ns).await.len();
+        if k >= 4 { Ok(()) } else { Err(k.to_string()) }
+    })
+    .await;
+    // Another replica takes the Lease (as after a network partition).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), &ns);
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(jiff::Timestamp::now());
+    leases
+        .patch(
+            "fluxmedic-leader",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "replica-b", "renewTime": now, "acquireTime": now, "leaseDurationSeconds": 3600}})),
+        )
+        .await
+        .unwrap();
+    let taken = jiff::Timestamp::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let records = remediations(&client, &ns).await.len();
+    assert!(
+        records < n,
+        "the pass was still writing when the Lease was lost ({records} of {n})"
+    );
+    let late: Vec<Value> = ["remediations", "gitrepositories", "events"]
+        .iter()
+        .flat_map(|r| {
+            audited_writes(
+                env,
+                &ns,
+                r,
+                taken + jiff::SignedDuration::from_secs(1),
+                jiff::Timestamp::now(),
+            )
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "writes more than a second after the Lease was lost: {late:?}"
+    );
+    let before = audited_writes(
+        env,
+        &ns,
+        "remediations",
+        taken - jiff::SignedDuration::from_secs(10),
+        taken,
+    );
+    assert!(!before.is_empty(), "it was writing before");
+}
+
+// ------------------------------------------------------------------ 6. partial Flux
+
+/// A second, bare API server (own etcd) with only some Flux CRDs: Kustomization and
+/// GitRepository as served today, OCIRepository only as v1beta2; no helm-controller CRDs.
+struct BareApi {
+    _procs: Vec<Killed>,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn bare_api(env: &Env) -> BareApi {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = std::path::PathBuf::from(env.var("FLUXMEDIC_TESTENV_BIN"));
+    let testenv = std::path::PathBuf::from(env.var("FLUXMEDIC_TESTENV_DIR"));
+    let pki = testenv.join("pki");
+    let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 150;
+    let (etcd_port, peer_port, api_port) = (base, base + 1, base + 2);
+    let etcd = std::process::Command::new(bin.join("etcd"))
+        .args([
+            "--name=bare",
+            &format!("--data-dir={}", dir.path().join("etcd").display()),
+        ])
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+        .arg(format!(
+            "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+        ))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
+        ))
+        .arg(format!(
+            "--initial-cluster=bare=http://127.0.0.1:{peer_port}"
+        ))
+        .args([
+            "--unsafe-no-fsync=true",
+            "--log-level=error",
+            "--listen-metrics-urls=http://127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = std::process::Command::new(bin.join("kube-apiserver"))
+        .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+        .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+        .arg(format!("--secure-port={api_port}"))
+        .arg(format!(
+            "--tls-cert-file={}",
+            pki.join("apiserver.crt").display()
+        ))
+        .arg(format!(
+            "--tls-private-key-file={}",
+            pki.join("apiserver.key").display()
+        ))
+        .arg(format!("--client-ca-file={}", pki.join("ca.crt").display()))
+        .args([
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+        ])
+        .arg(format!(
+            "--service-account-issuer=https://127.0.0.1:{api_port}"
+        ))
+        .arg(format!(
+            "--service-account-key-file={}",
+            pki.join("sa.pub").display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            pki.join("sa.key").display()
+        ))
+        .args([
+            "--disable-admission-plugins=ServiceAccount",
+            "--endpoint-reconciler-type=none",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("apiserver.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let procs = vec![Killed(api), Killed(etcd)];
+    let kc_text = std::fs::read_to_string(env.kubeconfig()).unwrap().replace(
+        env.var("FLUXMEDIC_API_URL"),
+        &format!("https://127.0.0.1:{api_port}"),
+    );
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kc_text).unwrap();
+    let kubectl = |args: &[&str]| {
+        std::process::Command::new(bin.join("kubectl"))
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = Instant::now();
+    while !kubectl(&["get", "--raw", "/readyz"]).status.success() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "bare API server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let crds = bin.parent().unwrap().join("crds/source-controller");
+    let kust = bin.parent().unwrap().join("crds/kustomize-controller");
+    for f in [
+        crds.join("source.toolkit.fluxcd.io_gitrepositories.yaml"),
+        kust.join("kustomize.toolkit.fluxcd.io_kustomizations.yaml"),
+    ] {
+        let out = kubectl(&["apply", "--server-side", "-f", f.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // OCIRepository served only as an old version fluxmedic does not read.
+    let oci = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "ocirepositories.source.toolkit.fluxcd.io"},
+        "spec": {"group": "source.toolkit.fluxcd.io", "scope": "Namespaced",
+                 "names": {"kind": "OCIRepository", "plural": "ocirepositories", "singular": "ocirepository", "listKind": "OCIRepositoryList"},
+                 "versions": [{"name": "v1beta1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    let path = dir.path().join("oci.json");
+    std::fs::write(&path, oci.to_string()).unwrap();
+    assert!(
+        kubectl(&["apply", "-f", path.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "--all",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BareApi {
+        _procs: procs,
+        kubeconfig,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_flux_kind_leaves_the_rest_working() {
+    let env = env();
+    let bare = bare_api(env).await;
+    let kc = kube::config::Kubeconfig::read_from(&bare.kubeconfig).unwrap();
+    let client = Client::try_from(
+        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    install_crds(&client).await;
+    let ns = namespace(&client, "partial").await;
+    // An odd object beside them: an interval both Flux's CRD pattern and fluxmedic's accept,
+    // beyond Go's int64 nanoseconds. (On the shared control plane it would stop
+    // kustomize-controller from listing any Kustomization: `time: invalid duration`.)
+    apply(
+        &client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "forever", "namespace": ns},
+        "spec": {"interval": "99999999999999999999h", "path": "./", "prune": false,
+                 "sourceRef": {"kind": "GitRepository", "name": "nowhere"}}}),
+    )
+    .await;
+    let mut op = Operator::launch(
+        env,
+        &ns,
+        &[&ns],
+        &[],
+        &[],
+        bare.kubeconfig.to_str().unwrap(),
+    );
+    let ready = wait_for("/readyz", MIN, || async {
+        match op.get("/readyz").await {
+            Some(b) if b.starts_with("ok") => Ok(b),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(ready.contains("not watched: HelmRelease"), "{ready}");
+    assert!(ready.contains("OCIRepository only as v1beta1"), "{ready}");
+    op.wait_metric("fluxmedic_flux_api_missing{kind=\"HelmRelease\"}", 1.0)
+        .await;
+    // The kinds that are served work: a failing GitRepository (no source-controller here:
+    // the status is written as source-controller would) is recorded.
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "repo", "namespace": ns},
+        "spec": {"url": "http://127.0.0.1:1/x.git", "interval": "1h", "ref": {"branch": "main"}}}),
+    )
+    .await;
+    flux_api(&client, &ns, "GitRepository")
+        .patch_status("repo", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "GitOperationFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
+             "message": "failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/x.git': dial tcp 127.0.0.1:1: connect: connection refused"}]}})))
+        .await
+        .unwrap();
+    let r = wait_remediation(&client, &ns, "GitRepository/repo", "recorded", MIN, |r| {
+        r["status"]["diagnosis"].is_object()
+    })
+    .await;
+    assert_eq!(r["spec"]["case"], "git-unreachable");
+    assert!(
+        op.alive(),
+        "the odd Kustomization is skipped as unreadable, never a crash"
+    );
+    assert!(
+        op.logs().contains("cannot read Flux object"),
+        "and it is reported"
+    );
+    // `diagnose` on the odd object: exit 2 with the field named, not a panic (101).
+    let dump = get(&client, &ns, "Kustomization", "forever").await.unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args(["diagnose", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(dump.to_string().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("spec.interval"));
+}
+
+// ------------------------------------------------------------------ 7. helm off the pass
+
+const SLOW_HOOK: &str = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: web-pre-rollback\n  annotations:\n    helm.sh/hook: pre-rollback\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: wait\n        image: registry.invalid/wait:1\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_rollback_blocks_nothing_and_shutdown_leaves_no_lock() {
+    let (env, client, ns) = setup("slowhelm").await;
+    let other = namespace(&client, "slowhelm-other").await;
+    // A chart whose rollback runs a hook that never completes (no Job ever runs here), and a
+    // 10-minute release timeout: helm rollback waits for the hook until then.
+    let charts = ChartRepo::new(env, &ns);
+    charts.publish(
+        env,
+        "web",
+        "0.1.0",
+        &[("cm.yaml", CM_TEMPLATE), ("hook.yaml", SLOW_HOOK)],
+        "suffix: one\n",
+    );
+    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "charts", "namespace": ns}, "spec": {"url": charts.url, "interval": "1h"}})).await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "10m",
+    )
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Not_Valid"}),
+        "10m",
+    )
+    .await;
+    wait_stalled(&client, &ns, "web").await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Rollback"]}])),
+        ),
+    )
+    .await;
+    let mut op = Operator::launch(env, &ns, &[&ns, &other], &[], &[], env.kubeconfig());
+    wait_for(
+        "helm rollback running (pending-rollback written)",
+        Duration::from_secs(90),
+        || async {
+            match release_status(&client, &ns, "sh.helm.release.v1.web.v3")
+                .await
+                .as_deref()
+            {
+                Some("pending-rollback") => Ok(()),
+                s => Err(format!("{s:?}")),
+            }
+        },
+    )
+    .await;
+    // Meanwhile, another namespace's stale lock is handled at once.
+    suspended_release_with_pending(env, &client, &other, false).await;
+    apply(
+        &client,
+        policy(
+            &other,
+            "auto",
+            auto(json!([{"case": "stale-lock", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let t0 = Instant::now();
+    wait_remediation(
+        &client,
+        &other,
+        "HelmRelease/web",
+        "unlocked while helm runs",
+        Duration::from_secs(30),
+        |r| has_step(r, "unlock", "Succeeded"),
+    )
+    .await;
+    eprintln!(
+        "other namespace unlocked {:.1}s after its policy appeared, during the rollback",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        release_status(&client, &ns, "sh.helm.release.v1.web.v3")
+            .await
+            .as_deref(),
+        Some("pending-rollback"),
+        "still rolling back"
+    );
+
+    // SIGTERM mid-rollback: helm stopped, its lock cleared, the release resumed, recorded.
+    assert!(
+        op.terminate(Duration::from_secs(30)),
+        "stopped within the grace period"
+    );
+    assert_eq!(
+        release_status(&client, &ns, "sh.helm.release.v1.web.v3")
+            .await
+            .as_deref(),
+        Some("failed"),
+        "no pending-rollback lock of fluxmedic's making"
+    );
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_ne!(hr["spec"]["suspend"], true, "not left suspended");
+    assert!(
+        hr["metadata"]["annotations"]
+            .get("fluxmedic.io/suspended-by")
+            .is_none()
+    );
+    let rem = remediation_for(&client, &ns, "HelmRelease/web")
+        .await
+        .unwrap();
+    let last = rem["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "rollback");
+    assert_eq!(last["outcome"], "Failed", "{last}");
+    assert!(
+        last["message"].as_str().unwrap().contains("shutting down"),
+        "{last}"
+    );
+}
