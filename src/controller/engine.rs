@@ -225,61 +225,25 @@ async fn handle(
     w: Work,
     (failing, threshold): (usize, u32),
 ) -> Result<()> {
-    let now = snap.now;
-    let obj = snap.objects.get(&w.key).cloned();
-    let policy = obj
-        .as_deref()
-        .and_then(|o| policy::select(policies, o, &ctx.opts.namespace).0);
-    let view = w
-        .record
-        .as_ref()
-        .map(|r| r.view(now))
-        .unwrap_or_else(|| incident::new_incident_view(now));
-    let pctx = PlanContext {
-        snapshot: snap,
-        failing_targets: failing,
-        circuit_breaker: threshold,
-        shared_root: report.shared_roots.iter().any(|(k, _)| k == &w.key),
-        operator_namespace: &ctx.opts.namespace,
-    };
-    let decision = match (&w.diagnosis, obj.as_deref()) {
-        (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &pctx)),
-        _ => None,
-    };
-    let seen = match (&w.diagnosis, &decision, obj.as_deref()) {
-        (Some(d), Some(dec), _) => Seen::Failing {
-            diagnosis: d,
-            decision: dec,
-        },
-        (_, _, None) => Seen::Gone,
-        (_, _, Some(o)) if o.is_ready() => Seen::Ready,
-        _ => Seen::Pending,
-    };
-    let recheck = match (&w.record, &w.diagnosis, obj.as_deref()) {
-        (Some(r), None, Some(o)) => r.interrupted().and_then(|(a, _)| {
-            a.and_then(|a| policy::recheck(&a, r.case, o, policy, &view, &pctx))
-        }),
-        _ => None,
-    };
     let token = fresh_token();
-    let input = Input {
-        record: w.record.as_ref(),
-        target: obj.as_deref(),
-        seen,
-        source_revision: obj.as_deref().and_then(|o| source_revision(snap, o)),
-        secret: obj
-            .as_deref()
-            .and_then(|o| policy::observed_secret(snap, o)),
-        recheck,
-        escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
-        policy: policy.map(Policy::id),
-        now,
-        token: &token,
-    };
-    let effects = incident::next(&input);
+    let effects = decide(
+        &Scene {
+            snap,
+            report,
+            policies,
+            operator_namespace: &ctx.opts.namespace,
+            failing,
+            threshold,
+        },
+        &w.key,
+        w.diagnosis.as_ref(),
+        w.record.as_ref(),
+        &token,
+    );
     if effects.is_empty() {
         return Ok(());
     }
+    let obj = snap.objects.get(&w.key).cloned();
     let cur = w.record.as_ref().map(|r| Cur {
         name: r.name.clone(),
         case: r.case,
@@ -288,8 +252,76 @@ async fn handle(
         .as_deref()
         .and_then(|o| o.failing_since())
         .map(|t| t.as_second())
-        .unwrap_or(now);
+        .unwrap_or(snap.now);
     execute(ctx, snap, &w.key, obj, cur, since, effects).await
+}
+
+/// What every target of a pass is decided against.
+#[derive(Clone, Copy)]
+pub struct Scene<'a> {
+    pub snap: &'a Snapshot,
+    pub report: &'a Report,
+    pub policies: &'a [Policy],
+    pub operator_namespace: &'a str,
+    pub failing: usize,
+    pub threshold: u32,
+}
+
+/// The whole decision for one target, pure: its governing policy, today's plan, and what its
+/// incident's lifecycle makes of them. The engine performs the effects; the property tests
+/// drive this with arbitrary objects, policies and records.
+pub fn decide(
+    scene: &Scene<'_>,
+    key: &ObjectKey,
+    diagnosis: Option<&Diagnosis>,
+    record: Option<&Record>,
+    token: &str,
+) -> Vec<Effect> {
+    let snap = scene.snap;
+    let now = snap.now;
+    let obj = snap.objects.get(key).map(|o| &**o);
+    let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
+    let view = record
+        .map(|r| r.view(now))
+        .unwrap_or_else(|| incident::new_incident_view(now));
+    let pctx = PlanContext {
+        snapshot: snap,
+        failing_targets: scene.failing,
+        circuit_breaker: scene.threshold,
+        shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
+        operator_namespace: scene.operator_namespace,
+    };
+    let decision = match (diagnosis, obj) {
+        (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &pctx)),
+        _ => None,
+    };
+    let seen = match (diagnosis, &decision, obj) {
+        (Some(d), Some(dec), _) => Seen::Failing {
+            diagnosis: d,
+            decision: dec,
+        },
+        (_, _, None) => Seen::Gone,
+        (_, _, Some(o)) if o.is_ready() => Seen::Ready,
+        _ => Seen::Pending,
+    };
+    let recheck = match (record, diagnosis, obj) {
+        (Some(r), None, Some(o)) => r.interrupted().and_then(|(a, _)| {
+            a.and_then(|a| policy::recheck(&a, r.case, o, policy, &view, &pctx))
+        }),
+        _ => None,
+    };
+    incident::next(&Input {
+        record,
+        target: obj,
+        seen,
+        source_revision: obj.and_then(|o| source_revision(snap, o)),
+        secret: obj.and_then(|o| policy::observed_secret(snap, o)),
+        recheck,
+        escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
+        policy: policy.map(Policy::id),
+        now,
+        token,
+    })
 }
 
 /// The record the effects are about: the target's open one, or the one an Open created.

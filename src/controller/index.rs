@@ -116,6 +116,45 @@ fn scope_name(what: &str, scope: &Scope) -> String {
 
 type Key = (String, String);
 
+/// A Flux object as a watch delivers it (its JSON): stored normalised, or recorded as
+/// unreadable with the reason (reported, never acted upon). Pure: the property tests drive it.
+pub fn apply_flux(idx: &mut Index, kind: FluxKind, key: &Key, value: &serde_json::Value) {
+    let id = format!("{kind}/{}/{}", key.0, key.1);
+    match flux::from_value(value) {
+        Ok(obj) if obj.key.kind == kind => {
+            idx.unreadable.remove(&id);
+            idx.objects.insert(obj.key.clone(), Arc::new(obj));
+        }
+        Ok(obj) => {
+            idx.unreadable.insert(
+                id,
+                format!("delivered by the {kind} watch as a {}", obj.key.kind),
+            );
+        }
+        Err(e) => {
+            warn!(object = %id, error = %e, "cannot read Flux object; ignoring it");
+            idx.objects
+                .remove(&ObjectKey::new(kind, key.0.clone(), key.1.clone()));
+            idx.unreadable.insert(id, e.to_string());
+        }
+    }
+}
+
+pub fn delete_flux(idx: &mut Index, kind: FluxKind, key: &Key) {
+    idx.objects
+        .remove(&ObjectKey::new(kind, key.0.clone(), key.1.clone()));
+}
+
+/// A Secret's metadata as the watch delivers it: Helm release storage (labels) and its
+/// resourceVersion. Never its data.
+pub fn apply_secret(idx: &mut Index, key: &Key, labels: &BTreeMap<String, String>, rv: String) {
+    match StoredRelease::from_metadata(&key.1, &key.0, labels) {
+        Some(r) => idx.releases.insert(key.clone(), r),
+        None => idx.releases.remove(key),
+    };
+    idx.secret_versions.insert(key.clone(), rv);
+}
+
 /// Drive one watch into the index: errors are logged and retried with backoff (by the
 /// stream), a re-list drops what was not seen again in this watch's scope, every event wakes
 /// the engine. The three closures say what an object means for the index.
@@ -182,26 +221,11 @@ pub async fn watch_flux(
         None => Api::all_with(client, &resource),
     };
     let stream = watcher(api, watcher_config()).default_backoff();
-    let apply = |idx: &mut Index, o: DynamicObject, key: &Key| {
-        let id = format!("{kind}/{}/{}", key.0, key.1);
-        match serde_json::to_value(&o)
-            .map_err(|e| e.to_string())
-            .and_then(|v| flux::from_value(&v).map_err(|e| e.to_string()))
-        {
-            Ok(obj) => {
-                idx.unreadable.remove(&id);
-                idx.objects.insert(obj.key.clone(), Arc::new(obj));
-            }
-            Err(e) => {
-                warn!(object = %id, error = %e, "cannot read Flux object; ignoring it");
-                idx.unreadable.insert(id, e);
-            }
-        }
+    let apply = |idx: &mut Index, o: DynamicObject, key: &Key| match serde_json::to_value(&o) {
+        Ok(v) => apply_flux(idx, kind, key, &v),
+        Err(e) => warn!(error = %e, "cannot serialise a watched object"),
     };
-    let delete = |idx: &mut Index, key: &Key| {
-        idx.objects
-            .remove(&ObjectKey::new(kind, key.0.clone(), key.1.clone()));
-    };
+    let delete = |idx: &mut Index, key: &Key| delete_flux(idx, kind, key);
     let sc = scope.clone();
     let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
         idx.objects.retain(|k, _| {
@@ -228,12 +252,12 @@ pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, not
     let api: Api<PartialObjectMeta<Secret>> = api_for(client, &scope);
     let stream = watcher(api, watcher_config()).default_backoff();
     let apply = |idx: &mut Index, m: PartialObjectMeta<Secret>, key: &Key| {
-        match StoredRelease::from_metadata(&key.1, &key.0, m.labels()) {
-            Some(r) => idx.releases.insert(key.clone(), r),
-            None => idx.releases.remove(key),
-        };
-        idx.secret_versions
-            .insert(key.clone(), m.resource_version().unwrap_or_default());
+        apply_secret(
+            idx,
+            key,
+            m.labels(),
+            m.resource_version().unwrap_or_default(),
+        )
     };
     let delete = |idx: &mut Index, key: &Key| {
         idx.releases.remove(key);

@@ -579,13 +579,16 @@ pub async fn remediation_for(client: &Client, ns: &str, target_name: &str) -> Op
         .into_iter()
         .filter(|r| r["spec"]["targetName"] == target_name)
         .collect();
+    // Newest first; records created in the same second (a case change closes one and opens
+    // the next) tie on creationTimestamp, and the open one is the newer.
     all.sort_by_key(|r| {
-        std::cmp::Reverse(
+        std::cmp::Reverse((
             r["metadata"]["creationTimestamp"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-        )
+            r["status"]["closedAt"].is_null(),
+        ))
     });
     all.into_iter().next()
 }
