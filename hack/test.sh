@@ -24,6 +24,10 @@ log "building the test control plane (cached under ${XDG_CACHE_HOME:-$HOME/.cach
 bash hack/testenv/build.sh >/dev/null
 log "building fluxmedic and its tests"
 cargo build --locked --all-targets
+# A bounded coverage-guided fuzzing run of every untrusted input (nightly + cargo-fuzz,
+# installed if missing; build cached outside the checkout). Before the control plane starts,
+# so it never competes with the end-to-end tests for the two cores.
+bash hack/fuzz.sh "${FLUXMEDIC_FUZZ_SECONDS:-15}"
 
 export FLUXMEDIC_TESTENV_DIR=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv-ci}
 export FLUXMEDIC_TESTENV_PORT_BASE=${FLUXMEDIC_TESTENV_PORT_BASE:-19400}
