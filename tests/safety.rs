@@ -1186,3 +1186,71 @@ async fn a_slow_rollback_blocks_nothing_and_shutdown_leaves_no_lock() {
         "{last}"
     );
 }
+
+// ------------------------------------------------------------------ 2. rights
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_of_an_impersonating_release_runs_as_its_service_account() {
+    let (env, client, ns) = setup("impersonate").await;
+    // The ServiceAccount helm-controller acts as (spec.serviceAccountName), with rights in
+    // this namespace only. fluxmedic runs as an audited admin identity.
+    for obj in [
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "deployer", "namespace": ns}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deployer", "namespace": ns},
+               "rules": [{"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["*"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer", "namespace": ns},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deployer"},
+               "subjects": [{"kind": "ServiceAccount", "name": "deployer", "namespace": ns}]}),
+    ] {
+        apply(&client, obj).await;
+    }
+    chart_repo(env, &client, &ns).await;
+    let release = |suffix: &str| {
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"interval": "1h", "timeout": "30s", "serviceAccountName": "deployer", "values": {"suffix": suffix},
+                 "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})
+    };
+    apply(&client, release("one")).await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    apply(&client, release("Not_Valid")).await;
+    wait_stalled(&client, &ns, "web").await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Rollback"]}])),
+        ),
+    )
+    .await;
+    let from = jiff::Timestamp::now();
+    let kc = token_kubeconfig(
+        env,
+        &format!("{ns}-bench"),
+        env.var("FLUXMEDIC_BENCH_TOKEN"),
+    );
+    let _op = Operator::launch(env, &ns, &[&ns], &[], &[], kc.to_str().unwrap());
+    wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "rolled back",
+        Duration::from_secs(90),
+        |r| has_step(r, "rollback", "Succeeded"),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every write helm made to the release's objects and storage went in as the
+    // ServiceAccount; none with fluxmedic's own identity (its seal key aside).
+    let sa = format!("system:serviceaccount:{ns}:deployer");
+    let writes: Vec<Value> = ["configmaps", "secrets"]
+        .iter()
+        .flat_map(|r| audited_writes(env, &ns, r, from, jiff::Timestamp::now()))
+        .filter(|w| w["objectRef"]["name"] != "fluxmedic-seal-key")
+        .collect();
+    assert!(!writes.is_empty(), "helm wrote the release");
+    for w in &writes {
+        assert_eq!(w["impersonatedUser"]["username"], sa.as_str(), "{w}");
+    }
+}
