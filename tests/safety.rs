@@ -1254,3 +1254,26 @@ async fn a_rollback_of_an_impersonating_release_runs_as_its_service_account() {
         assert_eq!(w["impersonatedUser"]["username"], sa.as_str(), "{w}");
     }
 }
+
+// ------------------------------------------------------------------ 3. no silent death
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dying_component_ends_the_process_with_a_failure_code() {
+    let (env, _client, ns) = setup("die").await;
+    // One watch task panics on its first event (fault injection); the process must not go on
+    // half-blind, nor exit 0, so Kubernetes restarts it.
+    let point = format!("watch:Kustomization@{ns}");
+    let mut op = Operator::start_with(env, &ns, &[], &[("FLUXMEDIC_CRASH_AT", point.as_str())]);
+    assert!(op.wait_exit(Duration::from_secs(30)), "the process ended");
+    let code = op.exit_code();
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exit code {code:?}: {}",
+        op.logs()
+    );
+    assert!(
+        op.logs().contains("a component of the operator stopped"),
+        "{}",
+        op.logs()
+    );
+}

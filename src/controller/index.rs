@@ -181,6 +181,10 @@ async fn drive<K, S>(
                 continue;
             }
         };
+        // Fault injection for the tests (unset in production): a watch task that dies.
+        if std::env::var("FLUXMEDIC_CRASH_AT").is_ok_and(|p| p == format!("watch:{name}")) {
+            panic!("FLUXMEDIC_CRASH_AT=watch:{name}");
+        }
         let mut idx = index.write().await;
         match ev {
             watcher::Event::Init => seen = Some(BTreeSet::new()),
