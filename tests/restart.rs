@@ -60,8 +60,42 @@ async fn the_operator_survives_an_apiserver_restart() {
     op.wait_metric("fluxmedic_errors_total{category=\"ApiUnreachable\"}", 1.0)
         .await;
 
-    // The incident opened before the crash is still followed and closes when the fix lands.
+    // Flux's controllers reconnect by themselves, with client-go's relist backoff (up to 30 s,
+    // jittered to twice that) and a requeue of everything they know. That is Flux's recovery,
+    // not fluxmedic's: wait until source-controller handles a request again, then give
+    // fluxmedic its usual deadline.
     let client = env.client().await;
+    let started = std::time::Instant::now();
+    let token = jiff::Timestamp::now().to_string();
+    wait_for(
+        "source-controller handling requests again",
+        std::time::Duration::from_secs(180),
+        || async {
+            merge_patch(
+                &client,
+                &ns,
+                "GitRepository",
+                "repo",
+                json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}}),
+            )
+            .await;
+            let repo = get(&client, &ns, "GitRepository", "repo").await;
+            match repo
+                .as_ref()
+                .map(|r| &r["status"]["lastHandledReconcileAt"])
+            {
+                Some(t) if t == token.as_str() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "source-controller handled a request {:.1}s after the restart",
+        started.elapsed().as_secs_f64()
+    );
+
+    // The incident opened before the crash is still followed and closes when the fix lands.
     repo.commit(&[("app/cm.yaml", Some(&good))], "fixed");
     let closed = wait_remediation(&client, &ns, "Kustomization/app", "closed", MIN, |r| {
         phase(r) == "Succeeded"

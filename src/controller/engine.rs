@@ -210,7 +210,7 @@ fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
         Err(Error::NotLeader(_)) => {}
         Err(e) => {
             ctx.metrics.error(e.category());
-            let delay = ctx.backoff_fail(key, now);
+            let delay = ctx.backoff_fail(key, now, e.category());
             warn!(target = %key, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
         }
     }

@@ -92,6 +92,23 @@ fn watcher_config() -> watcher::Config {
     watcher::Config::default().page_size(500)
 }
 
+/// How a watch retries after an error: 0.5 s doubling to 5 s, jittered, reset after two quiet
+/// minutes. kube's default (client-go's: up to 30 s) can keep a watch away for half a minute
+/// after the API server is back; a failed watch attempt costs one request, so retrying every
+/// few seconds is cheap.
+pub fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(500))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_factor(2.0)
+        .without_max_times()
+        .with_jitter();
+    kube::runtime::utils::ResetTimerBackoff::new(
+        builder.into(),
+        std::time::Duration::from_secs(120),
+    )
+}
+
 /// A watch scope: the whole cluster (`None`) or one namespace (the namespace mode of the
 /// chart grants only Roles, where a cluster-wide list would be forbidden).
 pub type Scope = Option<String>;
@@ -224,7 +241,7 @@ pub async fn watch_flux(
         Some(ns) => Api::namespaced_with(client, ns, &resource),
         None => Api::all_with(client, &resource),
     };
-    let stream = watcher(api, watcher_config()).default_backoff();
+    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
     let apply = |idx: &mut Index, o: DynamicObject, key: &Key| match serde_json::to_value(&o) {
         Ok(v) => apply_flux(idx, kind, key, &v),
         Err(e) => warn!(error = %e, "cannot serialise a watched object"),
@@ -254,7 +271,7 @@ pub async fn watch_flux(
 /// source's credentials change). Secret data is never fetched here.
 pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, notify: Arc<Notify>) {
     let api: Api<PartialObjectMeta<Secret>> = api_for(client, &scope);
-    let stream = watcher(api, watcher_config()).default_backoff();
+    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
     let apply = |idx: &mut Index, m: PartialObjectMeta<Secret>, key: &Key| {
         apply_secret(
             idx,
@@ -306,7 +323,7 @@ pub async fn watch_own<K>(
         + 'static,
 {
     let api: Api<K> = api_for(client, &scope);
-    let stream = watcher(api, watcher_config()).default_backoff();
+    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
     let sc = scope.clone();
     let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
         field(idx).retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));

@@ -60,7 +60,11 @@ pub async fn elect(
     let leases: Api<Lease> = Api::namespaced(client, namespace);
     let run = async move {
         let cfg = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
-        let mut stream = std::pin::pin!(watcher(leases, cfg).default_backoff().applied_objects());
+        let mut stream = std::pin::pin!(
+            watcher(leases, cfg)
+                .backoff(super::index::watch_backoff())
+                .applied_objects()
+        );
         let mut seen = Seen {
             holder: None,
             renew: None,

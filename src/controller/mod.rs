@@ -103,16 +103,51 @@ impl Context {
         }
     }
 
-    /// Exponential per-target backoff after an error: 1s, 2s, 4s … 5m. Returns the delay.
-    fn backoff_fail(&self, key: &crate::flux::ObjectKey, now: i64) -> i64 {
+    /// Per-target backoff after an error of `category` ([`retry_delay`]). Returns the delay.
+    fn backoff_fail(&self, key: &crate::flux::ObjectKey, now: i64, category: &str) -> i64 {
         let Ok(mut b) = self.backoff.try_lock() else {
             return 0;
         };
         let e = b.entry(key.clone()).or_insert((0, now));
         e.0 = (e.0 + 1).min(16);
-        let delay = (1i64 << (e.0 - 1)).min(300);
+        let delay = retry_delay(e.0, category);
         e.1 = now + delay;
         delay
+    }
+}
+
+/// Seconds before a target is tried again after its `failures`-th error in a row: 1, 2, 4 …
+/// up to 5 minutes; but at most 5 s when the API server itself was unreachable or unavailable
+/// (the target is not at fault, and the watches tell when the API is back: retrying every few
+/// seconds costs nothing, waiting minutes after a restart delays every incident).
+pub fn retry_delay(failures: u32, category: &str) -> i64 {
+    let exp = 1i64 << failures.clamp(1, 16).saturating_sub(1);
+    let cap = match category {
+        "ApiUnreachable" | "ApiUnavailable" | "Timeout" => 5,
+        _ => 300,
+    };
+    exp.min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreachable_api_server_does_not_push_targets_minutes_away() {
+        use super::retry_delay;
+        assert_eq!(
+            (1..=6)
+                .map(|n| retry_delay(n, "Conflict"))
+                .collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16, 32]
+        );
+        assert_eq!(retry_delay(16, "Forbidden"), 300);
+        assert_eq!(
+            (1..=6)
+                .map(|n| retry_delay(n, "ApiUnreachable"))
+                .collect::<Vec<_>>(),
+            vec![1, 2, 4, 5, 5, 5]
+        );
+        assert_eq!(retry_delay(0, "Timeout"), 1);
     }
 }
 

@@ -52,8 +52,64 @@ pub fn env() -> &'static Env {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Env { vars }
+        let env = Env { vars };
+        clear_leftovers(&env);
+        env
     })
+}
+
+/// Label on every test namespace: the pid of the test process that made it.
+const OWNER_LABEL: &str = "fluxmedic.io/test-pid";
+
+/// Delete the namespaces of test processes that have ended (earlier test binaries of this run,
+/// or earlier runs) and wait until they are gone, so each test binary starts on a quiet control
+/// plane: Flux requeues every object it knows after a relist, and a leftover storm of failing
+/// objects would otherwise compete with this binary's tests. Set FLUXMEDIC_KEEP_NAMESPACES=1
+/// to keep them for a post-mortem.
+fn clear_leftovers(env: &Env) {
+    if std::env::var_os("FLUXMEDIC_KEEP_NAMESPACES").is_some() {
+        return;
+    }
+    let kubectl = |args: &[&str]| {
+        Command::new(Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("kubectl"))
+            .env("KUBECONFIG", env.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl")
+    };
+    let out = kubectl(&[
+        "get",
+        "namespaces",
+        "-l",
+        OWNER_LABEL,
+        "-o",
+        &format!(
+            "jsonpath={{range .items[*]}}{{.metadata.name}} {{.metadata.labels.fluxmedic\\.io/test-pid}}{{\"\\n\"}}{{end}}"
+        ),
+    ]);
+    let stale: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(_, pid)| !Path::new(&format!("/proc/{pid}")).exists())
+        .map(|(ns, _)| ns.to_string())
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    let mut args = vec!["delete", "namespace", "--wait=true", "--timeout=120s"];
+    args.extend(stale.iter().map(String::as_str));
+    let started = Instant::now();
+    let out = kubectl(&args);
+    eprintln!(
+        "cleared {} namespaces of ended test processes in {:.1}s{}",
+        stale.len(),
+        started.elapsed().as_secs_f64(),
+        if out.status.success() {
+            ""
+        } else {
+            " (some still terminating)"
+        }
+    );
 }
 
 impl Env {
@@ -105,7 +161,10 @@ pub async fn namespace(client: &Client, prefix: &str) -> String {
         std::process::id() as u64 * 1000 + (jiff::Timestamp::now().as_millisecond() as u64 % 1000)
     );
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    let ns = serde_json::from_value(json!({"metadata": {"name": n}})).unwrap();
+    let ns = serde_json::from_value(
+        json!({"metadata": {"name": n, "labels": {OWNER_LABEL: std::process::id().to_string()}}}),
+    )
+    .unwrap();
     api.create(&PostParams::default(), &ns)
         .await
         .expect("create namespace");
