@@ -129,28 +129,6 @@ pub fn retry_delay(failures: u32, category: &str) -> i64 {
     exp.min(cap)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn an_unreachable_api_server_does_not_push_targets_minutes_away() {
-        use super::retry_delay;
-        assert_eq!(
-            (1..=6)
-                .map(|n| retry_delay(n, "Conflict"))
-                .collect::<Vec<_>>(),
-            vec![1, 2, 4, 8, 16, 32]
-        );
-        assert_eq!(retry_delay(16, "Forbidden"), 300);
-        assert_eq!(
-            (1..=6)
-                .map(|n| retry_delay(n, "ApiUnreachable"))
-                .collect::<Vec<_>>(),
-            vec![1, 2, 4, 5, 5, 5]
-        );
-        assert_eq!(retry_delay(0, "Timeout"), 1);
-    }
-}
-
 async fn metrics_handler(State(ctx): State<Arc<Context>>) -> impl IntoResponse {
     (
         [(
@@ -461,4 +439,26 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.ok();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreachable_api_server_does_not_push_targets_minutes_away() {
+        use super::retry_delay;
+        assert_eq!(
+            (1..=6)
+                .map(|n| retry_delay(n, "Conflict"))
+                .collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16, 32]
+        );
+        assert_eq!(retry_delay(16, "Forbidden"), 300);
+        assert_eq!(
+            (1..=6)
+                .map(|n| retry_delay(n, "ApiUnreachable"))
+                .collect::<Vec<_>>(),
+            vec![1, 2, 4, 5, 5, 5]
+        );
+        assert_eq!(retry_delay(0, "Timeout"), 1);
+    }
 }
