@@ -83,9 +83,7 @@ fn clear_leftovers(env: &Env) {
         "-l",
         OWNER_LABEL,
         "-o",
-        &format!(
-            "jsonpath={{range .items[*]}}{{.metadata.name}} {{.metadata.labels.fluxmedic\\.io/test-pid}}{{\"\\n\"}}{{end}}"
-        ),
+        r#"jsonpath={range .items[*]}{.metadata.name} {.metadata.labels.fluxmedic\.io/test-pid}{"\n"}{end}"#,
     ]);
     let stale: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
