@@ -94,19 +94,30 @@ fn clear_leftovers(env: &Env) {
     if stale.is_empty() {
         return;
     }
-    let mut args = vec!["delete", "namespace", "--wait=true", "--timeout=120s"];
-    args.extend(stale.iter().map(String::as_str));
+    // What loads Flux is its objects: delete those and wait until they are finalized; the
+    // namespaces themselves go in the background (the namespace controller takes its time).
     let started = Instant::now();
-    let out = kubectl(&args);
+    let mut ok = true;
+    for ns in &stale {
+        let out = kubectl(&[
+            "delete",
+            "-n",
+            ns,
+            "kustomizations,helmreleases,gitrepositories,helmrepositories,helmcharts,ocirepositories",
+            "--all",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        ok &= out.status.success();
+    }
+    let mut args = vec!["delete", "namespace", "--wait=false"];
+    args.extend(stale.iter().map(String::as_str));
+    ok &= kubectl(&args).status.success();
     eprintln!(
         "cleared {} namespaces of ended test processes in {:.1}s{}",
         stale.len(),
         started.elapsed().as_secs_f64(),
-        if out.status.success() {
-            ""
-        } else {
-            " (some still terminating)"
-        }
+        if ok { "" } else { " (not all of it)" }
     );
 }
 
