@@ -512,18 +512,68 @@ pub struct RemediationStatus {
     pub seal: Option<String>,
 }
 
+/// Both CRDs, as fluxmedic installs them: generated from the types, with every schema
+/// `format` the API server does not know replaced by one it does (schemars writes `uint32`
+/// for a `u32`; the API server warns `unrecognized format "uint32"` on every apply).
+pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    use kube::CustomResourceExt;
+    [RemediationPolicy::crd(), Remediation::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut v = serde_json::to_value(&crd).expect("a CRD serialises");
+            known_formats(&mut v);
+            serde_json::from_value(v).expect("a CRD with known formats deserialises")
+        })
+        .collect()
+}
+
+/// Unsigned integer formats become the signed ones Kubernetes knows, with `minimum: 0`.
+fn known_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let replacement = match m.get("format").and_then(|f| f.as_str()) {
+                Some("uint8" | "uint16" | "uint32") => Some("int32"),
+                Some("uint" | "uint64") => Some("int64"),
+                _ => None,
+            };
+            if let Some(f) = replacement {
+                m.insert("format".into(), serde_json::json!(f));
+                m.entry("minimum").or_insert(serde_json::json!(0));
+            }
+            m.values_mut().for_each(known_formats);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(known_formats),
+        _ => {}
+    }
+}
+
 /// Both CRDs as YAML documents, in a stable order: what `fluxmedic crds` prints and
 /// what `crds/` holds.
 pub fn crd_documents() -> Vec<(&'static str, String)> {
-    use kube::CustomResourceExt;
-    vec![
-        (
-            "remediationpolicies.fluxmedic.io.yaml",
-            serde_yaml_ng::to_string(&RemediationPolicy::crd()).expect("CRD serialises"),
-        ),
-        (
-            "remediations.fluxmedic.io.yaml",
-            serde_yaml_ng::to_string(&Remediation::crd()).expect("CRD serialises"),
-        ),
-    ]
+    let names = [
+        "remediationpolicies.fluxmedic.io.yaml",
+        "remediations.fluxmedic.io.yaml",
+    ];
+    names
+        .into_iter()
+        .zip(crds())
+        .map(|(n, crd)| (n, serde_yaml_ng::to_string(&crd).expect("CRD serialises")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_schemas_use_only_formats_kubernetes_knows() {
+        let known = ["int32", "int64", "float", "double", "byte", "date", "date-time", "password"];
+        for crd in super::crds() {
+            let text = serde_json::to_string(&crd).unwrap();
+            for part in text.split("\"format\":\"").skip(1) {
+                let format = part.split('"').next().unwrap();
+                assert!(known.contains(&format), "unknown format {format}");
+            }
+            assert!(!text.contains("uint"), "no unsigned format left");
+        }
+    }
 }

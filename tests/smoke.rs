@@ -103,3 +103,30 @@ async fn flux_reconciles_git_and_helm_for_real() {
     assert!(msg.starts_with("kustomize build failed:"), "{msg}");
     assert!(msg.contains("missing.yaml"), "{msg}");
 }
+
+/// The generated CRDs (and the chart's copy) apply to the API server without a single warning
+/// (an unknown schema `format`, a deprecated field ...).
+#[test]
+fn the_crds_apply_without_a_warning() {
+    let env = support::env();
+    for dir in ["crds", "charts/fluxmedic/crds"] {
+        let out = std::process::Command::new(
+            std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("kubectl"),
+        )
+        .env("KUBECONFIG", env.kubeconfig())
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=warning-check",
+            "--dry-run=server",
+            "-f",
+        ])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(!stderr.contains("Warning"), "{dir}: {stderr}");
+    }
+}

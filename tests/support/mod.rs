@@ -706,10 +706,7 @@ pub async fn install_crds(client: &Client) {
     use kube::CustomResourceExt;
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
-    for crd in [
-        fluxmedic::api::RemediationPolicy::crd(),
-        fluxmedic::api::Remediation::crd(),
-    ] {
+    for crd in fluxmedic::api::crds() {
         let name = crd.metadata.name.clone().unwrap();
         api.patch(
             &name,
