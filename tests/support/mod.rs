@@ -703,7 +703,6 @@ pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
 
 /// Install fluxmedic's CRDs (idempotent).
 pub async fn install_crds(client: &Client) {
-    use kube::CustomResourceExt;
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     for crd in fluxmedic::api::crds() {
