@@ -515,7 +515,8 @@ pub struct RemediationStatus {
 /// Both CRDs, as fluxmedic installs them: generated from the types, with every schema
 /// `format` the API server does not know replaced by one it does (schemars writes `uint32`
 /// for a `u32`; the API server warns `unrecognized format "uint32"` on every apply).
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     [RemediationPolicy::crd(), Remediation::crd()]
@@ -566,7 +567,16 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
 mod tests {
     #[test]
     fn generated_schemas_use_only_formats_kubernetes_knows() {
-        let known = ["int32", "int64", "float", "double", "byte", "date", "date-time", "password"];
+        let known = [
+            "int32",
+            "int64",
+            "float",
+            "double",
+            "byte",
+            "date",
+            "date-time",
+            "password",
+        ];
         for crd in super::crds() {
             let text = serde_json::to_string(&crd).unwrap();
             for part in text.split("\"format\":\"").skip(1) {

@@ -736,3 +736,207 @@ async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
     assert!(!logs.to_lowercase().contains("forbidden"), "{logs}");
     let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
 }
+
+/// The series the operator really exports for `metrics` (rendered by its own telemetry code):
+/// every sample line's `name{labels}`, keyed by metric name.
+fn exported_series(
+    metrics: &fluxmedic::telemetry::Metrics,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in metrics.render().lines().filter(|l| !l.starts_with('#')) {
+        let series = line
+            .rsplit_once(' ')
+            .map(|(s, _)| s)
+            .unwrap_or(line)
+            .to_string();
+        let name = series.split('{').next().unwrap().to_string();
+        out.entry(name).or_default().push(series);
+    }
+    out
+}
+
+/// Series and their values over time, as promtool's input_series.
+type Series<'a> = Vec<(String, &'a str)>;
+/// An alert, the series that make it fire, the same series at rest, when to evaluate, and
+/// the labels it fires with.
+type AlertCase<'a> = (&'a str, Series<'a>, Series<'a>, &'a str, Value);
+
+/// Every alert of the chart's PrometheusRule, unit-tested with promtool: it fires on the
+/// series the operator exports (names and labels rendered by its own metrics code, so a
+/// renamed metric or label breaks this test) and stays quiet on the same series at rest.
+#[test]
+fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise() {
+    let env = env();
+    let (ok, rendered) = helm(
+        env,
+        &[
+            "template",
+            "fm",
+            CHART,
+            "-n",
+            "flux-system",
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--show-only",
+            "templates/monitoring.yaml",
+        ],
+    );
+    assert!(ok, "{rendered}");
+    let rule: Value = serde_yaml_ng::from_str(&rendered).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        serde_yaml_ng::to_string(&json!({"groups": rule["spec"]["groups"]})).unwrap(),
+    )
+    .unwrap();
+    let alerts: Vec<String> = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap().to_string())
+        .collect();
+
+    // One sample of every family the alerts use, as the operator renders it.
+    let m = fluxmedic::telemetry::Metrics::default();
+    m.escalations
+        .get_or_create(&fluxmedic::telemetry::CaseLabels {
+            case: "git-auth".into(),
+        })
+        .inc();
+    m.action("retry", "failed");
+    m.records_edited.inc();
+    m.flux_api_missing
+        .get_or_create(&fluxmedic::telemetry::KindLabels {
+            kind: "HelmRelease".into(),
+        })
+        .set(1);
+    m.circuit_breaker_open.set(1);
+    m.leader.set(1);
+    let series = exported_series(&m);
+    let one = |name: &str| -> String {
+        series
+            .get(name)
+            .and_then(|s| s.first())
+            .cloned()
+            .unwrap_or_else(|| panic!("the operator exports no {name}: {series:?}"))
+    };
+    let escalations = one("fluxmedic_escalations_total");
+    let failed = one("fluxmedic_actions_total");
+    let edited = one("fluxmedic_records_edited_total");
+    let missing = one("fluxmedic_flux_api_missing");
+    let breaker = one("fluxmedic_circuit_breaker_open");
+    let leader = one("fluxmedic_leader");
+
+    // (alert, series that make it fire, the same series at rest, eval time, firing labels)
+    let cases: Vec<AlertCase> = vec![
+        (
+            "FluxmedicIncidentEscalated",
+            vec![(escalations.clone(), "0 0 1 1 1")],
+            vec![(escalations, "1x20")],
+            "5m",
+            json!({"case": "git-auth", "severity": "warning"}),
+        ),
+        (
+            "FluxmedicRemediationFailing",
+            vec![(failed.clone(), "0+1x10")],
+            vec![(failed, "0 0 1 1 1 1 1 1 1 1")],
+            "10m",
+            json!({"action": "retry", "outcome": "failed", "severity": "warning"}),
+        ),
+        (
+            "FluxmedicCircuitBreakerOpen",
+            vec![(breaker.clone(), "1x20")],
+            vec![(breaker, "0x20")],
+            "10m",
+            json!({"severity": "critical"}),
+        ),
+        (
+            "FluxmedicRecordEdited",
+            vec![(edited.clone(), "0 0 1 1 1")],
+            vec![(edited, "3x20")],
+            "5m",
+            json!({"severity": "warning"}),
+        ),
+        (
+            "FluxmedicFluxApiMissing",
+            vec![(missing.clone(), "1x30")],
+            vec![(missing, "0x30")],
+            "20m",
+            json!({"kind": "HelmRelease", "severity": "info"}),
+        ),
+        (
+            "FluxmedicNoLeader",
+            vec![(leader.clone(), "0x20")],
+            vec![(leader, "1x20")],
+            "10m",
+            json!({"severity": "critical"}),
+        ),
+    ];
+    let tested: std::collections::BTreeSet<&str> = cases.iter().map(|c| c.0).collect();
+    for a in &alerts {
+        assert!(
+            tested.contains(a.as_str()),
+            "alert {a} has no promtool test"
+        );
+    }
+    // The annotations each alert renders for its labels (promtool compares them too).
+    let annotations = |alert: &str, labels: &Value| -> Value {
+        let rule = rule["spec"]["groups"][0]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["alert"] == alert)
+            .unwrap();
+        let mut out = serde_json::Map::new();
+        for (k, v) in rule["annotations"].as_object().unwrap() {
+            let mut text = v.as_str().unwrap().to_string();
+            for (name, value) in labels.as_object().unwrap() {
+                text = text.replace(
+                    &format!("{{{{ $labels.{name} }}}}"),
+                    value.as_str().unwrap(),
+                );
+            }
+            out.insert(k.clone(), json!(text));
+        }
+        Value::Object(out)
+    };
+    let mut tests = vec![];
+    for (alert, firing, quiet, at, labels) in &cases {
+        let input = |s: &Vec<(String, &str)>| -> Vec<Value> {
+            s.iter()
+                .map(|(series, values)| json!({"series": series, "values": values}))
+                .collect()
+        };
+        tests.push(json!({"interval": "1m", "input_series": input(firing),
+            "alert_rule_test": [{"eval_time": at, "alertname": alert,
+                "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations(alert, labels)}]}]}));
+        tests.push(json!({"interval": "1m", "input_series": input(quiet),
+            "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": []}]}));
+    }
+    let test_file = dir.path().join("alerts.test.yaml");
+    std::fs::write(
+        &test_file,
+        serde_yaml_ng::to_string(&json!({"rule_files": [rules], "tests": tests})).unwrap(),
+    )
+    .unwrap();
+    let promtool = std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("promtool");
+    for args in [vec!["check", "rules"], vec!["test", "rules"]] {
+        let file = if args[0] == "check" {
+            &rules
+        } else {
+            &test_file
+        };
+        let out = Command::new(&promtool)
+            .args(&args)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

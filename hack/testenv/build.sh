@@ -63,12 +63,27 @@ build_helm() {
   GOBIN=$bin go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 }
 
+# Tools beside the control plane: built into a cache of their own, keyed by their version,
+# and copied into the bin directory.
+# shellcheck source=tools.env
+source "$here/tools.env"
+tools=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}/tools
+build_promtool() {
+  local d=$tools/promtool-$PROMETHEUS_VERSION-$(go env GOVERSION)
+  if [ ! -x "$d/promtool" ]; then
+    mkdir -p "$d"
+    GOBIN=$d go install -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+  fi
+  cp "$d/promtool" "$bin/promtool"
+}
+
 have etcd || timed "etcd $ETCD_VERSION" build_etcd
 { have kube-apiserver && have kube-controller-manager && have kubectl; } || timed "kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION" build_kube kube-apiserver kube-controller-manager kubectl
 have source-controller || timed "source-controller $SOURCE_CONTROLLER_VERSION" build_flux_controller source-controller "$SOURCE_CONTROLLER_VERSION"
 have kustomize-controller || timed "kustomize-controller $KUSTOMIZE_CONTROLLER_VERSION" build_flux_controller kustomize-controller "$KUSTOMIZE_CONTROLLER_VERSION"
 have helm-controller || timed "helm-controller $HELM_CONTROLLER_VERSION" build_flux_controller helm-controller "$HELM_CONTROLLER_VERSION"
 have helm || timed "helm $HELM_VERSION" build_helm
+have promtool || timed "promtool (Prometheus $PROMETHEUS_VERSION)" build_promtool
 rm -rf "$root/src"
 log "all components in $bin"
 echo "$bin"

@@ -271,7 +271,7 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
             evidence,
         ));
     }
-    if !obj.is_failing() {
+    if !obj.is_failing() || waiting_on_a_working_source(snap, obj) {
         return None;
     }
     // Order: a lock message anywhere, Stalled, Released/Remediated detail, then Ready.
@@ -315,6 +315,31 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
         )),
         _ => None,
     }
+}
+
+/// How long a target may wait on a source that is not failing (a HelmChart reconciling its
+/// new generation, a source fetching) before the wait is an incident of its own.
+pub const SOURCE_GRACE: Duration = Duration::from_secs(120);
+
+/// `SourceNotReady` while the source exists and is not failing itself: Flux at work (a new
+/// chart version being fetched takes a second), not an incident; unless it lasts beyond
+/// [`SOURCE_GRACE`] (helm-controller#1252: a chart version that never appears).
+fn waiting_on_a_working_source(snap: &Snapshot, obj: &FluxObject) -> bool {
+    let Some(ready) = obj.condition("Ready").filter(|c| c.is_false()) else {
+        return false;
+    };
+    if ready.reason != "SourceNotReady" || obj.condition("Stalled").is_some_and(|c| c.is_true()) {
+        return false;
+    }
+    let source_working = obj
+        .source_ref
+        .as_ref()
+        .and_then(|s| snap.objects.get(s))
+        .is_some_and(|s| !s.is_failing());
+    let recent = ready
+        .last_transition_time
+        .is_none_or(|t| snap.now.saturating_sub(t.as_second()) < SOURCE_GRACE.as_secs() as i64);
+    source_working && recent
 }
 
 /// What Flux does by itself about this object's failure.

@@ -512,3 +512,56 @@ fn only_failing_git_sources_with_unknown_secret_keys_are_inspected() {
     snap.secrets.clear();
     assert!(snap.uninspected_git_secrets().is_empty());
 }
+
+#[test]
+fn waiting_on_a_source_that_is_working_is_not_an_incident_until_it_lasts() {
+    let now = 1_800_000_000;
+    let not_ready = |age: i64| {
+        let t = jiff::Timestamp::from_second(now - age).unwrap().to_string();
+        vec![
+            json!({"type": "Ready", "status": "False", "reason": "SourceNotReady", "lastTransitionTime": t,
+            "message": "HelmChart 'apps/apps-web' is not ready: latest generation of object has not been reconciled"}),
+        ]
+    };
+    let chart = |conds: Vec<Value>| {
+        flux::from_value(
+            &json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
+            "metadata": {"name": "apps-web", "namespace": "apps"},
+            "spec": {"sourceRef": {"kind": "HelmRepository", "name": "charts"}},
+            "status": {"conditions": conds}}),
+        )
+        .unwrap()
+    };
+    let reconciling = chart(vec![
+        json!({"type": "Ready", "status": "Unknown", "reason": "Progressing", "message": "reconciling"}),
+    ]);
+    // A second into a chart version change: Flux at work.
+    let snap = Snapshot::new(
+        [
+            hr("web", not_ready(1), json!({}), false),
+            reconciling.clone(),
+        ],
+        now,
+    );
+    assert!(diagnose(&snap).diagnoses.is_empty());
+    // Still waiting after the grace: recorded.
+    let snap = Snapshot::new(
+        [hr("web", not_ready(600), json!({}), false), reconciling],
+        now,
+    );
+    assert_eq!(diagnose(&snap).diagnoses.len(), 1);
+    // The chart fails: the HelmRelease is part of the chart's cascade at once.
+    let failing = chart(vec![
+        json!({"type": "Ready", "status": "False", "reason": "ChartPullError",
+        "message": "invalid chart reference: failed to get chart version for remote reference: no 'web' chart with version matching '9.9.9' found"}),
+    ]);
+    let snap = Snapshot::new([hr("web", not_ready(1), json!({}), false), failing], now);
+    let report = diagnose(&snap);
+    let d = report
+        .diagnoses
+        .iter()
+        .find(|d| d.target.kind == FluxKind::HelmRelease)
+        .unwrap();
+    assert_eq!(d.case, Case::DependencyCascade);
+    assert_eq!(d.root.kind, FluxKind::HelmChart);
+}
