@@ -14,6 +14,9 @@ pub const FIELD_MANAGER: &str = "fluxmedic";
 pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
 /// Label on Remediations: hash of the target's kind/namespace/name.
 pub const TARGET_LABEL: &str = "fluxmedic.io/target";
+/// Label on Remediations made by an instance serving a shard (`--watch-label-selector`): its
+/// shard id. Each instance watches only the records of its own shard.
+pub const SHARD_LABEL: &str = "fluxmedic.io/shard";
 /// Label on Remediations: "true" while the incident is open.
 pub const OPEN_LABEL: &str = "fluxmedic.io/open";
 /// Annotation on a Remediation created with its first step's intent (a JSON `Step`): a new

@@ -56,6 +56,15 @@ enum Command {
         /// Client-side limit on API writes per second (a storm cannot become a write storm).
         #[arg(long, default_value_t = 20)]
         max_writes_per_second: u32,
+        /// Serve one shard of a sharded Flux: only Flux objects matching this label selector
+        /// (as the shard's controllers run with `--watch-label-selector`); a Lease per shard.
+        #[arg(long)]
+        watch_label_selector: Option<String>,
+        /// Post occurrences as Flux events to notification-controller's event server (e.g.
+        /// http://notification-controller.flux-system.svc.cluster.local./), so Flux Alerts
+        /// show them.
+        #[arg(long)]
+        events_addr: Option<String>,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -194,6 +203,8 @@ fn main() -> ExitCode {
             log_json,
             leader_elect,
             max_writes_per_second,
+            watch_label_selector,
+            events_addr,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             let opts = controller::Options {
@@ -208,6 +219,8 @@ fn main() -> ExitCode {
                 helm_bin: helm,
                 leader_elect,
                 max_writes_per_second,
+                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+                events_addr: events_addr.filter(|s| !s.trim().is_empty()),
                 identity: std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };

@@ -23,6 +23,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -59,6 +64,8 @@ pub struct Metrics {
     pub records_edited: Counter,
     /// 1 per Flux kind the API server does not serve in a version fluxmedic reads.
     pub flux_api_missing: Family<KindLabels, Gauge>,
+    /// Flux events posted to notification-controller, by outcome (sent, failed, dropped).
+    pub notifications: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +89,7 @@ impl Default for Metrics {
         let events_dropped = Counter::default();
         let records_edited = Counter::default();
         let flux_api_missing = Family::<KindLabels, Gauge>::default();
+        let notifications = Family::<OutcomeLabels, Counter>::default();
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
         registry.register(
             "actions",
@@ -158,10 +166,16 @@ impl Default for Metrics {
             "1 for each Flux kind not served in a version fluxmedic reads (not watched)",
             flux_api_missing.clone(),
         );
+        registry.register(
+            "notifications",
+            "Flux events posted to notification-controller, by outcome",
+            notifications.clone(),
+        );
         Metrics {
             registry,
             records_edited,
             flux_api_missing,
+            notifications,
             incidents,
             actions,
             blocked,

@@ -966,3 +966,76 @@ async fn invalid_policies_are_rejected_by_the_schema_with_readable_messages() {
         "nothing invalid was stored"
     );
 }
+
+// ---------------------------------------------------------------- RetryOnFailure
+
+/// helm-controller under RetryOnFailure never stalls: it retries a failed upgrade at its
+/// retryInterval without a limit, also when a retry cannot help (helm-controller#1551).
+/// fluxmedic counts the attempts, escalates, and (allowed to) rolls back and holds, which
+/// ends the loop; the fix resumes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn retry_on_failure_looping_on_bad_values_is_rolled_back_held_and_escalated() {
+    let (env, client, ns) = setup("retryforever").await;
+    chart_repo(env, &client, &ns).await;
+    let release = |suffix: &str| {
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"interval": "1h", "timeout": "30s", "values": {"suffix": suffix},
+                 "upgrade": {"strategy": {"name": "RetryOnFailure", "retryInterval": "5s"}},
+                 "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})
+    };
+    apply(&client, release("one")).await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    apply(&client, release("Not_Valid")).await;
+    // Flux loops: Reconciling/ProgressingWithRetry, never Stalled.
+    let looping = wait_for("helm-controller retrying", MIN, || async {
+        let o = get(&client, &ns, "HelmRelease", "web")
+            .await
+            .ok_or("missing")?;
+        let retrying =
+            condition(&o, "Reconciling").is_some_and(|c| c["reason"] == "ProgressingWithRetry");
+        if retrying && o["status"]["upgradeFailures"].as_i64().unwrap_or(0) >= 1 {
+            Ok(o)
+        } else {
+            Err(format!("{}", o["status"]))
+        }
+    })
+    .await;
+    assert!(condition(&looping, "Stalled").is_none_or(|c| c["status"] != "True"));
+    apply(&client, policy(&ns, "auto", auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}])))).await;
+    let op = Operator::start(env, &ns, &[]);
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRelease/web",
+        "rolled back and escalated",
+        Duration::from_secs(90),
+        |r| has_step(r, "rollback", "Succeeded") && phase(r) == "Escalated",
+    )
+    .await;
+    assert_eq!(rem["status"]["diagnosis"]["native"], "RetryingForever");
+    assert!(
+        !has_step(&rem, "retry", "Succeeded"),
+        "no retry of ours on top of Flux's"
+    );
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_eq!(hr["spec"]["suspend"], true, "held: the loop stopped");
+    let failures = hr["status"]["upgradeFailures"].as_i64().unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_eq!(
+        hr["status"]["upgradeFailures"].as_i64().unwrap(),
+        failures,
+        "no more failed attempts while held"
+    );
+    op.wait_metric("fluxmedic_escalations_total{case=\"failed-release\"}", 1.0)
+        .await;
+    // The fix lands: resumed, Ready.
+    apply(&client, release("two")).await;
+    wait_ready(&client, &ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+    let rem = wait_remediation(&client, &ns, "HelmRelease/web", "Succeeded", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    assert!(has_step(&rem, "resume", "Succeeded"));
+}

@@ -1,38 +1,59 @@
 #!/usr/bin/env bash
-# Builds the test control plane from pinned Go modules, once, into a cache
-# outside the checkout:  $FLUXMEDIC_TESTENV_CACHE (default
-# ${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv/<versions-hash>/).
-# Prints the bin directory on the last line of stdout. A warm run takes seconds.
+# Builds the test control plane from pinned Go modules into a cache outside the checkout:
+#   $FLUXMEDIC_TESTENV_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv)
+#     components/<name>-<version>-<go version>/   each component, built once per version
+#     sets/<flux release>-<hash>/bin, crds/        one control plane's binaries (links) and CRDs
+# Prints the set's bin directory on the last line of stdout. A warm run takes a second;
+# changing one pinned version rebuilds only that component.
+#
+#   build.sh [--flux 2.9|2.7]      # the Flux release (default: $FLUXMEDIC_FLUX, else FLUX_DEFAULT)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=tools.env
+source "$here/tools.env"
+flux=${FLUXMEDIC_FLUX:-$FLUX_DEFAULT}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --flux) flux=${2:?--flux needs a release, e.g. 2.9}; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+tag=${flux//./_}
+release_var=FLUX_$tag
+[ -n "${!release_var:-}" ] || { echo "Flux $flux is not pinned in versions.env" >&2; exit 2; }
+sc_var=FLUX_${tag}_SOURCE_CONTROLLER kc_var=FLUX_${tag}_KUSTOMIZE_CONTROLLER
+hc_var=FLUX_${tag}_HELM_CONTROLLER nc_var=FLUX_${tag}_NOTIFICATION_CONTROLLER
+SC=${!sc_var} KC=${!kc_var} HC=${!hc_var} NC=${!nc_var:-}
 
 command -v go >/dev/null || { echo "go is required (Go >= 1.26)" >&2; exit 1; }
-# The cache key is the pinned versions and the Go toolchain; after changing how a component
-# is built, remove its binary from the cache (or the whole directory) to rebuild it.
-key=$( (grep -v '^#' "$here/versions.env"; go env GOVERSION) | sha256sum | cut -c1-12)
-root=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}/$key
-bin=$root/bin
-mkdir -p "$bin" "$root/src"
-
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
-log() { echo "[testenv build $(date +%H:%M:%S)] $*" >&2; }
-have() { [ -x "$bin/$1" ]; }
-timed() { local name=$1; shift; local t0=$SECONDS; log "building $name ..."; "$@" >&2; log "built $name in $((SECONDS - t0))s"; }
+gover=$(go env GOVERSION)
+cache=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}
+set_id=$(printf '%s\n' "$KUBERNETES_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$SC" "$KC" "$HC" "$NC" \
+  "$PROMETHEUS_VERSION" "$gover" | sha256sum | cut -c1-12)
+set_dir=$cache/sets/$flux-$set_id
+bin=$set_dir/bin
+mkdir -p "$bin" "$set_dir/crds" "$cache/components"
 
-build_etcd() {
-  local d=$root/src/etcd; rm -rf "$d"; mkdir -p "$d"; cd "$d"
+log() { echo "[testenv build $(date +%H:%M:%S)] $*" >&2; }
+comp() { echo "$cache/components/$1-$2-$gover"; }
+
+build_etcd() { # dir version
+  local src; src=$(mktemp -d); cd "$src"
   go mod init fluxmedic.local/etcd >/dev/null 2>&1
-  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-  go build -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
+  go get "go.etcd.io/etcd/server/v3@$2"
+  go build -ldflags "-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3
+  rm -rf "$src"
 }
 
-build_kube() {
-  local d=$root/src/kubernetes; rm -rf "$d"; mkdir -p "$d"; cd "$d"
-  local minor patch gomod
-  minor=$(echo "$KUBERNETES_VERSION" | cut -d. -f2); patch=$(echo "$KUBERNETES_VERSION" | cut -d. -f3)
-  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+build_kube() { # dir version
+  local d=$1 v=$2 src minor patch gomod
+  src=$(mktemp -d); cd "$src"
+  minor=$(echo "$v" | cut -d. -f2); patch=$(echo "$v" | cut -d. -f3)
+  gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   go mod init fluxmedic.local/kubernetes >/dev/null 2>&1
   go mod edit -go="$(sed -n 's/^go //p' "$gomod")"
   local gd; gd=$(sed -n 's/^godebug //p' "$gomod"); [ -n "$gd" ] && go mod edit -godebug="$gd"
@@ -40,50 +61,65 @@ build_kube() {
   sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" | while read -r m; do
     go mod edit -replace="$m=$m@v0.$minor.$patch"
   done
-  local c; for c in "$@"; do go get "k8s.io/kubernetes/cmd/$c@$KUBERNETES_VERSION"; done
-  local v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-  local ld="-s -w"
-  for p in $v $c; do
-    ld="$ld -X $p.gitVersion=$KUBERNETES_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
+  local cmds=(kube-apiserver kube-controller-manager kubectl) c
+  for c in "${cmds[@]}"; do go get "k8s.io/kubernetes/cmd/$c@$v"; done
+  local p ld="-s -w" date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  for cmd in "$@"; do go build -ldflags "$ld" -o "$bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"; done
+  for c in "${cmds[@]}"; do go build -ldflags "$ld" -o "$d/$c" "k8s.io/kubernetes/cmd/$c"; done
+  rm -rf "$src"
 }
 
-build_flux_controller() {
-  local name=$1 version=$2 src d
-  src=$(go mod download -json "github.com/fluxcd/$name@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  d=$root/src/$name; rm -rf "$d"; cp -r "$src" "$d"; chmod -R u+w "$d"; cd "$d"
+build_flux() { # dir version name
+  local d=$1 v=$2 name=$3 src work
+  src=$(go mod download -json "github.com/fluxcd/$name@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  work=$(mktemp -d); cp -r "$src/." "$work"; chmod -R u+w "$work"; cd "$work"
   # ./api is its own module and is not in the parent's zip: use the tagged api module.
   go mod edit -dropreplace="github.com/fluxcd/$name/api"
-  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$bin/$name" .
-  mkdir -p "$root/crds/$name"; cp "$src"/config/crd/bases/*.yaml "$root/crds/$name/"
+  GOFLAGS="$GOFLAGS -mod=mod" go build -ldflags "-s -w" -o "$d/$name" .
+  mkdir -p "$d/crds"; cp "$src"/config/crd/bases/*.yaml "$d/crds/"
+  rm -rf "$work"
 }
 
-build_helm() {
-  GOBIN=$bin go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
+build_helm() { # dir version
+  GOBIN=$1 go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$2" "helm.sh/helm/v4/cmd/helm@$2"
 }
 
-# Tools beside the control plane: built into a cache of their own, keyed by their version,
-# and copied into the bin directory.
-# shellcheck source=tools.env
-source "$here/tools.env"
-tools=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}/tools
-build_promtool() {
-  local d=$tools/promtool-$PROMETHEUS_VERSION-$(go env GOVERSION)
-  if [ ! -x "$d/promtool" ]; then
-    mkdir -p "$d"
-    GOBIN=$d go install -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+build_promtool() { # dir version
+  GOBIN=$1 go install -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$2"
+}
+
+# ensure NAME VERSION BUILDER BINARY...: build the component unless cached, link it into the set.
+ensure() {
+  local name=$1 version=$2 builder=$3; shift 3
+  local d b missing=false
+  d=$(comp "$name" "$version")
+  for b in "$@"; do [ -x "$d/$b" ] || missing=true; done
+  if $missing; then
+    local t0=$SECONDS
+    log "building $name $version ..."
+    rm -rf "$d.tmp"; mkdir -p "$d.tmp"
+    ( "$builder" "$d.tmp" "$version" "$name" ) >&2
+    rm -rf "$d"; mv "$d.tmp" "$d"
+    log "built $name $version in $((SECONDS - t0))s"
   fi
-  cp "$d/promtool" "$bin/promtool"
+  for b in "$@"; do ln -sfn "$d/$b" "$bin/$b"; done
+  if [ -d "$d/crds" ]; then ln -sfn "$d/crds" "$set_dir/crds/$name"; fi
 }
 
-have etcd || timed "etcd $ETCD_VERSION" build_etcd
-{ have kube-apiserver && have kube-controller-manager && have kubectl; } || timed "kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION" build_kube kube-apiserver kube-controller-manager kubectl
-have source-controller || timed "source-controller $SOURCE_CONTROLLER_VERSION" build_flux_controller source-controller "$SOURCE_CONTROLLER_VERSION"
-have kustomize-controller || timed "kustomize-controller $KUSTOMIZE_CONTROLLER_VERSION" build_flux_controller kustomize-controller "$KUSTOMIZE_CONTROLLER_VERSION"
-have helm-controller || timed "helm-controller $HELM_CONTROLLER_VERSION" build_flux_controller helm-controller "$HELM_CONTROLLER_VERSION"
-have helm || timed "helm $HELM_VERSION" build_helm
-have promtool || timed "promtool (Prometheus $PROMETHEUS_VERSION)" build_promtool
-rm -rf "$root/src"
-log "all components in $bin"
+ensure etcd "$ETCD_VERSION" build_etcd etcd
+ensure kubernetes "$KUBERNETES_VERSION" build_kube kube-apiserver kube-controller-manager kubectl
+ensure source-controller "$SC" build_flux source-controller
+ensure kustomize-controller "$KC" build_flux kustomize-controller
+ensure helm-controller "$HC" build_flux helm-controller
+if [ -n "$NC" ]; then
+  ensure notification-controller "$NC" build_flux notification-controller
+else
+  rm -f "$bin/notification-controller" "$set_dir/crds/notification-controller"
+fi
+ensure helm "$HELM_VERSION" build_helm helm
+ensure promtool "$PROMETHEUS_VERSION" build_promtool promtool
+echo "$flux" > "$set_dir/flux-release"
+log "Flux $flux (${!release_var}): all components in $bin"
 echo "$bin"

@@ -3,7 +3,7 @@
 set -u
 dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv}
 [ -d "$dir/pids" ] || exit 0
-for name in fixture-server helm-controller kustomize-controller source-controller kube-controller-manager kube-apiserver etcd; do
+for name in fixture-server notification-controller helm-controller kustomize-controller source-controller kube-controller-manager kube-apiserver etcd; do
   f=$dir/pids/$name
   [ -f "$f" ] || continue
   pid=$(cat "$f")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Start the test control plane on loopback: etcd, kube-apiserver (RBAC), kube-controller-manager,
-# Flux's source-, kustomize- and helm-controller, and the Git/chart fixture server.
+# Flux's source-, kustomize-, helm- and (when the release has one) notification-controller,
+# and the Git/chart fixture server.
 # Idempotent: if it is already up and healthy, it only prints the env file.
 #
-#   hack/testenv/up.sh            # builds (cached) then starts
+#   hack/testenv/up.sh            # builds (cached) then starts; Flux $FLUXMEDIC_FLUX or 2.9
 #   source "$FLUXMEDIC_TESTENV_DIR/env.sh"   # KUBECONFIG etc. for kubectl and fluxmedic
 #   hack/testenv/down.sh
 set -euo pipefail
@@ -13,6 +14,7 @@ base=${FLUXMEDIC_TESTENV_PORT_BASE:-18400}
 log() { echo "[testenv up $(date +%H:%M:%S)] $*" >&2; }
 
 bin=$("$here/build.sh" | tail -n1)
+flux=$(cat "$(dirname "$bin")/flux-release")
 # One starter at a time (test binaries and shells may race to start it).
 mkdir -p "$(dirname "$dir")"
 exec 9>"$dir.lock"
@@ -22,9 +24,10 @@ crds=$(dirname "$bin")/crds
 P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 57))
 P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80))
 P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
+P_NC_M=$((base + 64)) P_NC_H=$((base + 74)) P_NC_E=$((base + 84)) P_NC_R=$((base + 85))
 
 export PATH=$bin:$PATH
-healthy() { [ -f "$dir/env.sh" ] && curl -sf --max-time 2 -k "https://127.0.0.1:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
+healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://127.0.0.1:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
 if healthy; then
   log "already up ($dir)"
   echo "$dir/env.sh"
@@ -131,25 +134,38 @@ start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBE
   --bind-address=127.0.0.1 --secure-port="$P_KCM" --cert-dir="$dir/kcm"
 
 log "applying Flux CRDs"
-for c in source-controller kustomize-controller helm-controller; do
-  kubectl apply --server-side --force-conflicts -f "$crds/$c/" >/dev/null
+for c in "$crds"/*/; do
+  kubectl apply --server-side --force-conflicts -f "$c" >/dev/null
 done
 kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
 
 common=(--enable-leader-election=false --log-encoding=console --watch-all-namespaces=true)
-start source-controller env KUBECONFIG="$KUBECONFIG" "$bin/source-controller" "${common[@]}" \
+# With a notification-controller, Flux's controllers post their events to it, as in a cluster.
+flux_events=()
+[ -x "$bin/notification-controller" ] && flux_events=(--events-addr="http://127.0.0.1:$P_NC_E/")
+start source-controller env KUBECONFIG="$KUBECONFIG" "$bin/source-controller" "${common[@]}" "${flux_events[@]}" \
   --storage-path="$dir/artifacts" --storage-addr="127.0.0.1:$P_STORAGE" --storage-adv-addr="127.0.0.1:$P_STORAGE" \
   --metrics-addr="127.0.0.1:$P_SC_M" --health-addr="127.0.0.1:$P_SC_H"
-start kustomize-controller env KUBECONFIG="$KUBECONFIG" "$bin/kustomize-controller" "${common[@]}" \
+start kustomize-controller env KUBECONFIG="$KUBECONFIG" "$bin/kustomize-controller" "${common[@]}" "${flux_events[@]}" \
   --metrics-addr="127.0.0.1:$P_KC_M" --health-addr="127.0.0.1:$P_KC_H"
-start helm-controller env KUBECONFIG="$KUBECONFIG" "$bin/helm-controller" "${common[@]}" \
+start helm-controller env KUBECONFIG="$KUBECONFIG" "$bin/helm-controller" "${common[@]}" "${flux_events[@]}" \
   --metrics-addr="127.0.0.1:$P_HC_M" --health-addr="127.0.0.1:$P_HC_H"
+if [ -x "$bin/notification-controller" ]; then
+  start notification-controller env KUBECONFIG="$KUBECONFIG" "$bin/notification-controller" "${common[@]}" \
+    --metrics-addr="127.0.0.1:$P_NC_M" --health-addr="127.0.0.1:$P_NC_H" \
+    --events-addr="127.0.0.1:$P_NC_E" --receiverAddr="127.0.0.1:$P_NC_R"
+fi
 start fixture-server python3 "$here/fixture-server.py" --root "$dir/fixture" --port "$P_FIXTURE"
 wait_for source-controller 60 curl -sf "http://127.0.0.1:$P_SC_H/readyz"
 wait_for kustomize-controller 60 curl -sf "http://127.0.0.1:$P_KC_H/readyz"
 wait_for helm-controller 60 curl -sf "http://127.0.0.1:$P_HC_H/readyz"
 wait_for fixture-server 30 curl -sf "http://127.0.0.1:$P_FIXTURE/healthz"
+events_url=
+if [ -x "$bin/notification-controller" ]; then
+  wait_for notification-controller 60 curl -sf "http://127.0.0.1:$P_NC_H/readyz"
+  events_url=http://127.0.0.1:$P_NC_E/
+fi
 
 cat > "$dir/env.sh" <<EOF
 export KUBECONFIG=$dir/kubeconfig
@@ -162,7 +178,9 @@ export FLUXMEDIC_API_URL=https://127.0.0.1:$P_API
 export FLUXMEDIC_PORT_BASE=$base
 export FLUXMEDIC_BENCH_TOKEN=$bench_token
 export FLUXMEDIC_AUDIT_LOG=$dir/logs/audit.log
+export FLUXMEDIC_FLUX=$flux
+export FLUXMEDIC_EVENTS_URL=$events_url
 export PATH=$bin:\$PATH
 EOF
-log "up in $((SECONDS - t0))s: source $dir/env.sh"
+log "up in $((SECONDS - t0))s (Flux $flux): source $dir/env.sh"
 echo "$dir/env.sh"

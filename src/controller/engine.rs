@@ -916,6 +916,25 @@ fn announce(
         action: action.into(),
         secondary,
     };
+    // The same occurrence into Flux's own alerting, about the Flux object.
+    if let (Some(n), Some(o)) = (&ctx.notifier, target) {
+        let api_version = ctx
+            .actuator
+            .apis
+            .get(&o.key.kind)
+            .map(|r| r.api_version.clone())
+            .unwrap_or_else(|| format!("{}/{}", o.key.kind.group(), o.key.kind.version()));
+        let record = rem.as_ref().and_then(|r| r.name.clone());
+        n.send(super::notify::FluxEvent::about(
+            o,
+            &api_version,
+            warning,
+            reason,
+            &note,
+            record.as_deref(),
+            Some(&ctx.opts.identity),
+        ));
+    }
     match (regarding, target, rem) {
         (Regarding::Target, Some(o), rem) => ctx.events.send(ev(rem), object_ref(o)),
         (_, _, Some(rem)) => ctx.events.send(ev(None), rem),
@@ -1022,11 +1041,17 @@ async fn create_record(
             metadata: ObjectMeta {
                 name: Some(name.clone()),
                 namespace: Some(key.namespace.clone()),
-                labels: Some(BTreeMap::from([
-                    (TARGET_LABEL.to_string(), target_label(key)),
-                    (OPEN_LABEL.to_string(), "true".to_string()),
-                    ("fluxmedic.io/case".to_string(), case.to_string()),
-                ])),
+                labels: Some({
+                    let mut l = BTreeMap::from([
+                        (TARGET_LABEL.to_string(), target_label(key)),
+                        (OPEN_LABEL.to_string(), "true".to_string()),
+                        ("fluxmedic.io/case".to_string(), case.to_string()),
+                    ]);
+                    if let Some(shard) = ctx.opts.shard() {
+                        l.insert(crate::api::SHARD_LABEL.to_string(), shard);
+                    }
+                    l
+                }),
                 annotations: Some(annotations),
                 ..Default::default()
             },

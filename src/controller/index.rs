@@ -88,8 +88,19 @@ impl Index {
 
 pub type SharedIndex = Arc<RwLock<Index>>;
 
-fn watcher_config() -> watcher::Config {
-    watcher::Config::default().page_size(500)
+/// Where the watches deliver: the index, and the engine's wake-up.
+#[derive(Clone)]
+pub struct Feed {
+    pub index: SharedIndex,
+    pub notify: Arc<Notify>,
+}
+
+fn watcher_config(labels: Option<&str>) -> watcher::Config {
+    let c = watcher::Config::default().page_size(500);
+    match labels {
+        Some(l) => c.labels(l),
+        None => c,
+    }
 }
 
 /// How a watch retries after an error: 0.5 s doubling to 5 s, jittered, reset after two quiet
@@ -178,8 +189,7 @@ pub fn apply_secret(idx: &mut Index, key: &Key, labels: &BTreeMap<String, String
 async fn drive<K, S>(
     stream: S,
     name: String,
-    index: SharedIndex,
-    notify: Arc<Notify>,
+    feed: Feed,
     mut apply: impl FnMut(&mut Index, K, &Key),
     mut delete: impl FnMut(&mut Index, &Key),
     mut relisted: impl FnMut(&mut Index, &BTreeSet<Key>),
@@ -202,7 +212,7 @@ async fn drive<K, S>(
         if std::env::var("FLUXMEDIC_CRASH_AT").is_ok_and(|p| p == format!("watch:{name}")) {
             panic!("FLUXMEDIC_CRASH_AT=watch:{name}");
         }
-        let mut idx = index.write().await;
+        let mut idx = feed.index.write().await;
         match ev {
             watcher::Event::Init => seen = Some(BTreeSet::new()),
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
@@ -224,7 +234,7 @@ async fn drive<K, S>(
             }
         }
         drop(idx);
-        notify.notify_one();
+        feed.notify.notify_one();
     }
 }
 
@@ -234,14 +244,14 @@ pub async fn watch_flux(
     scope: Scope,
     kind: FluxKind,
     resource: kube::core::ApiResource,
-    index: SharedIndex,
-    notify: Arc<Notify>,
+    labels: Option<String>,
+    feed: Feed,
 ) {
     let api: Api<DynamicObject> = match &scope {
         Some(ns) => Api::namespaced_with(client, ns, &resource),
         None => Api::all_with(client, &resource),
     };
-    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
+    let stream = watcher(api, watcher_config(labels.as_deref())).backoff(watch_backoff());
     let apply = |idx: &mut Index, o: DynamicObject, key: &Key| match serde_json::to_value(&o) {
         Ok(v) => apply_flux(idx, kind, key, &v),
         Err(e) => warn!(error = %e, "cannot serialise a watched object"),
@@ -258,8 +268,7 @@ pub async fn watch_flux(
     drive(
         stream,
         scope_name(kind.as_str(), &scope),
-        index,
-        notify,
+        feed,
         apply,
         delete,
         relisted,
@@ -269,9 +278,9 @@ pub async fn watch_flux(
 
 /// Watch Secret metadata: Helm release storage (labels) and resourceVersions (to see a
 /// source's credentials change). Secret data is never fetched here.
-pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, notify: Arc<Notify>) {
+pub async fn watch_secrets(client: Client, scope: Scope, feed: Feed) {
     let api: Api<PartialObjectMeta<Secret>> = api_for(client, &scope);
-    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
+    let stream = watcher(api, watcher_config(None)).backoff(watch_backoff());
     let apply = |idx: &mut Index, m: PartialObjectMeta<Secret>, key: &Key| {
         apply_secret(
             idx,
@@ -295,8 +304,7 @@ pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, not
     drive(
         stream,
         scope_name("Secret", &scope),
-        index,
-        notify,
+        feed,
         apply,
         delete,
         relisted,
@@ -308,9 +316,9 @@ pub async fn watch_secrets(client: Client, scope: Scope, index: SharedIndex, not
 pub async fn watch_own<K>(
     client: Client,
     scope: Scope,
-    index: SharedIndex,
-    notify: Arc<Notify>,
+    feed: Feed,
     name: &'static str,
+    labels: Option<String>,
     put: fn(&mut Index, Option<K>, (String, String)),
     field: fn(&mut Index) -> &mut BTreeMap<Key, Arc<K>>,
 ) where
@@ -323,7 +331,7 @@ pub async fn watch_own<K>(
         + 'static,
 {
     let api: Api<K> = api_for(client, &scope);
-    let stream = watcher(api, watcher_config()).backoff(watch_backoff());
+    let stream = watcher(api, watcher_config(labels.as_deref())).backoff(watch_backoff());
     let sc = scope.clone();
     let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
         field(idx).retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));
@@ -331,8 +339,7 @@ pub async fn watch_own<K>(
     drive(
         stream,
         scope_name(name, &scope),
-        index,
-        notify,
+        feed,
         |idx, o, key| put(idx, Some(o), key.clone()),
         |idx, key| put(idx, None, key.clone()),
         relisted,

@@ -42,11 +42,12 @@ pub async fn elect(
     client: Client,
     namespace: &str,
     identity: &str,
+    lease: &str,
 ) -> anyhow::Result<(
     watch::Receiver<bool>,
     impl std::future::Future<Output = ()> + Send + 'static,
 )> {
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease)
         .with_namespace(namespace)
         .with_identity(identity)
         .with_duration(LEASE_SECONDS)
@@ -58,8 +59,9 @@ pub async fn elect(
     let (tx, rx) = watch::channel(false);
     let me = identity.to_string();
     let leases: Api<Lease> = Api::namespaced(client, namespace);
+    let lease = lease.to_string();
     let run = async move {
-        let cfg = watcher::Config::default().fields(&format!("metadata.name={LEASE_NAME}"));
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={lease}"));
         let mut stream = std::pin::pin!(
             watcher(leases, cfg)
                 .backoff(super::index::watch_backoff())

@@ -7,6 +7,7 @@ pub mod events;
 pub mod index;
 pub mod leader;
 pub mod limiter;
+pub mod notify;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -57,6 +58,34 @@ pub struct Options {
     pub identity: String,
     /// Client-side limit on API writes per second (burst: twice that).
     pub max_writes_per_second: u32,
+    /// Serve one shard of a sharded Flux: only Flux objects matching this label selector
+    /// (`sharding.fluxcd.io/key=<shard>`, or `!sharding.fluxcd.io/key` for the main one).
+    pub watch_label_selector: Option<String>,
+    /// notification-controller's event server: occurrences are posted there as Flux events.
+    pub events_addr: Option<String>,
+}
+
+impl Options {
+    /// The shard id of this instance (None without a selector).
+    pub fn shard(&self) -> Option<String> {
+        crate::incident::seal::shard_id(self.watch_label_selector.as_deref())
+    }
+
+    /// The label selector of this instance's own records.
+    fn own_records(&self) -> String {
+        match self.shard() {
+            Some(id) => format!("{}={id}", crate::api::SHARD_LABEL),
+            None => format!("!{}", crate::api::SHARD_LABEL),
+        }
+    }
+
+    /// The Lease this instance's replicas elect a leader with (one per shard).
+    pub fn lease_name(&self) -> String {
+        match self.shard() {
+            Some(id) => format!("{}-{id}", leader::LEASE_NAME),
+            None => leader::LEASE_NAME.to_string(),
+        }
+    }
 }
 
 pub struct Context {
@@ -67,6 +96,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Events, published off the remediation path.
     pub events: events::EventQueue,
+    /// Flux events for notification-controller (`--events-addr`).
+    pub notifier: Option<notify::Notifier>,
     pub actuator: Actuator,
     pub limiter: Arc<limiter::WriteLimiter>,
     /// Seals records, intents and holds; the key lives in the operator's namespace.
@@ -223,16 +254,23 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         write_limiter.clone(),
         metrics.events_dropped.clone(),
     );
-    let sealer = load_sealer(&client, &opts.namespace).await?;
+    let sealer = load_sealer(&client, &opts.namespace)
+        .await?
+        .in_shard(opts.shard());
     // Which Flux kinds the cluster serves, in which version: a missing one is not watched.
     let served = discovery::discover(&client).await;
     let (stop, _) = tokio::sync::watch::channel(false);
+    let notifier = opts
+        .events_addr
+        .clone()
+        .map(|addr| notify::Notifier::start(addr, metrics.notifications.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
         index: Arc::new(RwLock::new(index::Index::default())),
         notify: Arc::new(Notify::new()),
         metrics,
         events,
+        notifier,
         actuator: Actuator {
             client: client.clone(),
             helm_bin: opts.helm_bin.clone(),
@@ -287,6 +325,10 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     ctx.index.write().await.expected_watches =
         scopes.len() * (kinds.len() + 2) + policy_scopes.len();
     let mut tasks = tokio::task::JoinSet::new();
+    let feed = index::Feed {
+        index: ctx.index.clone(),
+        notify: ctx.notify.clone(),
+    };
     for scope in &scopes {
         for (kind, resource) in &kinds {
             tasks.spawn(index::watch_flux(
@@ -294,22 +336,21 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 scope.clone(),
                 *kind,
                 resource.clone(),
-                ctx.index.clone(),
-                ctx.notify.clone(),
+                ctx.opts.watch_label_selector.clone(),
+                feed.clone(),
             ));
         }
         tasks.spawn(index::watch_secrets(
             client.clone(),
             scope.clone(),
-            ctx.index.clone(),
-            ctx.notify.clone(),
+            feed.clone(),
         ));
         tasks.spawn(index::watch_own::<Remediation>(
             client.clone(),
             scope.clone(),
-            ctx.index.clone(),
-            ctx.notify.clone(),
+            feed.clone(),
             "Remediation",
+            Some(ctx.opts.own_records()),
             index::put_remediation,
             |i| &mut i.remediations,
         ));
@@ -318,9 +359,9 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         tasks.spawn(index::watch_own::<RemediationPolicy>(
             client.clone(),
             scope,
-            ctx.index.clone(),
-            ctx.notify.clone(),
+            feed.clone(),
             "RemediationPolicy",
+            None,
             index::put_policy,
             |i| &mut i.policies,
         ));
@@ -343,8 +384,13 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     // The gate closes the moment the Lease is seen held by another replica or expires
     // unrenewed, so a pass in progress stops writing at once.
     let leading = if ctx.opts.leader_elect {
-        let (rx, task) =
-            leader::elect(client.clone(), &ctx.opts.namespace, &ctx.opts.identity).await?;
+        let (rx, task) = leader::elect(
+            client.clone(),
+            &ctx.opts.namespace,
+            &ctx.opts.identity,
+            &ctx.opts.lease_name(),
+        )
+        .await?;
         tasks.spawn(task);
         // The gate follows the election directly, not between passes: a pass in progress
         // is cut off at its next write.

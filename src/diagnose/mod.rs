@@ -82,6 +82,9 @@ pub enum NativeState {
     Remediated,
     /// Flux has stopped trying (Stalled) and waits for a new input or a request.
     Exhausted,
+    /// RetryOnFailure: helm-controller retries at an interval without a limit, even when a
+    /// retry cannot help (helm-controller#1551). fluxmedic counts its attempts.
+    RetryingForever,
 }
 
 /// Metadata of a Secret a source references: key names only, never values.
@@ -342,6 +345,21 @@ fn waiting_on_a_working_source(snap: &Snapshot, obj: &FluxObject) -> bool {
     source_working && recent
 }
 
+/// How many times Flux itself has attempted the failing release action (its failure counter
+/// for the last action: install or upgrade).
+pub fn flux_attempts(obj: &FluxObject) -> i64 {
+    let Some(h) = obj.helm.as_ref() else { return 0 };
+    let per_action = match h.last_attempted_release_action.as_deref() {
+        Some("install") => h.install_failures,
+        _ => h.upgrade_failures,
+    };
+    if per_action > 0 {
+        per_action
+    } else {
+        h.failures.max(0)
+    }
+}
+
 /// What Flux does by itself about this object's failure.
 fn native_state(obj: &FluxObject) -> NativeState {
     let Some(h) = obj.helm.as_ref() else {
@@ -356,12 +374,20 @@ fn native_state(obj: &FluxObject) -> NativeState {
         Some("install") => h.install_strategy,
         _ => h.upgrade_strategy,
     };
+    // The strategy as configured, or as helm-controller shows it (the DefaultToRetryOnFailure
+    // feature gate makes it the default without a word in the spec).
+    let retry_forever = strategy == Some(ReleaseStrategy::RetryOnFailure)
+        || obj.condition("Reconciling").is_some_and(|c| {
+            c.is_true()
+                && c.reason == "ProgressingWithRetry"
+                && c.message.starts_with("retrying after")
+        });
     if matches!(ready_reason, "RollbackSucceeded" | "UninstallSucceeded") {
         NativeState::Remediated
     } else if stalled {
         NativeState::Exhausted
-    } else if strategy == Some(ReleaseStrategy::RetryOnFailure) {
-        NativeState::Retrying
+    } else if retry_forever {
+        NativeState::RetryingForever
     } else {
         let (failures, retries) = match h.last_attempted_release_action.as_deref() {
             Some("install") => (h.install_failures, h.install_retries),

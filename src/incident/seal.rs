@@ -29,6 +29,9 @@ pub const KEY_SECRET: &str = "fluxmedic-seal-key";
 #[derive(Clone)]
 pub struct Sealer {
     key: hmac::Key,
+    /// The shard this instance serves (`--watch-label-selector`), sealed into every record it
+    /// creates: another shard's instance reads such a record as not its own.
+    shard: Option<String>,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -67,7 +70,14 @@ impl Sealer {
     pub fn from_key(key: &[u8]) -> Self {
         Sealer {
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            shard: None,
         }
+    }
+
+    /// The same key, sealing records for `shard` (see [`shard_id`]).
+    pub fn in_shard(mut self, shard: Option<String>) -> Self {
+        self.shard = shard;
+        self
     }
 
     /// A new random key (32 bytes), for the key Secret.
@@ -110,11 +120,11 @@ impl Sealer {
     /// The seal of a new record: its identity and the intent annotation it is created with
     /// (empty when none).
     pub fn seal_creation(&self, id: RecordId<'_>, intent: &str) -> String {
-        self.tag("creation", id, &intent)
+        self.tag("creation", id, &(intent, &self.shard))
     }
 
     pub fn verify_creation(&self, id: RecordId<'_>, intent: &str, seal: Option<&str>) -> bool {
-        self.check("creation", id, &intent, seal)
+        self.check("creation", id, &(intent, &self.shard), seal)
     }
 
     /// The seal of a status (computed with its `seal` field empty).
@@ -162,6 +172,13 @@ impl Sealer {
                 value.as_bytes(),
             )
     }
+}
+
+/// The shard an instance serves, from its `--watch-label-selector`: a short stable id (the
+/// label value on its records, the suffix of its Lease), or `None` without a selector.
+pub fn shard_id(selector: Option<&str>) -> Option<String> {
+    let s = selector.map(str::trim).filter(|s| !s.is_empty())?;
+    Some(format!("{:08x}", crate::incident::stable_hash(s) as u32))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -231,6 +248,31 @@ mod tests {
         assert!(!s.verify_status(id, &unsealed));
         unsealed.seal = Some(String::new());
         assert!(!s.verify_status(id, &unsealed));
+    }
+
+    #[test]
+    fn a_record_of_another_shard_is_not_this_shards() {
+        let key = b"k";
+        let t = key_of();
+        let id = RecordId {
+            namespace: "apps",
+            name: "hr-web-1",
+            target: &t,
+            case: Case::StaleLock,
+        };
+        let a = Sealer::from_key(key).in_shard(shard_id(Some("sharding.fluxcd.io/key=a")));
+        let b = Sealer::from_key(key).in_shard(shard_id(Some("sharding.fluxcd.io/key=b")));
+        let main = Sealer::from_key(key).in_shard(shard_id(Some(" ")));
+        let seal = a.seal_creation(id, "");
+        assert!(a.verify_creation(id, "", Some(&seal)));
+        assert!(!b.verify_creation(id, "", Some(&seal)));
+        assert!(!main.verify_creation(id, "", Some(&seal)));
+        assert_eq!(shard_id(None), None);
+        assert_eq!(shard_id(Some("")), None);
+    }
+
+    fn key_of() -> ObjectKey {
+        key()
     }
 
     #[test]

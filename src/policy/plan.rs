@@ -426,6 +426,37 @@ pub fn verified_release(snap: &Snapshot, target: &FluxObject) -> Result<ReleaseR
     })
 }
 
+/// A rollback to the last good revision, when the policy allows one and the history has one
+/// to go back to (`None`): the action, or why it is refused.
+fn plan_rollback(
+    snap: &Snapshot,
+    target: &FluxObject,
+    policy: &Policy,
+    case: Case,
+) -> Option<Result<Action, Blocked>> {
+    if !policy.allows(case, ActionKind::Rollback) {
+        return None;
+    }
+    let history = snap.history_of(target)?;
+    let good = history.last_good()?;
+    if history.latest().is_none_or(|l| l.status.is_good()) {
+        return None;
+    }
+    Some(match verified_release(snap, target) {
+        Ok(release) if release.storage_namespace == release.namespace => Ok(Action::Rollback {
+            to_version: good.version,
+            release,
+        }),
+        // The helm CLI has one --namespace for storage and objects alike: a rollback would
+        // apply namespace-less objects into the storage namespace.
+        Ok(release) => Err(Blocked::ReleaseNotVerified(format!(
+            "release {} keeps its storage in {} but its objects in {}; helm rollback cannot keep them apart, roll back by hand",
+            release.name, release.storage_namespace, release.namespace
+        ))),
+        Err(b) => Err(b),
+    })
+}
+
 /// The runbook, before mode and limits.
 fn runbook(
     d: &Diagnosis,
@@ -452,11 +483,31 @@ fn runbook(
             {
                 return Ok(inc.interrupted.clone().unwrap_or(Action::Resume));
             }
+            let max = i64::from(policy.spec.limits.max_attempts);
             match d.native {
                 NativeState::Retrying => {
                     return Err(Blocked::FluxRemediating(
                         "helm-controller will retry the release by itself".into(),
                     ));
+                }
+                NativeState::RetryingForever => {
+                    let attempts = crate::diagnose::flux_attempts(target);
+                    if d.retryable && attempts < max {
+                        return Err(Blocked::FluxRemediating(format!(
+                            "helm-controller retries it without a limit (RetryOnFailure): {attempts} failed attempt(s) of the {max} the policy allows before escalating"
+                        )));
+                    }
+                    // Flux would go on forever: a retry cannot help, or it has tried as often
+                    // as the policy allows. A retry of ours adds nothing; a rollback (with its
+                    // hold, which also stops the loop) may, and a person is called.
+                    return match plan_rollback(snap, target, policy, d.case) {
+                        Some(Ok(a)) => Ok(a),
+                        Some(Err(b)) => Err(b),
+                        None if !d.retryable => Err(Blocked::RetryCannotHelp(format!(
+                            "helm-controller retries it without a limit (RetryOnFailure), {attempts} time(s) so far, and a retry cannot help: fix the release input in Git, or allow Rollback"
+                        ))),
+                        None => Err(Blocked::MaxAttempts),
+                    };
                 }
                 NativeState::Remediated => {
                     return Err(Blocked::RetryCannotHelp(
@@ -474,32 +525,11 @@ fn runbook(
                     with_source: target.source_ref.clone().filter(|_| with_source),
                 });
             }
-            let mut rollback_refused = None;
-            if policy.allows(d.case, ActionKind::Rollback)
-                && let Some(good) = snap.history_of(target).and_then(|h| h.last_good())
-                && snap
-                    .history_of(target)
-                    .and_then(|h| h.latest())
-                    .is_some_and(|l| !l.status.is_good())
-            {
-                match verified_release(snap, target) {
-                    Ok(release) if release.storage_namespace == release.namespace => {
-                        return Ok(Action::Rollback {
-                            to_version: good.version,
-                            release,
-                        });
-                    }
-                    // The helm CLI has one --namespace for storage and objects alike: a
-                    // rollback would apply namespace-less objects into the storage namespace.
-                    Ok(release) => {
-                        rollback_refused = Some(Blocked::ReleaseNotVerified(format!(
-                            "release {} keeps its storage in {} but its objects in {}; helm rollback cannot keep them apart, roll back by hand",
-                            release.name, release.storage_namespace, release.namespace
-                        )))
-                    }
-                    Err(b) => rollback_refused = Some(b),
-                }
+            let rollback = plan_rollback(snap, target, policy, d.case);
+            if let Some(Ok(a)) = rollback {
+                return Ok(a);
             }
+            let rollback_refused = rollback.and_then(Result::err);
             if !d.retryable {
                 Err(rollback_refused.unwrap_or_else(|| {
                     Blocked::RetryCannotHelp("the release input is invalid; fix it in Git".into())
@@ -641,7 +671,13 @@ pub fn plan(
         };
     };
     let mode = policy.mode(d.case);
-    let escalate = escalates(policy, inc, now);
+    // Flux retrying without a limit a release that will not recover is a person's problem at
+    // once: after the policy's attempts, or at once when a retry cannot help.
+    let endless = d.native == NativeState::RetryingForever
+        && (!d.retryable
+            || crate::diagnose::flux_attempts(target)
+                >= i64::from(policy.spec.limits.max_attempts));
+    let escalate = escalates(policy, inc, now) || endless;
     let planned = runbook(d, target, policy, inc, ctx);
     let (planned, blocked) = match planned {
         Err(b) => (None, Some(b)),

@@ -1162,3 +1162,69 @@ fn odd_durations_never_panic_and_escalation_is_bounded() {
         Err(PolicyError::Duration { .. })
     ));
 }
+
+/// A HelmRelease under RetryOnFailure: helm-controller never stalls, it retries at an interval.
+fn retrying_forever(cause: &str, failures: i64, strategy_in_spec: bool) -> Scenario {
+    let mut spec = json!({"timeout": "1m", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}});
+    if strategy_in_spec {
+        spec["upgrade"] = json!({"strategy": {"name": "RetryOnFailure", "retryInterval": "1m"}});
+    }
+    let o = flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": "apps", "generation": 2}, "spec": spec,
+        "status": {"upgradeFailures": failures, "failures": failures, "lastAttemptedReleaseAction": "upgrade",
+                   "history": [{"name": "web", "namespace": "apps", "version": 3, "status": "failed"}],
+                   "conditions": [
+                       cond("Ready", "False", "UpgradeFailed", &format!("Helm upgrade failed for release apps/web with chart web@2: {cause}")),
+                       cond("Reconciling", "True", "ProgressingWithRetry", "retrying after 1m0s")]}}))
+    .unwrap();
+    let mut snap = Snapshot::new([o.clone()], NOW);
+    snap.add_release(stored(2, "superseded", 0));
+    snap.add_release(stored(3, "failed", 0));
+    Scenario {
+        snap,
+        target: o.key,
+        inc: IncidentView {
+            detected_at: NOW - 10,
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn retry_on_failure_is_counted_and_escalated_instead_of_waited_on_forever() {
+    let timeout = "context deadline exceeded";
+    let invalid = "values don't meet the specifications of the schema(s)";
+    let retry_only = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    for in_spec in [true, false] {
+        // Retryable and within the policy's attempts: Flux's own retries may work; wait.
+        let (d, dec) = decide(&retrying_forever(timeout, 1, in_spec), Some(&retry_only));
+        assert_eq!(
+            d.native,
+            crate::diagnose::NativeState::RetryingForever,
+            "spec strategy: {in_spec}"
+        );
+        assert!(
+            matches!(dec.blocked, Some(Blocked::FluxRemediating(ref m)) if m.contains("1 failed attempt")),
+            "{dec:?}"
+        );
+        assert!(!dec.escalate);
+        // As often as the policy allows: escalate (a retry of ours would add nothing).
+        let (_, dec) = decide(&retrying_forever(timeout, 3, in_spec), Some(&retry_only));
+        assert_eq!(dec.blocked, Some(Blocked::MaxAttempts));
+        assert!(dec.escalate);
+    }
+    // A retry cannot help: escalate at once, and roll back (which stops the loop) if allowed.
+    let (_, dec) = decide(&retrying_forever(invalid, 1, true), Some(&retry_only));
+    assert!(
+        matches!(dec.blocked, Some(Blocked::RetryCannotHelp(ref m)) if m.contains("RetryOnFailure")),
+        "{dec:?}"
+    );
+    assert!(dec.escalate);
+    let rollback = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let (_, dec) = decide(&retrying_forever(invalid, 1, true), Some(&rollback));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { to_version: 2, .. })),
+        "{dec:?}"
+    );
+    assert!(dec.escalate);
+}

@@ -1,0 +1,286 @@
+//! Fitting Flux as people run it, on the real control plane: sharded Flux (one fluxmedic per
+//! shard, each on its own objects, records and Lease).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_shard_instance_acts_on_its_own_objects_only() {
+    let (env, client, ns) = setup("shards").await;
+    let repo = Repo::new(env, &ns, false);
+    let files = [
+        ("a/kustomization.yaml", "resources:\n- cm.yaml\n"),
+        ("a/cm.yaml", BROKEN_YAML),
+        ("b/kustomization.yaml", "resources:\n- cm.yaml\n"),
+        ("b/cm.yaml", BROKEN_YAML),
+    ];
+    repo.commit(
+        &files
+            .iter()
+            .map(|(p, c)| (*p, Some(*c)))
+            .collect::<Vec<_>>(),
+        "both broken",
+    );
+    git_repository(&client, &ns, "repo", &repo.url, None).await;
+    // `a` belongs to shard1 (its controllers run with sharding.fluxcd.io/key=shard1), `b` to
+    // the main controllers (!sharding.fluxcd.io/key).
+    for (name, shard) in [("a", Some("shard1")), ("b", None)] {
+        let mut meta = json!({"name": name, "namespace": ns});
+        if let Some(s) = shard {
+            meta["labels"] = json!({"sharding.fluxcd.io/key": s});
+        }
+        apply(&client, json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": meta,
+            "spec": {"interval": "1h", "path": format!("./{name}"), "prune": true, "targetNamespace": ns,
+                     "sourceRef": {"kind": "GitRepository", "name": "repo"}}})).await;
+        wait_failing(&client, &ns, "Kustomization", name, "BuildFailed", MIN).await;
+    }
+    apply(
+        &client,
+        policy(
+            &ns,
+            "observe",
+            json!({"rules": [{"case": "invalid-manifests", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    let one = Operator::start_with(
+        env,
+        &ns,
+        &[
+            "--leader-elect",
+            "--watch-label-selector",
+            "sharding.fluxcd.io/key=shard1",
+        ],
+        &[("POD_NAME", "shard1")],
+    );
+    let main = Operator::start_with(
+        env,
+        &ns,
+        &[
+            "--leader-elect",
+            "--watch-label-selector",
+            "!sharding.fluxcd.io/key",
+        ],
+        &[("POD_NAME", "main")],
+    );
+    let a = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/a",
+        "recorded by shard1",
+        MIN,
+        |r| r["status"]["diagnosis"].is_object(),
+    )
+    .await;
+    let b = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/b",
+        "recorded by main",
+        MIN,
+        |r| r["status"]["diagnosis"].is_object(),
+    )
+    .await;
+    let shard = |sel: &str| fluxmedic::incident::seal::shard_id(Some(sel)).unwrap();
+    assert_eq!(
+        a["metadata"]["labels"]["fluxmedic.io/shard"],
+        shard("sharding.fluxcd.io/key=shard1")
+    );
+    assert_eq!(
+        b["metadata"]["labels"]["fluxmedic.io/shard"],
+        shard("!sharding.fluxcd.io/key")
+    );
+    // Each instance counted exactly its own incident, and neither closed the other's record
+    // as "gone" (each sees only its own shard's objects and records).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    one.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0)
+        .await;
+    main.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0)
+        .await;
+    assert_eq!(
+        one.metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        main.metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}")
+            .await,
+        1.0
+    );
+    let all = remediations(&client, &ns).await;
+    assert_eq!(all.len(), 2, "one record per object");
+    assert!(
+        all.iter().all(|r| r["status"]["closedAt"].is_null()),
+        "nobody closed the other shard's record"
+    );
+    // One Lease per shard, both held.
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &ns);
+    for (sel, holder) in [
+        ("sharding.fluxcd.io/key=shard1", "shard1"),
+        ("!sharding.fluxcd.io/key", "main"),
+    ] {
+        let l = leases
+            .get(&format!("fluxmedic-leader-{}", shard(sel)))
+            .await
+            .unwrap();
+        assert_eq!(l.spec.unwrap().holder_identity.as_deref(), Some(holder));
+    }
+}
+
+/// A tiny HTTP receiver on loopback: every POSTed JSON body, as a generic-webhook Provider
+/// delivers Flux's alerts.
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
+    let store = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![];
+                let mut chunk = [0u8; 16384];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            if let Ok(v) = serde_json::from_str(body) {
+                                store.lock().unwrap().push(v);
+                            }
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn occurrences_reach_flux_alerts_through_notification_controller() {
+    let (env, client, ns) = setup("alerts").await;
+    let events_url = env.var("FLUXMEDIC_EVENTS_URL").to_string();
+    assert!(
+        !events_url.is_empty(),
+        "this control plane runs notification-controller"
+    );
+    let (hook, got) = receiver().await;
+    // What a user already has: a generic-webhook Provider and an Alert on their Flux objects.
+    apply(&client, json!({"apiVersion": "notification.toolkit.fluxcd.io/v1beta3", "kind": "Provider",
+        "metadata": {"name": "webhook", "namespace": ns}, "spec": {"type": "generic", "address": hook}})).await;
+    apply(&client, json!({"apiVersion": "notification.toolkit.fluxcd.io/v1beta3", "kind": "Alert",
+        "metadata": {"name": "everything", "namespace": ns},
+        "spec": {"providerRef": {"name": "webhook"}, "eventSeverity": "info",
+                 "eventSources": [{"kind": "GitRepository", "name": "*"}, {"kind": "Kustomization", "name": "*"}]}})).await;
+    // A private repository whose password rotates; the Secret is fixed later.
+    let repo = private_app_repo(env, &client, &ns).await;
+    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    kustomization(&client, &ns, "app", "./app", &[]).await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &["--events-addr", &events_url]);
+    repo.set_server_credentials(env, "bot", "second-password");
+    request_reconcile(&client, &ns, "GitRepository", "repo").await;
+    wait_remediation(&client, &ns, "GitRepository/repo", "detected", MIN, |r| {
+        r["status"]["diagnosis"].is_object()
+    })
+    .await;
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &ns);
+    secrets
+        .patch(
+            "creds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(&client, &ns, "GitRepository/repo", "recovered", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    let name = rem["metadata"]["name"].as_str().unwrap().to_string();
+    let payloads = wait_for("fluxmedic's occurrences delivered", MIN, || async {
+        let all = got.lock().unwrap().clone();
+        let ours: Vec<&serde_json::Value> = all
+            .iter()
+            .filter(|e| {
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("fluxmedic: "))
+            })
+            .collect();
+        let reasons: Vec<&str> = ours.iter().filter_map(|e| e["reason"].as_str()).collect();
+        if ["FailureDetected", "ActionSucceeded", "Recovered"]
+            .iter()
+            .all(|r| reasons.contains(r))
+        {
+            Ok(all)
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await;
+    for e in payloads.iter().filter(|e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("fluxmedic: "))
+    }) {
+        assert_eq!(e["involvedObject"]["kind"], "GitRepository", "{e}");
+        assert_eq!(e["involvedObject"]["name"], "repo");
+        assert_eq!(e["reportingController"], "fluxmedic");
+        // The event group's prefix is stripped by notification-controller.
+        assert_eq!(e["metadata"]["remediation"], name.as_str(), "{e}");
+    }
+    let detected = payloads
+        .iter()
+        .find(|e| e["reason"] == "FailureDetected")
+        .unwrap();
+    assert_eq!(detected["severity"], "error");
+    // Flux's own events still arrive beside them.
+    assert!(
+        payloads
+            .iter()
+            .any(|e| e["reportingController"] == "source-controller"),
+        "Flux's own events: {payloads:?}"
+    );
+    // Nothing secret leaves the cluster.
+    let text = serde_json::to_string(&payloads).unwrap();
+    assert!(!text.contains("first-password") && !text.contains("second-password"));
+}
