@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
                     circuit_breaker: 100_000,
                     shared_root: false,
                     operator_namespace: "flux-system",
+                    controllers_down: &report.controllers_down,
                 };
                 std::hint::black_box(policy::plan(
                     d,

@@ -48,6 +48,7 @@ pub fn evaluate(
                 circuit_breaker: threshold,
                 shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
                 operator_namespace: operator_ns,
+                controllers_down: &report.controllers_down,
             };
             let inc = IncidentView {
                 detected_at: snap.now,

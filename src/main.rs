@@ -65,6 +65,11 @@ enum Command {
         /// show them.
         #[arg(long)]
         events_addr: Option<String>,
+        /// Seconds a reconcile request may stay unhandled (beyond the object's own timeout)
+        /// before its Flux controller counts as not working: escalated at once, and nothing is
+        /// done through it meanwhile.
+        #[arg(long, default_value_t = 120)]
+        controller_timeout_seconds: u64,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -205,6 +210,7 @@ fn main() -> ExitCode {
             max_writes_per_second,
             watch_label_selector,
             events_addr,
+            controller_timeout_seconds,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             let opts = controller::Options {
@@ -221,6 +227,7 @@ fn main() -> ExitCode {
                 max_writes_per_second,
                 watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
                 events_addr: events_addr.filter(|s| !s.trim().is_empty()),
+                controller_timeout: Duration::from_secs(controller_timeout_seconds.max(1)),
                 identity: std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };

@@ -66,6 +66,13 @@ pub struct Metrics {
     pub flux_api_missing: Family<KindLabels, Gauge>,
     /// Flux events posted to notification-controller, by outcome (sent, failed, dropped).
     pub notifications: Family<OutcomeLabels, Counter>,
+    /// 1 for a Flux controller that leaves reconcile requests unhandled, else 0.
+    pub flux_controller_down: Family<ControllerLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
 }
 
 impl Default for Metrics {
@@ -90,6 +97,7 @@ impl Default for Metrics {
         let records_edited = Counter::default();
         let flux_api_missing = Family::<KindLabels, Gauge>::default();
         let notifications = Family::<OutcomeLabels, Counter>::default();
+        let flux_controller_down = Family::<ControllerLabels, Gauge>::default();
         registry.register("incidents", "Incidents opened, by case", incidents.clone());
         registry.register(
             "actions",
@@ -171,8 +179,14 @@ impl Default for Metrics {
             "Flux events posted to notification-controller, by outcome",
             notifications.clone(),
         );
+        registry.register(
+            "flux_controller_down",
+            "1 for a Flux controller that leaves reconcile requests unhandled (not processing its objects)",
+            flux_controller_down.clone(),
+        );
         Metrics {
             registry,
+            flux_controller_down,
             records_edited,
             flux_api_missing,
             notifications,

@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
             circuit_breaker: 20,
             shared_root: false,
             operator_namespace: "flux-system",
+            controllers_down: &report.controllers_down,
         };
         let inc = IncidentView {
             detected_at: snap.now,

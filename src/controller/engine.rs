@@ -92,9 +92,32 @@ pub async fn pass(ctx: &Arc<Context>) {
             idx.remediations.clone(),
         )
     };
-    let snap = enrich_secrets(ctx, snap).await;
+    let mut snap = enrich_secrets(ctx, snap).await;
+    snap.request_bound = Some(ctx.opts.controller_timeout);
     let policies = validate_policies(ctx, &raw_policies, &snap).await;
     let report = diagnose::diagnose(&snap);
+    for c in [
+        "source-controller",
+        "kustomize-controller",
+        "helm-controller",
+    ] {
+        let down = report.controllers_down.get(c);
+        let gauge =
+            ctx.metrics
+                .flux_controller_down
+                .get_or_create(&crate::telemetry::ControllerLabels {
+                    controller: c.to_string(),
+                });
+        if gauge.get() != down.is_some() as i64 {
+            match down {
+                Some(why) => {
+                    warn!(controller = c, reason = %why, "a Flux controller is not working")
+                }
+                None => info!(controller = c, "the Flux controller handles requests again"),
+            }
+        }
+        gauge.set(down.is_some() as i64);
+    }
     let threshold =
         policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
     // Objects outside the watched namespaces still count as roots, not as failures of ours.
@@ -290,6 +313,7 @@ pub fn decide(
         circuit_breaker: scene.threshold,
         shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
         operator_namespace: scene.operator_namespace,
+        controllers_down: &scene.report.controllers_down,
     };
     let decision = match (diagnosis, obj) {
         (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &pctx)),

@@ -63,6 +63,9 @@ pub struct Options {
     pub watch_label_selector: Option<String>,
     /// notification-controller's event server: occurrences are posted there as Flux events.
     pub events_addr: Option<String>,
+    /// How long a reconcile request may stay unhandled before its controller counts as not
+    /// working (escalated at once, nothing done through it meanwhile).
+    pub controller_timeout: Duration,
 }
 
 impl Options {

@@ -2,6 +2,7 @@
 //! storage metadata and source Secrets. No API calls.
 
 mod classify;
+pub mod controllers;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -107,6 +108,9 @@ pub struct Snapshot {
     pub secrets_observed: bool,
     /// Now, in unix seconds.
     pub now: i64,
+    /// How long a reconcile request may stay unhandled before its controller counts as not
+    /// working (`None`: not judged, as for a dump).
+    pub request_bound: Option<Duration>,
 }
 
 impl Snapshot {
@@ -229,6 +233,9 @@ pub struct Report {
     pub diagnoses: Vec<Diagnosis>,
     /// Roots shared by several failures, most affected first.
     pub shared_roots: Vec<(ObjectKey, usize)>,
+    /// Flux controllers not processing their objects, with why (see [`controllers`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub controllers_down: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -628,10 +635,27 @@ pub fn diagnose(snap: &Snapshot) -> Report {
         snap,
         memo: HashMap::new(),
     };
+    let controllers_down: BTreeMap<String, String> = snap
+        .request_bound
+        .map(|b| controllers::unresponsive(snap, b))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(c, u)| (c.to_string(), u.to_string()))
+        .collect();
     let diagnoses: Vec<Diagnosis> = snap
         .objects
         .values()
         .filter_map(|o| diagnose_with(snap, o, &mut finder))
+        .map(|mut d| {
+            if let Some(why) = controllers_down.get(controllers::controller_of(d.target.kind)) {
+                d.evidence.push(Evidence {
+                    source: "controller".into(),
+                    reason: "ControllerNotWorking".into(),
+                    message: why.clone(),
+                });
+            }
+            d
+        })
         .collect();
     let mut counts: BTreeMap<ObjectKey, usize> = BTreeMap::new();
     for d in diagnoses.iter().filter(|d| !d.is_root()) {
@@ -642,6 +666,7 @@ pub fn diagnose(snap: &Snapshot) -> Report {
     Report {
         diagnoses,
         shared_roots,
+        controllers_down,
     }
 }
 

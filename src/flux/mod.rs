@@ -263,6 +263,9 @@ pub struct FluxObject {
     pub artifact_revision: Option<String>,
     /// status.lastAttemptedRevision of a Kustomization / HelmRelease.
     pub last_attempted_revision: Option<String>,
+    /// status.lastHandledReconcileAt: the last `requestedAt` token its controller handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
     pub interval: Option<Duration>,
     pub retry_interval: Option<Duration>,
     pub timeout: Option<Duration>,

@@ -85,6 +85,8 @@ struct CommonStatus {
     last_attempted_revision: Option<String>,
     #[serde(default)]
     artifact: Option<Artifact>,
+    #[serde(default)]
+    last_handled_reconcile_at: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -323,6 +325,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         url: None,
         artifact_revision: None,
         last_attempted_revision: None,
+        last_handled_reconcile_at: None,
         interval: None,
         retry_interval: None,
         timeout: None,
@@ -374,6 +377,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.conditions = status.conditions;
             out.observed_generation = status.observed_generation;
             out.last_attempted_revision = status.last_attempted_revision;
+            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
         }
         FluxKind::HelmRelease => {
             let spec: HelmReleaseSpec = field(value, "spec")?;
@@ -451,13 +455,14 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
                 last_attempted_config_digest: status.last_attempted_config_digest,
                 last_attempted_generation: status.last_attempted_generation,
                 history: status.history,
-                last_handled_reconcile_at: status.last_handled_reconcile_at,
+                last_handled_reconcile_at: status.last_handled_reconcile_at.clone(),
                 last_handled_force_at: status.last_handled_force_at,
                 last_handled_reset_at: status.last_handled_reset_at,
                 helm_chart: status.helm_chart,
             });
             out.conditions = status.conditions;
             out.observed_generation = status.observed_generation;
+            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
             out.last_attempted_revision = status.last_attempted_revision;
         }
         _ => {
@@ -476,6 +481,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             out.conditions = status.conditions;
             out.observed_generation = status.observed_generation;
             out.artifact_revision = status.artifact.and_then(|a| a.revision);
+            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
         }
     }
     out.unknown_source = unknown_source;

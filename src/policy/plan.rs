@@ -103,6 +103,23 @@ impl Action {
         matches!(self, Action::ReconcileSource { .. })
     }
 
+    /// The Flux objects whose controllers carry this action out, for `target`.
+    pub fn acts_through<'a>(&'a self, target: &'a ObjectKey) -> Vec<&'a ObjectKey> {
+        let mut v = vec![target];
+        match self {
+            Action::ReconcileSource { source } => v.push(source),
+            Action::ReconcileSourceAndConsumers { source, consumers } => {
+                v.push(source);
+                v.extend(consumers);
+            }
+            Action::RetryRelease {
+                with_source: Some(s),
+            } => v.push(s),
+            _ => {}
+        }
+        v
+    }
+
     /// The namespaces this action writes in, for `target`.
     pub fn writes<'a>(&'a self, target: &'a ObjectKey) -> Vec<&'a str> {
         match self {
@@ -180,6 +197,8 @@ pub enum Blocked {
     /// Helm storage that cannot be shown to belong to this HelmRelease, or a release
     /// fluxmedic cannot act on with its own rights (another cluster).
     ReleaseNotVerified(String),
+    /// The Flux controller that would carry the action out is not working.
+    ControllerDown(String),
 }
 
 impl Blocked {
@@ -202,6 +221,7 @@ impl Blocked {
             Blocked::OutsidePolicyNamespace { .. } => "outside-policy-namespace",
             Blocked::SuspendedByPerson => "suspended-by-person",
             Blocked::ReleaseNotVerified(_) => "release-not-verified",
+            Blocked::ControllerDown(_) => "controller-down",
         }
     }
 
@@ -247,6 +267,7 @@ impl fmt::Display for Blocked {
                 "the target is suspended and fluxmedic did not suspend it: record only until it is resumed",
             ),
             Blocked::ReleaseNotVerified(why) => write!(f, "record only: {why}"),
+            Blocked::ControllerDown(why) => write!(f, "a person is needed: {why}"),
         }
     }
 }
@@ -281,6 +302,8 @@ pub struct PlanContext<'a> {
     pub shared_root: bool,
     /// The operator's namespace: only policies there may change other namespaces.
     pub operator_namespace: &'a str,
+    /// Flux controllers not processing their objects ([`crate::diagnose::Report`]).
+    pub controllers_down: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// The outcome of planning.
@@ -677,7 +700,11 @@ pub fn plan(
         && (!d.retryable
             || crate::diagnose::flux_attempts(target)
                 >= i64::from(policy.spec.limits.max_attempts));
-    let escalate = escalates(policy, inc, now) || endless;
+    // A Flux controller that is not working is a person's problem at once.
+    let controller_down = ctx
+        .controllers_down
+        .contains_key(crate::diagnose::controllers::controller_of(d.target.kind));
+    let escalate = escalates(policy, inc, now) || endless || controller_down;
     let planned = runbook(d, target, policy, inc, ctx);
     let (planned, blocked) = match planned {
         Err(b) => (None, Some(b)),
@@ -742,6 +769,30 @@ fn gate(
             policy: policy.id(),
         });
     }
+    // Nothing goes through a controller that is not processing its objects.
+    if let Some(why) = a.acts_through(&target.key).into_iter().find_map(|k| {
+        ctx.controllers_down
+            .get(crate::diagnose::controllers::controller_of(k.kind))
+    }) {
+        return Some(Blocked::ControllerDown(why.clone()));
+    }
+    // The previous request on an object this goes through is not handled yet: a new token
+    // adds nothing (Flux takes the latest anyway) and would hide how long it has waited.
+    let resuming = inc.interrupted.as_ref() == Some(a);
+    if !resuming
+        && let Some(k) = a.acts_through(&target.key).into_iter().find(|k| {
+            ctx.snapshot
+                .objects
+                .get(*k)
+                .is_some_and(|o| crate::diagnose::controllers::pending_request(o, now).is_some())
+        })
+    {
+        // (No count of seconds here: a waiting incident's record does not change each tick.)
+        return Some(Blocked::FluxRemediating(format!(
+            "{} has not handled the previous reconcile request on {k} yet",
+            crate::diagnose::controllers::controller_of(k.kind)
+        )));
+    }
     // A person suspended it: hands off (a stale lock is still released: helm-controller
     // cannot do it while suspended, and the unlock does not resume anything).
     if target.suspended && !inc.holds && !matches!(a, Action::UnlockRelease { .. }) {
@@ -774,8 +825,7 @@ fn gate(
             target.key
         )));
     }
-    // The step a crash interrupted was already counted and waited for.
-    let resuming = inc.interrupted.as_ref() == Some(a);
+    // The step a crash interrupted was already counted and waited for (`resuming`).
     if let Some(last) = inc.last_action_at.filter(|_| !resuming) {
         let wait = if a.is_poll() {
             poll_wait()

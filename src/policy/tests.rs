@@ -256,6 +256,7 @@ fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
         circuit_breaker: 20,
         shared_root: false,
         operator_namespace: "fluxmedic",
+        controllers_down: &report.controllers_down,
     };
     let dec = plan(&d, &s.snap.objects[&s.target], p, &s.inc, &ctx);
     (d, dec)
@@ -573,6 +574,7 @@ fn circuit_breaker_limits_action_to_shared_roots() {
         circuit_breaker: 20,
         shared_root: shared,
         operator_namespace: "fluxmedic",
+        controllers_down: &report.controllers_down,
     };
     let blocked = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(false));
     assert_eq!(
@@ -856,6 +858,7 @@ fn decide_as(s: &Scenario, p: &Policy, operator_ns: &str) -> Decision {
         circuit_breaker: 20,
         shared_root: false,
         operator_namespace: operator_ns,
+        controllers_down: &report.controllers_down,
     };
     plan(&d, &s.snap.objects[&s.target], Some(p), &s.inc, &ctx)
 }
@@ -1227,4 +1230,47 @@ fn retry_on_failure_is_counted_and_escalated_instead_of_waited_on_forever() {
         "{dec:?}"
     );
     assert!(dec.escalate);
+}
+
+#[test]
+fn nothing_goes_through_a_controller_that_is_not_working_and_it_escalates_at_once() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let s = scenario(Case::GitUnreachable);
+    let report = diagnose::diagnose(&s.snap);
+    let d = report.get(&s.target).unwrap();
+    let down = std::collections::BTreeMap::from([(
+        "source-controller".to_string(),
+        "source-controller has not handled the reconcile request on GitRepository/apps/repo made 300s ago: it is not processing its objects".to_string(),
+    )]);
+    let ctx = PlanContext {
+        snapshot: &s.snap,
+        failing_targets: 1,
+        circuit_breaker: 20,
+        shared_root: false,
+        operator_namespace: "fluxmedic",
+        controllers_down: &down,
+    };
+    let dec = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx);
+    assert!(
+        matches!(dec.blocked, Some(Blocked::ControllerDown(ref m)) if m.contains("source-controller")),
+        "{dec:?}"
+    );
+    assert!(dec.escalate, "escalated at once");
+    // A Kustomization whose action goes through its source: blocked too.
+    let s = scenario(Case::InvalidManifests);
+    let report = diagnose::diagnose(&s.snap);
+    let dec = plan(
+        report.get(&s.target).unwrap(),
+        &s.snap.objects[&s.target],
+        Some(&p),
+        &s.inc,
+        &PlanContext {
+            snapshot: &s.snap,
+            ..ctx
+        },
+    );
+    assert!(
+        matches!(dec.blocked, Some(Blocked::ControllerDown(_))),
+        "{dec:?}"
+    );
 }
