@@ -333,7 +333,7 @@ async fn retries_exhausted(
         ),
     );
     tokio::time::sleep(fix_after).await;
-    mark_deployment_available(client, ns).await;
+    let _rollouts = keep_deployment_available(client, ns);
     set(b, 2, "the Deployment rolled out");
     until("web Ready on 0.2.0", || async {
         get(client, ns, "HelmRelease", "web")

@@ -242,8 +242,8 @@ async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token()
         ready.contains("timeout") || ready.contains("deadline"),
         "{ready}"
     );
-    // The cause goes away (the rollout completes); plain Flux would stay Stalled.
-    mark_deployment_available(&client, &ns).await;
+    // The cause goes away (rollouts complete from now on); plain Flux would stay Stalled.
+    let _rollouts = keep_deployment_available(&client, &ns);
     let op = Operator::start(env, &ns, &[]);
 
     let rem = wait_remediation(

@@ -281,7 +281,7 @@ fn classify_object(snap: &Snapshot, obj: &FluxObject) -> Option<(Classification,
             evidence,
         ));
     }
-    if !obj.is_failing() || waiting_on_a_working_source(snap, obj) {
+    if !obj.is_failing() || waiting_on_a_working_source(snap, obj) || health_check_canceled(obj) {
         return None;
     }
     // Order: a lock message anywhere, Stalled, Released/Remediated detail, then Ready.
@@ -365,6 +365,15 @@ pub fn flux_attempts(obj: &FluxObject) -> i64 {
     } else {
         h.failures.max(0)
     }
+}
+
+/// `Ready=False/HealthCheckCanceled` (helm-controller v1.6+, kustomize-controller v1.8+): a
+/// new reconciliation was triggered and cancelled the running health checks; Flux is already
+/// at work on the object, nothing has failed yet.
+fn health_check_canceled(obj: &FluxObject) -> bool {
+    obj.condition("Ready")
+        .is_some_and(|c| c.is_false() && c.reason == "HealthCheckCanceled")
+        && !obj.condition("Stalled").is_some_and(|c| c.is_true())
 }
 
 /// What Flux does by itself about this object's failure.

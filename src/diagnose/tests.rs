@@ -565,3 +565,48 @@ fn waiting_on_a_source_that_is_working_is_not_an_incident_until_it_lasts() {
     assert_eq!(d.case, Case::DependencyCascade);
     assert_eq!(d.root.kind, FluxKind::HelmChart);
 }
+
+/// Conditions of Flux releases after the ones built here (2.8: helm-controller v1.5,
+/// kustomize-controller v1.8; and the controllers' main branches, the road to 2.10), read from
+/// their sources: understood, or ignored, never misread as a failure.
+#[test]
+fn newer_flux_conditions_are_understood_or_ignored() {
+    let now = 1_800_000_000;
+    let one = |o: FluxObject| diagnose(&Snapshot::new([o], now)).diagnoses;
+    // kustomize-controller v1.8.0+ internal/controller/kustomization_controller.go and
+    // helm-controller v1.6.0+ internal/controller/helmrelease_controller.go: a new
+    // reconciliation cancels the running health checks. Flux is at work: no incident.
+    let canceled = json!({"type": "Ready", "status": "False", "reason": "HealthCheckCanceled",
+        "message": "New reconciliation triggered by GitRepository/apps/repo"});
+    assert!(one(ks("app", &[], "repo", vec![canceled.clone()])).is_empty());
+    assert!(one(hr("web", vec![canceled], json!({}), false)).is_empty());
+    // helm-controller v1.6.0+ internal/reconcile/atomic_release.go: the Drifted condition
+    // (spec.driftDetection mode warn/enabled) beside a Ready release: not a failure.
+    let drifted = vec![
+        json!({"type": "Ready", "status": "True", "reason": "UpgradeSucceeded", "message": "Helm upgrade succeeded"}),
+        json!({"type": "Drifted", "status": "True", "reason": "DriftDetected",
+               "message": "Cluster state of release apps/web.v3 has drifted from the desired state:\nDeployment/apps/web changed (0 additions, 1 changes, 0 removals)"}),
+    ];
+    assert!(one(hr("web", drifted, json!({}), false)).is_empty());
+    let no_drift = vec![
+        json!({"type": "Ready", "status": "True", "reason": "UpgradeSucceeded", "message": "ok"}),
+        json!({"type": "Drifted", "status": "False", "reason": "NoDriftDetected", "message": "No drift detected against the cluster state"}),
+    ];
+    assert!(one(hr("web", no_drift, json!({}), false)).is_empty());
+    // helm-controller (unchanged since v0.37): Stalled/MissingRollbackTarget is a failed
+    // release a retry cannot fix; the plan says what a person must do (see policy tests).
+    let missing = vec![
+        json!({"type": "Ready", "status": "False", "reason": "UpgradeFailed", "message": "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded"}),
+        json!({"type": "Stalled", "status": "True", "reason": "MissingRollbackTarget",
+               "message": "Failed to perform remediation: missing target release for rollback: cannot remediate failed release"}),
+    ];
+    let d = one(hr("web", missing, json!({}), false));
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].case, Case::FailedRelease);
+    assert!(!d[0].retryable);
+    assert!(
+        d[0].evidence
+            .iter()
+            .any(|e| e.reason == "MissingRollbackTarget")
+    );
+}

@@ -531,9 +531,10 @@ fn wait(status: &mut RemediationStatus, prev: Option<&str>, dec: &Decision, out:
         status.action = dec.planned.as_ref().map(|a| format!("{}?", a.name()));
     }
     status.next_action_at = blocked.until().map(rfc3339);
-    let reason_changed = prev
-        .map(|b| b.split(';').next() != text.split(';').next())
-        .unwrap_or(true);
+    // A new reason (not merely the same one again) is counted and, for some, announced. The
+    // text is "planned <action>; <reason>": the reason is its end.
+    let reason = blocked.to_string();
+    let reason_changed = prev.is_none_or(|b| !b.ends_with(&reason));
     if reason_changed {
         out.push(Effect::Count(Count::Blocked(blocked.label())));
         if matches!(

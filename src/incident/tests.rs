@@ -874,3 +874,68 @@ fn only_fluxmedics_own_untouched_suspension_is_resumed_when_nobody_holds_it() {
     ));
     assert!(orphaned_hold(&with_hold(4, 4, owner), Some(&failed), &s));
 }
+
+#[test]
+fn a_new_reason_under_the_same_planned_action_is_counted() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Remediating)),
+        None,
+    ));
+    let waiting = blocked(
+        Some(retry.clone()),
+        Blocked::FluxRemediating(
+            "helm-controller has not handled the previous reconcile request yet".into(),
+        ),
+    );
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &waiting,
+        },
+    ));
+    assert!(fx.contains(&Effect::Count(Count::Blocked("flux-remediating"))));
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(written(&fx).unwrap().clone()),
+        None,
+    ));
+    // Same planned retry, another reason: counted.
+    let cooling = blocked(Some(retry.clone()), Blocked::Cooldown { until: NOW + 60 });
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &cooling,
+        },
+    ));
+    assert!(
+        fx.contains(&Effect::Count(Count::Blocked("cooldown"))),
+        "{fx:?}"
+    );
+    // The same reason again: not counted twice.
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(written(&fx).unwrap().clone()),
+        None,
+    ));
+    let fx = next(&input(
+        Some(&rec),
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &cooling,
+        },
+    ));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Count(Count::Blocked(_)))),
+        "{fx:?}"
+    );
+}

@@ -553,9 +553,17 @@ fn runbook(
                 return Ok(a);
             }
             let rollback_refused = rollback.and_then(Result::err);
+            let no_rollback_target = d
+                .evidence
+                .iter()
+                .any(|e| e.reason == "MissingRollbackTarget");
             if !d.retryable {
                 Err(rollback_refused.unwrap_or_else(|| {
-                    Blocked::RetryCannotHelp("the release input is invalid; fix it in Git".into())
+                    Blocked::RetryCannotHelp(if no_rollback_target {
+                        "helm-controller has no revision left to roll back to (MissingRollbackTarget: the history was pruned, or no release ever succeeded); fix the release in Git, or roll back or reinstall by hand".into()
+                    } else {
+                        "the release input is invalid; fix it in Git".into()
+                    })
                 }))
             } else if !retry_left {
                 Err(rollback_refused.unwrap_or(Blocked::MaxAttempts))

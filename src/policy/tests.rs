@@ -1274,3 +1274,32 @@ fn nothing_goes_through_a_controller_that_is_not_working_and_it_escalates_at_onc
         "{dec:?}"
     );
 }
+
+#[test]
+fn missing_rollback_target_says_what_a_person_must_do() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Retry]);
+    let o = hr(vec![
+        cond(
+            "Ready",
+            "False",
+            "UpgradeFailed",
+            "Helm upgrade failed for release apps/web with chart web@2: context deadline exceeded",
+        ),
+        cond(
+            "Stalled",
+            "True",
+            "MissingRollbackTarget",
+            "Failed to perform remediation: missing target release for rollback: cannot remediate failed release",
+        ),
+    ]);
+    let s = Scenario {
+        snap: Snapshot::new([o.clone()], NOW),
+        target: o.key,
+        inc: IncidentView::default(),
+    };
+    let dec = decide(&s, Some(&p)).1;
+    assert!(
+        matches!(dec.blocked, Some(Blocked::RetryCannotHelp(ref m)) if m.contains("no revision left to roll back to")),
+        "{dec:?}"
+    );
+}

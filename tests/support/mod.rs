@@ -903,6 +903,77 @@ pub async fn mark_deployment_available(client: &Client, ns: &str) {
         .unwrap();
 }
 
+/// What a deployment controller would do from now on: keep the `web` Deployment (however
+/// often a Helm action recreates it: Helm 3's forced upgrade does) rolled out. Stops when
+/// the returned handle is dropped.
+pub fn keep_deployment_available(client: &Client, ns: &str) -> AbortOnDrop {
+    let (client, ns) = (client.clone(), ns.to_string());
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(client.clone(), &ns);
+            if let Ok(Some(d)) = api.get_opt("web").await {
+                // Helm 3's readiness check (helm-controller v1.4, Flux 2.7) also wants the
+                // Deployment's newest ReplicaSet, owned by it, with its pod template.
+                let rss: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+                    Api::namespaced(client.clone(), &ns);
+                let uid = d.metadata.uid.clone().unwrap_or_default();
+                let rs_name = format!("web-{}", &uid.chars().take(8).collect::<String>());
+                if uid.len() >= 8 && !matches!(rss.get_opt(&rs_name).await, Ok(Some(_))) {
+                    let spec = d.spec.clone().unwrap_or_default();
+                    let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                        "metadata": {"name": rs_name, "namespace": ns,
+                                     "labels": spec.template.metadata.as_ref().and_then(|m| m.labels.clone()),
+                                     "annotations": {"deployment.kubernetes.io/revision": "1"},
+                                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": uid, "controller": true}]},
+                        "spec": {"replicas": 0, "selector": spec.selector, "template": spec.template}});
+                    if let Ok(rs) =
+                        serde_json::from_value::<k8s_openapi::api::apps::v1::ReplicaSet>(rs)
+                    {
+                        let _ = rss.create(&PostParams::default(), &rs).await;
+                    }
+                }
+                if let Ok(Some(rs)) = rss.get_opt(&rs_name).await
+                    && rs.status.as_ref().and_then(|s| s.observed_generation)
+                        != rs.metadata.generation
+                {
+                    let status = json!({"status": {"observedGeneration": rs.metadata.generation, "replicas": 0}});
+                    let _ = rss
+                        .patch_status(&rs_name, &PatchParams::default(), &Patch::Merge(status))
+                        .await;
+                }
+                let gen_ = d.metadata.generation.unwrap_or(1);
+                let done = d.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == Some(gen_)
+                        && s.conditions.as_ref().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c.type_ == "Available" && c.status == "True")
+                        })
+                });
+                if !done {
+                    let status = json!({"status": {"observedGeneration": gen_, "replicas": 0, "updatedReplicas": 0, "readyReplicas": 0, "availableReplicas": 0,
+                        "conditions": [
+                            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"},
+                            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable", "message": "ok"}]}});
+                    let _ = api
+                        .patch_status("web", &PatchParams::default(), &Patch::Merge(status))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }))
+}
+
+/// A task aborted when this is dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 // ---------------------------------------------------------------- failed release: retry
 
 pub async fn forge_pending(
