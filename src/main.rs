@@ -70,6 +70,10 @@ enum Command {
         /// done through it meanwhile.
         #[arg(long, default_value_t = 120)]
         controller_timeout_seconds: u64,
+        /// Do not check unreachable sources' hosts from here (DNS, TCP, TLS; no credentials
+        /// sent) for git-unreachable evidence: for clusters whose egress must stay quiet.
+        #[arg(long)]
+        no_source_probes: bool,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -211,6 +215,7 @@ fn main() -> ExitCode {
             watch_label_selector,
             events_addr,
             controller_timeout_seconds,
+            no_source_probes,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             let opts = controller::Options {
@@ -228,6 +233,7 @@ fn main() -> ExitCode {
                 watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
                 events_addr: events_addr.filter(|s| !s.trim().is_empty()),
                 controller_timeout: Duration::from_secs(controller_timeout_seconds.max(1)),
+                source_probes: !no_source_probes,
                 identity: std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };

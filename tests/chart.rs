@@ -45,6 +45,9 @@ fn chart_lints_and_renders_every_mode() {
         "cluster mode: a ClusterRole, plus the leader-election Role"
     );
     assert!(out.contains("--leader-elect"));
+    // Opt-ins stay off by default; probes stay on.
+    assert!(!out.contains("--events-addr") && !out.contains("--no-source-probes"));
+    assert!(out.contains("--controller-timeout-seconds=120"));
     let (ok, out) = helm(
         env,
         &[
@@ -63,6 +66,10 @@ fn chart_lints_and_renders_every_mode() {
             "metrics.serviceMonitor.enabled=true",
             "--set",
             "metrics.prometheusRule.enabled=true",
+            "--set",
+            "notifications.enabled=true",
+            "--set",
+            "sourceProbes=false",
         ],
     );
     assert!(ok, "{out}");
@@ -72,6 +79,12 @@ fn chart_lints_and_renders_every_mode() {
         "one Role per watched namespace and the release namespace, plus leader election"
     );
     assert!(out.contains("--watch-namespaces=apps,data"));
+    assert!(
+        out.contains(
+            "--events-addr=http://notification-controller.flux-system.svc.cluster.local./"
+        )
+    );
+    assert!(out.contains("--no-source-probes"));
     for want in [
         "kind: ServiceMonitor",
         "kind: PrometheusRule",
@@ -100,6 +113,8 @@ fn bad_values_fail_at_install_with_a_clear_message() {
         ("concurrency=0", "concurrency"),
         ("logFormat=xml", "logFormat"),
         ("nosuchvalue=1", "nosuchvalue"),
+        ("notifications.address=ftp://x", "notifications/address"),
+        ("controllerTimeoutSeconds=1", "controllerTimeoutSeconds"),
     ] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");

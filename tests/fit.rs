@@ -1,5 +1,6 @@
 //! Fitting Flux as people run it, on the real control plane: sharded Flux (one fluxmedic per
-//! shard, each on its own objects, records and Lease).
+//! shard, each on its own objects, records and Lease), Flux alerts, a source that cannot be
+//! reached checked by fluxmedic itself.
 
 mod support;
 
@@ -283,4 +284,61 @@ async fn occurrences_reach_flux_alerts_through_notification_controller() {
     // Nothing secret leaves the cluster.
     let text = serde_json::to_string(&payloads).unwrap();
     assert!(!text.contains("first-password") && !text.contains("second-password"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_source_is_checked_by_fluxmedic_and_the_finding_is_evidence() {
+    let (env, client, ns) = setup("probe").await;
+    // Port 1 on loopback: source-controller's clone is refused, and so is fluxmedic's probe.
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        MIN,
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "observe",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &[]);
+    let record = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "probe evidence",
+        MIN,
+        |r| {
+            r["status"]["diagnosis"]["evidence"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["source"] == "probe"))
+        },
+    )
+    .await;
+    assert_eq!(record["spec"]["case"], "git-unreachable");
+    let evidence = record["status"]["diagnosis"]["evidence"]
+        .as_array()
+        .unwrap();
+    let probe = evidence.iter().find(|e| e["source"] == "probe").unwrap();
+    let text = probe["message"].as_str().unwrap();
+    assert!(
+        text.contains("127.0.0.1") && text.contains("TCP connection to port 1 failed"),
+        "{text}"
+    );
+    // The Git service's own words stay first; the probe adds to them.
+    assert!(
+        evidence[0]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("condition/"),
+        "{evidence:?}"
+    );
 }

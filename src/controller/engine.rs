@@ -94,6 +94,9 @@ pub async fn pass(ctx: &Arc<Context>) {
     };
     let mut snap = enrich_secrets(ctx, snap).await;
     snap.request_bound = Some(ctx.opts.controller_timeout);
+    if ctx.opts.source_probes {
+        snap.probes = probe_sources(ctx, &snap).await;
+    }
     let policies = validate_policies(ctx, &raw_policies, &snap).await;
     let report = diagnose::diagnose(&snap);
     for c in [
@@ -876,6 +879,48 @@ async fn validate_policies(
         }
     }
     usable
+}
+
+/// How long a reachability probe of a URL stays valid.
+const PROBE_TTL: Duration = Duration::from_secs(60);
+/// Most probes run in one pass (the rest wait for the next).
+const PROBES_PER_PASS: usize = 16;
+
+/// Probe the failing Git sources' URLs (cached for a minute; a few per pass, concurrently).
+async fn probe_sources(ctx: &Arc<Context>, snap: &Snapshot) -> HashMap<String, String> {
+    let urls = snap.failing_git_urls();
+    let (mut known, stale): (HashMap<String, String>, Vec<String>) = {
+        let cache = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = HashMap::new();
+        let mut stale = vec![];
+        for u in urls {
+            match cache.get(&u) {
+                Some((at, found)) if at.elapsed() < PROBE_TTL => {
+                    known.insert(u, found.clone());
+                }
+                Some((_, found)) => {
+                    known.insert(u.clone(), found.clone());
+                    stale.push(u);
+                }
+                None => stale.push(u),
+            }
+        }
+        (known, stale)
+    };
+    let fresh = futures::future::join_all(
+        stale
+            .into_iter()
+            .take(PROBES_PER_PASS)
+            .map(|u| async move { (u.clone(), super::probe::probe(&u).await) }),
+    )
+    .await;
+    let mut cache = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
+    for (u, found) in fresh {
+        cache.insert(u.clone(), (Instant::now(), found.clone()));
+        known.insert(u, found);
+    }
+    cache.retain(|_, (at, _)| at.elapsed() < PROBE_TTL * 10);
+    known
 }
 
 /// Fetch key names of Secrets referenced by failing Git sources (values are not kept).

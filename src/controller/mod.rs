@@ -8,6 +8,7 @@ pub mod index;
 pub mod leader;
 pub mod limiter;
 pub mod notify;
+pub mod probe;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -66,6 +67,8 @@ pub struct Options {
     /// How long a reconcile request may stay unhandled before its controller counts as not
     /// working (escalated at once, nothing done through it meanwhile).
     pub controller_timeout: Duration,
+    /// Check the hosts of sources that cannot be reached (evidence for git-unreachable).
+    pub source_probes: bool,
 }
 
 impl Options {
@@ -109,6 +112,8 @@ pub struct Context {
     pub jobs: std::sync::Mutex<HashMap<ObjectKey, tokio::task::JoinHandle<()>>>,
     /// Fires (true) when Helm jobs must stop: shutdown, or the Lease lost.
     pub stop: tokio::sync::watch::Sender<bool>,
+    /// Reachability probes of unreachable sources, per URL, with when they ran.
+    pub probes: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
     backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
 }
 
@@ -284,6 +289,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         sealer,
         jobs: std::sync::Mutex::new(HashMap::new()),
         stop,
+        probes: std::sync::Mutex::new(HashMap::new()),
         backoff: Mutex::new(HashMap::new()),
         opts,
     });

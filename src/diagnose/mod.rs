@@ -111,6 +111,8 @@ pub struct Snapshot {
     /// How long a reconcile request may stay unhandled before its controller counts as not
     /// working (`None`: not judged, as for a dump).
     pub request_bound: Option<Duration>,
+    /// fluxmedic's own reachability check of a source URL (DNS, TCP, TLS), per URL.
+    pub probes: HashMap<String, String>,
 }
 
 impl Snapshot {
@@ -132,6 +134,30 @@ impl Snapshot {
             .or_default();
         entry.releases.push(r);
         entry.releases.sort_by_key(|r| r.version);
+    }
+
+    /// URLs of GitRepositories failing because their server cannot be reached (the ones to
+    /// probe for reachability).
+    pub fn failing_git_urls(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .objects
+            .values()
+            .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
+            .filter(|o| {
+                o.conditions.iter().any(|c| {
+                    !c.is_true()
+                        && classify::classify_condition(
+                            o.key.kind, &c.type_, &c.status, &c.reason, &c.message,
+                        )
+                        .case
+                            == Case::GitUnreachable
+                })
+            })
+            .filter_map(|o| o.url.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Secrets referenced by failing GitRepositories whose key names are not known yet: the
@@ -562,6 +588,15 @@ fn diagnose_with(
         matches!(case, Case::GitAuth | Case::GitUnreachable),
     ) {
         evidence.push(secret_evidence(snap, obj, secret));
+    }
+    if case == Case::GitUnreachable
+        && let Some(found) = obj.url.as_ref().and_then(|u| snap.probes.get(u))
+    {
+        evidence.push(Evidence {
+            source: "probe".into(),
+            reason: "Reachability".into(),
+            message: format!("fluxmedic's own check, no credentials sent: {found}"),
+        });
     }
     let summary = if root == obj.key {
         format!("{}: {}", case, cl.rule)
