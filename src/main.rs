@@ -218,6 +218,15 @@ fn main() -> ExitCode {
             no_source_probes,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
+            // notification-controller's event server speaks plain HTTP inside the cluster.
+            if let Some(a) = events_addr.as_deref().filter(|a| !a.trim().is_empty())
+                && !a.starts_with("http://")
+            {
+                eprintln!(
+                    "error: --events-addr must be an http:// URL (notification-controller's event server), got {a:?}"
+                );
+                return ExitCode::from(2);
+            }
             let opts = controller::Options {
                 namespace,
                 watch_namespaces,

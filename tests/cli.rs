@@ -124,6 +124,13 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
     let (code, _, err) = fluxmedic(&["diagnose", "-f", "-"], Some("{{{"));
     assert_eq!(code, 2, "{err}");
     assert!(!err.contains("panicked"));
+    // The operator refuses an events address it cannot post to, before connecting anywhere.
+    let (code, _, err) = fluxmedic(&["run", "--events-addr", "https://nc.example/"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--events-addr must be an http:// URL"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -342,3 +342,113 @@ async fn an_unreachable_source_is_checked_by_fluxmedic_and_the_finding_is_eviden
         "{evidence:?}"
     );
 }
+
+/// A chart repository that refuses the credentials and an OCI registry that cannot be reached,
+/// failing for real in source-controller: told apart like Git's, the unreachable one checked
+/// by fluxmedic itself, recorded under an Auto policy and left alone (fluxmedic acts on Git
+/// sources only).
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
+    let (env, client, ns) = setup("artifacts").await;
+    // The fixture server answers 401 under /private/ for a repository it has no password for.
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "locked", "namespace": ns},
+        "spec": {"url": format!("{}/private/locked", env.fixture_url()), "interval": "1h"}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "gone", "namespace": ns},
+        "spec": {"url": "oci://127.0.0.1:1/apps/web", "insecure": true, "interval": "1h",
+                 "ref": {"tag": "latest"}}}),
+    )
+    .await;
+    let locked = wait_failing(&client, &ns, "HelmRepository", "locked", "Failed", MIN).await;
+    let gone = wait_failing(
+        &client,
+        &ns,
+        "OCIRepository",
+        "gone",
+        "OCIArtifactPullFailed",
+        MIN,
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [
+            {"case": "git-auth", "mode": "Auto"}, {"case": "git-unreachable", "mode": "Auto"}]}),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &[]);
+    let auth = wait_remediation(
+        &client,
+        &ns,
+        "HelmRepository/locked",
+        "git-auth",
+        MIN,
+        |r| r["status"]["blocked"].is_string(),
+    )
+    .await;
+    assert_eq!(auth["spec"]["case"], "git-auth", "{auth}");
+    let blocked = auth["status"]["blocked"].as_str().unwrap();
+    assert!(
+        blocked.contains("acts on GitRepository sources only") && blocked.contains("credentials"),
+        "{blocked}"
+    );
+    let unreachable = wait_remediation(
+        &client,
+        &ns,
+        "OCIRepository/gone",
+        "probe evidence",
+        MIN,
+        |r| {
+            r["status"]["diagnosis"]["evidence"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["source"] == "probe"))
+        },
+    )
+    .await;
+    assert_eq!(
+        unreachable["spec"]["case"], "git-unreachable",
+        "{unreachable}"
+    );
+    let probe = unreachable["status"]["diagnosis"]["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["source"] == "probe")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
+    // Recorded, not acted on: no reconcile request on either source, no step.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (kind, name, before) in [
+        ("HelmRepository", "locked", &locked),
+        ("OCIRepository", "gone", &gone),
+    ] {
+        let now = get(&client, &ns, kind, name).await.unwrap();
+        assert!(
+            now["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
+            "{kind}/{name} was asked to reconcile: {now}"
+        );
+        assert_eq!(
+            now["metadata"]["generation"],
+            before["metadata"]["generation"]
+        );
+    }
+    for r in remediations(&client, &ns).await {
+        assert!(
+            r["status"]["steps"].as_array().is_none_or(|s| s.is_empty()),
+            "a step was taken: {r}"
+        );
+    }
+}

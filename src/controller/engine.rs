@@ -888,7 +888,7 @@ const PROBES_PER_PASS: usize = 16;
 
 /// Probe the failing Git sources' URLs (cached for a minute; a few per pass, concurrently).
 async fn probe_sources(ctx: &Arc<Context>, snap: &Snapshot) -> HashMap<String, String> {
-    let urls = snap.failing_git_urls();
+    let urls = snap.failing_source_urls();
     let (mut known, stale): (HashMap<String, String>, Vec<String>) = {
         let cache = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut known = HashMap::new();

@@ -114,6 +114,90 @@ static INVALID_MANIFEST_APPLY: LazyLock<RegexSet> = LazyLock::new(|| {
     .expect("static regexes")
 });
 
+/// A registry, chart repository or bucket refusing the credentials (go-containerregistry's
+/// registry errors, Helm's getter, the S3/GCS/Azure clients).
+static SOURCE_AUTH: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"\bUNAUTHORIZED\b",
+        r"\bDENIED\b",
+        r"(?i)\b401\b|\bunauthorized\b",
+        r"(?i)\b403\b.*forbidden|status code 403",
+        r"(?i)authentication required|failed to authenticate|failed to get credential",
+        r"(?i)access denied|InvalidAccessKeyId|SignatureDoesNotMatch|does not exist in our records",
+        r"(?i)AuthorizationFailure|AuthenticationFailed|invalid_grant",
+    ])
+    .expect("static regexes")
+});
+
+/// The artifact, tag, chart version or bucket does not exist.
+static SOURCE_NOT_FOUND: LazyLock<RegexSet> = LazyLock::new(|| {
+    RegexSet::new([
+        r"MANIFEST_UNKNOWN|NAME_UNKNOWN|BLOB_UNKNOWN",
+        r"(?i)\b404\b|status code 404",
+        r"no '.*' chart with version matching",
+        r"bucket '.*' not found|NoSuchBucket|BucketNotFound|ContainerNotFound",
+        r"(?i)no matching tag|tag .* not found|not found in repository",
+    ])
+    .expect("static regexes")
+});
+
+/// Reasons of a fetched artifact that cannot be used (source-controller's condition reasons
+/// and Helm chart build reasons).
+const INVALID_ARTIFACT_REASONS: &[&str] = &[
+    "OCIArtifactLayerOperationFailed",
+    "IndexationFailed",
+    "URLInvalid",
+    "VerificationError",
+    "InvalidChartReference",
+    "MetadataPatchError",
+    "ValuesFilesError",
+    "DependencyBuildError",
+    "ChartPackageError",
+    "ChartVerificationError",
+];
+
+/// OCIRepository, HelmRepository, HelmChart, Bucket (source-controller v1.7-v1.9 formats):
+/// credentials vs reachability vs a missing artifact vs an unusable one. The first two are the
+/// runbook's source cases (`git-auth`, `git-unreachable`, named for the commonest source).
+fn classify_artifact_source(reason: &str, message: &str) -> Classification {
+    use Case::*;
+    if reason == "AuthenticationFailed" {
+        return c(
+            GitAuth,
+            false,
+            "the source's credentials are missing or invalid",
+        );
+    }
+    if INVALID_ARTIFACT_REASONS.contains(&reason) {
+        return c(
+            Other,
+            false,
+            "the artifact was fetched but cannot be used (invalid content, reference or signature)",
+        );
+    }
+    if SOURCE_AUTH.is_match(message) {
+        c(
+            GitAuth,
+            false,
+            "the registry, repository or bucket rejected the credentials",
+        )
+    } else if SOURCE_NOT_FOUND.is_match(message) {
+        c(
+            Other,
+            false,
+            "the artifact, tag, chart version or bucket does not exist",
+        )
+    } else if GIT_NETWORK.is_match(message) {
+        c(
+            GitUnreachable,
+            true,
+            "the registry, repository or bucket could not be reached",
+        )
+    } else {
+        c(Other, transient(message), "source not ready")
+    }
+}
+
 fn transient(message: &str) -> bool {
     TRANSIENT.is_match(message)
 }
@@ -142,7 +226,10 @@ pub fn classify_condition(
         FluxKind::HelmRelease => classify_helmrelease(type_, status, reason, message),
         FluxKind::Kustomization => classify_kustomization(type_, reason, message),
         FluxKind::GitRepository => classify_git(reason, message),
-        _ => c(Other, transient(message), "source not ready"),
+        FluxKind::OCIRepository
+        | FluxKind::HelmRepository
+        | FluxKind::HelmChart
+        | FluxKind::Bucket => classify_artifact_source(reason, message),
     }
 }
 
@@ -289,6 +376,147 @@ mod tests {
         assert_eq!(schema.case, Case::FailedRelease);
         assert!(!schema.retryable);
         assert!(!hr("InstallFailed", "Helm install failed for release a/b with chart c@1: execution error at (c/templates/cm.yaml:1:3): boom").retryable);
+    }
+
+    /// Messages in the formats of source-controller v1.9 (ocirepository_controller.go,
+    /// helmrepository_controller.go, helmchart_controller.go, bucket_controller.go) around the
+    /// errors of go-containerregistry, Helm's getter and minio-go.
+    #[test]
+    fn artifact_source_messages() {
+        use Case::*;
+        let k = |kind, reason: &str, m: &str| {
+            let c = classify_condition(kind, "Ready", "False", reason, m);
+            (c.case, c.retryable)
+        };
+        let oci = FluxKind::OCIRepository;
+        let repo = FluxKind::HelmRepository;
+        let chart = FluxKind::HelmChart;
+        let bucket = FluxKind::Bucket;
+        for (kind, reason, message, want) in [
+            (
+                oci,
+                "AuthenticationFailed",
+                r#"failed to get credential: secrets "regcred" not found"#,
+                (GitAuth, false),
+            ),
+            (
+                oci,
+                "OCIArtifactPullFailed",
+                "failed to determine artifact digest: GET https://127.0.0.1:5000/v2/app/manifests/latest: UNAUTHORIZED: authentication required; [map[Action:pull Class: Name:app Type:repository]]",
+                (GitAuth, false),
+            ),
+            (
+                oci,
+                "ReadOperationFailed",
+                "failed to determine the artifact tag for 'oci://127.0.0.1:5000/app': GET https://127.0.0.1:5000/v2/app/tags/list: NAME_UNKNOWN: repository name not known to registry; map[name:app]",
+                (Other, false),
+            ),
+            (
+                oci,
+                "OCIArtifactPullFailed",
+                "failed to determine artifact digest: GET https://127.0.0.1:5000/v2/app/manifests/9.9.9: MANIFEST_UNKNOWN: manifest unknown; map[Tag:9.9.9]",
+                (Other, false),
+            ),
+            (
+                oci,
+                "OCIArtifactPullFailed",
+                r#"failed to determine artifact digest: Get "https://127.0.0.1:1/v2/": dial tcp 127.0.0.1:1: connect: connection refused"#,
+                (GitUnreachable, true),
+            ),
+            (
+                oci,
+                "OCIArtifactLayerOperationFailed",
+                "failed to extract layer contents from artifact: requires gzip-compressed body: gzip: invalid header",
+                (Other, false),
+            ),
+            (
+                oci,
+                "URLInvalid",
+                "URL validation failed for 'oci//x': URL must be in format 'oci://<domain>/<org>/<repo>'",
+                (Other, false),
+            ),
+            (
+                repo,
+                "Failed",
+                "failed to fetch Helm repository index: failed to cache index to temporary file: failed to fetch http://127.0.0.1:8080/charts/index.yaml : 401 Unauthorized",
+                (GitAuth, false),
+            ),
+            (
+                repo,
+                "Failed",
+                "failed to fetch Helm repository index: failed to cache index to temporary file: failed to fetch http://127.0.0.1:8080/nope/index.yaml : 404 Not Found",
+                (Other, false),
+            ),
+            (
+                repo,
+                "Failed",
+                r#"failed to fetch Helm repository index: failed to cache index to temporary file: Get "http://charts.example/index.yaml": dial tcp: lookup charts.example on 10.96.0.10:53: no such host"#,
+                (GitUnreachable, true),
+            ),
+            (
+                repo,
+                "IndexationFailed",
+                "failed to load Helm repository from index YAML: error unmarshaling JSON: while decoding JSON: json: cannot unmarshal string into Go value of type repo.IndexFile",
+                (Other, false),
+            ),
+            (
+                chart,
+                "ChartPullError",
+                "chart pull error: failed to get chart version for remote reference: no 'podinfo' chart with version matching '9.9.9' found",
+                (Other, false),
+            ),
+            (
+                chart,
+                "ChartPullError",
+                "chart pull error: failed to download chart for remote reference: failed to fetch http://127.0.0.1:8080/charts/podinfo-1.0.0.tgz : 401 Unauthorized",
+                (GitAuth, false),
+            ),
+            (
+                chart,
+                "AuthenticationFailed",
+                "failed to authenticate with the Helm repository: secrets \"creds\" not found",
+                (GitAuth, false),
+            ),
+            (
+                chart,
+                "ValuesFilesError",
+                "values files merge error: no values file found at path 'nope.yaml'",
+                (Other, false),
+            ),
+            (
+                bucket,
+                "BucketOperationFailed",
+                "bucket 'apps' not found",
+                (Other, false),
+            ),
+            (
+                bucket,
+                "BucketOperationFailed",
+                "failed to confirm existence of 'apps' bucket: The Access Key Id you provided does not exist in our records.",
+                (GitAuth, false),
+            ),
+            (
+                bucket,
+                "BucketOperationFailed",
+                r#"failed to confirm existence of 'apps' bucket: Get "http://minio:9000/apps/?location=": dial tcp: lookup minio on 10.96.0.10:53: no such host"#,
+                (GitUnreachable, true),
+            ),
+        ] {
+            assert_eq!(
+                k(kind, reason, message),
+                want,
+                "{kind:?} {reason}: {message}"
+            );
+        }
+        // A port or a digest that happens to contain 401 or 404 is not an HTTP status.
+        assert_eq!(
+            k(
+                oci,
+                "OCIArtifactPullFailed",
+                "failed to determine artifact digest: Get \"https://127.0.0.1:14010/v2/\": dial tcp 127.0.0.1:14010: connect: connection refused"
+            ),
+            (GitUnreachable, true)
+        );
     }
 
     #[test]

@@ -136,13 +136,13 @@ impl Snapshot {
         entry.releases.sort_by_key(|r| r.version);
     }
 
-    /// URLs of GitRepositories failing because their server cannot be reached (the ones to
-    /// probe for reachability).
-    pub fn failing_git_urls(&self) -> Vec<String> {
+    /// URLs of sources failing because their server cannot be reached (the ones to probe for
+    /// reachability).
+    pub fn failing_source_urls(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .objects
             .values()
-            .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
+            .filter(|o| o.key.kind.is_source() && o.is_failing())
             .filter(|o| {
                 o.conditions.iter().any(|c| {
                     !c.is_true()

@@ -588,6 +588,18 @@ fn runbook(
             }
             Ok(Action::ReconcileSource { source })
         }
+        Case::GitAuth | Case::GitUnreachable if target.key.kind != FluxKind::GitRepository => {
+            // OCI, Helm repository and Bucket sources: diagnosed alike, acted on not yet.
+            Err(Blocked::AwaitingFix(format!(
+                "fluxmedic acts on GitRepository sources only; fix the {} of this {} and Flux fetches it at its next interval",
+                if d.case == Case::GitAuth {
+                    "credentials"
+                } else {
+                    "endpoint or network"
+                },
+                target.key.kind.as_str()
+            )))
+        }
         Case::GitAuth | Case::GitUnreachable => {
             let now = observed_secret(snap, target);
             let changed = inc.observed_secret.is_some() && now != inc.observed_secret;

@@ -1303,3 +1303,61 @@ fn missing_rollback_target_says_what_a_person_must_do() {
         "{dec:?}"
     );
 }
+
+/// OCI, Helm repository and Bucket sources are diagnosed like Git (credentials vs
+/// reachability) and named as the root of what they feed, but fluxmedic does not act on them:
+/// not even when the credentials Secret changes.
+#[test]
+fn artifact_sources_are_diagnosed_and_recorded_but_not_acted_on() {
+    let oci = flux::from_value(&json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "app", "namespace": "apps"},
+        "spec": {"url": "oci://registry.example/app", "secretRef": {"name": "regcred"}, "interval": "5m"},
+        "status": {"conditions": [cond("Ready", "False", "OCIArtifactPullFailed",
+            "failed to determine artifact digest: GET https://registry.example/v2/app/manifests/latest: UNAUTHORIZED: authentication required; [map[Action:pull Class: Name:app Type:repository]]")]}}))
+    .unwrap();
+    let consumer = flux::from_value(
+        &json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": "apps"},
+        "spec": {"interval": "10m", "path": "./", "prune": true,
+                 "sourceRef": {"kind": "OCIRepository", "name": "app"}},
+        "status": {"conditions": [cond("Ready", "False", "ArtifactFailed",
+            "Source artifact not found, retrying in 30s")]}}),
+    )
+    .unwrap();
+    let mut snap = Snapshot::new([oci.clone(), consumer.clone()], NOW);
+    snap.secrets_observed = true;
+    snap.secrets.insert(
+        ("apps".into(), "regcred".into()),
+        SecretInfo {
+            keys: Default::default(),
+            resource_version: Some("2".into()),
+        },
+    );
+    let s = Scenario {
+        snap,
+        target: oci.key.clone(),
+        inc: IncidentView {
+            observed_secret: Some(crate::api::ObservedSecret {
+                name: "regcred".into(),
+                resource_version: Some("1".into()),
+            }),
+            ..Default::default()
+        },
+    };
+    let p = all_cases(Mode::Auto, &[]);
+    let (d, dec) = decide(&s, Some(&p));
+    assert_eq!(d.case, Case::GitAuth);
+    assert!(!d.retryable);
+    assert_eq!(dec.planned, None);
+    match dec.blocked {
+        Some(Blocked::AwaitingFix(why)) => {
+            assert!(why.contains("credentials of this OCIRepository"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The consumer names the OCIRepository as its root and waits on it.
+    let report = diagnose::diagnose(&s.snap);
+    let c = report.get(&consumer.key).unwrap();
+    assert_eq!(c.case, Case::DependencyCascade);
+    assert_eq!(c.root, oci.key);
+}

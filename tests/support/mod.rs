@@ -359,6 +359,7 @@ pub async fn apply(client: &Client, obj: Value) -> DynamicObject {
     let plural = match kind.as_str() {
         "GitRepository" => "gitrepositories".to_string(),
         "HelmRepository" => "helmrepositories".to_string(),
+        "OCIRepository" => "ocirepositories".to_string(),
         "RemediationPolicy" => "remediationpolicies".to_string(),
         k => format!("{}s", k.to_lowercase()),
     };
