@@ -366,6 +366,15 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
                  "ref": {"tag": "latest"}}}),
     )
     .await;
+    // A bucket endpoint where nothing listens.
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
+        "metadata": {"name": "files", "namespace": ns},
+        "spec": {"bucketName": "files", "endpoint": "127.0.0.1:1", "insecure": true,
+                 "provider": "generic", "interval": "1h", "timeout": "5s"}}),
+    )
+    .await;
     let locked = wait_failing(&client, &ns, "HelmRepository", "locked", "Failed", MIN).await;
     let gone = wait_failing(
         &client,
@@ -429,6 +438,12 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
         .unwrap()
         .to_string();
     assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
+    // Buckets are watched and diagnosed too.
+    let bucket = wait_remediation(&client, &ns, "Bucket/files", "bucket recorded", MIN, |r| {
+        r["status"]["blocked"].is_string()
+    })
+    .await;
+    assert_eq!(bucket["spec"]["case"], "git-unreachable", "{bucket}");
     // Recorded, not acted on: no reconcile request on either source, no step.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (kind, name, before) in [

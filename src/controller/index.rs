@@ -24,14 +24,15 @@ use crate::{
     helm::StoredRelease,
 };
 
-/// The Flux kinds fluxmedic watches (Bucket is rare and only ever a source: not watched).
-pub const WATCHED_KINDS: [FluxKind; 6] = [
+/// The Flux kinds fluxmedic watches: every kind Flux reconciles from a source, every source.
+pub const WATCHED_KINDS: [FluxKind; 7] = [
     FluxKind::Kustomization,
     FluxKind::HelmRelease,
     FluxKind::GitRepository,
     FluxKind::HelmChart,
     FluxKind::HelmRepository,
     FluxKind::OCIRepository,
+    FluxKind::Bucket,
 ];
 
 #[derive(Default)]

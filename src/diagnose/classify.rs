@@ -136,7 +136,7 @@ static SOURCE_NOT_FOUND: LazyLock<RegexSet> = LazyLock::new(|| {
         r"(?i)\b404\b|status code 404",
         r"no '.*' chart with version matching",
         r"bucket '.*' not found|NoSuchBucket|BucketNotFound|ContainerNotFound",
-        r"(?i)no matching tag|tag .* not found|not found in repository",
+        r"(?i)no matching tag|tag .* not found|not found in repository|couldn't find tag",
     ])
     .expect("static regexes")
 });

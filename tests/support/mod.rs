@@ -103,7 +103,7 @@ fn clear_leftovers(env: &Env) {
             "delete",
             "-n",
             ns,
-            "kustomizations,helmreleases,gitrepositories,helmrepositories,helmcharts,ocirepositories",
+            "kustomizations,helmreleases,gitrepositories,helmrepositories,helmcharts,ocirepositories,buckets",
             "--all",
             "--wait=true",
             "--timeout=60s",
