@@ -95,7 +95,7 @@ pub async fn pass(ctx: &Arc<Context>) {
     let mut snap = enrich_secrets(ctx, snap).await;
     snap.request_bound = Some(ctx.opts.controller_timeout);
     if ctx.opts.source_probes {
-        snap.probes = probe_sources(ctx, &snap).await;
+        snap.probes = probe_sources(ctx, &snap);
     }
     let policies = validate_policies(ctx, &raw_policies, &snap).await;
     let report = diagnose::diagnose(&snap);
@@ -883,43 +883,33 @@ async fn validate_policies(
 
 /// How long a reachability probe of a URL stays valid.
 const PROBE_TTL: Duration = Duration::from_secs(60);
-/// Most probes run in one pass (the rest wait for the next).
-const PROBES_PER_PASS: usize = 16;
+/// Most probes running at once.
+const PROBES_IN_FLIGHT: usize = 16;
 
-/// Probe the failing Git sources' URLs (cached for a minute; a few per pass, concurrently).
-async fn probe_sources(ctx: &Arc<Context>, snap: &Snapshot) -> HashMap<String, String> {
+/// What is known about the reachability of the unreachable sources' hosts; probes of the ones
+/// not known (or stale) start in the background and wake a pass when they find something new.
+fn probe_sources(ctx: &Arc<Context>, snap: &Snapshot) -> HashMap<String, String> {
     let urls = snap.failing_source_urls();
-    let (mut known, stale): (HashMap<String, String>, Vec<String>) = {
-        let cache = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut known = HashMap::new();
-        let mut stale = vec![];
-        for u in urls {
-            match cache.get(&u) {
-                Some((at, found)) if at.elapsed() < PROBE_TTL => {
-                    known.insert(u, found.clone());
-                }
-                Some((_, found)) => {
-                    known.insert(u.clone(), found.clone());
-                    stale.push(u);
-                }
-                None => stale.push(u),
+    let (known, start) = ctx.probes.lock().unwrap_or_else(|e| e.into_inner()).plan(
+        &urls,
+        Instant::now(),
+        PROBE_TTL,
+        PROBES_IN_FLIGHT,
+    );
+    for url in start {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let found = super::probe::probe(&url).await;
+            let changed = ctx.probes.lock().unwrap_or_else(|e| e.into_inner()).done(
+                url,
+                found,
+                Instant::now(),
+            );
+            if changed {
+                ctx.notify.notify_one();
             }
-        }
-        (known, stale)
-    };
-    let fresh = futures::future::join_all(
-        stale
-            .into_iter()
-            .take(PROBES_PER_PASS)
-            .map(|u| async move { (u.clone(), super::probe::probe(&u).await) }),
-    )
-    .await;
-    let mut cache = ctx.probes.lock().unwrap_or_else(|e| e.into_inner());
-    for (u, found) in fresh {
-        cache.insert(u.clone(), (Instant::now(), found.clone()));
-        known.insert(u, found);
+        });
     }
-    cache.retain(|_, (at, _)| at.elapsed() < PROBE_TTL * 10);
     known
 }
 

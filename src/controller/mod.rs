@@ -113,7 +113,7 @@ pub struct Context {
     /// Fires (true) when Helm jobs must stop: shutdown, or the Lease lost.
     pub stop: tokio::sync::watch::Sender<bool>,
     /// Reachability probes of unreachable sources, per URL, with when they ran.
-    pub probes: std::sync::Mutex<HashMap<String, (std::time::Instant, String)>>,
+    pub probes: std::sync::Mutex<probe::ProbeCache>,
     backoff: Mutex<HashMap<crate::flux::ObjectKey, (u32, i64)>>,
 }
 
@@ -289,7 +289,7 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         sealer,
         jobs: std::sync::Mutex::new(HashMap::new()),
         stop,
-        probes: std::sync::Mutex::new(HashMap::new()),
+        probes: std::sync::Mutex::new(probe::ProbeCache::default()),
         backoff: Mutex::new(HashMap::new()),
         opts,
     });

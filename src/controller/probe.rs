@@ -3,11 +3,66 @@
 //! verified against the system's roots. No credentials are sent and nothing is fetched; the
 //! result becomes evidence, so a person knows whether it is the network or the Git service.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::net::TcpStream;
 
 const STEP_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// Probe results per URL and the probes running. Probes run off the evaluation pass (a host
+/// that drops packets takes seconds to give up on, exactly the case probed): a pass uses what
+/// is known and starts what is missing or stale; a finished probe wakes the next pass.
+#[derive(Default)]
+pub struct ProbeCache {
+    found: HashMap<String, (Instant, String)>,
+    running: HashSet<String>,
+}
+
+impl ProbeCache {
+    /// What is known about `urls` (stale results too: better than nothing), and which to probe
+    /// now — missing or older than `ttl`, not already running, at most `max` running at once.
+    /// The ones returned are marked running.
+    pub fn plan(
+        &mut self,
+        urls: &[String],
+        now: Instant,
+        ttl: Duration,
+        max: usize,
+    ) -> (HashMap<String, String>, Vec<String>) {
+        let mut known = HashMap::new();
+        let mut start = vec![];
+        for u in urls {
+            let fresh = match self.found.get(u) {
+                Some((at, found)) => {
+                    known.insert(u.clone(), found.clone());
+                    now.saturating_duration_since(*at) < ttl
+                }
+                None => false,
+            };
+            if !fresh && !self.running.contains(u) && self.running.len() < max {
+                self.running.insert(u.clone());
+                start.push(u.clone());
+            }
+        }
+        // Forget URLs nobody asked about for a while.
+        self.found.retain(|u, (at, _)| {
+            self.running.contains(u) || now.saturating_duration_since(*at) < ttl * 10
+        });
+        (known, start)
+    }
+
+    /// Record a finished probe. True when the finding differs from what was known.
+    pub fn done(&mut self, url: String, found: String, now: Instant) -> bool {
+        self.running.remove(&url);
+        let changed = self.found.get(&url).is_none_or(|(_, f)| f != &found);
+        self.found.insert(url, (now, found));
+        changed
+    }
+}
 
 /// Host, port and whether TLS is spoken, from a source URL (http, https, ssh; scp-like
 /// `git@host:path` too). `None` for anything else.
@@ -163,6 +218,43 @@ mod tests {
         assert_eq!(endpoint("ftp://x/y"), None);
         assert_eq!(endpoint("https://:443/x"), None);
         assert_eq!(endpoint("https://h:notaport/x"), None);
+    }
+
+    #[test]
+    fn the_cache_bounds_and_refreshes_probes() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        let urls: Vec<String> = (0..5).map(|i| format!("https://h{i}/x")).collect();
+        let mut c = ProbeCache::default();
+        // Nothing known: at most `max` start; a second pass starts none of those again.
+        let (known, start) = c.plan(&urls, t0, ttl, 3);
+        assert!(known.is_empty());
+        assert_eq!(start, urls[..3].to_vec());
+        let (_, again) = c.plan(&urls, t0, ttl, 3);
+        assert!(
+            again.is_empty(),
+            "running probes are not started twice, and the bound holds"
+        );
+        // One finishes: known from now on, and a slot is free for the next URL.
+        assert!(c.done(urls[0].clone(), "down".into(), t0));
+        let (known, start) = c.plan(&urls, t0, ttl, 3);
+        assert_eq!(known.get(&urls[0]).map(String::as_str), Some("down"));
+        assert_eq!(start, vec![urls[3].clone()]);
+        // The same finding again is no change (no extra pass); a new one is.
+        assert!(!c.done(urls[0].clone(), "down".into(), t0));
+        // Stale after the ttl: still reported, and probed again.
+        let later = t0 + ttl + Duration::from_secs(1);
+        for u in &urls[1..4] {
+            c.done(u.clone(), "x".into(), t0);
+        }
+        let (known, start) = c.plan(&urls[..1], later, ttl, 3);
+        assert_eq!(known.get(&urls[0]).map(String::as_str), Some("down"));
+        assert_eq!(start, vec![urls[0].clone()]);
+        assert!(c.done(urls[0].clone(), "up".into(), later));
+        // Forgotten once nobody asked for ten ttls.
+        let much_later = later + ttl * 11;
+        c.plan(&[], much_later, ttl, 3);
+        assert!(c.found.is_empty());
     }
 
     #[tokio::test]
