@@ -69,6 +69,22 @@ async fn a_flux_controller_that_stops_working_is_escalated_at_once_and_left_alon
             .success()
     );
 
+    // Frozen mid-reconcile, as source-controller leaves an object it had just picked up:
+    // Flux shows it working on it (Ready Unknown), the request not yet marked handled, and it
+    // will never move. Written here so the test does not depend on where the SIGSTOP landed.
+    flux_api(&client, &ns, "GitRepository")
+        .patch_status(
+            "repo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"lastHandledReconcileAt": null, "conditions": [
+                {"type": "Reconciling", "status": "True", "reason": "Progressing",
+                 "lastTransitionTime": "2026-11-30T08:00:00Z", "message": "reconciliation in progress"},
+                {"type": "Ready", "status": "Unknown", "reason": "Progressing",
+                 "lastTransitionTime": "2026-11-30T08:00:00Z", "message": "reconciliation in progress"}]}})),
+        )
+        .await
+        .unwrap();
+
     let rem = wait_remediation(
         &client,
         &ns,

@@ -51,6 +51,7 @@ fuzz_target!(|data: &[u8]| {
             secret: None,
             recheck: None,
             escalate: true,
+            controller_down: Some("source-controller has not handled a request"),
             policy: None,
             now: 1_800_000_000,
             token: "t",

@@ -345,6 +345,13 @@ pub fn decide(
         secret: obj.and_then(|o| policy::observed_secret(snap, o)),
         recheck,
         escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
+        controller_down: obj.and_then(|o| {
+            scene
+                .report
+                .controllers_down
+                .get(crate::diagnose::controllers::controller_of(o.key.kind))
+                .map(String::as_str)
+        }),
         policy: policy.map(Policy::id),
         now,
         token,

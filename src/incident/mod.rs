@@ -240,6 +240,8 @@ pub struct Input<'a> {
     pub recheck: Option<Blocked>,
     /// The governing policy says the incident is due for escalation.
     pub escalate: bool,
+    /// The Flux controller of the target is not processing its objects: why.
+    pub controller_down: Option<&'a str>,
     /// The deciding policy and mode, for the record.
     pub policy: Option<String>,
     pub now: i64,
@@ -407,7 +409,7 @@ pub fn next(inp: &Input<'_>) -> Vec<Effect> {
     }
     match inp.seen {
         Seen::Ready | Seen::Gone => close(rec, inp, Closing::Recovered),
-        Seen::Pending => vec![],
+        Seen::Pending => stuck(rec, inp),
         Seen::Failing { diagnosis, .. } if diagnosis.case != rec.case => {
             let mut out = close(rec, inp, Closing::Superseded);
             if let Seen::Failing {
@@ -582,6 +584,31 @@ fn escalate(
             status.detected_at.clone().unwrap_or_default()
         ),
     ));
+}
+
+/// An open incident whose target shows Flux working on it (Ready Unknown, reconciling) while
+/// its controller is not processing objects: frozen mid-reconcile, the target will not move
+/// until the controller does. A person's problem at once, as for a failing target.
+fn stuck(rec: &Record, inp: &Input<'_>) -> Vec<Effect> {
+    let Some(why) = inp.controller_down else {
+        return vec![];
+    };
+    let mut status = rec.status.clone();
+    let mut out = vec![];
+    escalate(rec, &mut status, true, why, &mut out);
+    status.blocked = Some(Blocked::ControllerDown(why.to_string()).to_string());
+    status.next_action_at = None;
+    if let Some(d) = status.diagnosis.as_mut()
+        && !d.evidence.iter().any(|e| e.source == "controller")
+    {
+        d.evidence.push(crate::diagnose::Evidence {
+            source: "controller".into(),
+            reason: "ControllerNotWorking".into(),
+            message: why.to_string(),
+        });
+    }
+    write_if_changed(rec, status, &mut out);
+    out
 }
 
 /// Write `status` if it differs from what is stored.

@@ -170,6 +170,7 @@ fn input<'a>(
         secret: None,
         recheck: None,
         escalate: false,
+        controller_down: None,
         policy: Some("apps/p".into()),
         now: NOW,
         token: "fresh-token",
@@ -938,4 +939,60 @@ fn a_new_reason_under_the_same_planned_action_is_counted() {
             .any(|e| matches!(e, Effect::Count(Count::Blocked(_)))),
         "{fx:?}"
     );
+}
+
+#[test]
+fn a_target_frozen_mid_reconcile_by_a_controller_that_stopped_is_escalated() {
+    let o = hr(None, 3);
+    let mut st = open_status(Phase::Remediating);
+    st.diagnosis = Some(diagnosis_record(&diag(Case::FailedRelease)));
+    let rec = read(&sealed(Case::FailedRelease, Some(st), None));
+    // Flux shows it working on the target: without a controller down, nothing to do.
+    assert!(next(&input(Some(&rec), Some(&o), Seen::Pending)).is_empty());
+    // Its controller is not processing objects: escalated at once, with the reason.
+    let why = "helm-controller has not handled the reconcile request on HelmRelease/apps/web made 200s ago: it is not processing its objects";
+    let mut inp = input(Some(&rec), Some(&o), Seen::Pending);
+    inp.controller_down = Some(why);
+    let fx = next(&inp);
+    let written = fx
+        .iter()
+        .find_map(|e| match e {
+            Effect::Write(st) => Some(st.clone()),
+            _ => None,
+        })
+        .expect("the record is written");
+    assert_eq!(written.phase, Phase::Escalated);
+    assert!(
+        written
+            .blocked
+            .as_deref()
+            .unwrap()
+            .contains("a person is needed")
+    );
+    assert!(written.blocked.as_deref().unwrap().contains(why));
+    assert!(
+        written
+            .diagnosis
+            .as_ref()
+            .unwrap()
+            .evidence
+            .iter()
+            .any(|e| e.source == "controller"),
+        "{written:?}"
+    );
+    assert!(
+        fx.iter()
+            .any(|e| matches!(e, Effect::Count(Count::Escalation(Case::FailedRelease))))
+    );
+    assert!(
+        performs(&fx).is_empty(),
+        "nothing is requested through a stopped controller"
+    );
+    // Once recorded, the same state writes nothing again.
+    let mut stored = *written;
+    stored.seal = None;
+    let rec2 = read(&sealed(Case::FailedRelease, Some(stored), None));
+    let mut inp = input(Some(&rec2), Some(&o), Seen::Pending);
+    inp.controller_down = Some(why);
+    assert!(next(&inp).is_empty(), "{:?}", next(&inp));
 }
