@@ -286,6 +286,15 @@ async fn occurrences_reach_flux_alerts_through_notification_controller() {
     assert!(!text.contains("first-password") && !text.contains("second-password"));
 }
 
+/// What fluxmedic's own reachability check recorded in a Remediation's evidence.
+fn probe_finding(record: &serde_json::Value) -> Option<&str> {
+    record["status"]["diagnosis"]["evidence"]
+        .as_array()?
+        .iter()
+        .find(|e| e["source"] == "probe")?["message"]
+        .as_str()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_source_is_checked_by_fluxmedic_and_the_finding_is_evidence() {
     let (env, client, ns) = setup("probe").await;
@@ -316,24 +325,17 @@ async fn an_unreachable_source_is_checked_by_fluxmedic_and_the_finding_is_eviden
         "GitRepository/repo",
         "probe evidence",
         MIN,
-        |r| {
-            r["status"]["diagnosis"]["evidence"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["source"] == "probe"))
-        },
+        |r| probe_finding(r).is_some(),
     )
     .await;
     assert_eq!(record["spec"]["case"], "git-unreachable");
-    let evidence = record["status"]["diagnosis"]["evidence"]
-        .as_array()
-        .unwrap();
-    let probe = evidence.iter().find(|e| e["source"] == "probe").unwrap();
-    let text = probe["message"].as_str().unwrap();
+    let text = probe_finding(&record).unwrap();
     assert!(
         text.contains("127.0.0.1") && text.contains("TCP connection to port 1 failed"),
         "{text}"
     );
     // The Git service's own words stay first; the probe adds to them.
+    let evidence = &record["status"]["diagnosis"]["evidence"];
     assert!(
         evidence[0]["source"]
             .as_str()
@@ -417,26 +419,14 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
         "OCIRepository/gone",
         "probe evidence",
         MIN,
-        |r| {
-            r["status"]["diagnosis"]["evidence"]
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["source"] == "probe"))
-        },
+        |r| probe_finding(r).is_some(),
     )
     .await;
     assert_eq!(
         unreachable["spec"]["case"], "git-unreachable",
         "{unreachable}"
     );
-    let probe = unreachable["status"]["diagnosis"]["evidence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["source"] == "probe")
-        .unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let probe = probe_finding(&unreachable).unwrap();
     assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
     // Buckets are watched and diagnosed too.
     let bucket = wait_remediation(&client, &ns, "Bucket/files", "bucket recorded", MIN, |r| {
