@@ -954,13 +954,8 @@ fn a_target_frozen_mid_reconcile_by_a_controller_that_stopped_is_escalated() {
     let mut inp = input(Some(&rec), Some(&o), Seen::Pending);
     inp.controller_down = Some(why);
     let fx = next(&inp);
-    let written = fx
-        .iter()
-        .find_map(|e| match e {
-            Effect::Write(st) => Some(st.clone()),
-            _ => None,
-        })
-        .expect("the record is written");
+    assert!(fx.iter().any(|e| matches!(e, Effect::Write(_))), "{fx:?}");
+    let written = written(&fx).expect("the record is written").clone();
     assert_eq!(written.phase, Phase::Escalated);
     assert!(
         written
@@ -989,7 +984,7 @@ fn a_target_frozen_mid_reconcile_by_a_controller_that_stopped_is_escalated() {
         "nothing is requested through a stopped controller"
     );
     // Once recorded, the same state writes nothing again.
-    let mut stored = *written;
+    let mut stored = written;
     stored.seal = None;
     let rec2 = read(&sealed(Case::FailedRelease, Some(stored), None));
     let mut inp = input(Some(&rec2), Some(&o), Seen::Pending);
