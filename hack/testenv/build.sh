@@ -7,6 +7,8 @@
 # changing one pinned version rebuilds only that component.
 #
 #   build.sh [--flux 2.9|2.7]      # the Flux release (default: $FLUXMEDIC_FLUX, else FLUX_DEFAULT)
+#   build.sh --node                # also the node: kubelet, kube-scheduler, containerd, runc,
+#                                  # CNI plugins, crictl, pause (or FLUXMEDIC_TESTENV_NODE=1)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -14,9 +16,11 @@ source "$here/versions.env"
 # shellcheck source=tools.env
 source "$here/tools.env"
 flux=${FLUXMEDIC_FLUX:-$FLUX_DEFAULT}
+node=${FLUXMEDIC_TESTENV_NODE:-0}
 while [ $# -gt 0 ]; do
   case $1 in
     --flux) flux=${2:?--flux needs a release, e.g. 2.9}; shift ;;
+    --node) node=1 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -33,10 +37,14 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
 gover=$(go env GOVERSION)
 cache=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}
 set_id=$(printf '%s\n' "$KUBERNETES_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$SC" "$KC" "$HC" "$NC" \
-  "$PROMETHEUS_VERSION" "$gover" | sha256sum | cut -c1-12)
+  "$PROMETHEUS_VERSION" "$CONTAINERD_VERSION" "$RUNC_VERSION" "$CNI_PLUGINS_VERSION" "$CRI_TOOLS_VERSION" "$gover" | sha256sum | cut -c1-12)
 set_dir=$cache/sets/$flux-$set_id
 bin=$set_dir/bin
 mkdir -p "$bin" "$set_dir/crds" "$cache/components"
+# One builder per cache at a time: two (a demo and a test run, two shells) would otherwise
+# remove each other's half-built components.
+exec 8>"$cache/.build.lock"
+flock 8
 
 log() { echo "[testenv build $(date +%H:%M:%S)] $*" >&2; }
 comp() { echo "$cache/components/$1-$2-$gover"; }
@@ -49,8 +57,9 @@ build_etcd() { # dir version
   rm -rf "$src"
 }
 
-build_kube() { # dir version
-  local d=$1 v=$2 src minor patch gomod
+# kube_cmds DIR VERSION CMD...: build commands of k8s.io/kubernetes at VERSION into DIR.
+kube_cmds() {
+  local d=$1 v=$2 src minor patch gomod; shift 2
   src=$(mktemp -d); cd "$src"
   minor=$(echo "$v" | cut -d. -f2); patch=$(echo "$v" | cut -d. -f3)
   gomod=$(go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
@@ -61,14 +70,55 @@ build_kube() { # dir version
   sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" | while read -r m; do
     go mod edit -replace="$m=$m@v0.$minor.$patch"
   done
-  local cmds=(kube-apiserver kube-controller-manager kubectl) c
-  for c in "${cmds[@]}"; do go get "k8s.io/kubernetes/cmd/$c@$v"; done
+  local c
+  for c in "$@"; do go get "k8s.io/kubernetes/cmd/$c@$v"; done
   local p ld="-s -w" date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ld="$ld -X $p.gitVersion=$v -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean -X $p.buildDate=$date"
   done
-  for c in "${cmds[@]}"; do go build -ldflags "$ld" -o "$d/$c" "k8s.io/kubernetes/cmd/$c"; done
-  rm -rf "$src"
+  for c in "$@"; do go build -ldflags "$ld" -o "$d/$c" "k8s.io/kubernetes/cmd/$c"; done
+  cd / && rm -rf "$src"
+}
+
+build_kube() { # dir version
+  kube_cmds "$1" "$2" kube-apiserver kube-controller-manager kubectl
+}
+
+# The node's Kubernetes side: kubelet, kube-scheduler, and the pause binary every pod sandbox
+# runs (compiled from the module's own source, so no image is ever pulled).
+build_kube_node() { # dir version
+  kube_cmds "$1" "$2" kubelet kube-scheduler
+  local src; src=$(go mod download -json "k8s.io/kubernetes@$2" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  gcc -Os -Wall -Werror -static -DVERSION="$2" -o "$1/pause" "$src/build/pause/linux/pause.c"
+}
+
+# containerd with the CRI plugin, its runc shim and ctr; no cgo, no exotic snapshotters.
+build_containerd() { # dir version
+  CGO_ENABLED=0 GOBIN=$1 go install -ldflags "-s -w" -tags no_btrfs,no_devmapper,no_zfs \
+    "github.com/containerd/containerd/v2/cmd/containerd@$2" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$2" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$2"
+}
+
+# runc needs cgo and libseccomp for the RuntimeDefault seccomp profile the chart asks for.
+build_runc() { # dir version
+  CGO_ENABLED=1 GOBIN=$1 go install -ldflags "-s -w" -tags seccomp "github.com/opencontainers/runc@$2"
+}
+
+build_cni() { # dir version
+  local p
+  for p in main/ptp main/loopback ipam/host-local; do
+    GOBIN=$1 go install -ldflags "-s -w" "github.com/containernetworking/plugins/plugins/$p@$2"
+  done
+}
+
+# The image writer (hack/image, go-containerregistry): the node's pause image and hack/image.sh.
+build_image_tool() { # dir version
+  cd "$here/../image" && go build -ldflags "-s -w" -o "$1/image-tool" .
+}
+
+build_crictl() { # dir version
+  GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$2"
 }
 
 build_flux() { # dir version name
@@ -120,6 +170,15 @@ else
 fi
 ensure helm "$HELM_VERSION" build_helm helm
 ensure promtool "$PROMETHEUS_VERSION" build_promtool promtool
+if [ "$node" = 1 ]; then
+  ensure kubernetes-node "$KUBERNETES_VERSION" build_kube_node kubelet kube-scheduler pause
+  ensure containerd "$CONTAINERD_VERSION" build_containerd containerd containerd-shim-runc-v2 ctr
+  ensure runc "$RUNC_VERSION" build_runc runc
+  ensure cni-plugins "$CNI_PLUGINS_VERSION" build_cni ptp loopback host-local
+  ensure crictl "$CRI_TOOLS_VERSION" build_crictl crictl
+  tool_id=$(cat "$here"/../image/go.mod "$here"/../image/go.sum "$here"/../image/main.go | sha256sum | cut -c1-12)
+  ensure image-tool "$tool_id" build_image_tool image-tool
+fi
 echo "$flux" > "$set_dir/flux-release"
 log "Flux $flux (${!release_var}): all components in $bin"
 echo "$bin"

@@ -3,6 +3,8 @@
 set -u
 dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv}
 [ -d "$dir/pids" ] || exit 0
+# The node first (kubelet, pods, containerd), while its state and PIDs are still there.
+bash "$(dirname "$0")/node-down.sh"
 for name in fixture-server notification-controller helm-controller kustomize-controller source-controller kube-controller-manager kube-apiserver etcd; do
   f=$dir/pids/$name
   [ -f "$f" ] || continue

@@ -5,15 +5,23 @@
 # Idempotent: if it is already up and healthy, it only prints the env file.
 #
 #   hack/testenv/up.sh            # builds (cached) then starts; Flux $FLUXMEDIC_FLUX or 2.9
+#   hack/testenv/up.sh --node     # also a real node (or FLUXMEDIC_TESTENV_NODE=1): kube-scheduler,
+#                                 # kubelet, containerd + runc, a ptp pod network; the API server
+#                                 # then listens on the node-side address of that network
 #   source "$FLUXMEDIC_TESTENV_DIR/env.sh"   # KUBECONFIG etc. for kubectl and fluxmedic
 #   hack/testenv/down.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
 dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv}
 base=${FLUXMEDIC_TESTENV_PORT_BASE:-18400}
+node=${FLUXMEDIC_TESTENV_NODE:-0}
+[ "${1:-}" = --node ] && node=1
 log() { echo "[testenv up $(date +%H:%M:%S)] $*" >&2; }
 
-bin=$("$here/build.sh" | tail -n1)
+node_flag=(); [ "$node" = 1 ] && node_flag=(--node)
+bin=$("$here/build.sh" "${node_flag[@]}" | tail -n1)
 flux=$(cat "$(dirname "$bin")/flux-release")
 # One starter at a time (test binaries and shells may race to start it).
 mkdir -p "$(dirname "$dir")"
@@ -25,9 +33,14 @@ P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 5
 P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80))
 P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
 P_NC_M=$((base + 64)) P_NC_H=$((base + 74)) P_NC_E=$((base + 84)) P_NC_R=$((base + 85))
+P_KUBELET=$((base + 50)) P_KUBELET_H=$((base + 51)) P_SCHED=$((base + 52))
+# The API server's address: loopback, or with a node the host side of the pod network (an
+# address on lo, reachable from pods over their default route; nothing else listens there).
+api_ip=127.0.0.1 node_ip=10.213.0.1 pod_subnet=10.213.1.0/24 pod_gw=10.213.1.1
+[ "$node" = 1 ] && api_ip=$node_ip
 
 export PATH=$bin:$PATH
-healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://127.0.0.1:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
+healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && grep -q "^export FLUXMEDIC_NODE=$node\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://$api_ip:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
 if healthy; then
   log "already up ($dir)"
   echo "$dir/env.sh"
@@ -43,11 +56,14 @@ pki=$dir/pki
   cd "$pki"
   openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=fluxmedic-testenv-ca" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
-  printf "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth" > san.ext
+  printf "subjectAltName=IP:127.0.0.1,IP:$node_ip,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth" > san.ext
   openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out apiserver.crt -days 3650 -extfile san.ext 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=admin" 2>/dev/null
   printf "extendedKeyUsage=clientAuth" > client.ext
   openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile client.ext 2>/dev/null
+  # The kubelet's identity (the Node authorizer knows it by this name and group).
+  openssl req -newkey rsa:2048 -nodes -keyout node.key -out node.csr -subj "/O=system:nodes/CN=system:node:127.0.0.1" 2>/dev/null
+  openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out node.crt -days 3650 -extfile client.ext 2>/dev/null
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 )
@@ -76,7 +92,7 @@ apiVersion: v1
 kind: Config
 clusters:
 - name: testenv
-  cluster: {server: "https://127.0.0.1:$P_API", certificate-authority: "$pki/ca.crt"}
+  cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
 users:
 - name: admin
   user: {client-certificate: "$pki/admin.crt", client-key: "$pki/admin.key"}
@@ -112,14 +128,27 @@ start etcd "$bin/etcd" --name=testenv --data-dir="$dir/etcd" \
   --listen-metrics-urls="http://127.0.0.1:$((base + 3))"
 wait_for etcd 30 curl -sf "http://127.0.0.1:$P_ETCD/health"
 
+# Without a node no pod ever runs: no ServiceAccount admission (it would wait for token
+# volumes), RBAC only. With one, what a cluster has for pods: ServiceAccount admission, the Node
+# authorizer for the kubelet, and a client certificate to reach the kubelet (logs, exec).
+api_mode=(--authorization-mode=RBAC --disable-admission-plugins=ServiceAccount)
+kcm_controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation
+if [ "$node" = 1 ]; then
+  api_mode=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction
+    --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
+    --kubelet-preferred-address-types=Hostname,InternalIP)
+  kcm_controllers=$kcm_controllers,deployment,replicaset,root-ca-cert-publisher,nodelifecycle,podgc
+  # The host side of the pod network, on lo (not every kernel here has dummy interfaces).
+  ip addr replace "$node_ip/32" dev lo
+fi
 apiserver=("$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$P_ETCD" \
-  --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$P_API" \
+  --bind-address="$api_ip" --advertise-address="$api_ip" --secure-port="$P_API" \
   --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" --token-auth-file="$pki/tokens.csv" \
-  --authorization-mode=RBAC --service-cluster-ip-range=10.0.0.0/24 \
+  "${api_mode[@]}" --service-cluster-ip-range=10.0.0.0/24 \
   --service-account-issuer="https://127.0.0.1:$P_API" \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-  --disable-admission-plugins=ServiceAccount --allow-privileged=true --endpoint-reconciler-type=none \
+  --allow-privileged=true --endpoint-reconciler-type=none \
   --audit-policy-file="$dir/audit-policy.yaml" --audit-log-path="$dir/logs/audit.log" --audit-log-maxsize=200)
 # Kept for restart-apiserver.sh (the fault tests restart the apiserver under a running operator).
 printf '%q ' "${apiserver[@]}" > "$dir/kube-apiserver.cmd"
@@ -130,8 +159,11 @@ start kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$KUBE
   --authentication-kubeconfig="$KUBECONFIG" --authorization-kubeconfig="$KUBECONFIG" \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --service-cluster-ip-range=10.0.0.0/24 --leader-elect=false \
-  --controllers=namespace,garbagecollector,serviceaccount,serviceaccount-token,clusterrole-aggregation \
+  --controllers="$kcm_controllers" \
   --bind-address=127.0.0.1 --secure-port="$P_KCM" --cert-dir="$dir/kcm"
+
+# shellcheck source=node-up.sh
+[ "$node" = 1 ] && source "$here/node-up.sh"
 
 log "applying Flux CRDs"
 for c in "$crds"/*/; do
@@ -174,12 +206,14 @@ export FLUXMEDIC_TESTENV_BIN=$bin
 export FLUXMEDIC_FIXTURE_URL=http://127.0.0.1:$P_FIXTURE
 export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
 export FLUXMEDIC_HELM=$bin/helm
-export FLUXMEDIC_API_URL=https://127.0.0.1:$P_API
+export FLUXMEDIC_API_URL=https://$api_ip:$P_API
+export FLUXMEDIC_NODE=$node
 export FLUXMEDIC_PORT_BASE=$base
 export FLUXMEDIC_BENCH_TOKEN=$bench_token
 export FLUXMEDIC_AUDIT_LOG=$dir/logs/audit.log
 export FLUXMEDIC_FLUX=$flux
 export FLUXMEDIC_EVENTS_URL=$events_url
+export FLUXMEDIC_NODE_CTR_ADDRESS=$([ "$node" = 1 ] && echo "$dir/n/containerd.sock")
 export PATH=$bin:\$PATH
 EOF
 log "up in $((SECONDS - t0))s (Flux $flux): source $dir/env.sh"
