@@ -88,6 +88,29 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions.
     Crds,
+    /// Before uninstalling: stop the operator, then resume every HelmRelease fluxmedic holds
+    /// suspended (only holds it sealed; a person's suspension is left alone). The chart's
+    /// pre-delete hook runs this.
+    ReleaseHolds {
+        /// The operator's namespace (its seal key and Deployment).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
+        namespace: String,
+        /// Only these namespaces (comma-separated; default all), as the operator ran.
+        #[arg(long, value_delimiter = ',')]
+        watch_namespaces: Vec<String>,
+        /// The operator's shard, as it ran.
+        #[arg(long)]
+        watch_label_selector: Option<String>,
+        /// Scale this Deployment (in --namespace) to 0 and wait for it first.
+        #[arg(long)]
+        stop_deployment: Option<String>,
+        /// Seconds to wait for the replicas to stop.
+        #[arg(long, default_value_t = 120)]
+        stop_timeout_seconds: u64,
+        /// Log JSON.
+        #[arg(long)]
+        log_json: bool,
+    },
 }
 
 fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
@@ -200,6 +223,51 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         },
+        Command::ReleaseHolds {
+            namespace,
+            watch_namespaces,
+            watch_label_selector,
+            stop_deployment,
+            stop_timeout_seconds,
+            log_json,
+        } => {
+            fluxmedic::telemetry::init_logging(log_json);
+            let opts = controller::uninstall::Options {
+                namespace,
+                watch_namespaces: watch_namespaces
+                    .into_iter()
+                    .filter(|n| !n.trim().is_empty())
+                    .collect(),
+                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+                deployment: stop_deployment.filter(|s| !s.trim().is_empty()),
+                stop_timeout: Duration::from_secs(stop_timeout_seconds.clamp(1, 3600)),
+            };
+            let res = rt.block_on(async {
+                let client = kube::Client::try_default().await?;
+                controller::uninstall::release_holds(client, &opts).await
+            });
+            match res {
+                Ok(r) if r.failed.is_empty() => {
+                    println!(
+                        "resumed {} HelmRelease(s) fluxmedic held: {:?}",
+                        r.resumed.len(),
+                        r.resumed
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(r) => {
+                    eprintln!(
+                        "error: could not resume: {:?} (resumed: {:?})",
+                        r.failed, r.resumed
+                    );
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run {
             namespace,
             watch_namespaces,

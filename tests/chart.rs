@@ -255,7 +255,7 @@ async fn service_account_remediates(namespaced: bool) {
             .is_empty(),
         "Events were created as the ServiceAccount"
     );
-    let _ = helm(env, &["uninstall", &release, "-n", &ns]);
+    let _ = helm(env, &["uninstall", &release, "-n", &ns, "--no-hooks"]);
 }
 
 /// An API fault: one rule removed from the chart's ClusterRole under a running operator. The
@@ -385,7 +385,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
     .await;
     assert!(child.0.try_wait().unwrap().is_none());
     drop(child);
-    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
 }
 
 /// Run `fluxmedic run` on a ServiceAccount kubeconfig, scoped to `ns`, logging to a file.
@@ -603,6 +603,39 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         !logs.to_lowercase().contains("forbidden"),
         "the chart's RBAC was not enough:\n{logs}"
     );
+    // What the pre-delete hook runs, on the same token (no pod runs here; tests/node.rs runs
+    // the hook itself): it stops the operator's Deployment and finds nothing held.
+    let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args([
+            "release-holds",
+            "--namespace",
+            &ns,
+            "--stop-deployment",
+            "fluxmedic",
+            "--stop-timeout-seconds",
+            "30",
+        ])
+        .env("KUBECONFIG", &kc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "release-holds as the ServiceAccount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        deployments
+            .get("fluxmedic")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(0),
+        "the operator's Deployment is scaled to 0 before holds are released"
+    );
 
     // The audit log of the ServiceAccount: nothing refused, every granted right used.
     let audit = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
@@ -662,7 +695,7 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         unused.is_empty(),
         "granted but never used (remove from the chart, or exercise here): {unused:?}\nused: {used:?}"
     );
-    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
 }
 
 /// Rollback runs `helm rollback` as the ServiceAccount: with the chart's opt-in binding
@@ -749,7 +782,7 @@ async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
     drop(child);
     let logs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!logs.to_lowercase().contains("forbidden"), "{logs}");
-    let _ = helm(env, &["uninstall", &ns, "-n", &ns]);
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
 }
 
 /// The series the operator really exports for `metrics` (rendered by its own telemetry code):

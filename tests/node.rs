@@ -314,8 +314,9 @@ fn logs(env: &Env, pod: &str) -> String {
 /// their own probes, as user 65532 on a read-only root, share one Lease, remediate a real
 /// failure (a `helm rollback` run inside the container, on the ServiceAccount's token),
 /// log plain text to `kubectl logs`, serve metrics on the pod network; deleting the leader
-/// moves the work to the other replica; `helm upgrade` rolls the pods; `helm uninstall`
-/// removes the chart's RBAC and leaves no HelmRelease suspended.
+/// moves the work to the other replica; `helm upgrade` rolls the pods; `helm uninstall` runs
+/// its pre-delete hook, which resumes the HelmRelease fluxmedic held (and not one a person
+/// suspended), then removes the chart's RBAC.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR"]
 async fn the_chart_runs_as_users_run_it() {
@@ -579,15 +580,89 @@ async fn the_chart_runs_as_users_run_it() {
         "new pods: {before:?} -> {after:?}"
     );
 
-    // helm uninstall: the pods and the chart's cluster-wide RBAC go; nothing stays suspended.
+    // A held release at uninstall: broken again, rolled back and held suspended for its fix.
+    // Beside it, a release a person suspended, with a hand-written fluxmedic annotation.
+    let first = remediation_for(&client, &app, "HelmRelease/web")
+        .await
+        .unwrap();
+    helm_release(
+        &client,
+        &app,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Broken_Again"}),
+        "30s",
+    )
+    .await;
+    wait_for(
+        "held again, awaiting its fix",
+        Duration::from_secs(180),
+        || async {
+            let r = remediation_for(&client, &app, "HelmRelease/web")
+                .await
+                .ok_or("none")?;
+            let hr = get(&client, &app, "HelmRelease", "web")
+                .await
+                .ok_or("no HelmRelease")?;
+            if r["metadata"]["name"] != first["metadata"]["name"]
+                && r["status"]["phase"] == "AwaitingFix"
+                && hr["spec"]["suspend"] == true
+            {
+                Ok(())
+            } else {
+                Err(format!("{} suspend={}", r["status"], hr["spec"]["suspend"]))
+            }
+        },
+    )
+    .await;
+    let manual = namespace(&client, "nodemanual").await;
+    chart_repo(env, &client, &manual).await;
+    apply(&client, json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": manual,
+                     "annotations": {"fluxmedic.io/suspended-by": "forged", "fluxmedic.io/hold": "forged"}},
+        "spec": {"interval": "1h", "suspend": true,
+                 "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
+
+    // helm uninstall: its pre-delete hook (a Job on the node, the same image and token) stops
+    // the operator and resumes what fluxmedic held; then the pods and the chart's cluster-wide
+    // RBAC go. The person's suspension stays.
     let lp = ListParams::default().labels("app.kubernetes.io/instance=fluxmedic");
     let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
     assert!(
         crbs.list(&lp).await.unwrap().items.len() >= 2,
         "the chart's ClusterRoleBindings (main and rollback) are labelled"
     );
-    let (ok, out) = helm(env, &["uninstall", "fluxmedic", "-n", NS, "--wait"]);
+    let (ok, out) = helm(
+        env,
+        &[
+            "uninstall",
+            "fluxmedic",
+            "-n",
+            NS,
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
     assert!(ok, "helm uninstall: {out}");
+    let hr = get(&client, &app, "HelmRelease", "web").await.unwrap();
+    assert_ne!(
+        hr["spec"]["suspend"], true,
+        "fluxmedic's hold outlived it: {}",
+        hr["metadata"]
+    );
+    assert!(
+        hr["metadata"]["annotations"]
+            .get("fluxmedic.io/suspended-by")
+            .is_none(),
+        "{}",
+        hr["metadata"]
+    );
+    let person = get(&client, &manual, "HelmRelease", "web").await.unwrap();
+    assert_eq!(
+        person["spec"]["suspend"], true,
+        "a suspension fluxmedic did not seal was resumed"
+    );
     wait_for("the pods are gone", Duration::from_secs(90), || async {
         let left = fluxmedic_pods(&client).await.len();
         if left == 0 {
@@ -627,10 +702,5 @@ async fn the_chart_runs_as_users_run_it() {
         chart_rbac().await.is_empty(),
         "the chart's cluster RBAC outlived it: {:?}",
         chart_rbac().await
-    );
-    let hr = get(&client, &app, "HelmRelease", "web").await.unwrap();
-    assert_ne!(
-        hr["spec"]["suspend"], true,
-        "a HelmRelease was left suspended"
     );
 }

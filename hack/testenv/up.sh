@@ -137,7 +137,7 @@ if [ "$node" = 1 ]; then
   api_mode=(--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction
     --kubelet-client-certificate="$pki/admin.crt" --kubelet-client-key="$pki/admin.key"
     --kubelet-preferred-address-types=Hostname,InternalIP)
-  kcm_controllers=$kcm_controllers,deployment,replicaset,root-ca-cert-publisher,nodelifecycle,podgc
+  kcm_controllers=$kcm_controllers,deployment,replicaset,job,root-ca-cert-publisher,nodelifecycle,podgc
   # The host side of the pod network, on lo (not every kernel here has dummy interfaces).
   ip addr replace "$node_ip/32" dev lo
 fi

@@ -9,6 +9,7 @@ pub mod leader;
 pub mod limiter;
 pub mod notify;
 pub mod probe;
+pub mod uninstall;
 
 use std::{
     collections::{HashMap, HashSet},
