@@ -645,7 +645,10 @@ fn check(
                 let mode = p.mode(c);
                 prop_assert!(
                     mode == Mode::Auto || mode == Mode::RequireApproval && approved,
-                    "{action} in mode {mode:?}"
+                    "{action} in mode {mode:?} under {}\nrecord {:#?}\neffects {:#?}",
+                    p.id(),
+                    rec,
+                    effects
                 );
                 prop_assert!(p.allows(c, action.kind()), "{action} not allowed for {c}");
                 for ns in action.writes(key) {
@@ -750,4 +753,47 @@ fn the_campaign_reaches_every_kind_of_effect() {
             "the campaign never reached {kind}: {seen:?}"
         );
     }
+}
+
+/// Found by the property above: a person approves a failed-release record (a retry), then a
+/// stale pending release turns the incident into a stale-lock one. The new case is a new
+/// record, planned as a new incident: the unlock waits for its own approval.
+#[test]
+fn an_approval_never_carries_over_to_a_new_case() {
+    let mut world = World::new();
+    world.apply(&Ev::Policy(json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "p", "namespace": "prod"},
+        "spec": {"rules": [{"case": "failed-release", "mode": "RequireApproval", "actions": ["Retry"]},
+                           {"case": "stale-lock", "mode": "RequireApproval"}]}})));
+    world.apply(&Ev::BrokenRelease {
+        ns: "prod",
+        name: "web",
+        retryable: true,
+    });
+    let mut outcomes = std::iter::repeat(true);
+    world.pass(&mut outcomes).unwrap();
+    assert_eq!(world.records.len(), 1, "one failed-release record");
+    world.apply(&Ev::Approve(0));
+    world.apply(&Ev::Release {
+        ns: "prod",
+        release: "web",
+        version: 3,
+        status: "pending-upgrade",
+        age: 3600,
+    });
+    // `pass` checks every effect against the policy: an unlock here fails it.
+    world.pass(&mut outcomes).unwrap();
+    world.pass(&mut outcomes).unwrap();
+    let stale: Vec<_> = world
+        .records
+        .values()
+        .filter(|r| r.spec.case == fluxmedic::diagnose::Case::StaleLock)
+        .collect();
+    assert_eq!(stale.len(), 1, "the new case has its own record");
+    let st = stale[0].status.as_ref().unwrap();
+    assert!(
+        st.steps.is_empty(),
+        "nothing done before its own approval: {st:?}"
+    );
+    assert_eq!(st.phase, fluxmedic::api::Phase::AwaitingApproval, "{st:?}");
 }

@@ -307,7 +307,18 @@ pub fn decide(
     let now = snap.now;
     let obj = snap.objects.get(key).map(|o| &**o);
     let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
+    // A new case is a new incident (its record supersedes this one): plan it as one. The old
+    // record's approval, attempts and cooldown were given for another case; an approval of a
+    // retry must never become the approval of an unlock. A record that holds a suspension or
+    // has a step to finish is still handled as itself.
+    let superseded = record.is_some_and(|r| {
+        diagnosis.is_some_and(|d| d.case != r.case)
+            && r.status.hold.is_none()
+            && r.status.frozen.is_none()
+            && r.interrupted().is_none()
+    });
     let view = record
+        .filter(|_| !superseded)
         .map(|r| r.view(now))
         .unwrap_or_else(|| incident::new_incident_view(now));
     let pctx = PlanContext {
