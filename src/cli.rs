@@ -157,9 +157,12 @@ pub fn render_table(report: &Report, rows: &[Row], total_objects: usize) -> Stri
 }
 
 /// Read the live cluster into a snapshot (what `diagnose` does without `--file`).
+/// The live cluster as a snapshot (all namespaces, or one). What these credentials may not
+/// read is skipped with a warning, never an abort: a read-only person sees what they can.
 pub async fn live_snapshot(
     client: kube::Client,
     now: i64,
+    namespace: Option<&str>,
 ) -> anyhow::Result<(Snapshot, Vec<String>)> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::{
@@ -180,11 +183,21 @@ pub async fn live_snapshot(
             }
             continue;
         };
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
+        };
         let list = match api.list(&ListParams::default()).await {
             Ok(l) => l,
             Err(kube::Error::Api(s)) if s.code == 404 => {
                 warnings.push(format!("{kind}: CRD not installed"));
+                continue;
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                warnings.push(format!(
+                    "{kind}: not readable with these credentials, skipped ({})",
+                    s.message
+                ));
                 continue;
             }
             Err(e) => return Err(anyhow::anyhow!("listing {}: {e}", kind.plural())),
@@ -206,8 +219,23 @@ pub async fn live_snapshot(
             }
         }
     }
-    let secrets: Api<Secret> = Api::all(client.clone());
-    for m in secrets.list_metadata(&ListParams::default()).await?.items {
+    let secrets: Api<Secret> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let secret_list = match secrets.list_metadata(&ListParams::default()).await {
+        Ok(l) => l.items,
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            warnings.push(format!(
+                "Secrets: not readable with these credentials: Helm release locks and credential keys not checked ({})",
+                s.message
+            ));
+            snap.secrets_observed = false;
+            vec![]
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for m in secret_list {
         let (ns, name) = (m.namespace().unwrap_or_default(), m.name_any());
         if let Some(r) = crate::helm::StoredRelease::from_metadata(&name, &ns, m.labels()) {
             snap.add_release(r);
@@ -229,13 +257,14 @@ pub async fn live_snapshot(
         apis: Default::default(),
     };
     for (ns, name) in snap.uninspected_git_secrets() {
-        match actuator.secret_info(&ns, &name).await? {
-            Some(info) => {
+        match actuator.secret_info(&ns, &name).await {
+            Ok(Some(info)) => {
                 snap.secrets.insert((ns, name), info);
             }
-            None => {
+            Ok(None) => {
                 snap.secrets.remove(&(ns, name));
             }
+            Err(e) => warnings.push(format!("Secret {ns}/{name}: not inspected: {e}")),
         }
     }
     Ok((snap, warnings))

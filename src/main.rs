@@ -85,6 +85,9 @@ enum Command {
         policy: Option<PathBuf>,
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        /// Live: read only this namespace (for credentials scoped to one namespace).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// Print the CustomResourceDefinitions.
     Crds,
@@ -143,6 +146,7 @@ async fn diagnose(
     file: Option<String>,
     policy: Option<PathBuf>,
     output: Output,
+    namespace: Option<String>,
 ) -> Result<(), (u8, String)> {
     let now = jiff::Timestamp::now().as_second();
     let pol = load_policy(policy).map_err(|e| (2, e))?;
@@ -169,7 +173,8 @@ async fn diagnose(
             let client = kube::Client::try_default()
                 .await
                 .map_err(|e| (1, format!("cannot reach the cluster: {e}")))?;
-            cli::live_snapshot(client, now)
+            let namespace = namespace.filter(|n| !n.trim().is_empty());
+            cli::live_snapshot(client, now, namespace.as_deref())
                 .await
                 .map_err(|e| (1, e.to_string()))?
         }
@@ -216,7 +221,8 @@ fn main() -> ExitCode {
             file,
             policy,
             output,
-        } => match rt.block_on(diagnose(file, policy, output)) {
+            namespace,
+        } => match rt.block_on(diagnose(file, policy, output, namespace)) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, msg)) => {
                 eprintln!("error: {msg}");

@@ -255,6 +255,36 @@ async fn service_account_remediates(namespaced: bool) {
             .is_empty(),
         "Events were created as the ServiceAccount"
     );
+    if namespaced {
+        // `fluxmedic diagnose` on credentials scoped to one namespace: with -n it reads that
+        // namespace; without, what it may not read is a warning, never an abort.
+        let diagnose = |args: &[&str]| {
+            let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+                .arg("diagnose")
+                .args(args)
+                .env("KUBECONFIG", &kc)
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                String::from_utf8_lossy(&out.stderr).to_string(),
+            )
+        };
+        let (code, out, err) = diagnose(&["-n", &ns]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(!err.contains("not readable"), "{err}");
+        assert!(
+            out.contains("Flux objects") && !out.contains("All 0 "),
+            "the namespace's objects are read:\n{out}"
+        );
+        let (code, out, err) = diagnose(&[]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        assert!(
+            err.contains("HelmRelease: not readable with these credentials"),
+            "{err}"
+        );
+    }
     let _ = helm(env, &["uninstall", &release, "-n", &ns, "--no-hooks"]);
 }
 
