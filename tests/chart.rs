@@ -763,37 +763,7 @@ async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
     apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}]}))).await;
     let (child, log) = run_as(&kc, &ns, 195, &["--helm", env.helm()]);
     // Values the chart cannot render: not retryable, so suspend + rollback.
-    helm_release(
-        &client,
-        &ns,
-        "web",
-        "0.1.0",
-        json!({"suffix": "Not_Valid"}),
-        "30s",
-    )
-    .await;
-    let rem = wait_for(
-        "rolled back as the ServiceAccount",
-        Duration::from_secs(120),
-        || async {
-            match remediation_for(&client, &ns, "HelmRelease/web").await {
-                Some(r) if r["status"]["phase"] == "AwaitingFix" => Ok(r),
-                Some(r) => Err(r["status"].to_string()),
-                None => Err("none".into()),
-            }
-        },
-    )
-    .await;
-    assert!(has_step(&rem, "rollback", "Succeeded"), "{}", rem["status"]);
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
-    let rolled = wait_for("revision 3 deployed", MIN, || async {
-        secrets
-            .get("sh.helm.release.v1.web.v3")
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    assert_eq!(rolled.metadata.labels.unwrap()["status"], "deployed");
+    break_and_wait_rolled_back(&client, &ns, Duration::from_secs(120)).await;
     // The fix lands: resumed and recovered, still on the ServiceAccount token.
     helm_release(
         &client,

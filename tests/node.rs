@@ -258,6 +258,14 @@ async fn fluxmedic_pods(client: &Client) -> Vec<Pod> {
         .collect()
 }
 
+async fn pod_names(client: &Client) -> BTreeSet<String> {
+    fluxmedic_pods(client)
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
 async fn lease_holder(client: &Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     leases
@@ -434,37 +442,7 @@ async fn the_chart_runs_as_users_run_it() {
 
     // A real failure, remediated by the pod: values the chart cannot render (not retryable),
     // so the policy's rollback runs `helm rollback` inside the container.
-    helm_release(
-        &client,
-        &app,
-        "web",
-        "0.1.0",
-        json!({"suffix": "Not_Valid"}),
-        "30s",
-    )
-    .await;
-    let rem = wait_for(
-        "the pod rolled the release back",
-        Duration::from_secs(180),
-        || async {
-            match remediation_for(&client, &app, "HelmRelease/web").await {
-                Some(r) if r["status"]["phase"] == "AwaitingFix" => Ok(r),
-                Some(r) => Err(r["status"].to_string()),
-                None => Err("no Remediation yet".into()),
-            }
-        },
-    )
-    .await;
-    assert!(has_step(&rem, "rollback", "Succeeded"), "{}", rem["status"]);
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &app);
-    let rolled = wait_for("revision 3 deployed by the rollback", MIN, || async {
-        secrets
-            .get("sh.helm.release.v1.web.v3")
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    assert_eq!(rolled.metadata.labels.unwrap()["status"], "deployed");
+    break_and_wait_rolled_back(&client, &app, Duration::from_secs(180)).await;
 
     // kubectl logs: the leader's log, plain text (no terminal, no colour codes), no denials.
     let log = logs(env, &leader);
@@ -507,11 +485,7 @@ async fn the_chart_runs_as_users_run_it() {
         "another replica holds the Lease",
         Duration::from_secs(90),
         || async {
-            let alive: BTreeSet<String> = fluxmedic_pods(&client)
-                .await
-                .into_iter()
-                .filter_map(|p| p.metadata.name)
-                .collect();
+            let alive: BTreeSet<String> = pod_names(&client).await;
             match lease_holder(&client).await {
                 Some(h) if h != leader && alive.contains(&h) => Ok(h),
                 other => Err(format!("holder {other:?}, alive {alive:?}")),
@@ -552,11 +526,7 @@ async fn the_chart_runs_as_users_run_it() {
     );
 
     // helm upgrade with changed values rolls the pods.
-    let before: BTreeSet<String> = fluxmedic_pods(&client)
-        .await
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    let before: BTreeSet<String> = pod_names(&client).await;
     let mut args = vec!["upgrade", "fluxmedic", CHART, "-n", NS, "--reuse-values"];
     args.extend(["--set", "concurrency=2"]);
     let (ok, out) = helm(env, &args);
@@ -570,11 +540,7 @@ async fn the_chart_runs_as_users_run_it() {
             .iter()
             .any(|a| a == "--concurrency=2")
     );
-    let after: BTreeSet<String> = fluxmedic_pods(&client)
-        .await
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
+    let after: BTreeSet<String> = pod_names(&client).await;
     assert!(
         before.is_disjoint(&after),
         "new pods: {before:?} -> {after:?}"

@@ -843,6 +843,40 @@ pub async fn helm_release(
                  "chart": {"spec": {"chart": "web", "version": version, "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
 }
 
+/// Give the `web` HelmRelease values its chart cannot render (not retryable) and wait until
+/// the operator rolled it back: its record AwaitingFix with a succeeded rollback step, and
+/// Helm's revision 3 (the rollback) deployed. Returns the record.
+pub async fn break_and_wait_rolled_back(client: &Client, ns: &str, timeout: Duration) -> Value {
+    helm_release(
+        client,
+        ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "Not_Valid"}),
+        "30s",
+    )
+    .await;
+    let rem = wait_for("rolled back, awaiting the fix", timeout, || async {
+        match remediation_for(client, ns, "HelmRelease/web").await {
+            Some(r) if r["status"]["phase"] == "AwaitingFix" => Ok(r),
+            Some(r) => Err(r["status"].to_string()),
+            None => Err("no Remediation yet".into()),
+        }
+    })
+    .await;
+    assert!(has_step(&rem, "rollback", "Succeeded"), "{}", rem["status"]);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let rolled = wait_for("revision 3 deployed by the rollback", MIN, || async {
+        secrets
+            .get("sh.helm.release.v1.web.v3")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(rolled.metadata.labels.unwrap()["status"], "deployed");
+    rem
+}
+
 pub async fn chart_repo(env: &Env, client: &Client, ns: &str) -> ChartRepo {
     let charts = ChartRepo::new(env, ns);
     charts.publish(
