@@ -3,7 +3,7 @@
 # Everything it keeps lives under $dir/n (short: the shims' sockets are unix paths); node-down.sh
 # removes every pod sandbox, mount, network namespace and kubepods cgroup it made.
 # Uses from up.sh: dir bin pki api_ip P_API P_KUBELET P_KUBELET_H P_SCHED pod_subnet pod_gw,
-# KUBECONFIG, start, wait_for, log.
+# KUBECONFIG, kubeconfig, start, wait_for, log.
 
 n=$dir/n
 mkdir -p "$n"/{cni,ipam,kubelet,pod-logs,images}
@@ -68,20 +68,7 @@ start kube-scheduler "$bin/kube-scheduler" --config="$n/scheduler.yaml" \
   --authentication-kubeconfig="$KUBECONFIG" --authorization-kubeconfig="$KUBECONFIG" \
   --bind-address=127.0.0.1 --secure-port="$P_SCHED"
 
-cat > "$n/kubelet.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
-users:
-- name: node
-  user: {client-certificate: "$pki/node.crt", client-key: "$pki/node.key"}
-contexts:
-- name: node
-  context: {cluster: testenv, user: node}
-current-context: node
-EOF
+kubeconfig "$n/kubelet.kubeconfig" node
 # cgroup v1 with cgroupfs here (PID 1 is not systemd); kubelet 1.35+ refuses v1 unless told.
 # Eviction and image garbage collection are loosened: the tests' images are imported, never
 # pulled, and must not be collected on a busy disk.

@@ -87,20 +87,24 @@ rules:
 - level: None
 EOF
 
-cat > "$dir/kubeconfig" <<EOF
+# kubeconfig FILE NAME: a kubeconfig for the client certificate pki/NAME.{crt,key}.
+kubeconfig() {
+  cat > "$1" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: testenv
   cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
 users:
-- name: admin
-  user: {client-certificate: "$pki/admin.crt", client-key: "$pki/admin.key"}
+- name: $2
+  user: {client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key"}
 contexts:
 - name: testenv
-  context: {cluster: testenv, user: admin}
+  context: {cluster: testenv, user: $2}
 current-context: testenv
 EOF
+}
+kubeconfig "$dir/kubeconfig" admin
 export KUBECONFIG=$dir/kubeconfig
 export PATH=$bin:$PATH   # kubectl of the same minor as the apiserver
 
