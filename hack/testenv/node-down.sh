@@ -10,23 +10,14 @@ n=$dir/n
 [ -d "$n" ] || exit 0
 bin=$(cat "$n/bin" 2>/dev/null)
 
-stop_pid() { # name
-  local f=$dir/pids/$1 pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
+# shellcheck source=stop.sh
+source "$(dirname "$0")/stop.sh"
 
 t0=$(date +%s%N)
 step() { echo "[testenv down] node: $1 ($(( ($(date +%s%N) - t0) / 1000000 )) ms)" >&2; }
-stop_pid kubelet
+stop_pid kubelet 100
 step "kubelet stopped"
-stop_pid kube-scheduler
+stop_pid kube-scheduler 100
 sock=$n/containerd.sock
 if [ -S "$sock" ] && [ -x "$bin/crictl" ]; then
   crictl=("$bin/crictl" --runtime-endpoint "unix://$sock" --timeout 20s)
@@ -36,7 +27,7 @@ if [ -S "$sock" ] && [ -x "$bin/crictl" ]; then
   done
 fi
 step "pods removed"
-stop_pid containerd
+stop_pid containerd 100
 step "containerd stopped"
 # A shim outlives containerd by design; these are this node's (their address is its socket).
 for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $sock" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
