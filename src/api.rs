@@ -112,13 +112,17 @@ pub enum TargetKind {
     Kustomization,
     HelmRelease,
     GitRepository,
+    OCIRepository,
+    HelmRepository,
+    HelmChart,
+    Bucket,
 }
 
 /// Which Flux objects a policy covers. Every given field must match.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetSelector {
-    /// Kinds covered; empty = all three.
+    /// Kinds covered; empty = all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<TargetKind>,
     /// Label selector on the Flux objects.

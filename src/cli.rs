@@ -256,7 +256,7 @@ pub async fn live_snapshot(
         limiter: None,
         apis: Default::default(),
     };
-    for (ns, name) in snap.uninspected_git_secrets() {
+    for (ns, name) in snap.uninspected_source_secrets() {
         match actuator.secret_info(&ns, &name).await {
             Ok(Some(info)) => {
                 snap.secrets.insert((ns, name), info);

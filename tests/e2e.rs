@@ -204,6 +204,321 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     assert!(!op.logs().contains("second-password"));
 }
 
+/// The request token fluxmedic's last step wrote.
+fn last_token(rem: &Value) -> String {
+    rem["status"]["steps"].as_array().unwrap().last().unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn requested_at(client: &Client, ns: &str, kind: &str, name: &str) -> Value {
+    get(client, ns, kind, name).await.unwrap()["metadata"]["annotations"]
+        ["reconcile.fluxcd.io/requestedAt"]
+        .clone()
+}
+
+/// The chart repository's password is rotated while an upgrade is pending: the repository,
+/// the chart and both releases (one through `spec.chart`, one through `chartRef` to a shared
+/// HelmChart) wait; once the Secret holds the new password fluxmedic reconciles the repository
+/// and everything fed by it with one token, and the upgrade lands without waiting an interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases() {
+    let (env, client, ns) = setup("chartauth").await;
+    let charts = ChartRepo::private(env, &ns, "bot", "first-password");
+    for v in ["0.1.0", "0.3.0"] {
+        charts.publish(env, "web", v, &[("cm.yaml", CM_TEMPLATE)], "suffix: one\n");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
+        "stringData": {"username": "bot", "password": "first-password"}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "charts", "namespace": ns},
+        "spec": {"url": charts.url, "interval": "1h", "secretRef": {"name": "creds"}}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
+        "metadata": {"name": "shared", "namespace": ns},
+        "spec": {"chart": "web", "version": "0.1.0", "interval": "1h",
+                 "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}),
+    )
+    .await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "by-ref", "namespace": ns},
+        "spec": {"interval": "1h", "timeout": "30s", "values": {"suffix": "ref"},
+                 "chartRef": {"kind": "HelmChart", "name": "shared"}}}),
+    )
+    .await;
+    for name in ["web", "by-ref"] {
+        wait_ready(&client, &ns, "HelmRelease", name, MIN).await;
+    }
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let op = Operator::start(env, &ns, &[]);
+
+    // Rotated on the server, not yet in the Secret; meanwhile an upgrade is pushed.
+    charts.set_server_credentials(env, "bot", "second-password");
+    request_reconcile(&client, &ns, "HelmRepository", "charts").await;
+    let failing = wait_failing(&client, &ns, "HelmRepository", "charts", "Failed", MIN).await;
+    assert!(
+        condition(&failing, "Ready").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{failing}"
+    );
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.3.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRepository/charts",
+        "waiting for the Secret",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
+        },
+    )
+    .await;
+    assert_eq!(rem["spec"]["case"], "git-auth");
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing to do until the Secret changes: {rem}"
+    );
+    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
+    assert!(ev.contains("has keys [password, username]"), "{ev}");
+
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "HelmRepository/charts",
+        "reconciled with its consumers after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
+    .await;
+    let token = last_token(&rem);
+    // One token for the repository, both charts and both releases (chartRef included).
+    for (kind, name) in [
+        ("HelmRepository", "charts".to_string()),
+        ("HelmChart", "shared".to_string()),
+        ("HelmChart", format!("{ns}-web")),
+        ("HelmRelease", "web".to_string()),
+        ("HelmRelease", "by-ref".to_string()),
+    ] {
+        assert_eq!(
+            requested_at(&client, &ns, kind, &name).await,
+            token.as_str(),
+            "{kind}/{name}"
+        );
+    }
+    // The upgrade lands well inside the repository's one-hour interval.
+    wait_for("web upgraded to 0.3.0", MIN, || async {
+        let hr = get(&client, &ns, "HelmRelease", "web")
+            .await
+            .ok_or("gone")?;
+        if is_ready(&hr) && hr["status"]["lastAttemptedRevision"] == "0.3.0" {
+            Ok(())
+        } else {
+            Err(hr["status"].to_string())
+        }
+    })
+    .await;
+    wait_remediation(&client, &ns, "HelmRepository/charts", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "by-ref", MIN).await;
+    let text = remediations(&client, &ns)
+        .await
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<String>();
+    assert!(!text.contains("first-password") && !text.contains("second-password"));
+    assert!(!op.logs().contains("second-password"));
+}
+
+/// An OCI artifact behind a registry password (a registry on loopback): the password is
+/// rotated and a new artifact pushed under the same tag; the OCIRepository fails on the old
+/// password and fluxmedic waits; once the pull Secret holds the new one, fluxmedic reconciles
+/// the source and its Kustomization, and the new content is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_registry_password_rotation_recovers_the_source_and_its_kustomization() {
+    let (env, client, ns) = setup("ociauth").await;
+    let registry = Registry::private(env, &ns, "bot", "first-password");
+    registry.push(
+        "app",
+        "v1",
+        &[("cm.yaml", &cm("oci", "v1"))],
+        "bot",
+        "first-password",
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": "regcred", "namespace": ns},
+        "stringData": registry.docker_config("bot", "first-password")}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"url": registry.url("app"), "insecure": true, "interval": "1h", "timeout": "20s",
+                 "ref": {"tag": "v1"}, "secretRef": {"name": "regcred"}}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"interval": "1h", "path": "./", "prune": true, "targetNamespace": ns,
+                 "sourceRef": {"kind": "OCIRepository", "name": "app"}}}),
+    )
+    .await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(cms.get("oci").await.unwrap().data.unwrap()["value"], "v1");
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let op = Operator::start(env, &ns, &[]);
+
+    registry.set_server_credentials("bot", "second-password");
+    registry.push(
+        "app",
+        "v1",
+        &[("cm.yaml", &cm("oci", "v2"))],
+        "bot",
+        "second-password",
+    );
+    request_reconcile(&client, &ns, "OCIRepository", "app").await;
+    let failing = wait_failing(
+        &client,
+        &ns,
+        "OCIRepository",
+        "app",
+        "OCIArtifactPullFailed",
+        MIN,
+    )
+    .await;
+    let message = condition(&failing, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("UNAUTHORIZED"), "{message}");
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "OCIRepository/app",
+        "waiting for the Secret",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/regcred")))
+        },
+    )
+    .await;
+    assert_eq!(rem["spec"]["case"], "git-auth");
+    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
+    assert!(ev.contains("has keys [.dockerconfigjson]"), "{ev}");
+    assert!(steps(&rem).is_empty(), "{rem}");
+
+    secrets
+        .patch(
+            "regcred",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": registry.docker_config("bot", "second-password")})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "OCIRepository/app",
+        "reconciled with its consumer after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
+    .await;
+    assert_eq!(
+        requested_at(&client, &ns, "Kustomization", "app").await,
+        last_token(&rem).as_str()
+    );
+    wait_for("the new artifact applied", MIN, || async {
+        let v = cms
+            .get("oci")
+            .await
+            .map_err(|e| e.to_string())?
+            .data
+            .unwrap_or_default();
+        if v.get("value").map(String::as_str) == Some("v2") {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    let rem = wait_remediation(&client, &ns, "OCIRepository/app", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    let text = rem.to_string();
+    assert!(!text.contains("first-password") && !text.contains("second-password"));
+    assert!(!op.logs().contains("second-password"));
+}
+
 // ---------------------------------------------------------------- helm helpers
 
 #[tokio::test(flavor = "multi_thread")]

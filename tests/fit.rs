@@ -347,10 +347,9 @@ async fn an_unreachable_source_is_checked_by_fluxmedic_and_the_finding_is_eviden
 
 /// A chart repository that refuses the credentials and an OCI registry that cannot be reached,
 /// failing for real in source-controller: told apart like Git's, the unreachable one checked
-/// by fluxmedic itself, recorded under an Auto policy and left alone (fluxmedic acts on Git
-/// sources only).
+/// by fluxmedic itself and polled, the refused one left alone until its Secret changes.
 #[tokio::test(flavor = "multi_thread")]
-async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
+async fn oci_and_helm_repository_failures_are_told_apart_and_handled_like_git() {
     let (env, client, ns) = setup("artifacts").await;
     // The fixture server answers 401 under /private/ for a repository it has no password for.
     apply(
@@ -378,7 +377,7 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
     )
     .await;
     let locked = wait_failing(&client, &ns, "HelmRepository", "locked", "Failed", MIN).await;
-    let gone = wait_failing(
+    wait_failing(
         &client,
         &ns,
         "OCIRepository",
@@ -410,16 +409,16 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
     assert_eq!(auth["spec"]["case"], "git-auth", "{auth}");
     let blocked = auth["status"]["blocked"].as_str().unwrap();
     assert!(
-        blocked.contains("acts on GitRepository sources only") && blocked.contains("credentials"),
+        blocked.contains("references no credentials Secret"),
         "{blocked}"
     );
     let unreachable = wait_remediation(
         &client,
         &ns,
         "OCIRepository/gone",
-        "probe evidence",
+        "probe evidence and a poll",
         MIN,
-        |r| probe_finding(r).is_some(),
+        |r| probe_finding(r).is_some() && has_step(r, "reconcile-source", "Succeeded"),
     )
     .await;
     assert_eq!(
@@ -428,32 +427,25 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_only_recorded() {
     );
     let probe = probe_finding(&unreachable).unwrap();
     assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
-    // Buckets are watched and diagnosed too.
-    let bucket = wait_remediation(&client, &ns, "Bucket/files", "bucket recorded", MIN, |r| {
-        r["status"]["blocked"].is_string()
+    // Buckets are watched, diagnosed and polled too.
+    let bucket = wait_remediation(&client, &ns, "Bucket/files", "bucket polled", MIN, |r| {
+        has_step(r, "reconcile-source", "Succeeded")
     })
     .await;
     assert_eq!(bucket["spec"]["case"], "git-unreachable", "{bucket}");
-    // Recorded, not acted on: no reconcile request on either source, no step.
+    // Nothing is asked of the refused repository until its credentials change.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for (kind, name, before) in [
-        ("HelmRepository", "locked", &locked),
-        ("OCIRepository", "gone", &gone),
-    ] {
-        let now = get(&client, &ns, kind, name).await.unwrap();
-        assert!(
-            now["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
-            "{kind}/{name} was asked to reconcile: {now}"
-        );
-        assert_eq!(
-            now["metadata"]["generation"],
-            before["metadata"]["generation"]
-        );
-    }
-    for r in remediations(&client, &ns).await {
-        assert!(
-            r["status"]["steps"].as_array().is_none_or(|s| s.is_empty()),
-            "a step was taken: {r}"
-        );
-    }
+    let now = get(&client, &ns, "HelmRepository", "locked").await.unwrap();
+    assert!(
+        now["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
+        "HelmRepository/locked was asked to reconcile: {now}"
+    );
+    assert_eq!(
+        now["metadata"]["generation"],
+        locked["metadata"]["generation"]
+    );
+    let auth = remediation_for(&client, &ns, "HelmRepository/locked")
+        .await
+        .unwrap();
+    assert!(steps(&auth).is_empty(), "a step was taken: {auth}");
 }

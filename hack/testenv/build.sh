@@ -117,6 +117,11 @@ build_image_tool() { # dir version
   cd "$here/../image" && go build -ldflags "-s -w" -o "$1/image-tool" .
 }
 
+# The tests' OCI registry and artifact pusher (hack/registry, go-containerregistry).
+build_registry() { # dir version
+  cd "$here/../registry" && go build -ldflags "-s -w" -o "$1/registry" .
+}
+
 build_crictl() { # dir version
   GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$2"
 }
@@ -170,6 +175,8 @@ else
 fi
 ensure helm "$HELM_VERSION" build_helm helm
 ensure promtool "$PROMETHEUS_VERSION" build_promtool promtool
+registry_id=$(cat "$here"/../registry/go.mod "$here"/../registry/go.sum "$here"/../registry/main.go | sha256sum | cut -c1-12)
+ensure registry "$registry_id" build_registry registry
 if [ "$node" = 1 ]; then
   ensure kubernetes-node "$KUBERNETES_VERSION" build_kube_node kubelet kube-scheduler pause
   ensure containerd "$CONTAINERD_VERSION" build_containerd containerd containerd-shim-runc-v2 ctr

@@ -6,6 +6,8 @@
                            "user:password" is read from <root>/auth/<repo> on every
                            request, so a test breaks or fixes credentials by rewriting it
   /charts/...              static files (index.yaml and chart .tgz)
+  /private-charts/<name>/... the chart repository <root>/charts/<name> behind HTTP basic auth;
+                           the accepted "user:password" is read from <root>/auth/<name>
   /healthz                 "ok"
 
 Repositories live in <root>/git/<repo>.git (bare); charts in <root>/charts.
@@ -40,16 +42,17 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, b"ok", "text/plain")
         if path.startswith("/charts/"):
             return self.static(path[len("/charts/"):])
+        if path.startswith("/private-charts/"):
+            rel = path[len("/private-charts/"):]
+            if self.check_auth(rel.split("/", 1)[0]) is None:
+                return self.refuse()
+            return self.static(rel)
         if path.startswith("/git/"):
             return self.git(path[len("/git"):], query, None)
         if path.startswith("/private/"):
             user = self.check_auth(path[len("/private/"):].split("/", 1)[0])
             if user is None:
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="fixture"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+                return self.refuse()
             return self.git(path[len("/private"):], query, user)
         self.reply(404, b"not found", "text/plain")
 
@@ -70,6 +73,12 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             return None
         return got.split(":", 1)[0] if got == want else None
+
+    def refuse(self):
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="fixture"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def reply(self, code, body, ctype):
         self.send_response(code)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start the test control plane on loopback: etcd, kube-apiserver (RBAC), kube-controller-manager,
 # Flux's source-, kustomize-, helm- and (when the release has one) notification-controller,
-# and the Git/chart fixture server.
+# the Git/chart fixture server and an OCI registry (hack/registry).
 # Idempotent: if it is already up and healthy, it only prints the env file.
 #
 #   hack/testenv/up.sh            # builds (cached) then starts; Flux $FLUXMEDIC_FLUX or 2.9
@@ -30,7 +30,7 @@ flock 9
 crds=$(dirname "$bin")/crds
 
 P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 57))
-P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80))
+P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80)) P_REGISTRY=$((base + 81))
 P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
 P_NC_M=$((base + 64)) P_NC_H=$((base + 74)) P_NC_E=$((base + 84)) P_NC_R=$((base + 85))
 P_KUBELET=$((base + 50)) P_KUBELET_H=$((base + 51)) P_SCHED=$((base + 52))
@@ -40,7 +40,7 @@ api_ip=127.0.0.1 node_ip=10.213.0.1 pod_subnet=10.213.1.0/24 pod_gw=10.213.1.1
 [ "$node" = 1 ] && api_ip=$node_ip
 
 export PATH=$bin:$PATH
-healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && grep -q "^export FLUXMEDIC_NODE=$node\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://$api_ip:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1; }
+healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && grep -q "^export FLUXMEDIC_NODE=$node\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://$api_ip:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1 && [ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_REGISTRY/v2/")" = 401 ]; }
 if healthy; then
   log "already up ($dir)"
   echo "$dir/env.sh"
@@ -193,10 +193,13 @@ if [ -x "$bin/notification-controller" ]; then
     --events-addr="127.0.0.1:$P_NC_E" --receiverAddr="127.0.0.1:$P_NC_R"
 fi
 start fixture-server python3 "$here/fixture-server.py" --root "$dir/fixture" --port "$P_FIXTURE"
+mkdir -p "$dir/fixture/registry-auth"
+start registry "$bin/registry" serve -addr "127.0.0.1:$P_REGISTRY" -auth-dir "$dir/fixture/registry-auth"
 wait_for source-controller 60 curl -sf "http://127.0.0.1:$P_SC_H/readyz"
 wait_for kustomize-controller 60 curl -sf "http://127.0.0.1:$P_KC_H/readyz"
 wait_for helm-controller 60 curl -sf "http://127.0.0.1:$P_HC_H/readyz"
 wait_for fixture-server 30 curl -sf "http://127.0.0.1:$P_FIXTURE/healthz"
+wait_for registry 30 sh -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$P_REGISTRY/v2/ | grep -q 401"
 events_url=
 if [ -x "$bin/notification-controller" ]; then
   wait_for notification-controller 60 curl -sf "http://127.0.0.1:$P_NC_H/readyz"
@@ -209,6 +212,7 @@ export FLUXMEDIC_TESTENV_DIR=$dir
 export FLUXMEDIC_TESTENV_BIN=$bin
 export FLUXMEDIC_FIXTURE_URL=http://127.0.0.1:$P_FIXTURE
 export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
+export FLUXMEDIC_REGISTRY=127.0.0.1:$P_REGISTRY
 export FLUXMEDIC_HELM=$bin/helm
 export FLUXMEDIC_API_URL=https://$api_ip:$P_API
 export FLUXMEDIC_NODE=$node

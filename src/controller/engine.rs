@@ -781,10 +781,11 @@ fn overridden(ctx: &Context, policies: &[Policy], snap: &Snapshot) -> HashMap<St
     if policies.len() < 2 {
         return out;
     }
-    for obj in snap.objects.values().filter(|o| {
-        let kind = o.key.kind;
-        ctx.in_scope(&o.key.namespace) && (!kind.is_source() || kind == FluxKind::GitRepository)
-    }) {
+    for obj in snap
+        .objects
+        .values()
+        .filter(|o| ctx.in_scope(&o.key.namespace))
+    {
         let (winner, losers) = policy::select(policies, obj, &ctx.opts.namespace);
         let Some(winner) = winner else { continue };
         for l in losers {
@@ -933,7 +934,7 @@ fn probe_sources(ctx: &Arc<Context>, snap: &Snapshot) -> HashMap<String, String>
 
 /// Fetch key names of Secrets referenced by failing Git sources (values are not kept).
 async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
-    for (ns, name) in snap.uninspected_git_secrets() {
+    for (ns, name) in snap.uninspected_source_secrets() {
         if !ctx.in_scope(&ns) {
             continue;
         }

@@ -160,16 +160,30 @@ impl Snapshot {
         out
     }
 
-    /// Secrets referenced by failing GitRepositories whose key names are not known yet: the
-    /// ones whose keys become evidence for git-auth / git-unreachable (`(namespace, name)`).
-    pub fn uninspected_git_secrets(&self) -> Vec<(String, String)> {
+    /// The credentials Secret a source fetches with: its own `spec.secretRef`, or for a
+    /// HelmChart its HelmRepository's (source-controller pulls a chart with the credentials of
+    /// the repository it comes from, an OCI one included, which has no status of its own).
+    pub fn credentials_of<'a>(&'a self, obj: &'a FluxObject) -> Option<&'a String> {
+        if obj.key.kind == FluxKind::HelmChart {
+            return obj
+                .source_ref
+                .as_ref()
+                .filter(|s| s.kind == FluxKind::HelmRepository && s.namespace == obj.key.namespace)
+                .and_then(|s| self.objects.get(s))
+                .and_then(|r| r.secret_ref.as_ref());
+        }
+        obj.secret_ref.as_ref()
+    }
+
+    /// Credentials Secrets of failing sources whose key names are not known yet: the ones
+    /// whose keys become evidence for git-auth / git-unreachable (`(namespace, name)`).
+    pub fn uninspected_source_secrets(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self
             .objects
             .values()
-            .filter(|o| o.key.kind == FluxKind::GitRepository && o.is_failing())
+            .filter(|o| o.key.kind.is_source() && o.is_failing())
             .filter_map(|o| {
-                o.secret_ref
-                    .as_ref()
+                self.credentials_of(o)
                     .map(|s| (o.key.namespace.clone(), s.clone()))
             })
             // A Secret absent from the snapshot is known missing: nothing to fetch.
@@ -584,7 +598,7 @@ fn diagnose_with(
         });
     }
     if let (Some(secret), true) = (
-        &obj.secret_ref,
+        snap.credentials_of(obj),
         matches!(case, Case::GitAuth | Case::GitUnreachable),
     ) {
         evidence.push(secret_evidence(snap, obj, secret));
@@ -615,14 +629,36 @@ fn diagnose_with(
     })
 }
 
-/// Keys a Secret needs for a Git URL (source-controller's auth options).
+/// Keys a credentials Secret needs (source-controller's auth options for the kind and URL):
+/// groups of keys, and whether every group is needed (SSH) or any one will do.
+fn wanted_keys(obj: &FluxObject) -> (&'static [&'static [&'static str]], bool) {
+    let url = obj.url.as_deref().unwrap_or("");
+    match obj.key.kind {
+        FluxKind::GitRepository if url.starts_with("ssh://") => {
+            (&[&["identity"], &["known_hosts"]], true)
+        }
+        FluxKind::OCIRepository => (&[&[".dockerconfigjson"]], false),
+        FluxKind::HelmRepository | FluxKind::HelmChart => {
+            (&[&["username", "password"], &[".dockerconfigjson"]], false)
+        }
+        FluxKind::Bucket => (
+            &[
+                &["accesskey", "secretkey"],
+                &["serviceaccount"],
+                &["accountKey"],
+                &["sasKey"],
+                &["clientSecret"],
+            ],
+            false,
+        ),
+        _ => (&[&["username", "password"], &["bearerToken"]], false),
+    }
+}
+
+/// What the credentials Secret of a failing source holds, by key name only.
 fn secret_evidence(snap: &Snapshot, obj: &FluxObject, secret: &str) -> Evidence {
     let url = obj.url.as_deref().unwrap_or("");
-    let wanted: &[&[&str]] = if url.starts_with("ssh://") {
-        &[&["identity"], &["known_hosts"]]
-    } else {
-        &[&["username", "password"], &["bearerToken"]]
-    };
+    let (wanted, all) = wanted_keys(obj);
     let key = (obj.key.namespace.clone(), secret.to_string());
     let message = match snap.secrets.get(&key) {
         None if !snap.secrets_observed => {
@@ -631,22 +667,22 @@ fn secret_evidence(snap: &Snapshot, obj: &FluxObject, secret: &str) -> Evidence 
         None => format!("Secret {}/{} does not exist", key.0, key.1),
         Some(info) => {
             let keys: Vec<&str> = info.keys.iter().map(String::as_str).collect();
-            let ok = if url.starts_with("ssh://") {
-                wanted
-                    .iter()
-                    .all(|g| g.iter().all(|k| info.keys.contains(*k)))
+            let has = |g: &&[&str]| g.iter().all(|k| info.keys.contains(*k));
+            let ok = if all {
+                wanted.iter().all(has)
             } else {
-                wanted
-                    .iter()
-                    .any(|g| g.iter().all(|k| info.keys.contains(*k)))
+                wanted.iter().any(has)
             };
-            let need = wanted.iter().map(|g| g.join("+")).collect::<Vec<_>>().join(
-                if url.starts_with("ssh://") {
-                    " and "
-                } else {
-                    " or "
-                },
-            );
+            let need = wanted
+                .iter()
+                .map(|g| g.join("+"))
+                .collect::<Vec<_>>()
+                .join(if all { " and " } else { " or " });
+            let what = if obj.key.kind == FluxKind::GitRepository {
+                format!("a {} URL", url.split("://").next().unwrap_or("?"))
+            } else {
+                format!("a {}", obj.key.kind.as_str())
+            };
             if ok {
                 format!(
                     "Secret {}/{} has keys [{}]; the server rejects them or is unreachable",
@@ -656,12 +692,10 @@ fn secret_evidence(snap: &Snapshot, obj: &FluxObject, secret: &str) -> Evidence 
                 )
             } else {
                 format!(
-                    "Secret {}/{} has keys [{}] but a {} URL needs {}",
+                    "Secret {}/{} has keys [{}] but {what} needs {need}",
                     key.0,
                     key.1,
                     keys.join(", "),
-                    url.split("://").next().unwrap_or("?"),
-                    need
                 )
             }
         }

@@ -498,7 +498,7 @@ fn only_failing_git_sources_with_unknown_secret_keys_are_inspected() {
         SecretInfo::default(),
     );
     assert_eq!(
-        snap.uninspected_git_secrets(),
+        snap.uninspected_source_secrets(),
         vec![("flux-system".to_string(), "creds".to_string())]
     );
     // Inspected already: not again.
@@ -507,10 +507,10 @@ fn only_failing_git_sources_with_unknown_secret_keys_are_inspected() {
         .unwrap()
         .keys
         .insert("username".into());
-    assert!(snap.uninspected_git_secrets().is_empty());
+    assert!(snap.uninspected_source_secrets().is_empty());
     // Absent from the snapshot: known missing, nothing to fetch.
     snap.secrets.clear();
-    assert!(snap.uninspected_git_secrets().is_empty());
+    assert!(snap.uninspected_source_secrets().is_empty());
 }
 
 #[test]
@@ -609,4 +609,63 @@ fn newer_flux_conditions_are_understood_or_ignored() {
             .iter()
             .any(|e| e.reason == "MissingRollbackTarget")
     );
+}
+
+/// The credentials evidence knows what each source kind reads from its Secret.
+#[test]
+fn secret_evidence_names_the_keys_each_source_kind_needs() {
+    let failing = |kind: &str, spec: Value| {
+        flux::from_value(
+            &json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": kind,
+            "metadata": {"name": "src", "namespace": "apps"}, "spec": spec,
+            "status": {"conditions": [cond("Ready", "False", "Failed", "401 Unauthorized")]}}),
+        )
+        .unwrap()
+    };
+    let secret_message = |o: flux::FluxObject, keys: &[&str]| {
+        let mut snap = Snapshot::new([o.clone()], 0);
+        snap.secrets_observed = true;
+        snap.secrets.insert(
+            ("apps".into(), "creds".into()),
+            SecretInfo {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                resource_version: None,
+            },
+        );
+        assert_eq!(snap.uninspected_source_secrets(), vec![]);
+        let report = diagnose(&snap);
+        let d = report.get(&o.key).unwrap();
+        assert_eq!(d.case, Case::GitAuth, "{d:?}");
+        d.evidence
+            .iter()
+            .find(|e| e.source == "secret")
+            .map(|e| e.message.clone())
+            .unwrap()
+    };
+    let oci = failing(
+        "OCIRepository",
+        json!({"url": "oci://r/app", "secretRef": {"name": "creds"}}),
+    );
+    let m = secret_message(oci.clone(), &["username", "password"]);
+    assert!(
+        m.contains("but a OCIRepository needs .dockerconfigjson"),
+        "{m}"
+    );
+    let m = secret_message(oci, &[".dockerconfigjson"]);
+    assert!(m.contains("the server rejects them"), "{m}");
+    let repo = failing(
+        "HelmRepository",
+        json!({"url": "https://charts/", "secretRef": {"name": "creds"}}),
+    );
+    let m = secret_message(repo, &["token"]);
+    assert!(
+        m.contains("but a HelmRepository needs username+password or .dockerconfigjson"),
+        "{m}"
+    );
+    let bucket = failing(
+        "Bucket",
+        json!({"bucketName": "b", "endpoint": "s3", "secretRef": {"name": "creds"}}),
+    );
+    let m = secret_message(bucket, &["accesskey", "secretkey"]);
+    assert!(m.contains("the server rejects them"), "{m}");
 }

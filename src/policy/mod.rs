@@ -121,6 +121,10 @@ impl Policy {
                     (TargetKind::Kustomization, FluxKind::Kustomization)
                         | (TargetKind::HelmRelease, FluxKind::HelmRelease)
                         | (TargetKind::GitRepository, FluxKind::GitRepository)
+                        | (TargetKind::OCIRepository, FluxKind::OCIRepository)
+                        | (TargetKind::HelmRepository, FluxKind::HelmRepository)
+                        | (TargetKind::HelmChart, FluxKind::HelmChart)
+                        | (TargetKind::Bucket, FluxKind::Bucket)
                 )
             });
         let name_ok = t.names.is_empty() || t.names.iter().any(|n| n == &obj.key.name);

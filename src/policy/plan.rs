@@ -359,7 +359,7 @@ fn caught_up(snap: &Snapshot, dep: &FluxObject, dependent: &FluxObject) -> bool 
 
 /// The credentials Secret a source references, as the snapshot sees it now.
 pub fn observed_secret(snap: &Snapshot, source: &FluxObject) -> Option<ObservedSecret> {
-    let name = source.secret_ref.as_ref()?;
+    let name = snap.credentials_of(source)?;
     Some(ObservedSecret {
         name: name.clone(),
         resource_version: snap
@@ -588,18 +588,6 @@ fn runbook(
             }
             Ok(Action::ReconcileSource { source })
         }
-        Case::GitAuth | Case::GitUnreachable if target.key.kind != FluxKind::GitRepository => {
-            // OCI, Helm repository and Bucket sources: diagnosed alike, acted on not yet.
-            Err(Blocked::AwaitingFix(format!(
-                "fluxmedic acts on GitRepository sources only; fix the {} of this {} and Flux fetches it at its next interval",
-                if d.case == Case::GitAuth {
-                    "credentials"
-                } else {
-                    "endpoint or network"
-                },
-                target.key.kind.as_str()
-            )))
-        }
         Case::GitAuth | Case::GitUnreachable => {
             let now = observed_secret(snap, target);
             let changed = inc.observed_secret.is_some() && now != inc.observed_secret;
@@ -618,14 +606,19 @@ fn runbook(
                     source: target.key.clone(),
                 })
             } else {
-                Err(Blocked::RetryCannotHelp(match &target.secret_ref {
-                    Some(secret) => format!(
-                        "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
-                        target.key.namespace
-                    ),
-                    None => "the source references no credentials Secret; add one (spec.secretRef)"
-                        .into(),
-                }))
+                Err(Blocked::RetryCannotHelp(
+                    match (snap.credentials_of(target), target.key.kind) {
+                        (Some(secret), _) => format!(
+                            "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
+                            target.key.namespace
+                        ),
+                        (None, FluxKind::HelmChart) => "the chart's HelmRepository references no credentials Secret; add one (spec.secretRef)".into(),
+                        (None, _) => {
+                            "the source references no credentials Secret; add one (spec.secretRef)"
+                                .into()
+                        }
+                    },
+                ))
             }
         }
         Case::DependencyCascade => {

@@ -1305,10 +1305,9 @@ fn missing_rollback_target_says_what_a_person_must_do() {
 }
 
 /// OCI, Helm repository and Bucket sources are diagnosed like Git (credentials vs
-/// reachability) and named as the root of what they feed, but fluxmedic does not act on them:
-/// not even when the credentials Secret changes.
+/// reachability) and named as the root of what they feed.
 #[test]
-fn artifact_sources_are_diagnosed_and_recorded_but_not_acted_on() {
+fn an_artifact_source_is_the_root_of_what_it_feeds() {
     let oci = flux::from_value(&json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
         "metadata": {"name": "app", "namespace": "apps"},
         "spec": {"url": "oci://registry.example/app", "secretRef": {"name": "regcred"}, "interval": "5m"},
@@ -1344,20 +1343,152 @@ fn artifact_sources_are_diagnosed_and_recorded_but_not_acted_on() {
             ..Default::default()
         },
     };
-    let p = all_cases(Mode::Auto, &[]);
-    let (d, dec) = decide(&s, Some(&p));
+    let (d, _) = decide(&s, None);
     assert_eq!(d.case, Case::GitAuth);
     assert!(!d.retryable);
-    assert_eq!(dec.planned, None);
-    match dec.blocked {
-        Some(Blocked::AwaitingFix(why)) => {
-            assert!(why.contains("credentials of this OCIRepository"), "{why}")
-        }
-        other => panic!("{other:?}"),
-    }
     // The consumer names the OCIRepository as its root and waits on it.
     let report = diagnose::diagnose(&s.snap);
     let c = report.get(&consumer.key).unwrap();
     assert_eq!(c.case, Case::DependencyCascade);
     assert_eq!(c.root, oci.key);
+}
+
+fn obj(v: serde_json::Value) -> flux::FluxObject {
+    flux::from_value(&v).unwrap()
+}
+
+/// A failing source of `kind` with credentials `creds` (resource version 2 now, 1 when the
+/// incident was detected: the Secret was fixed since) and what else the snapshot holds.
+fn source_scenario(failing: flux::FluxObject, others: Vec<flux::FluxObject>) -> Scenario {
+    let target = failing.key.clone();
+    let mut snap = Snapshot::new(std::iter::once(failing).chain(others), NOW);
+    snap.secrets_observed = true;
+    snap.secrets.insert(
+        ("apps".into(), "creds".into()),
+        SecretInfo {
+            keys: Default::default(),
+            resource_version: Some("2".into()),
+        },
+    );
+    Scenario {
+        snap,
+        target,
+        inc: IncidentView {
+            detected_at: NOW - 10,
+            observed_secret: Some(crate::api::ObservedSecret {
+                name: "creds".into(),
+                resource_version: Some("1".into()),
+            }),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn every_source_kind_is_reconciled_with_its_consumers_after_a_credentials_fix() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    // An OCI artifact a Kustomization applies.
+    let oci = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "app", "namespace": "apps"},
+        "spec": {"url": "oci://127.0.0.1:5000/apps/app", "secretRef": {"name": "creds"}},
+        "status": {"conditions": [cond("Ready", "False", "OCIArtifactPullFailed",
+            "failed to determine artifact digest: GET http://127.0.0.1:5000/v2/apps/app/manifests/latest: UNAUTHORIZED: authentication required; [map[Action:pull Class: Name:apps/app Type:repository]]")]}}),
+    );
+    let ks_oci = obj(
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": "apps"},
+        "spec": {"sourceRef": {"kind": "OCIRepository", "name": "app"}},
+        "status": {"conditions": [ready()]}}),
+    );
+    let mut s = source_scenario(oci, vec![ks_oci.clone()]);
+    let (d, dec) = decide(&s, Some(&p));
+    assert_eq!(d.case, Case::GitAuth);
+    assert_eq!(
+        dec.act(),
+        Some(&Action::ReconcileSourceAndConsumers {
+            source: s.target.clone(),
+            consumers: vec![ks_oci.key.clone()],
+        }),
+        "{dec:?}"
+    );
+    // Unchanged since detection: a person must fix the Secret; nothing is written.
+    s.inc.observed_secret.as_mut().unwrap().resource_version = Some("2".into());
+    let dec = decide(&s, Some(&p)).1;
+    assert!(
+        matches!(&dec.blocked, Some(Blocked::RetryCannotHelp(m)) if m.contains("Secret apps/creds")),
+        "{dec:?}"
+    );
+
+    // A chart from an OCI chart repository (which has no status of its own: the HelmChart
+    // fails, with the repository's credentials), used through spec.chart and through chartRef.
+    let repo = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "charts", "namespace": "apps"},
+        "spec": {"type": "oci", "url": "oci://127.0.0.1:5000/charts", "secretRef": {"name": "creds"}}}),
+    );
+    let chart = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
+        "metadata": {"name": "apps-web", "namespace": "apps"},
+        "spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}},
+        "status": {"conditions": [cond("Ready", "False", "ChartPullFailed",
+            "chart pull error: failed to download chart for remote reference: GET http://127.0.0.1:5000/v2/charts/web/tags/list: UNAUTHORIZED: authentication required")]}}),
+    );
+    let by_spec = obj(
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": "apps"},
+        "spec": {"chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}},
+        "status": {"conditions": [ready()]}}),
+    );
+    let by_ref = obj(
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "by-ref", "namespace": "apps"},
+        "spec": {"chartRef": {"kind": "HelmChart", "name": "apps-web"}},
+        "status": {"conditions": [ready()]}}),
+    );
+    let s = source_scenario(chart, vec![repo, by_spec.clone(), by_ref.clone()]);
+    let (d, dec) = decide(&s, Some(&p));
+    assert_eq!((d.case, &d.root), (Case::GitAuth, &s.target));
+    let ev = format!("{:?}", d.evidence);
+    assert!(ev.contains("Secret apps/creds"), "{ev}");
+    assert_eq!(
+        dec.act(),
+        Some(&Action::ReconcileSourceAndConsumers {
+            source: s.target.clone(),
+            consumers: vec![by_ref.key.clone(), by_spec.key.clone()],
+        }),
+        "{dec:?}"
+    );
+
+    // A Bucket that cannot be reached is polled like a Git server.
+    let bucket = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
+        "metadata": {"name": "files", "namespace": "apps"},
+        "spec": {"bucketName": "files", "endpoint": "127.0.0.1:1", "secretRef": {"name": "creds"}},
+        "status": {"conditions": [cond("Ready", "False", "BucketOperationFailed",
+            "failed to confirm existence of 'files' bucket: dial tcp 127.0.0.1:1: connect: connection refused")]}}),
+    );
+    let mut s = source_scenario(bucket, vec![]);
+    s.inc.observed_secret.as_mut().unwrap().resource_version = Some("2".into());
+    let (d, dec) = decide(&s, Some(&p));
+    assert_eq!(d.case, Case::GitUnreachable);
+    assert_eq!(
+        dec.act(),
+        Some(&Action::ReconcileSource {
+            source: s.target.clone()
+        }),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn a_policy_names_source_kinds_it_covers() {
+    let mut p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    p.spec.targets.kinds = vec![crate::api::TargetKind::OCIRepository];
+    let oci = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
+        "metadata": {"name": "app", "namespace": "apps"}, "spec": {"url": "oci://r/app"}}),
+    );
+    assert!(p.covers(&oci, "fluxmedic"));
+    assert!(!p.covers(&git(vec![]), "fluxmedic"));
 }

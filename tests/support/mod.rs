@@ -287,13 +287,35 @@ pub struct ChartRepo {
 
 impl ChartRepo {
     pub fn new(env: &Env, name: &str) -> ChartRepo {
+        Self::at(env, name, "charts")
+    }
+
+    /// A repository behind basic auth (`/private-charts/<name>/`), accepting `user:password`
+    /// until [`ChartRepo::set_server_credentials`] rotates it.
+    pub fn private(env: &Env, name: &str, user: &str, password: &str) -> ChartRepo {
+        let r = Self::at(env, name, "private-charts");
+        r.set_server_credentials(env, user, password);
+        r
+    }
+
+    fn at(env: &Env, name: &str, prefix: &str) -> ChartRepo {
         let dir = env.fixture_root().join("charts").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ChartRepo {
-            url: format!("{}/charts/{name}/", env.fixture_url()),
+            url: format!("{}/{prefix}/{name}/", env.fixture_url()),
             dir,
         }
+    }
+
+    /// The credentials the server accepts for this (private) repository.
+    pub fn set_server_credentials(&self, env: &Env, user: &str, password: &str) {
+        let name = self.dir.file_name().unwrap();
+        std::fs::write(
+            env.fixture_root().join("auth").join(name),
+            format!("{user}:{password}"),
+        )
+        .unwrap();
     }
 
     /// Package a chart made of `templates` (file name, content) at `version`, and re-index.
@@ -327,6 +349,58 @@ impl ChartRepo {
             .arg(&self.dir)
             .arg("--url")
             .arg(&self.url));
+    }
+}
+
+/// Repositories `<namespace>/...` on the test control plane's OCI registry (hack/registry).
+pub struct Registry {
+    /// `127.0.0.1:<port>`
+    pub host: String,
+    namespace: String,
+    auth: PathBuf,
+    tool: PathBuf,
+}
+
+impl Registry {
+    /// The registry's `namespace`, accepting basic auth `user:password` (rotate it with
+    /// [`Registry::set_server_credentials`]).
+    pub fn private(env: &Env, namespace: &str, user: &str, password: &str) -> Registry {
+        let r = Registry {
+            host: env.var("FLUXMEDIC_REGISTRY").to_string(),
+            namespace: namespace.into(),
+            auth: env.fixture_root().join("registry-auth").join(namespace),
+            tool: Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("registry"),
+        };
+        r.set_server_credentials(user, password);
+        r
+    }
+
+    pub fn set_server_credentials(&self, user: &str, password: &str) {
+        std::fs::write(&self.auth, format!("{user}:{password}")).unwrap();
+    }
+
+    /// `oci://` URL of repository `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("oci://{}/{}/{name}", self.host, self.namespace)
+    }
+
+    /// Push `files` (path, content) as a Flux artifact to `name:tag`, as `user:password`.
+    pub fn push(&self, name: &str, tag: &str, files: &[(&str, &str)], user: &str, password: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        for (f, c) in files {
+            std::fs::write(dir.path().join(f), c).unwrap();
+        }
+        run(Command::new(&self.tool)
+            .args(["push", "-ref"])
+            .arg(format!("{}/{}/{name}:{tag}", self.host, self.namespace))
+            .arg("-dir")
+            .arg(dir.path())
+            .args(["-user", user, "-password", password]));
+    }
+
+    /// A `kubernetes.io/dockerconfigjson` Secret's data for this registry.
+    pub fn docker_config(&self, user: &str, password: &str) -> Value {
+        json!({".dockerconfigjson": json!({"auths": {&self.host: {"username": user, "password": password}}}).to_string()})
     }
 }
 
