@@ -74,6 +74,11 @@ enum Command {
         /// sent) for git-unreachable evidence: for clusters whose egress must stay quiet.
         #[arg(long)]
         no_source_probes: bool,
+        /// The namespace Flux's controllers run in as Deployments: their pods are watched
+        /// (read-only) so a crash-looping, unschedulable or scaled-down controller is escalated
+        /// at once. Empty: not watched (then only unhandled reconcile requests tell).
+        #[arg(long, default_value = "flux-system")]
+        flux_namespace: String,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -290,6 +295,7 @@ fn main() -> ExitCode {
             events_addr,
             controller_timeout_seconds,
             no_source_probes,
+            flux_namespace,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             // notification-controller's event server speaks plain HTTP inside the cluster.
@@ -317,6 +323,7 @@ fn main() -> ExitCode {
                 events_addr: events_addr.filter(|s| !s.trim().is_empty()),
                 controller_timeout: Duration::from_secs(controller_timeout_seconds.max(1)),
                 source_probes: !no_source_probes,
+                flux_namespace: Some(flux_namespace.trim().to_string()).filter(|s| !s.is_empty()),
                 identity: std::env::var("POD_NAME")
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };

@@ -41,10 +41,10 @@ fn chart_lints_and_renders_every_mode() {
     );
     assert_eq!(
         out.matches("kind: Role\n").count(),
-        1,
-        "cluster mode: a ClusterRole, plus the leader-election Role"
+        2,
+        "cluster mode: a ClusterRole, plus the leader-election Role and the read-only Role on the Flux controllers"
     );
-    assert!(out.contains("--leader-elect"));
+    assert!(out.contains("--leader-elect") && out.contains("--flux-namespace=flux-system"));
     // Opt-ins stay off by default; probes stay on.
     assert!(!out.contains("--events-addr") && !out.contains("--no-source-probes"));
     assert!(out.contains("--controller-timeout-seconds=120"));
@@ -70,14 +70,17 @@ fn chart_lints_and_renders_every_mode() {
             "notifications.enabled=true",
             "--set",
             "sourceProbes=false",
+            "--set",
+            "fluxNamespace=",
         ],
     );
     assert!(ok, "{out}");
     assert_eq!(
         out.matches("kind: Role\n").count(),
         4,
-        "one Role per watched namespace and the release namespace, plus leader election"
+        "one Role per watched namespace and the release namespace, plus leader election (no Flux namespace)"
     );
+    assert!(out.contains("--flux-namespace=\n"));
     assert!(out.contains("--watch-namespaces=apps,data"));
     assert!(
         out.contains(
@@ -115,6 +118,7 @@ fn bad_values_fail_at_install_with_a_clear_message() {
         ("nosuchvalue=1", "nosuchvalue"),
         ("notifications.address=ftp://x", "notifications/address"),
         ("controllerTimeoutSeconds=1", "controllerTimeoutSeconds"),
+        ("fluxNamespace=Flux_System", "fluxNamespace"),
     ] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");
@@ -145,7 +149,9 @@ async fn install_chart(
         .unwrap()
         .is_some();
     let watch = format!("watchNamespaces={{{ns}}}");
-    let mut args = vec!["install", ns, CHART, "-n", ns];
+    // The test namespace stands in for flux-system (which need not exist here).
+    let flux_ns = format!("fluxNamespace={ns}");
+    let mut args = vec!["install", ns, CHART, "-n", ns, "--set", flux_ns.as_str()];
     if namespaced {
         args.extend(["--set", watch.as_str()]);
     }
@@ -434,6 +440,8 @@ fn run_as(
             "--namespace",
             ns,
             "--watch-namespaces",
+            ns,
+            "--flux-namespace",
             ns,
             "--tick-seconds",
             "1",
@@ -744,15 +752,15 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
             .rules
             .unwrap_or_default(),
     );
-    let lease_role: Api<Role> = Api::namespaced(client.clone(), &ns);
-    rights.extend(granted(
-        &lease_role
-            .get("fluxmedic-leader-election")
-            .await
-            .unwrap()
-            .rules
-            .unwrap_or_default(),
-    ));
+    let ns_roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+    for role in [
+        "fluxmedic-leader-election".to_string(),
+        format!("{ns}-fluxmedic-flux-controllers"),
+    ] {
+        rights.extend(granted(
+            &ns_roles.get(&role).await.unwrap().rules.unwrap_or_default(),
+        ));
+    }
     let unused: Vec<_> = rights
         .iter()
         .filter(|k| !used.contains(*k))

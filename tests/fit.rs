@@ -1,6 +1,6 @@
 //! Fitting Flux as people run it, on the real control plane: sharded Flux (one fluxmedic per
 //! shard, each on its own objects, records and Lease), Flux alerts, a source that cannot be
-//! reached checked by fluxmedic itself.
+//! reached checked by fluxmedic itself, a Flux controller scaled to zero.
 
 mod support;
 
@@ -448,4 +448,102 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_handled_like_git() 
         .await
         .unwrap();
     assert!(steps(&auth).is_empty(), "a step was taken: {auth}");
+}
+
+/// Someone scales source-controller to zero (as `flux suspend` cannot, and an incident
+/// response sometimes does): fluxmedic sees it in the Flux namespace at once, escalates the
+/// incidents that need that controller without a single request through it, and goes back to
+/// work when it is scaled up again. The real controller runs as a process here; the Deployment
+/// in a namespace standing in for flux-system is what fluxmedic is told to read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flux_controller_scaled_to_zero_is_escalated_at_once_and_left_alone() {
+    let (env, client, ns) = setup("scaled").await;
+    let flux_ns = namespace(&client, "scaled-flux").await;
+    flux_controller_deployment(
+        &client,
+        &flux_ns,
+        "source-controller",
+        0,
+        "fluxmedic.local/none:0",
+        &["--watch-all-namespaces"],
+    )
+    .await;
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        MIN,
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
+                   "limits": {"pollInterval": "2s", "maxPollInterval": "2s"}}),
+        ),
+    )
+    .await;
+    let op = Operator::start(env, &ns, &["--flux-namespace", &flux_ns]);
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "escalated: scaled to zero",
+        MIN,
+        |r| {
+            phase(r) == "Escalated"
+                && r["status"]["blocked"].as_str().is_some_and(|b| {
+                    b.contains(&format!(
+                        "Deployment {flux_ns}/source-controller is scaled to 0 replicas"
+                    ))
+                })
+        },
+    )
+    .await;
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing requested through it: {rem}"
+    );
+    op.wait_metric(
+        "fluxmedic_flux_controller_down{controller=\"source-controller\"}",
+        1.0,
+    )
+    .await;
+    // Nothing through it meanwhile.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let now = get(&client, &ns, "GitRepository", "repo").await.unwrap();
+    assert!(
+        now["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
+        "{now}"
+    );
+
+    // Scaled up again (no pods run here: not yet available, within the grace): polls resume.
+    flux_controller_deployment(
+        &client,
+        &flux_ns,
+        "source-controller",
+        1,
+        "fluxmedic.local/none:0",
+        &["--watch-all-namespaces"],
+    )
+    .await;
+    wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "polling again",
+        MIN,
+        |r| has_step(r, "reconcile-source", "Succeeded"),
+    )
+    .await;
+    assert_eq!(
+        op.metric("fluxmedic_flux_controller_down{controller=\"source-controller\"}")
+            .await,
+        0.0
+    );
 }

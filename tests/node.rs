@@ -114,6 +114,29 @@ fn unpack(tar: &str) -> (tempfile::TempDir, Value) {
     (dir, config)
 }
 
+/// The image goes into the node's containerd, as a registry pull would put it. Returns its
+/// reference.
+fn import_image(env: &Env) -> String {
+    let tar = image_tar();
+    let (dir, _) = unpack(&tar);
+    let image = image_ref(dir.path());
+    let (ok, out) = run({
+        let mut c = tool(env, "ctr");
+        c.args([
+            "--address",
+            env.var("FLUXMEDIC_NODE_CTR_ADDRESS"),
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            &tar,
+        ]);
+        c
+    });
+    assert!(ok, "import {tar}: {out}");
+    image
+}
+
 /// The image hack/image.sh builds holds what the Dockerfile's final stage holds: the same
 /// files (each COPY destination, executable), the same user and the same way to start. The
 /// Dockerfile's base images cannot be pulled here, so this is what keeps the two in step.
@@ -332,24 +355,7 @@ async fn the_chart_runs_as_users_run_it() {
     let env = node_env();
     let client = env.client().await;
 
-    // The image goes into the node's containerd, as a registry pull would put it.
-    let tar = image_tar();
-    let (dir, _) = unpack(&tar);
-    let image = image_ref(dir.path());
-    let (ok, out) = run({
-        let mut c = tool(env, "ctr");
-        c.args([
-            "--address",
-            env.var("FLUXMEDIC_NODE_CTR_ADDRESS"),
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            &tar,
-        ]);
-        c
-    });
-    assert!(ok, "import {tar}: {out}");
+    let image = import_image(env);
     let (repository, tag) = image.rsplit_once(':').unwrap();
 
     // flux-system enforces the restricted standard: a pod the chart renders must pass it.
@@ -669,4 +675,127 @@ async fn the_chart_runs_as_users_run_it() {
         "the chart's cluster RBAC outlived it: {:?}",
         chart_rbac().await
     );
+}
+
+/// The runbook: "if Flux system pods are crash-looping, escalate to the platform team
+/// immediately". A source-controller Deployment whose container exits at start (the image run
+/// with a flag it refuses) crash-loops for real on the node; fluxmedic reads kubelet's verdict
+/// from the pod and escalates the incident that needs that controller at once, without a
+/// request through it, then goes back to work once the Deployment is gone. (The real
+/// source-controller runs as a process beside the node; a namespace stands in for flux-system.)
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR"]
+async fn a_crash_looping_flux_controller_is_escalated_at_once() {
+    let env = node_env();
+    let client = env.client().await;
+    let image = import_image(env);
+    let ns = namespace(&client, "crashapp").await;
+    let flux_ns = namespace(&client, "crashflux").await;
+    flux_controller_deployment(
+        &client,
+        &flux_ns,
+        "source-controller",
+        1,
+        &image,
+        &["--no-such-flag"],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &flux_ns);
+    wait_for(
+        "kubelet reports CrashLoopBackOff",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let waiting: Vec<String> = list
+                .items
+                .iter()
+                .flat_map(|p| {
+                    p.status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                })
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .collect();
+            if waiting.iter().any(|r| r == "CrashLoopBackOff") {
+                Ok(())
+            } else {
+                Err(format!("{waiting:?}"))
+            }
+        },
+    )
+    .await;
+
+    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        MIN,
+    )
+    .await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
+                   "limits": {"pollInterval": "2s", "maxPollInterval": "2s"}}),
+        ),
+    )
+    .await;
+    let op = Operator::start(env, &ns, &["--flux-namespace", &flux_ns]);
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "escalated: crash-looping",
+        MIN,
+        |r| {
+            phase(r) == "Escalated"
+                && r["status"]["blocked"].as_str().is_some_and(|b| {
+                    b.contains(&format!(
+                        "Deployment {flux_ns}/source-controller has 0 of 1 replicas available"
+                    )) && (b.contains("CrashLoopBackOff") || b.contains("keeps restarting"))
+                })
+        },
+    )
+    .await;
+    let blocked = rem["status"]["blocked"].as_str().unwrap();
+    assert!(blocked.contains("last exit code 2"), "{blocked}");
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing requested through it: {rem}"
+    );
+    op.wait_metric(
+        "fluxmedic_flux_controller_down{controller=\"source-controller\"}",
+        1.0,
+    )
+    .await;
+    op.wait_metric("fluxmedic_escalations_total{case=\"git-unreachable\"}", 1.0)
+        .await;
+    let repo = get(&client, &ns, "GitRepository", "repo").await.unwrap();
+    assert!(
+        repo["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
+        "{repo}"
+    );
+
+    // The Deployment is removed (the platform team fixed it): fluxmedic works again.
+    Api::<Deployment>::namespaced(client.clone(), &flux_ns)
+        .delete("source-controller", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "polling again",
+        MIN,
+        |r| has_step(r, "reconcile-source", "Succeeded"),
+    )
+    .await;
 }

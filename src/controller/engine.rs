@@ -94,6 +94,7 @@ pub async fn pass(ctx: &Arc<Context>) {
     };
     let mut snap = enrich_secrets(ctx, snap).await;
     snap.request_bound = Some(ctx.opts.controller_timeout);
+    snap.shard_selector = ctx.opts.watch_label_selector.clone();
     if ctx.opts.source_probes {
         snap.probes = probe_sources(ctx, &snap);
     }

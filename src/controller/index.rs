@@ -7,7 +7,10 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Pod, Secret},
+};
 use kube::{
     Api, Client, ResourceExt,
     api::DynamicObject,
@@ -19,7 +22,10 @@ use tracing::{debug, warn};
 
 use crate::{
     api::{Remediation, RemediationPolicy},
-    diagnose::{SecretInfo, Snapshot},
+    diagnose::{
+        SecretInfo, Snapshot,
+        controllers::{DeploymentState, PodState},
+    },
     flux::{self, FluxKind, FluxObject, ObjectKey},
     helm::StoredRelease,
 };
@@ -53,6 +59,9 @@ pub struct Index {
     pub unreadable: BTreeMap<String, String>,
     /// Flux kinds the cluster does not serve in a readable version (not watched), with why.
     pub missing_kinds: BTreeMap<String, String>,
+    /// Flux controllers' Deployments in the Flux namespace, and its pods (read-only).
+    pub flux_deployments: BTreeMap<Key, DeploymentState>,
+    pub flux_pods: BTreeMap<Key, PodState>,
 }
 
 impl Index {
@@ -66,6 +75,8 @@ impl Index {
         for r in self.releases.values() {
             snap.add_release(r.clone());
         }
+        snap.flux_deployments = self.flux_deployments.values().cloned().collect();
+        snap.flux_pods = self.flux_pods.values().cloned().collect();
         for (k, rv) in &self.secret_versions {
             let keys = self
                 .secret_keys
@@ -309,6 +320,49 @@ pub async fn watch_secrets(client: Client, scope: Scope, feed: Feed) {
         apply,
         delete,
         relisted,
+    )
+    .await
+}
+
+/// Watch the Flux controllers' Deployments in the Flux namespace (read-only), kept as the
+/// little [`DeploymentState`] says; other Deployments there are not kept.
+pub async fn watch_flux_deployments(client: Client, ns: String, feed: Feed) {
+    let api: Api<Deployment> = Api::namespaced(client, &ns);
+    let stream = watcher(api, watcher_config(None)).backoff(watch_backoff());
+    drive(
+        stream,
+        scope_name("Deployment", &Some(ns)),
+        feed,
+        |idx: &mut Index, d: Deployment, key: &Key| {
+            match DeploymentState::from_deployment(&d) {
+                Some(s) => idx.flux_deployments.insert(key.clone(), s),
+                None => idx.flux_deployments.remove(key),
+            };
+        },
+        |idx, key| {
+            idx.flux_deployments.remove(key);
+        },
+        |idx, seen| idx.flux_deployments.retain(|k, _| seen.contains(k)),
+    )
+    .await
+}
+
+/// Watch the pods of the Flux namespace (read-only): readiness and why containers wait or
+/// restart, nothing else.
+pub async fn watch_flux_pods(client: Client, ns: String, feed: Feed) {
+    let api: Api<Pod> = Api::namespaced(client, &ns);
+    let stream = watcher(api, watcher_config(None)).backoff(watch_backoff());
+    drive(
+        stream,
+        scope_name("Pod", &Some(ns)),
+        feed,
+        |idx: &mut Index, p: Pod, key: &Key| {
+            idx.flux_pods.insert(key.clone(), PodState::from_pod(&p));
+        },
+        |idx, key| {
+            idx.flux_pods.remove(key);
+        },
+        |idx, seen| idx.flux_pods.retain(|k, _| seen.contains(k)),
     )
     .await
 }

@@ -70,6 +70,9 @@ pub struct Options {
     pub controller_timeout: Duration,
     /// Check the hosts of sources that cannot be reached (evidence for git-unreachable).
     pub source_probes: bool,
+    /// Where Flux's controllers run as Deployments: their pods are watched (read-only) to
+    /// tell a crash-looping or unavailable controller at once. `None`: not watched.
+    pub flux_namespace: Option<String>,
 }
 
 impl Options {
@@ -237,6 +240,21 @@ async fn load_sealer(client: &Client, ns: &str) -> anyhow::Result<Sealer> {
     anyhow::bail!("cannot read or create Secret {ns}/{KEY_SECRET}")
 }
 
+/// Whether the Deployments and pods of the Flux namespace may be listed (one small list each).
+async fn flux_workloads_visible(client: &Client, ns: &str) -> Result<(), String> {
+    use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+    let lp = kube::api::ListParams::default().limit(1);
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| format!("listing Deployments: {e}"))?;
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| format!("listing pods: {e}"))?;
+    Ok(())
+}
+
 /// Run the operator until SIGTERM/SIGINT.
 pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     // Fail early and clearly if fluxmedic's CRDs are not installed.
@@ -332,8 +350,25 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|k| served.resources.get(&k).map(|r| (k, r.clone())))
         .collect();
-    ctx.index.write().await.expected_watches =
-        scopes.len() * (kinds.len() + 2) + policy_scopes.len();
+    // The Flux controllers' own pods, where fluxmedic may see them.
+    let flux_ns = match &ctx.opts.flux_namespace {
+        Some(ns) => match flux_workloads_visible(&client, ns).await {
+            Ok(()) => Some(ns.clone()),
+            Err(why) => {
+                warn!(namespace = %ns, reason = %why, "cannot watch the Flux controllers' pods: a crash-looping controller is noticed only by the reconcile requests it leaves unhandled");
+                ctx.index
+                    .write()
+                    .await
+                    .missing_kinds
+                    .insert(format!("Flux controller pods in {ns}"), why);
+                None
+            }
+        },
+        None => None,
+    };
+    ctx.index.write().await.expected_watches = scopes.len() * (kinds.len() + 2)
+        + policy_scopes.len()
+        + if flux_ns.is_some() { 2 } else { 0 };
     let mut tasks = tokio::task::JoinSet::new();
     let feed = index::Feed {
         index: ctx.index.clone(),
@@ -364,6 +399,14 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
             index::put_remediation,
             |i| &mut i.remediations,
         ));
+    }
+    if let Some(ns) = flux_ns {
+        tasks.spawn(index::watch_flux_deployments(
+            client.clone(),
+            ns.clone(),
+            feed.clone(),
+        ));
+        tasks.spawn(index::watch_flux_pods(client.clone(), ns, feed.clone()));
     }
     for scope in policy_scopes {
         tasks.spawn(index::watch_own::<RemediationPolicy>(

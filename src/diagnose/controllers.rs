@@ -1,9 +1,13 @@
 //! Whether Flux's controllers are working, read from what they do: a reconcile request
 //! (`reconcile.fluxcd.io/requestedAt`, a timestamp token) that a controller has not handled
 //! (`status.lastHandledReconcileAt`) long after it was made means the controller is not
-//! processing its objects: down, wedged, or not running for that shard. Pure: from a snapshot.
+//! processing its objects: down, wedged, or not running for that shard. Where the controllers
+//! run as Deployments in the Flux namespace, their pods say it sooner: crash-looping, unable to
+//! start, scaled to zero, or no replica available for long. Pure: from a snapshot.
 
 use std::{collections::BTreeMap, fmt, time::Duration};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
 
 use super::Snapshot;
 use crate::flux::{FluxKind, ObjectKey};
@@ -88,6 +92,269 @@ pub fn unresponsive(snap: &Snapshot, bound: Duration) -> BTreeMap<&'static str, 
     out
 }
 
+/// The Flux controllers fluxmedic depends on.
+pub const CONTROLLERS: [&str; 3] = [
+    "source-controller",
+    "kustomize-controller",
+    "helm-controller",
+];
+
+/// A container restarted this often, last within [`RECENT_CRASH`], is crash-looping even in
+/// the seconds it runs between two crashes.
+const CRASH_RESTARTS: i32 = 3;
+const RECENT_CRASH: i64 = 600;
+
+/// Waiting reasons of a container that will not run until something changes.
+const CANNOT_START: [&str; 7] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// What fluxmedic keeps of a Deployment in the Flux namespace that runs a Flux controller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeploymentState {
+    pub namespace: String,
+    pub name: String,
+    /// The Flux controller it runs.
+    pub controller: &'static str,
+    pub replicas: i32,
+    pub available: i32,
+    /// Since when its `Available` condition is False (unix seconds).
+    pub unavailable_since: Option<i64>,
+    /// Its pod selector (`matchLabels`; a Deployment with none matches no pod here).
+    pub match_labels: BTreeMap<String, String>,
+    /// The controller's `--watch-label-selector` (a shard), if any.
+    pub watch_selector: Option<String>,
+}
+
+/// What fluxmedic keeps of a pod in the Flux namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodState {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    /// Containers waiting for a reason in [`CANNOT_START`], described.
+    pub cannot_start: Vec<String>,
+    /// Containers restarted [`CRASH_RESTARTS`] times or more: (description, when the last run ended).
+    pub restarting: Vec<(String, Option<i64>)>,
+}
+
+fn ts(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> i64 {
+    t.0.as_second()
+}
+
+/// Which Flux controller a Deployment runs: `app.kubernetes.io/component` as in Flux's
+/// manifests, else its name (`source-controller`, or a shard's `source-controller-shard1`).
+fn controller_of_deployment(d: &Deployment) -> Option<&'static str> {
+    let component = d
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("app.kubernetes.io/component"));
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    CONTROLLERS.into_iter().find(|c| {
+        component.is_some_and(|v| v == c)
+            || name == *c
+            || name.strip_prefix(c).is_some_and(|r| r.starts_with('-'))
+    })
+}
+
+/// The `--watch-label-selector` a controller's containers run with.
+fn watch_selector(d: &Deployment) -> Option<String> {
+    let containers = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter();
+    for c in containers {
+        let args = c.args.iter().flatten().chain(c.command.iter().flatten());
+        let mut next = false;
+        for a in args {
+            if next {
+                return Some(a.trim().to_string());
+            }
+            if let Some(v) = a.strip_prefix("--watch-label-selector=") {
+                return Some(v.trim().to_string());
+            }
+            next = a == "--watch-label-selector";
+        }
+    }
+    None
+}
+
+impl DeploymentState {
+    /// A Deployment in the Flux namespace, if it runs a Flux controller.
+    pub fn from_deployment(d: &Deployment) -> Option<DeploymentState> {
+        let controller = controller_of_deployment(d)?;
+        let spec = d.spec.as_ref();
+        let status = d.status.as_ref();
+        let unavailable_since = status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Available"))
+            .filter(|c| c.status == "False")
+            .and_then(|c| c.last_transition_time.as_ref().map(ts));
+        Some(DeploymentState {
+            namespace: d.metadata.namespace.clone().unwrap_or_default(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            controller,
+            replicas: spec.and_then(|s| s.replicas).unwrap_or(1),
+            available: status.and_then(|s| s.available_replicas).unwrap_or(0),
+            unavailable_since,
+            match_labels: spec
+                .and_then(|s| s.selector.match_labels.clone())
+                .unwrap_or_default(),
+            watch_selector: watch_selector(d),
+        })
+    }
+
+    fn owns(&self, pod: &PodState) -> bool {
+        !self.match_labels.is_empty()
+            && self
+                .match_labels
+                .iter()
+                .all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
+impl PodState {
+    pub fn from_pod(p: &Pod) -> PodState {
+        let status = p.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let mut out = PodState {
+            name: p.metadata.name.clone().unwrap_or_default(),
+            labels: p.metadata.labels.clone().unwrap_or_default(),
+            ready,
+            ..Default::default()
+        };
+        let statuses = status.into_iter().flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        });
+        for c in statuses {
+            let last = c.last_state.as_ref().and_then(|l| l.terminated.as_ref());
+            let exit = last
+                .map(|t| {
+                    let why = t.reason.as_deref().unwrap_or("");
+                    format!("; last exit code {} {why}", t.exit_code)
+                        .trim_end()
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let what = |state: &str| {
+                super::bounded(&format!(
+                    "container {} {state} ({} restarts{exit})",
+                    c.name, c.restart_count
+                ))
+            };
+            if let Some(w) = c
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                .filter(|r| CANNOT_START.contains(r))
+            {
+                out.cannot_start.push(what(&format!("is in {w}")));
+            } else if c.restart_count >= CRASH_RESTARTS {
+                out.restarting.push((
+                    what("keeps restarting"),
+                    last.and_then(|t| t.finished_at.as_ref().map(ts)),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Why this pod does not run its controller now, if it does not.
+    fn trouble(&self, now: i64) -> Option<&str> {
+        self.cannot_start
+            .first()
+            .or_else(|| {
+                self.restarting
+                    .iter()
+                    .find(|(_, at)| at.is_some_and(|t| now.saturating_sub(t) < RECENT_CRASH))
+                    .map(|(w, _)| w)
+            })
+            .map(String::as_str)
+    }
+}
+
+/// Whether the controllers of this Deployment serve the objects fluxmedic serves: all of them
+/// when fluxmedic runs unsharded, else only the shard with the same selector.
+fn same_shard(d: &DeploymentState, own: Option<&str>) -> bool {
+    let norm = |s: &str| s.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    match own {
+        None => true,
+        Some(own) => d.watch_selector.as_deref().map(norm) == Some(norm(own)),
+    }
+}
+
+/// Why the Flux controller a Deployment runs is not working, if it is not: scaled to zero,
+/// every pod crash-looping or unable to start (at once: no grace), or no replica available
+/// for longer than `grace` (pending, unschedulable, failing its probes).
+pub fn deployment_down(
+    d: &DeploymentState,
+    pods: &[PodState],
+    now: i64,
+    grace: Duration,
+) -> Option<String> {
+    let id = format!("Deployment {}/{}", d.namespace, d.name);
+    if d.replicas <= 0 {
+        return Some(format!("{id} is scaled to 0 replicas"));
+    }
+    let own: Vec<&PodState> = pods.iter().filter(|p| d.owns(p)).collect();
+    let troubled: Vec<(&str, &str)> = own
+        .iter()
+        .filter_map(|p| p.trouble(now).map(|t| (p.name.as_str(), t)))
+        .collect();
+    let working = own
+        .iter()
+        .filter(|p| p.ready && p.trouble(now).is_none())
+        .count();
+    if let Some((pod, why)) = troubled.first()
+        && working == 0
+    {
+        return Some(format!(
+            "{id} has {} of {} replicas available: pod {pod} {why}",
+            d.available.max(0),
+            d.replicas
+        ));
+    }
+    let grace = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
+    match d.unavailable_since {
+        Some(since) if d.available <= 0 && now.saturating_sub(since) > grace => Some(format!(
+            "{id} has had no available replica for {}s",
+            now.saturating_sub(since)
+        )),
+        _ => None,
+    }
+}
+
+/// The Flux controllers whose Deployments say they are not working, each with why (the first
+/// such Deployment of a controller; only the shard fluxmedic serves counts).
+pub fn workloads_down(
+    deployments: &[DeploymentState],
+    pods: &[PodState],
+    own_selector: Option<&str>,
+    now: i64,
+    grace: Duration,
+) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    for d in deployments.iter().filter(|d| same_shard(d, own_selector)) {
+        if out.contains_key(d.controller) {
+            continue;
+        }
+        if let Some(why) = deployment_down(d, pods, now, grace) {
+            out.insert(d.controller, why);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -137,5 +404,277 @@ mod tests {
         assert!(check(slow.clone()).is_empty());
         slow.timeout = Some(Duration::from_secs(120));
         assert!(!check(slow).is_empty(), "120s + 120s < 300s");
+    }
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn at(ago: i64) -> String {
+        jiff::Timestamp::from_second(NOW - ago).unwrap().to_string()
+    }
+
+    /// A Deployment as `flux install` writes it (labels, selector, args), with a status.
+    fn deployment(
+        name: &str,
+        replicas: i32,
+        available: i32,
+        args: &[&str],
+        unavailable_for: Option<i64>,
+    ) -> DeploymentState {
+        let component = name.split("-shard").next().unwrap();
+        let mut conditions = vec![];
+        if let Some(s) = unavailable_for {
+            conditions.push(json!({"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                "message": "Deployment does not have minimum availability.", "lastTransitionTime": at(s), "lastUpdateTime": at(s)}));
+        }
+        let d: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "flux-system",
+                "labels": {"app.kubernetes.io/component": component, "app.kubernetes.io/instance": "flux-system", "control-plane": "controller"}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "manager", "image": "ghcr.io/fluxcd/x:v1", "args": args}]}}},
+            "status": {"replicas": replicas, "availableReplicas": available, "conditions": conditions}
+        }))
+        .unwrap();
+        DeploymentState::from_deployment(&d).unwrap()
+    }
+
+    /// A pod of `app` as kubelet reports it: `waiting` (a reason), restarts, the last exit.
+    fn pod(
+        name: &str,
+        app: &str,
+        ready: bool,
+        waiting: Option<&str>,
+        restarts: i32,
+        last_exit_ago: Option<i64>,
+    ) -> PodState {
+        let state = match waiting {
+            Some(r) => {
+                json!({"waiting": {"reason": r, "message": format!("back-off 2m40s restarting failed container=manager pod={name}_flux-system(0d5c)")}})
+            }
+            None => json!({"running": {"startedAt": at(5)}}),
+        };
+        let last = match last_exit_ago {
+            Some(s) => {
+                json!({"terminated": {"exitCode": 1, "reason": "Error", "startedAt": at(s + 2), "finishedAt": at(s), "containerID": "containerd://abc"}})
+            }
+            None => json!({}),
+        };
+        let p: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "flux-system", "labels": {"app": app, "pod-template-hash": "7c9d"}},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+                "containerStatuses": [{"name": "manager", "ready": ready, "restartCount": restarts, "image": "ghcr.io/fluxcd/x:v1",
+                    "imageID": "", "started": ready, "state": state, "lastState": last}]}
+        }))
+        .unwrap();
+        PodState::from_pod(&p)
+    }
+
+    const GRACE: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn a_crash_looping_controller_is_down_at_once() {
+        let d = deployment(
+            "helm-controller",
+            1,
+            0,
+            &["--watch-all-namespaces"],
+            Some(20),
+        );
+        let crashing = pod(
+            "helm-controller-7c9d-x2",
+            "helm-controller",
+            false,
+            Some("CrashLoopBackOff"),
+            4,
+            Some(15),
+        );
+        let why = deployment_down(&d, std::slice::from_ref(&crashing), NOW, GRACE).expect("down");
+        assert_eq!(
+            why,
+            "Deployment flux-system/helm-controller has 0 of 1 replicas available: pod helm-controller-7c9d-x2 container manager is in CrashLoopBackOff (4 restarts; last exit code 1 Error)"
+        );
+        // Between two crashes it runs, even Ready for a moment: still crash-looping.
+        let between = pod(
+            "helm-controller-7c9d-x2",
+            "helm-controller",
+            true,
+            None,
+            5,
+            Some(30),
+        );
+        assert!(
+            deployment_down(&d, &[between], NOW, GRACE)
+                .unwrap()
+                .contains("keeps restarting")
+        );
+        // Restarts long ago: it runs now.
+        let settled = pod(
+            "helm-controller-7c9d-x2",
+            "helm-controller",
+            true,
+            None,
+            5,
+            Some(3600),
+        );
+        let up = deployment("helm-controller", 1, 1, &[], None);
+        assert_eq!(deployment_down(&up, &[settled], NOW, GRACE), None);
+        // One replica crash-looping beside a working one: the controller works.
+        let two = deployment("helm-controller", 2, 1, &[], Some(20));
+        let fine = pod(
+            "helm-controller-7c9d-a1",
+            "helm-controller",
+            true,
+            None,
+            0,
+            None,
+        );
+        assert_eq!(
+            deployment_down(&two, &[crashing.clone(), fine], NOW, GRACE),
+            None
+        );
+        // A pod of something else in the namespace is not its pod.
+        let other = pod(
+            "notification-controller-1",
+            "notification-controller",
+            false,
+            Some("CrashLoopBackOff"),
+            9,
+            Some(5),
+        );
+        assert_eq!(deployment_down(&up, &[other], NOW, GRACE), None);
+        // An image that cannot be pulled: it will not start either.
+        let pull = pod(
+            "helm-controller-7c9d-x3",
+            "helm-controller",
+            false,
+            Some("ImagePullBackOff"),
+            0,
+            None,
+        );
+        assert!(
+            deployment_down(&d, &[pull], NOW, GRACE)
+                .unwrap()
+                .contains("ImagePullBackOff")
+        );
+    }
+
+    #[test]
+    fn scaled_to_zero_or_unavailable_past_the_grace_is_down() {
+        let zero = deployment("kustomize-controller", 0, 0, &[], None);
+        assert_eq!(
+            deployment_down(&zero, &[], NOW, GRACE).unwrap(),
+            "Deployment flux-system/kustomize-controller is scaled to 0 replicas"
+        );
+        // Pending (no node, a failing probe): a rollout may take a while, the grace covers it.
+        let pending = deployment("kustomize-controller", 1, 0, &[], Some(60));
+        assert_eq!(deployment_down(&pending, &[], NOW, GRACE), None);
+        let stuck = deployment("kustomize-controller", 1, 0, &[], Some(600));
+        assert_eq!(
+            deployment_down(&stuck, &[], NOW, GRACE).unwrap(),
+            "Deployment flux-system/kustomize-controller has had no available replica for 600s"
+        );
+        // Odd values never panic nor count as available.
+        let odd = deployment(
+            "kustomize-controller",
+            i32::MAX,
+            i32::MIN,
+            &[],
+            Some(-i64::from(u32::MAX)),
+        );
+        assert_eq!(deployment_down(&odd, &[], NOW, Duration::MAX), None);
+    }
+
+    #[test]
+    fn only_flux_controllers_of_the_shard_fluxmedic_serves_count() {
+        let main = deployment(
+            "source-controller",
+            1,
+            0,
+            &["--watch-label-selector=!sharding.fluxcd.io/key"],
+            Some(20),
+        );
+        let shard = deployment(
+            "source-controller-shard1",
+            1,
+            0,
+            &["--watch-label-selector", "sharding.fluxcd.io/key=shard1"],
+            Some(20),
+        );
+        assert_eq!(shard.controller, "source-controller");
+        assert_eq!(
+            shard.watch_selector.as_deref(),
+            Some("sharding.fluxcd.io/key=shard1")
+        );
+        let pods = [pod(
+            "source-controller-1",
+            "source-controller",
+            false,
+            Some("CrashLoopBackOff"),
+            3,
+            Some(5),
+        )];
+        let deps = [main, shard];
+        // The main controller crash-loops: down for the main fluxmedic and an unsharded one.
+        let down = workloads_down(&deps, &pods, Some("!sharding.fluxcd.io/key"), NOW, GRACE);
+        assert!(down["source-controller"].contains("source-controller-1"));
+        assert!(workloads_down(&deps, &pods, None, NOW, GRACE).contains_key("source-controller"));
+        // Not for the instance serving shard1, whose controller has no pod trouble.
+        assert!(
+            workloads_down(
+                &deps,
+                &pods,
+                Some("sharding.fluxcd.io/key=shard1"),
+                NOW,
+                GRACE
+            )
+            .is_empty()
+        );
+        // Deployments of other controllers are not Flux controllers fluxmedic depends on.
+        let d: Deployment =
+            serde_json::from_value(json!({"metadata": {"name": "image-reflector-controller",
+            "labels": {"app.kubernetes.io/component": "image-reflector-controller"}}}))
+            .unwrap();
+        assert_eq!(DeploymentState::from_deployment(&d), None);
+    }
+
+    #[test]
+    fn a_crash_looping_controller_is_evidence_on_the_objects_it_serves() {
+        let mut snap = Snapshot::new([source(None, None, false)], NOW);
+        snap.objects.values_mut().for_each(|o| {
+            let mut v = (**o).clone();
+            v.conditions = vec![crate::flux::Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "GitOperationFailed".into(),
+                message: "failed to checkout and determine revision: unable to clone 'http://g/r.git': dial tcp: connect: connection refused".into(),
+                ..Default::default()
+            }];
+            *o = std::sync::Arc::new(v);
+        });
+        snap.flux_deployments = vec![deployment("source-controller", 1, 0, &[], Some(20))];
+        snap.flux_pods = vec![pod(
+            "source-controller-1",
+            "source-controller",
+            false,
+            Some("CrashLoopBackOff"),
+            3,
+            Some(5),
+        )];
+        // A dump (no bound) is not judged; the operator's snapshot is.
+        assert!(super::super::diagnose(&snap).controllers_down.is_empty());
+        snap.request_bound = Some(GRACE);
+        let report = super::super::diagnose(&snap);
+        assert!(report.controllers_down["source-controller"].contains("CrashLoopBackOff"));
+        let d = &report.diagnoses[0];
+        assert!(
+            d.evidence
+                .iter()
+                .any(|e| e.reason == "ControllerNotWorking"
+                    && e.message.contains("CrashLoopBackOff")),
+            "{d:?}"
+        );
     }
 }

@@ -113,6 +113,13 @@ pub struct Snapshot {
     pub request_bound: Option<Duration>,
     /// fluxmedic's own reachability check of a source URL (DNS, TCP, TLS), per URL.
     pub probes: HashMap<String, String>,
+    /// Deployments of Flux controllers in the Flux namespace, and its pods (empty where
+    /// the controllers are not run as Deployments there, or cannot be seen).
+    pub flux_deployments: Vec<controllers::DeploymentState>,
+    pub flux_pods: Vec<controllers::PodState>,
+    /// The shard fluxmedic serves (its `--watch-label-selector`): only the Flux
+    /// controllers of that shard count.
+    pub shard_selector: Option<String>,
 }
 
 impl Snapshot {
@@ -713,13 +720,30 @@ pub fn diagnose(snap: &Snapshot) -> Report {
         snap,
         memo: HashMap::new(),
     };
-    let controllers_down: BTreeMap<String, String> = snap
+    let mut controllers_down: BTreeMap<String, String> = snap
         .request_bound
         .map(|b| controllers::unresponsive(snap, b))
         .unwrap_or_default()
         .into_iter()
         .map(|(c, u)| (c.to_string(), u.to_string()))
         .collect();
+    // What its pods say is more telling than a request left waiting: it comes first.
+    if let Some(bound) = snap.request_bound {
+        let down = controllers::workloads_down(
+            &snap.flux_deployments,
+            &snap.flux_pods,
+            snap.shard_selector.as_deref(),
+            snap.now,
+            bound,
+        );
+        for (c, why) in down {
+            let why = match controllers_down.get(c) {
+                Some(also) => format!("{why}; {also}"),
+                None => why,
+            };
+            controllers_down.insert(c.to_string(), why);
+        }
+    }
     let diagnoses: Vec<Diagnosis> = snap
         .objects
         .values()

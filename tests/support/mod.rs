@@ -861,6 +861,25 @@ pub async fn wait_remediation(
     .await
 }
 
+/// A Flux controller's Deployment as `flux install` writes it (labels, selector, container
+/// `manager`), running `image` with `args`.
+pub async fn flux_controller_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+    image: &str,
+    args: &[&str],
+) {
+    apply(client, json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns,
+            "labels": {"app.kubernetes.io/component": name, "app.kubernetes.io/part-of": "flux", "control-plane": "controller"}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 1,
+                    "containers": [{"name": "manager", "image": image, "imagePullPolicy": "Never", "args": args}]}}}})).await;
+}
+
 // ---------------------------------------------------------------- scenario helpers
 
 pub fn cm(name: &str, value: &str) -> String {
