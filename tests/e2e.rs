@@ -165,6 +165,8 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     assert_events(&client, &ns, "repo", &["FailureDetected", "Escalated"]).await;
     op.wait_metric("fluxmedic_escalations_total{case=\"git-auth\"}", 1.0)
         .await;
+    // Flux's own retries have backed off (see wait_refusals): the fix is fluxmedic's to see.
+    wait_refusals(&repo.refusals(env), 5).await;
 
     secrets
         .patch(
@@ -322,6 +324,7 @@ async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases()
     );
     let ev = rem["status"]["diagnosis"]["evidence"].to_string();
     assert!(ev.contains("has keys [password, username]"), "{ev}");
+    wait_refusals(&charts.refusals(env), 5).await;
 
     secrets
         .patch(
@@ -474,6 +477,7 @@ async fn an_oci_registry_password_rotation_recovers_the_source_and_its_kustomiza
     let ev = rem["status"]["diagnosis"]["evidence"].to_string();
     assert!(ev.contains("has keys [.dockerconfigjson]"), "{ev}");
     assert!(steps(&rem).is_empty(), "{rem}");
+    wait_refusals(&registry.refusals(), 5).await;
 
     secrets
         .patch(
@@ -517,6 +521,260 @@ async fn an_oci_registry_password_rotation_recovers_the_source_and_its_kustomiza
     let text = rem.to_string();
     assert!(!text.contains("first-password") && !text.contains("second-password"));
     assert!(!op.logs().contains("second-password"));
+}
+
+/// A Bucket's access key is rotated (the old key id deleted, new objects written with the new
+/// one): the Bucket source is refused and fluxmedic waits; once the Secret holds the new key,
+/// fluxmedic reconciles the Bucket and its Kustomization, and the new content is applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_access_key_rotation_recovers_the_source_and_its_kustomization() {
+    let (env, client, ns) = setup("bucketauth").await;
+    let bucket = S3Bucket::new(env, &ns, "key-one");
+    bucket.put("cm.yaml", &cm("bucket", "v1"), "key-one");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
+        "stringData": {"accesskey": "key-one", "secretkey": "not-checked-here"}}),
+    )
+    .await;
+    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
+        "metadata": {"name": "files", "namespace": ns},
+        "spec": {"bucketName": bucket.name, "endpoint": bucket.endpoint, "insecure": true, "provider": "generic",
+                 "interval": "1h", "timeout": "20s", "secretRef": {"name": "creds"}}})).await;
+    apply(
+        &client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"interval": "1h", "path": "./", "prune": true, "targetNamespace": ns,
+                 "sourceRef": {"kind": "Bucket", "name": "files"}}}),
+    )
+    .await;
+    wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
+    assert_eq!(
+        cms.get("bucket").await.unwrap().data.unwrap()["value"],
+        "v1"
+    );
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &[]);
+
+    bucket.set_access_key("key-two");
+    bucket.put("cm.yaml", &cm("bucket", "v2"), "key-two");
+    request_reconcile(&client, &ns, "Bucket", "files").await;
+    let failing = wait_failing(
+        &client,
+        &ns,
+        "Bucket",
+        "files",
+        "BucketOperationFailed",
+        MIN,
+    )
+    .await;
+    let message = condition(&failing, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "Bucket/files",
+        "waiting for the Secret",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
+        },
+    )
+    .await;
+    assert_eq!(rem["spec"]["case"], "git-auth", "{message}");
+    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
+    assert!(ev.contains("has keys [accesskey, secretkey]"), "{ev}");
+    assert!(steps(&rem).is_empty(), "{rem}");
+    wait_refusals(&bucket.refusals(), 5).await;
+
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"accesskey": "key-two"}})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "Bucket/files",
+        "reconciled with its consumer after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
+    .await;
+    assert_eq!(
+        requested_at(&client, &ns, "Kustomization", "app").await,
+        last_token(&rem).as_str()
+    );
+    wait_for("the new object applied", MIN, || async {
+        let v = cms
+            .get("bucket")
+            .await
+            .map_err(|e| e.to_string())?
+            .data
+            .unwrap_or_default();
+        if v.get("value").map(String::as_str) == Some("v2") {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    wait_remediation(&client, &ns, "Bucket/files", "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+}
+
+/// Charts from an OCI registry: the HelmRepository (type oci) has no status of its own, so
+/// when the registry password is rotated and an upgrade asks for a new chart version, the
+/// HelmChart is what fails, with the repository's credentials. fluxmedic names the
+/// repository's Secret, waits for it, then reconciles the chart and its release.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_release() {
+    let (env, client, ns) = setup("ocicharts").await;
+    let registry = Registry::private(env, &ns, "bot", "first-password");
+    for v in ["0.1.0", "0.3.0"] {
+        registry.push_chart(
+            env,
+            "web",
+            v,
+            &[("cm.yaml", CM_TEMPLATE)],
+            "suffix: one\n",
+            "bot",
+            "first-password",
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
+        "stringData": {"username": "bot", "password": "first-password"}}),
+    )
+    .await;
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "charts", "namespace": ns},
+        "spec": {"type": "oci", "url": registry.charts_url(), "insecure": true, "interval": "1h",
+                 "secretRef": {"name": "creds"}}}),
+    )
+    .await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    wait_ready(&client, &ns, "HelmRelease", "web", MIN).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &[]);
+
+    registry.set_server_credentials("bot", "second-password");
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.3.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    let chart = format!("{ns}-web");
+    // source-controller v1.9 reports a refused OCI chart pull as an "unknown build error".
+    let failing = wait_failing(&client, &ns, "HelmChart", &chart, "Unknown", MIN).await;
+    let message = condition(&failing, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        &format!("HelmChart/{chart}"),
+        "waiting for the Secret",
+        MIN,
+        |r| {
+            r["status"]["blocked"]
+                .as_str()
+                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
+        },
+    )
+    .await;
+    assert_eq!(rem["spec"]["case"], "git-auth", "{message}");
+    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
+    assert!(ev.contains("has keys [password, username]"), "{ev}");
+    assert!(steps(&rem).is_empty(), "{rem}");
+    wait_refusals(&registry.refusals(), 5).await;
+
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "second-password"}})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        &format!("HelmChart/{chart}"),
+        "reconciled with its release after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
+    .await;
+    assert_eq!(
+        requested_at(&client, &ns, "HelmRelease", "web").await,
+        last_token(&rem).as_str()
+    );
+    wait_for("web upgraded to 0.3.0", MIN, || async {
+        let hr = get(&client, &ns, "HelmRelease", "web")
+            .await
+            .ok_or("gone")?;
+        if is_ready(&hr) && hr["status"]["lastAttemptedRevision"] == "0.3.0" {
+            Ok(())
+        } else {
+            Err(hr["status"].to_string())
+        }
+    })
+    .await;
+    wait_remediation(
+        &client,
+        &ns,
+        &format!("HelmChart/{chart}"),
+        "closed",
+        MIN,
+        |r| phase(r) == "Succeeded",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------- helm helpers

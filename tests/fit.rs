@@ -427,12 +427,14 @@ async fn oci_and_helm_repository_failures_are_told_apart_and_handled_like_git() 
     );
     let probe = probe_finding(&unreachable).unwrap();
     assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
-    // Buckets are watched, diagnosed and polled too.
+    // Buckets are watched, diagnosed, their endpoint checked, and polled too.
     let bucket = wait_remediation(&client, &ns, "Bucket/files", "bucket polled", MIN, |r| {
-        has_step(r, "reconcile-source", "Succeeded")
+        has_step(r, "reconcile-source", "Succeeded") && probe_finding(r).is_some()
     })
     .await;
     assert_eq!(bucket["spec"]["case"], "git-unreachable", "{bucket}");
+    let probe = probe_finding(&bucket).unwrap();
+    assert!(probe.contains("TCP connection to port 1 failed"), "{probe}");
     // Nothing is asked of the refused repository until its credentials change.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let now = get(&client, &ns, "HelmRepository", "locked").await.unwrap();

@@ -122,6 +122,11 @@ build_registry() { # dir version
   cd "$here/../registry" && go build -ldflags "-s -w" -o "$1/registry" .
 }
 
+# The tests' S3-compatible bucket server (hack/bucket, gofakes3).
+build_bucket() { # dir version
+  cd "$here/../bucket" && go build -ldflags "-s -w" -o "$1/bucket" .
+}
+
 build_crictl() { # dir version
   GOBIN=$1 go install -ldflags "-s -w" "sigs.k8s.io/cri-tools/cmd/crictl@$2"
 }
@@ -177,6 +182,8 @@ ensure helm "$HELM_VERSION" build_helm helm
 ensure promtool "$PROMETHEUS_VERSION" build_promtool promtool
 registry_id=$(cat "$here"/../registry/go.mod "$here"/../registry/go.sum "$here"/../registry/main.go | sha256sum | cut -c1-12)
 ensure registry "$registry_id" build_registry registry
+bucket_id=$(cat "$here"/../bucket/go.mod "$here"/../bucket/go.sum "$here"/../bucket/main.go | sha256sum | cut -c1-12)
+ensure bucket "$bucket_id" build_bucket bucket
 if [ "$node" = 1 ]; then
   ensure kubernetes-node "$KUBERNETES_VERSION" build_kube_node kubelet kube-scheduler pause
   ensure containerd "$CONTAINERD_VERSION" build_containerd containerd containerd-shim-runc-v2 ctr

@@ -7,7 +7,7 @@ dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv}
 bash "$(dirname "$0")/node-down.sh"
 # shellcheck source=stop.sh
 source "$(dirname "$0")/stop.sh"
-for name in fixture-server notification-controller helm-controller kustomize-controller source-controller kube-controller-manager kube-apiserver etcd; do
+for name in bucket registry fixture-server notification-controller helm-controller kustomize-controller source-controller kube-controller-manager kube-apiserver etcd; do
   stop_pid "$name"
 done
 echo "[testenv down] stopped ($dir)" >&2

@@ -10,6 +10,10 @@
                            the accepted "user:password" is read from <root>/auth/<name>
   /healthz                 "ok"
 
+Each refused fetch (a Git info/refs or a chart index.yaml request; those within 300 ms count
+once) adds one to <root>/auth/<name>.refused: a test reads how often Flux has failed and
+retried by itself.
+
 Repositories live in <root>/git/<repo>.git (bare); charts in <root>/charts.
 """
 import argparse
@@ -17,8 +21,12 @@ import base64
 import os
 import subprocess
 import sys
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+REFUSALS = threading.Lock()
+LAST_REFUSAL = {}
 GIT_HTTP_BACKEND = os.environ.get("GIT_HTTP_BACKEND", "/usr/lib/git-core/git-http-backend")
 
 
@@ -44,14 +52,20 @@ class Handler(BaseHTTPRequestHandler):
             return self.static(path[len("/charts/"):])
         if path.startswith("/private-charts/"):
             rel = path[len("/private-charts/"):]
-            if self.check_auth(rel.split("/", 1)[0]) is None:
+            name = rel.split("/", 1)[0]
+            if self.check_auth(name) is None:
+                if rel.endswith("/index.yaml"):
+                    self.count_refusal(name)
                 return self.refuse()
             return self.static(rel)
         if path.startswith("/git/"):
             return self.git(path[len("/git"):], query, None)
         if path.startswith("/private/"):
-            user = self.check_auth(path[len("/private/"):].split("/", 1)[0])
+            name = path[len("/private/"):].split("/", 1)[0]
+            user = self.check_auth(name)
             if user is None:
+                if path.endswith("/info/refs"):
+                    self.count_refusal(name[:-4] if name.endswith(".git") else name)
                 return self.refuse()
             return self.git(path[len("/private"):], query, user)
         self.reply(404, b"not found", "text/plain")
@@ -73,6 +87,24 @@ class Handler(BaseHTTPRequestHandler):
         except Exception:
             return None
         return got.split(":", 1)[0] if got == want else None
+
+    def count_refusal(self, name):
+        if not name or "/" in name or name.startswith("."):
+            return
+        path = os.path.join(self.root, "auth", name + ".refused")
+        with REFUSALS:
+            # Requests within 300 ms are one fetch (Flux retries 750 ms apart at the soonest).
+            now = time.monotonic()
+            if now - LAST_REFUSAL.get(path, -1.0) < 0.3:
+                return
+            LAST_REFUSAL[path] = now
+            try:
+                with open(path) as f:
+                    n = int(f.read().strip() or 0)
+            except (OSError, ValueError):
+                n = 0
+            with open(path, "w") as f:
+                f.write(str(n + 1))
 
     def refuse(self):
         self.send_response(401)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start the test control plane on loopback: etcd, kube-apiserver (RBAC), kube-controller-manager,
 # Flux's source-, kustomize-, helm- and (when the release has one) notification-controller,
-# the Git/chart fixture server and an OCI registry (hack/registry).
+# the Git/chart fixture server, an OCI registry (hack/registry) and an S3 bucket server
+# (hack/bucket).
 # Idempotent: if it is already up and healthy, it only prints the env file.
 #
 #   hack/testenv/up.sh            # builds (cached) then starts; Flux $FLUXMEDIC_FLUX or 2.9
@@ -30,7 +31,7 @@ flock 9
 crds=$(dirname "$bin")/crds
 
 P_ETCD=$((base + 1)) P_PEER=$((base + 2)) P_API=$((base + 43)) P_KCM=$((base + 57))
-P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80)) P_REGISTRY=$((base + 81))
+P_STORAGE=$((base + 90)) P_FIXTURE=$((base + 80)) P_REGISTRY=$((base + 81)) P_BUCKET=$((base + 82))
 P_SC_M=$((base + 61)) P_SC_H=$((base + 71)) P_KC_M=$((base + 62)) P_KC_H=$((base + 72)) P_HC_M=$((base + 63)) P_HC_H=$((base + 73))
 P_NC_M=$((base + 64)) P_NC_H=$((base + 74)) P_NC_E=$((base + 84)) P_NC_R=$((base + 85))
 P_KUBELET=$((base + 50)) P_KUBELET_H=$((base + 51)) P_SCHED=$((base + 52))
@@ -40,7 +41,7 @@ api_ip=127.0.0.1 node_ip=10.213.0.1 pod_subnet=10.213.1.0/24 pod_gw=10.213.1.1
 [ "$node" = 1 ] && api_ip=$node_ip
 
 export PATH=$bin:$PATH
-healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && grep -q "^export FLUXMEDIC_NODE=$node\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://$api_ip:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1 && [ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_REGISTRY/v2/")" = 401 ]; }
+healthy() { [ -f "$dir/env.sh" ] && grep -q "^export FLUXMEDIC_FLUX=$flux\$" "$dir/env.sh" && grep -q "^export FLUXMEDIC_NODE=$node\$" "$dir/env.sh" && curl -sf --max-time 2 -k "https://$api_ip:$P_API/readyz" -H "Authorization: Bearer $(cat "$dir/token" 2>/dev/null)" >/dev/null 2>&1 && curl -sf --max-time 2 "http://127.0.0.1:$P_FIXTURE/healthz" >/dev/null 2>&1 && [ "$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_REGISTRY/v2/")" = 401 ] && curl -sf --max-time 2 "http://127.0.0.1:$P_BUCKET/" >/dev/null 2>&1; }
 if healthy; then
   log "already up ($dir)"
   echo "$dir/env.sh"
@@ -116,8 +117,10 @@ start() { # name, command...
 wait_for() { # what, timeout-seconds, command...
   local what=$1 to=$2; shift 2
   local deadline=$((SECONDS + to))
-  until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then
+  # Ready only if the process it started answers: another one left on the port would fool the
+  # check, so a process that exited (e.g. "address already in use") fails at once.
+  until "$@" >/dev/null 2>&1 && kill -0 "$(cat "$dir/pids/$what")" 2>/dev/null; do
+    if ! kill -0 "$(cat "$dir/pids/$what")" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
       log "timed out waiting for $what; last log lines:"; tail -n 30 "$dir/logs/$what.log" >&2 || true
       exit 1
     fi
@@ -195,11 +198,14 @@ fi
 start fixture-server python3 "$here/fixture-server.py" --root "$dir/fixture" --port "$P_FIXTURE"
 mkdir -p "$dir/fixture/registry-auth"
 start registry "$bin/registry" serve -addr "127.0.0.1:$P_REGISTRY" -auth-dir "$dir/fixture/registry-auth"
+mkdir -p "$dir/fixture/bucket-keys"
+start bucket "$bin/bucket" serve -addr "127.0.0.1:$P_BUCKET" -keys-dir "$dir/fixture/bucket-keys"
 wait_for source-controller 60 curl -sf "http://127.0.0.1:$P_SC_H/readyz"
 wait_for kustomize-controller 60 curl -sf "http://127.0.0.1:$P_KC_H/readyz"
 wait_for helm-controller 60 curl -sf "http://127.0.0.1:$P_HC_H/readyz"
 wait_for fixture-server 30 curl -sf "http://127.0.0.1:$P_FIXTURE/healthz"
 wait_for registry 30 sh -c "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:$P_REGISTRY/v2/ | grep -q 401"
+wait_for bucket 30 curl -sf "http://127.0.0.1:$P_BUCKET/"
 events_url=
 if [ -x "$bin/notification-controller" ]; then
   wait_for notification-controller 60 curl -sf "http://127.0.0.1:$P_NC_H/readyz"
@@ -213,6 +219,7 @@ export FLUXMEDIC_TESTENV_BIN=$bin
 export FLUXMEDIC_FIXTURE_URL=http://127.0.0.1:$P_FIXTURE
 export FLUXMEDIC_FIXTURE_ROOT=$dir/fixture
 export FLUXMEDIC_REGISTRY=127.0.0.1:$P_REGISTRY
+export FLUXMEDIC_BUCKET=127.0.0.1:$P_BUCKET
 export FLUXMEDIC_HELM=$bin/helm
 export FLUXMEDIC_API_URL=https://$api_ip:$P_API
 export FLUXMEDIC_NODE=$node

@@ -241,17 +241,28 @@ async fn load_sealer(client: &Client, ns: &str) -> anyhow::Result<Sealer> {
 }
 
 /// Whether the Deployments and pods of the Flux namespace may be listed (one small list each).
+/// Only a refusal (no rights, nothing served) counts: any other error is the watch's to retry.
 async fn flux_workloads_visible(client: &Client, ns: &str) -> Result<(), String> {
     use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
     let lp = kube::api::ListParams::default().limit(1);
-    Api::<Deployment>::namespaced(client.clone(), ns)
+    let refused = |what: &str, e: kube::Error| match e {
+        kube::Error::Api(ae) if matches!(ae.code, 401 | 403 | 404) => {
+            Err(format!("listing {what}: {}", ae.message))
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = Api::<Deployment>::namespaced(client.clone(), ns)
         .list_metadata(&lp)
         .await
-        .map_err(|e| format!("listing Deployments: {e}"))?;
-    Api::<Pod>::namespaced(client.clone(), ns)
+    {
+        refused("Deployments", e)?;
+    }
+    if let Err(e) = Api::<Pod>::namespaced(client.clone(), ns)
         .list_metadata(&lp)
         .await
-        .map_err(|e| format!("listing pods: {e}"))?;
+    {
+        refused("pods", e)?;
+    }
     Ok(())
 }
 

@@ -218,6 +218,11 @@ struct SourceSpec {
     /// HelmChart only.
     #[serde(default)]
     source_ref: Option<NamedRef>,
+    /// Bucket only: `host[:port]`, reached over HTTP when `insecure`.
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    insecure: Option<Value>,
 }
 
 fn field<T: DeserializeOwned + Default>(obj: &Value, name: &'static str) -> Result<T, ParseError> {
@@ -468,7 +473,19 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         _ => {
             let spec: SourceSpec = field(value, "spec")?;
             let status: CommonStatus = field(value, "status")?;
-            out.url = spec.url;
+            out.url = match (kind, spec.endpoint) {
+                // A Bucket's address, as its client reaches it (what fluxmedic's own
+                // reachability check needs).
+                (FluxKind::Bucket, Some(e)) if !e.is_empty() && spec.url.is_none() => {
+                    let scheme = if spec.insecure == Some(Value::Bool(true)) {
+                        "http"
+                    } else {
+                        "https"
+                    };
+                    Some(format!("{scheme}://{e}"))
+                }
+                _ => spec.url,
+            };
             out.secret_ref = spec.secret_ref.map(|s| s.name);
             out.suspended = spec.suspend;
             out.interval = duration_field(spec.interval, "spec.interval")?;
@@ -626,5 +643,31 @@ mod tests {
                 "repo"
             ))
         );
+    }
+
+    #[test]
+    fn a_buckets_endpoint_is_its_address() {
+        let bucket = |spec: Value| {
+            from_value(
+                &serde_json::json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
+                "metadata": {"name": "b", "namespace": "ns"}, "spec": spec}),
+            )
+            .unwrap()
+            .url
+        };
+        assert_eq!(
+            bucket(serde_json::json!({"endpoint": "127.0.0.1:9000", "insecure": true})).as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(
+            bucket(serde_json::json!({"endpoint": "s3.amazonaws.com"})).as_deref(),
+            Some("https://s3.amazonaws.com")
+        );
+        // An odd `insecure` is not TLS-off; no endpoint, no address.
+        assert_eq!(
+            bucket(serde_json::json!({"endpoint": "minio:9000", "insecure": "yes"})).as_deref(),
+            Some("https://minio:9000")
+        );
+        assert_eq!(bucket(serde_json::json!({"bucketName": "b"})), None);
     }
 }

@@ -274,6 +274,13 @@ impl Repo {
         .unwrap();
     }
 
+    /// Where the fixture server counts the fetches of this (private) repo it refused.
+    pub fn refusals(&self, env: &Env) -> PathBuf {
+        env.fixture_root()
+            .join("auth")
+            .join(format!("{}.refused", self.name))
+    }
+
     pub fn bare_path(&self) -> &Path {
         &self.bare
     }
@@ -318,6 +325,14 @@ impl ChartRepo {
         .unwrap();
     }
 
+    /// Where the fixture server counts the index fetches it refused.
+    pub fn refusals(&self, env: &Env) -> PathBuf {
+        let name = self.dir.file_name().unwrap().to_string_lossy();
+        env.fixture_root()
+            .join("auth")
+            .join(format!("{name}.refused"))
+    }
+
     /// Package a chart made of `templates` (file name, content) at `version`, and re-index.
     pub fn publish(
         &self,
@@ -327,29 +342,43 @@ impl ChartRepo {
         templates: &[(&str, &str)],
         values: &str,
     ) {
-        let src = tempfile::tempdir().unwrap();
-        let cdir = src.path().join(chart);
-        std::fs::create_dir_all(cdir.join("templates")).unwrap();
-        std::fs::write(
-            cdir.join("Chart.yaml"),
-            format!("apiVersion: v2\nname: {chart}\nversion: {version}\n"),
-        )
-        .unwrap();
-        std::fs::write(cdir.join("values.yaml"), values).unwrap();
-        for (f, c) in templates {
-            std::fs::write(cdir.join("templates").join(f), c).unwrap();
-        }
-        run(Command::new(env.helm())
-            .arg("package")
-            .arg(&cdir)
-            .arg("-d")
-            .arg(&self.dir));
+        package_chart(env, chart, version, templates, values, &self.dir);
         run(Command::new(env.helm())
             .args(["repo", "index"])
             .arg(&self.dir)
             .arg("--url")
             .arg(&self.url));
     }
+}
+
+/// `helm package` a chart made of `templates` (file name, content) at `version` into `dir`;
+/// returns the package's path.
+pub fn package_chart(
+    env: &Env,
+    chart: &str,
+    version: &str,
+    templates: &[(&str, &str)],
+    values: &str,
+    dir: &Path,
+) -> PathBuf {
+    let src = tempfile::tempdir().unwrap();
+    let cdir = src.path().join(chart);
+    std::fs::create_dir_all(cdir.join("templates")).unwrap();
+    std::fs::write(
+        cdir.join("Chart.yaml"),
+        format!("apiVersion: v2\nname: {chart}\nversion: {version}\n"),
+    )
+    .unwrap();
+    std::fs::write(cdir.join("values.yaml"), values).unwrap();
+    for (f, c) in templates {
+        std::fs::write(cdir.join("templates").join(f), c).unwrap();
+    }
+    run(Command::new(env.helm())
+        .arg("package")
+        .arg(&cdir)
+        .arg("-d")
+        .arg(dir));
+    dir.join(format!("{chart}-{version}.tgz"))
 }
 
 /// Repositories `<namespace>/...` on the test control plane's OCI registry (hack/registry).
@@ -379,6 +408,11 @@ impl Registry {
         std::fs::write(&self.auth, format!("{user}:{password}")).unwrap();
     }
 
+    /// Where the registry counts the manifest requests it refused.
+    pub fn refusals(&self) -> PathBuf {
+        self.auth.with_extension("refused")
+    }
+
     /// `oci://` URL of repository `name`.
     pub fn url(&self, name: &str) -> String {
         format!("oci://{}/{}/{name}", self.host, self.namespace)
@@ -398,9 +432,98 @@ impl Registry {
             .args(["-user", user, "-password", password]));
     }
 
+    /// `oci://` URL of this namespace, as an OCI HelmRepository names it.
+    pub fn charts_url(&self) -> String {
+        format!("oci://{}/{}", self.host, self.namespace)
+    }
+
+    /// Push a chart made of `templates` at `version` as Helm does (`<namespace>/<chart>:<version>`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn push_chart(
+        &self,
+        env: &Env,
+        chart: &str,
+        version: &str,
+        templates: &[(&str, &str)],
+        values: &str,
+        user: &str,
+        password: &str,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let tgz = package_chart(env, chart, version, templates, values, dir.path());
+        let config = dir.path().join("config.json");
+        std::fs::write(
+            &config,
+            json!({"apiVersion": "v2", "name": chart, "version": version}).to_string(),
+        )
+        .unwrap();
+        run(Command::new(&self.tool)
+            .args(["push", "-ref"])
+            .arg(format!(
+                "{}/{}/{chart}:{version}",
+                self.host, self.namespace
+            ))
+            .arg("-chart")
+            .arg(&tgz)
+            .arg("-chart-config")
+            .arg(&config)
+            .args(["-user", user, "-password", password]));
+    }
+
     /// A `kubernetes.io/dockerconfigjson` Secret's data for this registry.
     pub fn docker_config(&self, user: &str, password: &str) -> Value {
         json!({".dockerconfigjson": json!({"auths": {&self.host: {"username": user, "password": password}}}).to_string()})
+    }
+}
+
+/// A bucket on the test control plane's S3-compatible server (hack/bucket), accepting one
+/// access key id until [`S3Bucket::set_access_key`] rotates it.
+pub struct S3Bucket {
+    /// `127.0.0.1:<port>`
+    pub endpoint: String,
+    pub name: String,
+    key_file: PathBuf,
+    tool: PathBuf,
+}
+
+impl S3Bucket {
+    pub fn new(env: &Env, name: &str, access_key: &str) -> S3Bucket {
+        let b = S3Bucket {
+            endpoint: env.var("FLUXMEDIC_BUCKET").to_string(),
+            name: name.into(),
+            key_file: env.fixture_root().join("bucket-keys").join(name),
+            tool: Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("bucket"),
+        };
+        b.set_access_key(access_key);
+        b
+    }
+
+    pub fn set_access_key(&self, access_key: &str) {
+        std::fs::write(&self.key_file, access_key).unwrap();
+    }
+
+    /// Where the server counts the requests on this bucket it refused.
+    pub fn refusals(&self) -> PathBuf {
+        self.key_file.with_extension("refused")
+    }
+
+    /// Write object `key` with `content`, signed with `access_key`.
+    pub fn put(&self, key: &str, content: &str, access_key: &str) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), content).unwrap();
+        run(Command::new(&self.tool)
+            .args([
+                "put",
+                "-endpoint",
+                &self.endpoint,
+                "-bucket",
+                &self.name,
+                "-key",
+                key,
+            ])
+            .arg("-file")
+            .arg(f.path())
+            .args(["-access-key", access_key]));
     }
 }
 
@@ -552,6 +675,30 @@ pub async fn wait_failing(
         },
     )
     .await
+}
+
+/// Wait until a test server has refused `n` fetches (counted in `counter`): Flux has failed
+/// and retried by itself that often, so its own next retry is 0.75 s × 2^(n-1) away or more
+/// (its controllers' rate limiter; 12 s for n = 5). A credentials fix made then and picked up
+/// within that time was picked up by fluxmedic, not by Flux retrying: the tests of that stay
+/// deterministic however fast the machine is.
+pub async fn wait_refusals(counter: &Path, n: u32) {
+    wait_for(
+        &format!("{n} refused fetches in {}", counter.display()),
+        Duration::from_secs(90),
+        || async {
+            let seen: u32 = std::fs::read_to_string(counter)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if seen >= n {
+                Ok(())
+            } else {
+                Err(seen.to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// A process killed when the test ends, passed or not (a leaked operator would hold its
