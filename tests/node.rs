@@ -701,15 +701,17 @@ async fn a_crash_looping_flux_controller_is_escalated_at_once() {
     )
     .await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &flux_ns);
+    // Three restarts (kubelet backs off 10, 20, 40 s): from then on every state kubelet reports
+    // (back-off, the instant it runs, exited) reads as crash-looping.
     wait_for(
-        "kubelet reports CrashLoopBackOff",
-        Duration::from_secs(120),
+        "kubelet restarted it three times",
+        Duration::from_secs(180),
         || async {
             let list = pods
                 .list(&ListParams::default())
                 .await
                 .map_err(|e| e.to_string())?;
-            let waiting: Vec<String> = list
+            let restarts: Vec<i32> = list
                 .items
                 .iter()
                 .flat_map(|p| {
@@ -717,12 +719,12 @@ async fn a_crash_looping_flux_controller_is_escalated_at_once() {
                         .iter()
                         .flat_map(|s| s.container_statuses.iter().flatten())
                 })
-                .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                .map(|c| c.restart_count)
                 .collect();
-            if waiting.iter().any(|r| r == "CrashLoopBackOff") {
+            if restarts.iter().any(|r| *r >= 3) {
                 Ok(())
             } else {
-                Err(format!("{waiting:?}"))
+                Err(format!("{restarts:?}"))
             }
         },
     )
@@ -760,13 +762,18 @@ async fn a_crash_looping_flux_controller_is_escalated_at_once() {
                 && r["status"]["blocked"].as_str().is_some_and(|b| {
                     b.contains(&format!(
                         "Deployment {flux_ns}/source-controller has 0 of 1 replicas available"
-                    )) && (b.contains("CrashLoopBackOff") || b.contains("keeps restarting"))
+                    )) && ["CrashLoopBackOff", "keeps restarting", "exited with code 2"]
+                        .iter()
+                        .any(|w| b.contains(w))
                 })
         },
     )
     .await;
     let blocked = rem["status"]["blocked"].as_str().unwrap();
-    assert!(blocked.contains("last exit code 2"), "{blocked}");
+    assert!(
+        blocked.contains("last exit code 2") || blocked.contains("exited with code 2"),
+        "{blocked}"
+    );
     assert!(
         steps(&rem).is_empty(),
         "nothing requested through it: {rem}"

@@ -251,14 +251,25 @@ impl PodState {
                     c.name, c.restart_count
                 ))
             };
-            if let Some(w) = c
-                .state
-                .as_ref()
+            let state = c.state.as_ref();
+            let exited = state
+                .and_then(|s| s.terminated.as_ref())
+                .filter(|t| t.exit_code != 0);
+            if let Some(w) = state
                 .and_then(|s| s.waiting.as_ref())
                 .and_then(|w| w.reason.as_deref())
                 .filter(|r| CANNOT_START.contains(r))
             {
                 out.cannot_start.push(what(&format!("is in {w}")));
+            } else if let Some(t) = exited {
+                // Between a crash and kubelet's back-off: not running now either.
+                out.cannot_start.push(super::bounded(&format!(
+                    "container {} exited with code {} {} ({} restarts)",
+                    c.name,
+                    t.exit_code,
+                    t.reason.as_deref().unwrap_or(""),
+                    c.restart_count
+                )));
             } else if c.restart_count >= CRASH_RESTARTS {
                 out.restarting.push((
                     what("keeps restarting"),
@@ -545,6 +556,21 @@ mod tests {
             Some(5),
         );
         assert_eq!(deployment_down(&up, &[other], NOW, GRACE), None);
+        // Just crashed, before kubelet's back-off shows: not running either. A finished init
+        // container (exit 0) is no trouble.
+        let p: Pod = serde_json::from_value(json!({"metadata": {"name": "helm-controller-7c9d-x4", "labels": {"app": "helm-controller"}},
+            "status": {"initContainerStatuses": [{"name": "init", "ready": true, "restartCount": 0, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}],
+                "containerStatuses": [{"name": "manager", "ready": false, "restartCount": 1, "image": "i", "imageID": "",
+                    "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}}))
+        .unwrap();
+        let exited = PodState::from_pod(&p);
+        assert_eq!(exited.cannot_start.len(), 1, "{exited:?}");
+        assert!(
+            deployment_down(&d, &[exited], NOW, GRACE)
+                .unwrap()
+                .contains("container manager exited with code 2 Error (1 restarts)")
+        );
         // An image that cannot be pulled: it will not start either.
         let pull = pod(
             "helm-controller-7c9d-x3",
