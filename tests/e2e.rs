@@ -709,8 +709,22 @@ async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_re
     )
     .await;
     let chart = format!("{ns}-web");
-    // source-controller v1.9 reports a refused OCI chart pull as an "unknown build error".
-    let failing = wait_failing(&client, &ns, "HelmChart", &chart, "Unknown", MIN).await;
+    // The reason differs by release (v1.7 ChartPullError, v1.9 Unknown): wait for the refusal.
+    let failing = wait_for("the chart pull refused", MIN, || async {
+        let o = get(&client, &ns, "HelmChart", &chart)
+            .await
+            .ok_or("no HelmChart yet")?;
+        match condition(&o, "Ready") {
+            Some(c)
+                if c["status"] == "False"
+                    && c["message"].as_str().is_some_and(|m| m.contains("401")) =>
+            {
+                Ok(o.clone())
+            }
+            c => Err(format!("{c:?}")),
+        }
+    })
+    .await;
     let message = condition(&failing, "Ready").unwrap()["message"]
         .as_str()
         .unwrap()

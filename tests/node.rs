@@ -688,6 +688,7 @@ async fn the_chart_runs_as_users_run_it() {
 async fn a_crash_looping_flux_controller_is_escalated_at_once() {
     let env = node_env();
     let client = env.client().await;
+    install_crds(&client).await;
     let image = import_image(env);
     let ns = namespace(&client, "crashapp").await;
     let flux_ns = namespace(&client, "crashflux").await;

@@ -589,6 +589,11 @@ fn runbook(
             Ok(Action::ReconcileSource { source })
         }
         Case::GitAuth | Case::GitUnreachable => {
+            // A chart whose repository fails the same way: the repository's incident acts
+            // (and reconciles the chart with it); a second request from here adds nothing.
+            if !d.is_root() && snap.objects.contains_key(&d.root) {
+                return Err(Blocked::BlockedByRoot(d.root.clone()));
+            }
             let now = observed_secret(snap, target);
             let changed = inc.observed_secret.is_some() && now != inc.observed_secret;
             if changed {

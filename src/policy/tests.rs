@@ -1460,6 +1460,39 @@ fn every_source_kind_is_reconciled_with_its_consumers_after_a_credentials_fix() 
         "{dec:?}"
     );
 
+    // A chart whose (default, HTTP) repository refuses the same credentials waits for the
+    // repository's incident, which reconciles the chart as one of its consumers.
+    let http_repo = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "charts", "namespace": "apps"},
+        "spec": {"url": "http://127.0.0.1/charts/", "secretRef": {"name": "creds"}},
+        "status": {"conditions": [cond("Ready", "False", "Failed",
+            "failed to fetch Helm repository index: failed to cache index to temporary file: failed to fetch http://127.0.0.1/charts/index.yaml : 401 Unauthorized")]}}),
+    );
+    let chart = obj(
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
+        "metadata": {"name": "apps-web", "namespace": "apps"},
+        "spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}},
+        "status": {"conditions": [cond("Ready", "False", "ChartPullError",
+            "chart pull error: failed to download chart for remote reference: failed to fetch http://127.0.0.1/charts/web-0.3.0.tgz : 401 Unauthorized")]}}),
+    );
+    let s = source_scenario(chart.clone(), vec![http_repo.clone(), by_spec.clone()]);
+    let (d, dec) = decide(&s, Some(&p));
+    assert_eq!(d.root, http_repo.key);
+    assert_eq!(dec.act(), None, "{dec:?}");
+    assert!(
+        matches!(&dec.blocked, Some(Blocked::BlockedByRoot(r)) if r == &http_repo.key),
+        "{dec:?}"
+    );
+    let s = source_scenario(http_repo.clone(), vec![chart.clone(), by_spec.clone()]);
+    assert_eq!(
+        decide(&s, Some(&p)).1.act(),
+        Some(&Action::ReconcileSourceAndConsumers {
+            source: http_repo.key.clone(),
+            consumers: vec![chart.key.clone(), by_spec.key.clone()],
+        })
+    );
+
     // A Bucket that cannot be reached is polled like a Git server.
     let bucket = obj(
         json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
