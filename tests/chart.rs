@@ -434,6 +434,12 @@ fn run_as(
     let env = env();
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + port_offset;
     let log = std::env::temp_dir().join(format!("fluxmedic-{ns}.log"));
+    // The test namespace stands in for the Flux namespace unless the test names one.
+    let flux_ns: &[&str] = if extra.contains(&"--flux-namespace") {
+        &[]
+    } else {
+        &["--flux-namespace", ns]
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args([
             "run",
@@ -441,11 +447,10 @@ fn run_as(
             ns,
             "--watch-namespaces",
             ns,
-            "--flux-namespace",
-            ns,
             "--tick-seconds",
             "1",
         ])
+        .args(flux_ns)
         .arg("--metrics-addr")
         .arg(format!("127.0.0.1:{port}"))
         .args(extra)
@@ -1036,4 +1041,38 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Told to read a Flux namespace its ServiceAccount may not read (a wrong `fluxNamespace`, or
+/// RBAC trimmed by hand): fluxmedic says so in its log and `/readyz`, becomes ready anyway and
+/// goes on with the reconcile-request check alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flux_namespace_it_may_not_read_is_reported_and_the_rest_works() {
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "chartfluxns").await;
+    let kc = install_chart(env, &client, &ns, true, &[]).await;
+    let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 196;
+    let (child, log) = run_as(&kc, &ns, 196, &["--flux-namespace", "kube-system"]);
+    let body = wait_for(
+        "ready, saying what it cannot see",
+        Duration::from_secs(60),
+        || async {
+            match reqwest_get(&format!("http://127.0.0.1:{port}/readyz")).await {
+                Some(b) if b.starts_with("ok") => Ok(b),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        body.contains("not watched: Flux controller pods in kube-system: listing Deployments"),
+        "{body}"
+    );
+    drop(child);
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logs.contains("cannot watch the Flux controllers' pods"),
+        "{logs}"
+    );
 }

@@ -26,26 +26,7 @@ impl Drop for Frozen {
 async fn a_flux_controller_that_stops_working_is_escalated_at_once_and_left_alone() {
     let (env, client, ns) = setup("ctrldown").await;
     // An unreachable source fluxmedic polls (git-unreachable, Auto).
-    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
-    wait_failing(
-        &client,
-        &ns,
-        "GitRepository",
-        "repo",
-        "GitOperationFailed",
-        MIN,
-    )
-    .await;
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
-        "limits": {"pollInterval": "2s", "maxPollInterval": "2s"}}),
-        ),
-    )
-    .await;
+    unreachable_repo_polled(&client, &ns).await;
     let op = Operator::start(env, &ns, &["--controller-timeout-seconds", "8"]);
     wait_remediation(&client, &ns, "GitRepository/repo", "polling", MIN, |r| {
         has_step(r, "reconcile-source", "Succeeded")

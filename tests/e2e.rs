@@ -220,6 +220,150 @@ async fn requested_at(client: &Client, ns: &str, kind: &str, name: &str) -> Valu
         .clone()
 }
 
+/// A source refused after a credentials rotation: its record must wait for the Secret
+/// (git-auth, nothing done, the Secret's key names as evidence). Once Flux's own retries have
+/// backed off (`refusals`), `fix` is merged into the Secret's stringData; returns the record
+/// once fluxmedic has reconciled the source and its consumers, with that step's token.
+async fn fix_credentials(
+    client: &Client,
+    ns: &str,
+    target: &str,
+    secret: &str,
+    keys: &str,
+    refusals: &std::path::Path,
+    fix: Value,
+) -> (Value, String) {
+    let rem = wait_remediation(client, ns, target, "waiting for the Secret", MIN, |r| {
+        r["status"]["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/{secret}")))
+    })
+    .await;
+    assert_eq!(rem["spec"]["case"], "git-auth", "{rem}");
+    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
+    assert!(ev.contains(&format!("has keys [{keys}]")), "{ev}");
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing to do until the Secret changes: {rem}"
+    );
+    wait_refusals(refusals, 5).await;
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(
+            secret,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": fix})),
+        )
+        .await
+        .unwrap();
+    let rem = wait_remediation(
+        client,
+        ns,
+        target,
+        "reconciled with its consumers after the Secret changed",
+        MIN,
+        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+    )
+    .await;
+    let token = last_token(&rem);
+    (rem, token)
+}
+
+/// Wait for the target's record to close, and check no password of the test reached any
+/// record of the namespace or the operator's log.
+async fn closed_without_secrets(client: &Client, ns: &str, target: &str, op: &Operator) {
+    wait_remediation(client, ns, target, "closed", MIN, |r| {
+        phase(r) == "Succeeded"
+    })
+    .await;
+    let text: String = remediations(client, ns)
+        .await
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    let logs = op.logs();
+    for secret in ["first-password", "second-password", "key-one", "key-two"] {
+        assert!(
+            !text.contains(secret) && !logs.contains(secret),
+            "{secret} leaked"
+        );
+    }
+}
+
+/// Wait until ConfigMap `name` in `ns` holds `value` (applied from a source).
+async fn wait_config_value(client: &Client, ns: &str, name: &str, value: &str) {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), ns);
+    wait_for(&format!("ConfigMap {name} = {value}"), MIN, || async {
+        let v = cms
+            .get(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .data
+            .unwrap_or_default();
+        if v.get("value").map(String::as_str) == Some(value) {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+}
+
+/// Wait until HelmRelease `name` is Ready at chart `version`.
+async fn wait_release_at(client: &Client, ns: &str, name: &str, version: &str) {
+    wait_for(&format!("{name} at {version}"), MIN, || async {
+        let hr = get(client, ns, "HelmRelease", name).await.ok_or("gone")?;
+        if is_ready(&hr) && hr["status"]["lastAttemptedRevision"] == version {
+            Ok(())
+        } else {
+            Err(hr["status"].to_string())
+        }
+    })
+    .await;
+}
+
+async fn secret_with(client: &Client, ns: &str, name: &str, type_: &str, data: Value) {
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "Secret", "type": type_,
+        "metadata": {"name": name, "namespace": ns}, "stringData": data}),
+    )
+    .await;
+}
+
+async fn source(client: &Client, ns: &str, kind: &str, name: &str, spec: Value) {
+    apply(
+        client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns}, "spec": spec}),
+    )
+    .await;
+}
+
+/// Kustomization `app` applying the root of source `kind`/`name` into `ns`.
+async fn kustomization_of(client: &Client, ns: &str, kind: &str, name: &str) {
+    apply(
+        client,
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": ns},
+        "spec": {"interval": "1h", "path": "./", "prune": true, "targetNamespace": ns,
+                 "sourceRef": {"kind": kind, "name": name}}}),
+    )
+    .await;
+}
+
+/// A policy acting on git-auth (for every source kind) at once.
+async fn git_auth_auto(client: &Client, ns: &str) {
+    apply(
+        client,
+        policy(
+            ns,
+            "auto",
+            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
+        ),
+    )
+    .await;
+}
+
 /// The chart repository's password is rotated while an upgrade is pending: the repository,
 /// the chart and both releases (one through `spec.chart`, one through `chartRef` to a shared
 /// HelmChart) wait; once the Secret holds the new password fluxmedic reconciles the repository
@@ -231,26 +375,29 @@ async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases()
     for v in ["0.1.0", "0.3.0"] {
         charts.publish(env, "web", v, &[("cm.yaml", CM_TEMPLATE)], "suffix: one\n");
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    apply(
+    secret_with(
         &client,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
-        "stringData": {"username": "bot", "password": "first-password"}}),
+        &ns,
+        "creds",
+        "Opaque",
+        json!({"username": "bot", "password": "first-password"}),
     )
     .await;
-    apply(
+    source(
         &client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
-        "metadata": {"name": "charts", "namespace": ns},
-        "spec": {"url": charts.url, "interval": "1h", "secretRef": {"name": "creds"}}}),
+        &ns,
+        "HelmRepository",
+        "charts",
+        json!({"url": charts.url, "interval": "1h", "secretRef": {"name": "creds"}}),
     )
     .await;
-    apply(
+    source(
         &client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmChart",
-        "metadata": {"name": "shared", "namespace": ns},
-        "spec": {"chart": "web", "version": "0.1.0", "interval": "1h",
-                 "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}),
+        &ns,
+        "HelmChart",
+        "shared",
+        json!({"chart": "web", "version": "0.1.0", "interval": "1h",
+        "sourceRef": {"kind": "HelmRepository", "name": "charts"}}),
     )
     .await;
     helm_release(
@@ -273,15 +420,7 @@ async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases()
     for name in ["web", "by-ref"] {
         wait_ready(&client, &ns, "HelmRelease", name, MIN).await;
     }
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
-        ),
-    )
-    .await;
+    git_auth_auto(&client, &ns).await;
     let op = Operator::start(env, &ns, &[]);
 
     // Rotated on the server, not yet in the Secret; meanwhile an upgrade is pushed.
@@ -304,46 +443,16 @@ async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases()
         "30s",
     )
     .await;
-    let rem = wait_remediation(
+    let (_, token) = fix_credentials(
         &client,
         &ns,
         "HelmRepository/charts",
-        "waiting for the Secret",
-        MIN,
-        |r| {
-            r["status"]["blocked"]
-                .as_str()
-                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
-        },
+        "creds",
+        "password, username",
+        &charts.refusals(env),
+        json!({"password": "second-password"}),
     )
     .await;
-    assert_eq!(rem["spec"]["case"], "git-auth");
-    assert!(
-        steps(&rem).is_empty(),
-        "nothing to do until the Secret changes: {rem}"
-    );
-    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
-    assert!(ev.contains("has keys [password, username]"), "{ev}");
-    wait_refusals(&charts.refusals(env), 5).await;
-
-    secrets
-        .patch(
-            "creds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"password": "second-password"}})),
-        )
-        .await
-        .unwrap();
-    let rem = wait_remediation(
-        &client,
-        &ns,
-        "HelmRepository/charts",
-        "reconciled with its consumers after the Secret changed",
-        MIN,
-        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
-    )
-    .await;
-    let token = last_token(&rem);
     // One token for the repository, both charts and both releases (chartRef included).
     for (kind, name) in [
         ("HelmRepository", "charts".to_string()),
@@ -359,29 +468,9 @@ async fn a_chart_repository_password_rotation_recovers_its_charts_and_releases()
         );
     }
     // The upgrade lands well inside the repository's one-hour interval.
-    wait_for("web upgraded to 0.3.0", MIN, || async {
-        let hr = get(&client, &ns, "HelmRelease", "web")
-            .await
-            .ok_or("gone")?;
-        if is_ready(&hr) && hr["status"]["lastAttemptedRevision"] == "0.3.0" {
-            Ok(())
-        } else {
-            Err(hr["status"].to_string())
-        }
-    })
-    .await;
-    wait_remediation(&client, &ns, "HelmRepository/charts", "closed", MIN, |r| {
-        phase(r) == "Succeeded"
-    })
-    .await;
+    wait_release_at(&client, &ns, "web", "0.3.0").await;
+    closed_without_secrets(&client, &ns, "HelmRepository/charts", &op).await;
     wait_ready(&client, &ns, "HelmRelease", "by-ref", MIN).await;
-    let text = remediations(&client, &ns)
-        .await
-        .iter()
-        .map(|r| r.to_string())
-        .collect::<String>();
-    assert!(!text.contains("first-password") && !text.contains("second-password"));
-    assert!(!op.logs().contains("second-password"));
 }
 
 /// An OCI artifact behind a registry password (a registry on loopback): the password is
@@ -399,42 +488,20 @@ async fn an_oci_registry_password_rotation_recovers_the_source_and_its_kustomiza
         "bot",
         "first-password",
     );
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    apply(
+    secret_with(
         &client,
-        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": "regcred", "namespace": ns},
-        "stringData": registry.docker_config("bot", "first-password")}),
+        &ns,
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        registry.docker_config("bot", "first-password"),
     )
     .await;
-    apply(
-        &client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "OCIRepository",
-        "metadata": {"name": "app", "namespace": ns},
-        "spec": {"url": registry.url("app"), "insecure": true, "interval": "1h", "timeout": "20s",
-                 "ref": {"tag": "v1"}, "secretRef": {"name": "regcred"}}}),
-    )
-    .await;
-    apply(
-        &client,
-        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {"name": "app", "namespace": ns},
-        "spec": {"interval": "1h", "path": "./", "prune": true, "targetNamespace": ns,
-                 "sourceRef": {"kind": "OCIRepository", "name": "app"}}}),
-    )
-    .await;
+    source(&client, &ns, "OCIRepository", "app", json!({"url": registry.url("app"), "insecure": true,
+        "interval": "1h", "timeout": "20s", "ref": {"tag": "v1"}, "secretRef": {"name": "regcred"}})).await;
+    kustomization_of(&client, &ns, "OCIRepository", "app").await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
-    assert_eq!(cms.get("oci").await.unwrap().data.unwrap()["value"], "v1");
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
-        ),
-    )
-    .await;
+    wait_config_value(&client, &ns, "oci", "v1").await;
+    git_auth_auto(&client, &ns).await;
     let op = Operator::start(env, &ns, &[]);
 
     registry.set_server_credentials("bot", "second-password");
@@ -455,72 +522,24 @@ async fn an_oci_registry_password_rotation_recovers_the_source_and_its_kustomiza
         MIN,
     )
     .await;
-    let message = condition(&failing, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let message = condition(&failing, "Ready").unwrap()["message"].to_string();
     assert!(message.contains("UNAUTHORIZED"), "{message}");
-    let rem = wait_remediation(
+    let (_, token) = fix_credentials(
         &client,
         &ns,
         "OCIRepository/app",
-        "waiting for the Secret",
-        MIN,
-        |r| {
-            r["status"]["blocked"]
-                .as_str()
-                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/regcred")))
-        },
-    )
-    .await;
-    assert_eq!(rem["spec"]["case"], "git-auth");
-    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
-    assert!(ev.contains("has keys [.dockerconfigjson]"), "{ev}");
-    assert!(steps(&rem).is_empty(), "{rem}");
-    wait_refusals(&registry.refusals(), 5).await;
-
-    secrets
-        .patch(
-            "regcred",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": registry.docker_config("bot", "second-password")})),
-        )
-        .await
-        .unwrap();
-    let rem = wait_remediation(
-        &client,
-        &ns,
-        "OCIRepository/app",
-        "reconciled with its consumer after the Secret changed",
-        MIN,
-        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+        "regcred",
+        ".dockerconfigjson",
+        &registry.refusals(),
+        registry.docker_config("bot", "second-password"),
     )
     .await;
     assert_eq!(
         requested_at(&client, &ns, "Kustomization", "app").await,
-        last_token(&rem).as_str()
+        token.as_str()
     );
-    wait_for("the new artifact applied", MIN, || async {
-        let v = cms
-            .get("oci")
-            .await
-            .map_err(|e| e.to_string())?
-            .data
-            .unwrap_or_default();
-        if v.get("value").map(String::as_str) == Some("v2") {
-            Ok(())
-        } else {
-            Err(format!("{v:?}"))
-        }
-    })
-    .await;
-    let rem = wait_remediation(&client, &ns, "OCIRepository/app", "closed", MIN, |r| {
-        phase(r) == "Succeeded"
-    })
-    .await;
-    let text = rem.to_string();
-    assert!(!text.contains("first-password") && !text.contains("second-password"));
-    assert!(!op.logs().contains("second-password"));
+    wait_config_value(&client, &ns, "oci", "v2").await;
+    closed_without_secrets(&client, &ns, "OCIRepository/app", &op).await;
 }
 
 /// A Bucket's access key is rotated (the old key id deleted, new objects written with the new
@@ -531,46 +550,26 @@ async fn a_bucket_access_key_rotation_recovers_the_source_and_its_kustomization(
     let (env, client, ns) = setup("bucketauth").await;
     let bucket = S3Bucket::new(env, &ns, "key-one");
     bucket.put("cm.yaml", &cm("bucket", "v1"), "key-one");
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    apply(
+    secret_with(
         &client,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
-        "stringData": {"accesskey": "key-one", "secretkey": "not-checked-here"}}),
+        &ns,
+        "creds",
+        "Opaque",
+        json!({"accesskey": "key-one", "secretkey": "not-checked-here"}),
     )
     .await;
-    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "Bucket",
-        "metadata": {"name": "files", "namespace": ns},
-        "spec": {"bucketName": bucket.name, "endpoint": bucket.endpoint, "insecure": true, "provider": "generic",
-                 "interval": "1h", "timeout": "20s", "secretRef": {"name": "creds"}}})).await;
-    apply(
-        &client,
-        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {"name": "app", "namespace": ns},
-        "spec": {"interval": "1h", "path": "./", "prune": true, "targetNamespace": ns,
-                 "sourceRef": {"kind": "Bucket", "name": "files"}}}),
-    )
-    .await;
+    source(&client, &ns, "Bucket", "files", json!({"bucketName": bucket.name, "endpoint": bucket.endpoint,
+        "insecure": true, "provider": "generic", "interval": "1h", "timeout": "20s", "secretRef": {"name": "creds"}})).await;
+    kustomization_of(&client, &ns, "Bucket", "files").await;
     wait_ready(&client, &ns, "Kustomization", "app", MIN).await;
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &ns);
-    assert_eq!(
-        cms.get("bucket").await.unwrap().data.unwrap()["value"],
-        "v1"
-    );
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
-        ),
-    )
-    .await;
-    let _op = Operator::start(env, &ns, &[]);
+    wait_config_value(&client, &ns, "bucket", "v1").await;
+    git_auth_auto(&client, &ns).await;
+    let op = Operator::start(env, &ns, &[]);
 
     bucket.set_access_key("key-two");
     bucket.put("cm.yaml", &cm("bucket", "v2"), "key-two");
     request_reconcile(&client, &ns, "Bucket", "files").await;
-    let failing = wait_failing(
+    wait_failing(
         &client,
         &ns,
         "Bucket",
@@ -579,68 +578,22 @@ async fn a_bucket_access_key_rotation_recovers_the_source_and_its_kustomization(
         MIN,
     )
     .await;
-    let message = condition(&failing, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rem = wait_remediation(
+    let (_, token) = fix_credentials(
         &client,
         &ns,
         "Bucket/files",
-        "waiting for the Secret",
-        MIN,
-        |r| {
-            r["status"]["blocked"]
-                .as_str()
-                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
-        },
-    )
-    .await;
-    assert_eq!(rem["spec"]["case"], "git-auth", "{message}");
-    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
-    assert!(ev.contains("has keys [accesskey, secretkey]"), "{ev}");
-    assert!(steps(&rem).is_empty(), "{rem}");
-    wait_refusals(&bucket.refusals(), 5).await;
-
-    secrets
-        .patch(
-            "creds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"accesskey": "key-two"}})),
-        )
-        .await
-        .unwrap();
-    let rem = wait_remediation(
-        &client,
-        &ns,
-        "Bucket/files",
-        "reconciled with its consumer after the Secret changed",
-        MIN,
-        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+        "creds",
+        "accesskey, secretkey",
+        &bucket.refusals(),
+        json!({"accesskey": "key-two"}),
     )
     .await;
     assert_eq!(
         requested_at(&client, &ns, "Kustomization", "app").await,
-        last_token(&rem).as_str()
+        token.as_str()
     );
-    wait_for("the new object applied", MIN, || async {
-        let v = cms
-            .get("bucket")
-            .await
-            .map_err(|e| e.to_string())?
-            .data
-            .unwrap_or_default();
-        if v.get("value").map(String::as_str) == Some("v2") {
-            Ok(())
-        } else {
-            Err(format!("{v:?}"))
-        }
-    })
-    .await;
-    wait_remediation(&client, &ns, "Bucket/files", "closed", MIN, |r| {
-        phase(r) == "Succeeded"
-    })
-    .await;
+    wait_config_value(&client, &ns, "bucket", "v2").await;
+    closed_without_secrets(&client, &ns, "Bucket/files", &op).await;
 }
 
 /// Charts from an OCI registry: the HelmRepository (type oci) has no status of its own, so
@@ -662,19 +615,21 @@ async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_re
             "first-password",
         );
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    apply(
+    secret_with(
         &client,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": ns},
-        "stringData": {"username": "bot", "password": "first-password"}}),
+        &ns,
+        "creds",
+        "Opaque",
+        json!({"username": "bot", "password": "first-password"}),
     )
     .await;
-    apply(
+    source(
         &client,
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
-        "metadata": {"name": "charts", "namespace": ns},
-        "spec": {"type": "oci", "url": registry.charts_url(), "insecure": true, "interval": "1h",
-                 "secretRef": {"name": "creds"}}}),
+        &ns,
+        "HelmRepository",
+        "charts",
+        json!({"type": "oci", "url": registry.charts_url(),
+        "insecure": true, "interval": "1h", "secretRef": {"name": "creds"}}),
     )
     .await;
     helm_release(
@@ -687,16 +642,8 @@ async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_re
     )
     .await;
     wait_ready(&client, &ns, "HelmRelease", "web", MIN).await;
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            auto(json!([{"case": "git-auth", "mode": "Auto"}])),
-        ),
-    )
-    .await;
-    let _op = Operator::start(env, &ns, &[]);
+    git_auth_auto(&client, &ns).await;
+    let op = Operator::start(env, &ns, &[]);
 
     registry.set_server_credentials("bot", "second-password");
     helm_release(
@@ -710,7 +657,7 @@ async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_re
     .await;
     let chart = format!("{ns}-web");
     // The reason differs by release (v1.7 ChartPullError, v1.9 Unknown): wait for the refusal.
-    let failing = wait_for("the chart pull refused", MIN, || async {
+    wait_for("the chart pull refused", MIN, || async {
         let o = get(&client, &ns, "HelmChart", &chart)
             .await
             .ok_or("no HelmChart yet")?;
@@ -719,80 +666,32 @@ async fn an_oci_chart_repository_password_rotation_recovers_the_chart_and_its_re
                 if c["status"] == "False"
                     && c["message"].as_str().is_some_and(|m| m.contains("401")) =>
             {
-                Ok(o.clone())
+                Ok(())
             }
             c => Err(format!("{c:?}")),
         }
     })
     .await;
-    let message = condition(&failing, "Ready").unwrap()["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let rem = wait_remediation(
+    let target = format!("HelmChart/{chart}");
+    let (_, token) = fix_credentials(
         &client,
         &ns,
-        &format!("HelmChart/{chart}"),
-        "waiting for the Secret",
-        MIN,
-        |r| {
-            r["status"]["blocked"]
-                .as_str()
-                .is_some_and(|b| b.contains(&format!("fix the credentials in Secret {ns}/creds")))
-        },
-    )
-    .await;
-    assert_eq!(rem["spec"]["case"], "git-auth", "{message}");
-    let ev = rem["status"]["diagnosis"]["evidence"].to_string();
-    assert!(ev.contains("has keys [password, username]"), "{ev}");
-    assert!(steps(&rem).is_empty(), "{rem}");
-    wait_refusals(&registry.refusals(), 5).await;
-
-    secrets
-        .patch(
-            "creds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"password": "second-password"}})),
-        )
-        .await
-        .unwrap();
-    let rem = wait_remediation(
-        &client,
-        &ns,
-        &format!("HelmChart/{chart}"),
-        "reconciled with its release after the Secret changed",
-        MIN,
-        |r| has_step(r, "reconcile-source-and-consumers", "Succeeded"),
+        &target,
+        "creds",
+        "password, username",
+        &registry.refusals(),
+        json!({"password": "second-password"}),
     )
     .await;
     assert_eq!(
         requested_at(&client, &ns, "HelmRelease", "web").await,
-        last_token(&rem).as_str()
+        token.as_str()
     );
-    wait_for("web upgraded to 0.3.0", MIN, || async {
-        let hr = get(&client, &ns, "HelmRelease", "web")
-            .await
-            .ok_or("gone")?;
-        if is_ready(&hr) && hr["status"]["lastAttemptedRevision"] == "0.3.0" {
-            Ok(())
-        } else {
-            Err(hr["status"].to_string())
-        }
-    })
-    .await;
-    wait_remediation(
-        &client,
-        &ns,
-        &format!("HelmChart/{chart}"),
-        "closed",
-        MIN,
-        |r| phase(r) == "Succeeded",
-    )
-    .await;
+    wait_release_at(&client, &ns, "web", "0.3.0").await;
+    closed_without_secrets(&client, &ns, &target, &op).await;
 }
 
 // ---------------------------------------------------------------- helm helpers
-
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_release_with_exhausted_retries_is_retried_with_one_fresh_token() {
     let (env, client, ns) = setup("hrretry").await;

@@ -470,26 +470,7 @@ async fn a_flux_controller_scaled_to_zero_is_escalated_at_once_and_left_alone() 
         &["--watch-all-namespaces"],
     )
     .await;
-    git_repository(&client, &ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
-    wait_failing(
-        &client,
-        &ns,
-        "GitRepository",
-        "repo",
-        "GitOperationFailed",
-        MIN,
-    )
-    .await;
-    apply(
-        &client,
-        policy(
-            &ns,
-            "auto",
-            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
-                   "limits": {"pollInterval": "2s", "maxPollInterval": "2s"}}),
-        ),
-    )
-    .await;
+    unreachable_repo_polled(&client, &ns).await;
     let op = Operator::start(env, &ns, &["--flux-namespace", &flux_ns]);
     let rem = wait_remediation(
         &client,

@@ -1008,6 +1008,32 @@ pub async fn wait_remediation(
     .await
 }
 
+/// A GitRepository `repo` in `ns` whose server cannot be reached, failing, under a policy
+/// that polls it every 2 s (git-unreachable, Auto): the incident a working source-controller
+/// lets fluxmedic act on, and one that must wait while it does not work.
+pub async fn unreachable_repo_polled(client: &Client, ns: &str) {
+    git_repository(client, ns, "repo", "http://127.0.0.1:1/nothing.git", None).await;
+    wait_failing(
+        client,
+        ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    apply(
+        client,
+        policy(
+            ns,
+            "auto",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Auto"}],
+                   "limits": {"pollInterval": "2s", "maxPollInterval": "2s"}}),
+        ),
+    )
+    .await;
+}
+
 /// A Flux controller's Deployment as `flux install` writes it (labels, selector, container
 /// `manager`), running `image` with `args`.
 pub async fn flux_controller_deployment(
