@@ -14,6 +14,10 @@ use kube::{
 use serde_json::{Value, json};
 use support::*;
 
+/// Flux's retry of a refused fetch has backed off this far when a test fixes the credentials:
+/// its next retry is about twice this away (see `wait_flux_backed_off`).
+const BACKED_OFF: Duration = Duration::from_secs(5);
+
 /// Events are published right after the status they report; give them a moment.
 async fn assert_events(client: &Client, ns: &str, name: &str, reasons: &[&str]) {
     wait_for(
@@ -165,8 +169,8 @@ async fn git_auth_recovers_when_the_secret_is_fixed_and_escalates_meanwhile() {
     assert_events(&client, &ns, "repo", &["FailureDetected", "Escalated"]).await;
     op.wait_metric("fluxmedic_escalations_total{case=\"git-auth\"}", 1.0)
         .await;
-    // Flux's own retries have backed off (see wait_refusals): the fix is fluxmedic's to see.
-    wait_refusals(&repo.refusals(env), 5).await;
+    // Flux's own retries have backed off (see wait_flux_backed_off): the fix is fluxmedic's to see.
+    wait_flux_backed_off(&repo.refusals(env), BACKED_OFF).await;
 
     secrets
         .patch(
@@ -246,7 +250,7 @@ async fn fix_credentials(
         steps(&rem).is_empty(),
         "nothing to do until the Secret changes: {rem}"
     );
-    wait_refusals(refusals, 5).await;
+    wait_flux_backed_off(refusals, BACKED_OFF).await;
     Api::<Secret>::namespaced(client.clone(), ns)
         .patch(
             secret,

@@ -677,28 +677,37 @@ pub async fn wait_failing(
     .await
 }
 
-/// Wait until a test server has refused `n` fetches (counted in `counter`): Flux has failed
-/// and retried by itself that often, so its own next retry is 0.75 s × 2^(n-1) away or more
-/// (its controllers' rate limiter; 12 s for n = 5). A credentials fix made then and picked up
-/// within that time was picked up by fluxmedic, not by Flux retrying: the tests of that stay
-/// deterministic however fast the machine is.
-pub async fn wait_refusals(counter: &Path, n: u32) {
-    wait_for(
-        &format!("{n} refused fetches in {}", counter.display()),
-        Duration::from_secs(90),
-        || async {
-            let seen: u32 = std::fs::read_to_string(counter)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if seen >= n {
-                Ok(())
-            } else {
-                Err(seen.to_string())
+/// Return right after a test server refused a fetch at least `min_gap` after the refusal before
+/// it (`counter` counts them; its mtime is the time of the last one). Flux's controllers retry a
+/// failure with exponential backoff (0.75 s, doubling), so Flux's own next retry is then about
+/// 2 × `min_gap` away: a credentials fix made at once and picked up sooner was picked up by
+/// fluxmedic, not by Flux retrying, however fast or loaded the machine. (Waiting for a number of
+/// refusals is not enough: when the test gets there late, Flux's next retry may be due now.)
+pub async fn wait_flux_backed_off(counter: &Path, min_gap: Duration) {
+    let mtime = || std::fs::metadata(counter).and_then(|m| m.modified()).ok();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let mut last = mtime();
+    let mut gaps = Vec::new();
+    loop {
+        let now = mtime();
+        if now != last {
+            if let (Some(prev), Some(t)) = (last, now) {
+                let gap = t.duration_since(prev).unwrap_or_default();
+                if gap >= min_gap {
+                    eprintln!("Flux backed off: refusals {gaps:?} apart, then {gap:?}");
+                    return;
+                }
+                gaps.push(gap);
             }
-        },
-    )
-    .await;
+            last = now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusal {min_gap:?} after the one before in {} (gaps seen: {gaps:?})",
+            counter.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A process killed when the test ends, passed or not (a leaked operator would hold its
