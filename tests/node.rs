@@ -25,6 +25,12 @@ use support::*;
 
 const NS: &str = "flux-system";
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/fluxmedic");
+/// The chart test installs fluxmedic for the whole cluster: while it runs, that instance acts
+/// on every namespace's incidents under their policies, another test's too (two operators on
+/// the same objects is not a setup anyone runs). Tests that start an operator of their own
+/// take turns with it.
+static ONE_FLUXMEDIC: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const NEEDS_NODE: &str = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR";
 
 fn node_env() -> &'static Env {
@@ -352,6 +358,7 @@ fn logs(env: &Env, pod: &str) -> String {
 #[ignore = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR"]
 async fn the_chart_runs_as_users_run_it() {
     let _ = NEEDS_NODE;
+    let _one_fluxmedic = ONE_FLUXMEDIC.lock().await;
     let env = node_env();
     let client = env.client().await;
 
@@ -675,4 +682,117 @@ async fn the_chart_runs_as_users_run_it() {
         "the chart's cluster RBAC outlived it: {:?}",
         chart_rbac().await
     );
+}
+
+/// The runbook: "if Flux system pods are crash-looping, escalate to the platform team
+/// immediately". A source-controller Deployment whose container exits at start (the image run
+/// with a flag it refuses) crash-loops for real on the node; fluxmedic reads kubelet's verdict
+/// from the pod and escalates the incident that needs that controller at once, without a
+/// request through it, then goes back to work once the Deployment is gone. (The real
+/// source-controller runs as a process beside the node; a namespace stands in for flux-system.)
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR"]
+async fn a_crash_looping_flux_controller_is_escalated_at_once() {
+    let _one_fluxmedic = ONE_FLUXMEDIC.lock().await;
+    let env = node_env();
+    let client = env.client().await;
+    install_crds_as_helm_does(&client).await;
+    let image = import_image(env);
+    let ns = namespace(&client, "crashapp").await;
+    let flux_ns = namespace(&client, "crashflux").await;
+    flux_controller_deployment(
+        &client,
+        &flux_ns,
+        "source-controller",
+        1,
+        &image,
+        &["--no-such-flag"],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &flux_ns);
+    // Three restarts (kubelet backs off 10, 20, 40 s): from then on every state kubelet reports
+    // (back-off, the instant it runs, exited) reads as crash-looping.
+    wait_for(
+        "kubelet restarted it three times",
+        Duration::from_secs(180),
+        || async {
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let restarts: Vec<i32> = list
+                .items
+                .iter()
+                .flat_map(|p| {
+                    p.status
+                        .iter()
+                        .flat_map(|s| s.container_statuses.iter().flatten())
+                })
+                .map(|c| c.restart_count)
+                .collect();
+            if restarts.iter().any(|r| *r >= 3) {
+                Ok(())
+            } else {
+                Err(format!("{restarts:?}"))
+            }
+        },
+    )
+    .await;
+
+    unreachable_repo_polled(&client, &ns).await;
+    let op = Operator::start(env, &ns, &["--flux-namespace", &flux_ns]);
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "escalated: crash-looping",
+        MIN,
+        |r| {
+            phase(r) == "Escalated"
+                && r["status"]["blocked"].as_str().is_some_and(|b| {
+                    b.contains(&format!(
+                        "Deployment {flux_ns}/source-controller has 0 of 1 replicas available"
+                    )) && ["CrashLoopBackOff", "keeps restarting", "exited with code 2"]
+                        .iter()
+                        .any(|w| b.contains(w))
+                })
+        },
+    )
+    .await;
+    let blocked = rem["status"]["blocked"].as_str().unwrap();
+    assert!(
+        blocked.contains("last exit code 2") || blocked.contains("exited with code 2"),
+        "{blocked}"
+    );
+    assert!(
+        steps(&rem).is_empty(),
+        "nothing requested through it: {rem}"
+    );
+    op.wait_metric(
+        "fluxmedic_flux_controller_down{controller=\"source-controller\"}",
+        1.0,
+    )
+    .await;
+    op.wait_metric("fluxmedic_escalations_total{case=\"git-unreachable\"}", 1.0)
+        .await;
+    let repo = get(&client, &ns, "GitRepository", "repo").await.unwrap();
+    assert!(
+        repo["metadata"]["annotations"]["reconcile.fluxcd.io/requestedAt"].is_null(),
+        "{repo}"
+    );
+
+    // The Deployment is removed (the platform team fixed it): fluxmedic works again.
+    Api::<Deployment>::namespaced(client.clone(), &flux_ns)
+        .delete("source-controller", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_remediation(
+        &client,
+        &ns,
+        "GitRepository/repo",
+        "polling again",
+        MIN,
+        |r| has_step(r, "reconcile-source", "Succeeded"),
+    )
+    .await;
 }
