@@ -44,6 +44,10 @@ dir=${FLUXMEDIC_TESTENV_DIR:-/tmp/fluxmedic-testenv-ci}
 base=${FLUXMEDIC_TESTENV_PORT_BASE:-19400}
 threads=${FLUXMEDIC_TEST_THREADS:-6}
 trap 'for d in $dir $dir-2.7 $dir-node; do FLUXMEDIC_TESTENV_DIR=$d bash hack/testenv/down.sh; done' EXIT
+# Every test's output is also kept here, so the end of the run can repeat why each failed
+# test failed (a long backtrace would otherwise bury it far from the end of the output).
+output=$(mktemp -t fluxmedic-test-output.XXXXXX)
+tests() { cargo test --locked --no-fail-fast "$@" 2>&1 | tee -a "$output"; return "${PIPESTATUS[0]}"; }
 
 # Everything on Flux 2.9 (the default).
 export FLUXMEDIC_TESTENV_DIR=$dir FLUXMEDIC_TESTENV_PORT_BASE=$base FLUXMEDIC_FLUX=2.9
@@ -51,14 +55,14 @@ bash hack/testenv/up.sh >/dev/null
 log "running every test on Flux 2.9"
 # End-to-end tests mostly wait on Flux; more threads than cores keeps the wall time down.
 status=0
-cargo test --locked --no-fail-fast -- --test-threads="$threads" || status=$?
+tests -- --test-threads="$threads" || status=$?
 bash hack/testenv/down.sh
 
 # The runbook's end-to-end tests again on Flux 2.7, on a control plane of its own.
 export FLUXMEDIC_TESTENV_DIR=$dir-2.7 FLUXMEDIC_TESTENV_PORT_BASE=$((base + 100)) FLUXMEDIC_FLUX=2.7
 bash hack/testenv/up.sh >/dev/null
 log "running the end-to-end tests on Flux 2.7"
-cargo test --locked --no-fail-fast --test e2e -- --test-threads="$threads" || status=$?
+tests --test e2e -- --test-threads="$threads" || status=$?
 bash hack/testenv/down.sh
 
 # The chart as users run it: the image as pods on a real node (kubelet, containerd, runc),
@@ -67,7 +71,11 @@ export FLUXMEDIC_TESTENV_DIR=$dir-node FLUXMEDIC_TESTENV_PORT_BASE=$((base + 200
 export FLUXMEDIC_TESTENV_NODE=1 FLUXMEDIC_IMAGE_TAR=$image_tar
 bash hack/testenv/up.sh >/dev/null
 log "running the node tests (the chart's Deployment as pods)"
-cargo test --locked --no-fail-fast --test node -- --ignored --test-threads=2 || status=$?
+tests --test node -- --ignored --test-threads=2 || status=$?
 bash hack/testenv/down.sh
 bash hack/testenv/node-gone.sh || status=$?
+if [ "$status" -ne 0 ]; then
+  log "why the failed tests failed (every panic, from $output):"
+  grep -A3 -E "^thread '.*' \(?[0-9]*\)? ?panicked at" "$output" | cut -c1-800 >&2 || true
+fi
 exit "$status"
