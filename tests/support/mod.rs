@@ -934,33 +934,23 @@ pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
 
 /// Install fluxmedic's CRDs (idempotent).
 pub async fn install_crds(client: &Client) {
+    apply_crds(client, &PatchParams::apply("fluxmedic-test").force()).await;
+}
+
+/// The chart's CRDs applied as `helm install` applies them (server-side, field manager
+/// `helm`): a test running beside a `helm install` of the chart must not own them under
+/// another manager, or that install fails on the conflict. (`tests/crds.rs` keeps the chart's
+/// `crds/` equal to the generated ones.)
+pub async fn install_crds_as_helm_does(client: &Client) {
+    apply_crds(client, &PatchParams::apply("helm")).await;
+}
+
+async fn apply_crds(client: &Client, params: &PatchParams) {
     let api: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     for crd in fluxmedic::api::crds() {
         let name = crd.metadata.name.clone().unwrap();
-        api.patch(
-            &name,
-            &PatchParams::apply("fluxmedic-test").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-    }
-    crds_established(client).await;
-}
-
-/// The chart's CRDs (`charts/fluxmedic/crds/`) applied as `helm install` applies them
-/// (server-side, field manager `helm`): a test running beside a `helm install` of the chart
-/// must not own them under another manager, or that install fails on the conflict.
-pub async fn install_crds_as_helm_does(client: &Client) {
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/fluxmedic/crds");
-    for f in std::fs::read_dir(dir).unwrap() {
-        let crd: CustomResourceDefinition =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(f.unwrap().path()).unwrap()).unwrap();
-        let name = crd.metadata.name.clone().unwrap();
-        api.patch(&name, &PatchParams::apply("helm"), &Patch::Apply(&crd))
+        api.patch(&name, params, &Patch::Apply(&crd))
             .await
             .expect("apply CRD");
     }
