@@ -236,6 +236,7 @@ async fn main() {
             "--max-writes-per-second",
             &writes,
         ])
+        .args(HELM_CONTROLLER_IDENTITY)
         .env("KUBECONFIG", &kc)
         .env(
             "RUST_LOG",

@@ -10,8 +10,14 @@ use crate::diagnose::{Case, Evidence, NativeState};
 
 pub const GROUP: &str = "fluxmedic.io";
 pub const FIELD_MANAGER: &str = "fluxmedic";
-/// Approve a Remediation waiting in AwaitingApproval: `kubectl annotate remediation X fluxmedic.io/approve=true`.
+/// Approve the action a Remediation waits for, when the deciding policy is in the target's own
+/// namespace: `kubectl annotate remediation X fluxmedic.io/approve=<id>`, the id its status
+/// shows (`status.approval.id`). Any other value approves nothing.
 pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
+/// Approve an action a policy in the operator's namespace decided: an annotation on that
+/// policy, `approve.fluxmedic.io/<id>: "true"` (tenants cannot write there; an approval a
+/// tenant writes on its own Remediation does not count for such a policy).
+pub const POLICY_APPROVAL_PREFIX: &str = "approve.fluxmedic.io/";
 /// Label on Remediations: hash of the target's kind/namespace/name.
 pub const TARGET_LABEL: &str = "fluxmedic.io/target";
 /// Label on Remediations made by an instance serving a shard (`--watch-label-selector`): its
@@ -28,6 +34,11 @@ pub const INTENT_ANNOTATION: &str = "fluxmedic.io/intent";
 /// detected with (time, observed generation, revision and Secret), so that a crash before the
 /// first status write loses nothing. A JSON [`Baseline`].
 pub const BASELINE_ANNOTATION: &str = "fluxmedic.io/baseline";
+
+/// Annotation on a Remediation: the sequence number fluxmedic gave its creation (sealed with
+/// it): with the ledger ([`crate::incident::Ledger`]) it tells a record fluxmedic made from a
+/// copy of one re-created later.
+pub const SEQUENCE_ANNOTATION: &str = "fluxmedic.io/sequence";
 
 /// What a new incident was detected with.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -386,9 +397,6 @@ pub struct RemediationSpec {
     /// `Kind/name`, for `kubectl get remediations`.
     pub target_name: String,
     pub case: Case,
-    /// Set to true (or annotate fluxmedic.io/approve=true) to approve a planned action.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub approved: bool,
 }
 
 /// How a step ended (or that it has not yet).
@@ -421,6 +429,25 @@ pub struct Step {
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Why a failed step failed, as a category (`Forbidden`, `Conflict`, `CorruptRelease`,
+    /// ...): one a retry cannot change (`Invalid`, `CorruptRelease`) is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+}
+
+/// An action waiting for approval, and what approves it (that action, once).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequest {
+    /// The action, as planned.
+    pub action: String,
+    /// The action, machine-readable: an approval counts only while the plan is exactly this.
+    pub detail: String,
+    /// A random id made when the plan asked for approval: an approval must name it, so one
+    /// written earlier, or for another action, approves nothing.
+    pub id: String,
+    /// How to approve it.
+    pub how: String,
 }
 
 /// A suspension fluxmedic holds on the target (after a rollback), until the fix lands.
@@ -477,6 +504,9 @@ pub struct RemediationStatus {
     /// Why nothing is being done right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// The action waiting for approval, with the id an approval must carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRequest>,
     /// When the next action may come (a cooldown or poll backoff), rather than a countdown:
     /// a waiting incident costs no writes until something changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -513,6 +543,10 @@ pub struct RemediationStatus {
     pub polls: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The sequence number fluxmedic gave this status when it wrote it (it only grows): an
+    /// earlier status written back has a lower one than fluxmedic last wrote.
+    #[serde(default)]
+    pub sequence: u64,
     /// fluxmedic's seal over this status (HMAC with a key only the operator holds): a status
     /// that does not carry a valid one was changed outside fluxmedic and is never acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -35,7 +35,12 @@ pub fn evaluate(
     breaker_default: u32,
 ) -> (Report, Vec<Row>) {
     let report = diagnose::diagnose(snap);
-    let threshold = policy::circuit_breaker_threshold(policies, operator_ns, breaker_default);
+    let breakers = policy::Breakers::new(
+        report.diagnoses.iter().map(|d| d.target.namespace.as_str()),
+        policies,
+        operator_ns,
+        breaker_default,
+    );
     let rows = report
         .diagnoses
         .iter()
@@ -44,8 +49,8 @@ pub fn evaluate(
             let (p, _) = policy::select(policies, obj, operator_ns);
             let ctx = PlanContext {
                 snapshot: snap,
-                failing_targets: report.diagnoses.len(),
-                circuit_breaker: threshold,
+                failing_targets: breakers.failing(&d.target.namespace),
+                circuit_breaker: breakers.threshold(&d.target.namespace),
                 shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
                 operator_namespace: operator_ns,
                 controllers_down: &report.controllers_down,
@@ -252,6 +257,7 @@ pub async fn live_snapshot(
     // Key names of Secrets referenced by failing Git sources.
     let actuator = crate::remedy::Actuator {
         client,
+        config: None,
         helm_bin: "helm".into(),
         limiter: None,
         apis: Default::default(),

@@ -49,7 +49,7 @@ impl Error {
 
     /// Whether the same step may succeed later without a change of input.
     pub fn is_transient(&self) -> bool {
-        !matches!(self.category(), "Invalid" | "CorruptRelease")
+        crate::incident::retry_can_help(self.category())
     }
 }
 

@@ -79,6 +79,20 @@ enum Command {
         /// at once. Empty: not watched (then only unhandled reconcile requests tell).
         #[arg(long, default_value = "flux-system")]
         flux_namespace: String,
+        /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
+        /// its own rights as this ServiceAccount (`namespace/name`, e.g.
+        /// flux-system/helm-controller). Helm actions then run as that ServiceAccount.
+        #[arg(long, conflicts_with = "helm_default_service_account")]
+        helm_controller_service_account: Option<String>,
+        /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
+        /// Flux's lockdown `--default-service-account=<name>`. Helm actions on a HelmRelease
+        /// without spec.serviceAccountName then run as that ServiceAccount of its namespace.
+        #[arg(long)]
+        helm_default_service_account: Option<String>,
+        /// Allow the DeletePendingRelease action (policies may ask for it only when this is
+        /// set; the chart sets it with deletePendingRelease.enabled, with the RBAC it needs).
+        #[arg(long)]
+        allow_delete_pending_release: bool,
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
@@ -93,6 +107,13 @@ enum Command {
         /// Live: read only this namespace (for credentials scoped to one namespace).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// As for `run`: helm-controller runs unrestricted as this ServiceAccount
+        /// (`namespace/name`), the identity its Helm actions would use.
+        #[arg(long, conflicts_with = "helm_default_service_account")]
+        helm_controller_service_account: Option<String>,
+        /// As for `run`: helm-controller runs with `--default-service-account=<name>`.
+        #[arg(long)]
+        helm_default_service_account: Option<String>,
     },
     /// Print the CustomResourceDefinitions.
     Crds,
@@ -152,10 +173,11 @@ async fn diagnose(
     policy: Option<PathBuf>,
     output: Output,
     namespace: Option<String>,
+    helm_controller: Option<fluxmedic::flux::HelmControllerIdentity>,
 ) -> Result<(), (u8, String)> {
     let now = jiff::Timestamp::now().as_second();
     let pol = load_policy(policy).map_err(|e| (2, e))?;
-    let (snap, warnings) = match file {
+    let (mut snap, warnings) = match file {
         Some(f) => {
             let mut text = String::new();
             if f == "-" {
@@ -187,6 +209,7 @@ async fn diagnose(
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    snap.helm_controller = helm_controller;
     let ns = pol.namespace.clone();
     let (report, rows) = cli::evaluate(&snap, &[pol], &ns, 20);
     let text = match output {
@@ -194,6 +217,38 @@ async fn diagnose(
         Output::Json => serde_json::to_string_pretty(&rows).expect("rows serialise") + "\n",
     };
     write_stdout(&text)
+}
+
+/// `--helm-controller-service-account` / `--helm-default-service-account`, checked.
+fn helm_identity_flags(
+    unrestricted: Option<String>,
+    lockdown: Option<String>,
+) -> Result<Option<fluxmedic::flux::HelmControllerIdentity>, String> {
+    use fluxmedic::flux::{HelmControllerIdentity, ServiceAccountRef};
+    let unrestricted = unrestricted.filter(|s| !s.trim().is_empty());
+    let lockdown = lockdown
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    match (unrestricted, lockdown) {
+        (Some(sa), None) => ServiceAccountRef::parse(&sa)
+            .map(|service_account| Some(HelmControllerIdentity::Unrestricted { service_account }))
+            .ok_or_else(|| {
+                format!("--helm-controller-service-account must be namespace/name, got {sa:?}")
+            }),
+        (None, Some(name)) if ServiceAccountRef::parse(&format!("x/{name}")).is_some() => {
+            Ok(Some(HelmControllerIdentity::Lockdown {
+                default_service_account: name,
+            }))
+        }
+        (None, Some(name)) => Err(format!(
+            "--helm-default-service-account must be a ServiceAccount name, got {name:?}"
+        )),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(
+            "give --helm-controller-service-account or --helm-default-service-account, not both"
+                .into(),
+        ),
+    }
 }
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.
@@ -227,7 +282,15 @@ fn main() -> ExitCode {
             policy,
             output,
             namespace,
-        } => match rt.block_on(diagnose(file, policy, output, namespace)) {
+            helm_controller_service_account,
+            helm_default_service_account,
+        } => match helm_identity_flags(
+            helm_controller_service_account,
+            helm_default_service_account,
+        )
+        .map_err(|e| (2, e))
+        .and_then(|helm| rt.block_on(diagnose(file, policy, output, namespace, helm)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, msg)) => {
                 eprintln!("error: {msg}");
@@ -296,6 +359,9 @@ fn main() -> ExitCode {
             controller_timeout_seconds,
             no_source_probes,
             flux_namespace,
+            helm_controller_service_account,
+            helm_default_service_account,
+            allow_delete_pending_release,
         } => {
             fluxmedic::telemetry::init_logging(log_json);
             // notification-controller's event server speaks plain HTTP inside the cluster.
@@ -307,7 +373,19 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
+            let helm_controller = match helm_identity_flags(
+                helm_controller_service_account,
+                helm_default_service_account,
+            ) {
+                Ok(h) => h,
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
             let opts = controller::Options {
+                helm_controller,
+                allow_delete_pending_release,
                 namespace,
                 watch_namespaces,
                 metrics_addr,
@@ -328,8 +406,8 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };
             let res = rt.block_on(async {
-                let client = kube::Client::try_default().await?;
-                controller::run(client, opts).await
+                let config = kube::Config::infer().await?;
+                controller::run(config, opts).await
             });
             match res {
                 Ok(()) => ExitCode::SUCCESS,

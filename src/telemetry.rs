@@ -11,6 +11,18 @@ pub struct CaseLabels {
     pub case: String,
 }
 
+/// A case in a namespace: alerts route per namespace (each team its own).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CaseNamespaceLabels {
+    pub case: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabels {
+    pub namespace: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabels {
     pub action: String,
@@ -50,18 +62,18 @@ pub struct Metrics {
     pub incidents: Family<CaseLabels, Counter>,
     pub actions: Family<ActionLabels, Counter>,
     pub blocked: Family<ReasonLabels, Counter>,
-    pub escalations: Family<CaseLabels, Counter>,
+    pub escalations: Family<CaseNamespaceLabels, Counter>,
     pub errors: Family<CategoryLabels, Counter>,
     pub time_to_detect: Histogram,
     pub time_to_recover: Family<CaseLabels, Histogram>,
     pub failing_targets: Gauge,
     pub open_incidents: Gauge,
-    pub circuit_breaker_open: Gauge,
+    pub circuit_breaker_open: Family<NamespaceLabels, Gauge>,
     pub passes: Counter,
     pub leader: Gauge,
     pub pass_duration: Histogram,
     pub events_dropped: Counter,
-    pub records_edited: Counter,
+    pub records_edited: Family<NamespaceLabels, Counter>,
     /// 1 per Flux kind the API server does not serve in a version fluxmedic reads.
     pub flux_api_missing: Family<KindLabels, Gauge>,
     /// Flux events posted to notification-controller, by outcome (sent, failed, dropped).
@@ -81,7 +93,7 @@ impl Default for Metrics {
         let incidents = Family::<CaseLabels, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let blocked = Family::<ReasonLabels, Counter>::default();
-        let escalations = Family::<CaseLabels, Counter>::default();
+        let escalations = Family::<CaseNamespaceLabels, Counter>::default();
         let errors = Family::<CategoryLabels, Counter>::default();
         let time_to_detect = Histogram::new(latency_buckets());
         let time_to_recover = Family::<CaseLabels, Histogram>::new_with_constructor(|| {
@@ -89,12 +101,12 @@ impl Default for Metrics {
         });
         let failing_targets = Gauge::default();
         let open_incidents = Gauge::default();
-        let circuit_breaker_open = Gauge::default();
+        let circuit_breaker_open = Family::<NamespaceLabels, Gauge>::default();
         let passes = Counter::default();
         let leader = Gauge::default();
         let pass_duration = Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         let events_dropped = Counter::default();
-        let records_edited = Counter::default();
+        let records_edited = Family::<NamespaceLabels, Counter>::default();
         let flux_api_missing = Family::<KindLabels, Gauge>::default();
         let notifications = Family::<OutcomeLabels, Counter>::default();
         let flux_controller_down = Family::<ControllerLabels, Gauge>::default();
@@ -111,7 +123,7 @@ impl Default for Metrics {
         );
         registry.register(
             "escalations",
-            "Incidents escalated to a person, by case",
+            "Incidents escalated to a person, by case and namespace",
             escalations.clone(),
         );
         registry.register(

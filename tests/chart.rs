@@ -6,6 +6,7 @@ mod support;
 use std::{process::Command, time::Duration};
 
 use kube::{Api, Client, api::PostParams};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use support::*;
 
@@ -41,9 +42,23 @@ fn chart_lints_and_renders_every_mode() {
     );
     assert_eq!(
         out.matches("kind: Role\n").count(),
-        2,
-        "cluster mode: a ClusterRole, plus the leader-election Role and the read-only Role on the Flux controllers"
+        3,
+        "cluster mode: ClusterRoles, plus the leader-election Role, the read-only Role on the Flux controllers and the uninstall hook's Role"
     );
+    // fluxmedic's own identity writes no Secret (its seal key aside, a create in its own
+    // namespace, which the admission policy holds it to); the unlock acts as the release's
+    // identity only to update a Secret; no rollback, no delete, no general impersonation.
+    assert!(!out.contains("\"update\", \"delete\"") && !out.contains("\"impersonate\"]"));
+    assert!(
+        out.contains("verbs: [\"impersonate-on:serviceaccount:update\"]"),
+        "{out}"
+    );
+    assert!(!out.contains("impersonate-on:serviceaccount:delete"));
+    assert!(
+        out.contains("kind: ValidatingAdmissionPolicy\n")
+            && out.contains("kind: ValidatingAdmissionPolicyBinding")
+    );
+    assert!(out.contains("serviceAccountName: fluxmedic-release-holds"));
     assert!(out.contains("--leader-elect") && out.contains("--flux-namespace=flux-system"));
     // Opt-ins stay off by default; probes stay on.
     assert!(!out.contains("--events-addr") && !out.contains("--no-source-probes"));
@@ -72,14 +87,25 @@ fn chart_lints_and_renders_every_mode() {
             "sourceProbes=false",
             "--set",
             "fluxNamespace=",
+            "--set",
+            "deletePendingRelease.enabled=true",
+            "--set",
+            "helmController.defaultServiceAccount=tenant",
         ],
     );
     assert!(ok, "{out}");
     assert_eq!(
         out.matches("kind: Role\n").count(),
-        4,
-        "one Role per watched namespace and the release namespace, plus leader election (no Flux namespace)"
+        7,
+        "one Role per watched namespace and the release namespace, plus leader election (no Flux namespace), the hook's Role and its HelmRelease Role per watched namespace"
     );
+    assert!(
+        out.contains("--allow-delete-pending-release")
+            && out.contains("--helm-default-service-account=tenant")
+    );
+    assert!(out.contains(
+        "\"impersonate-on:serviceaccount:update\", \"impersonate-on:serviceaccount:delete\""
+    ));
     assert!(out.contains("--flux-namespace=\n"));
     assert!(out.contains("--watch-namespaces=apps,data"));
     assert!(
@@ -95,7 +121,7 @@ fn chart_lints_and_renders_every_mode() {
         "FluxmedicCircuitBreakerOpen",
         "kind: RemediationPolicy",
         "Retry, Rollback",
-        "name: cluster-admin",
+        "verbs: [\"impersonate\"]",
     ] {
         assert!(out.contains(want), "{want} missing");
     }
@@ -119,6 +145,11 @@ fn bad_values_fail_at_install_with_a_clear_message() {
         ("notifications.address=ftp://x", "notifications/address"),
         ("controllerTimeoutSeconds=1", "controllerTimeoutSeconds"),
         ("fluxNamespace=Flux_System", "fluxNamespace"),
+        (
+            "helmController.serviceAccount=helm-controller",
+            "helmController",
+        ),
+        ("rollback.clusterRole=cluster-admin", "clusterRole"),
     ] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");
@@ -168,16 +199,9 @@ async fn install_chart(
             .is_some()
     );
     install_crds(client).await;
-    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
-    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let tr = sas
-        .create_token_request("fluxmedic", &PostParams::default(), &tr)
-        .await
-        .expect("token request");
-    let token = tr.status.unwrap().token.expect("a token");
-    token_kubeconfig(env, ns, &token)
+    // helm-controller beside it, as Flux installs it: the identity Helm actions borrow.
+    helm_controller_as_flux_installs_it(client, ns, &["--watch-all-namespaces"]).await;
+    service_account_kubeconfig(env, client, ns, "fluxmedic").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -512,6 +536,116 @@ fn granted(
 /// keep the list, so a right that truly cannot be exercised here is named, not dropped).
 const NOT_EXERCISED_HERE: &[(&str, &str, &str, &str)] = &[];
 
+/// The same for the uninstall hook's ServiceAccount.
+const HOOK_NOT_EXERCISED_HERE: &[(&str, &str, &str, &str)] = &[(
+    "helm.toolkit.fluxcd.io",
+    "helmreleases",
+    "patch",
+    "only with a hold to release: node::the_chart_runs_as_users_run_it runs the hook as a pod and releases one",
+)];
+
+/// A kubeconfig holding a TokenRequest token of ServiceAccount `ns/name`, and nothing else.
+async fn service_account_kubeconfig(
+    env: &Env,
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let tr: k8s_openapi::api::authentication::v1::TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let tr = sas
+        .create_token_request(name, &PostParams::default(), &tr)
+        .await
+        .expect("token request");
+    let token = tr.status.unwrap().token.expect("a token");
+    token_kubeconfig(env, &format!("{ns}-{name}"), &token)
+}
+
+/// (group, resource, verb) rights `user` used according to the audit log, and the requests
+/// refused. A request made as another identity (impersonation) used the rights to act as a
+/// ServiceAccount and to do that verb on that resource as it (constrained impersonation).
+/// (API group, resource, verb).
+type Use = (String, String, String);
+
+fn audited_rights(env: &Env, user: &str) -> (std::collections::BTreeSet<Use>, Vec<Use>) {
+    let audit = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    let mut refused = vec![];
+    for e in audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if e["user"]["username"] != user {
+            continue;
+        }
+        let o = &e["objectRef"];
+        let mut res = o["resource"].as_str().unwrap_or_default().to_string();
+        if let Some(sub) = o["subresource"].as_str() {
+            res = format!("{res}/{sub}");
+        }
+        let group = o["apiGroup"].as_str().unwrap_or_default().to_string();
+        let verb = e["verb"].as_str().unwrap_or_default().to_string();
+        let mut keys = vec![];
+        if e["impersonatedUser"]["username"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("system:serviceaccount:"))
+        {
+            keys.push((
+                "authentication.k8s.io".to_string(),
+                "serviceaccounts".to_string(),
+                "impersonate:serviceaccount".to_string(),
+            ));
+            keys.push((group, res, format!("impersonate-on:serviceaccount:{verb}")));
+        } else {
+            keys.push((group, res, verb));
+        }
+        if e["responseStatus"]["code"] == 403 {
+            refused.extend(keys.iter().cloned());
+        }
+        used.extend(keys);
+    }
+    (used, refused)
+}
+
+async fn cluster_role_rights(
+    client: &kube::Client,
+    name: &str,
+) -> std::collections::BTreeSet<(String, String, String)> {
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    granted(&roles.get(name).await.unwrap().rules.unwrap_or_default())
+}
+
+async fn role_rights(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::collections::BTreeSet<(String, String, String)> {
+    let roles: Api<k8s_openapi::api::rbac::v1::Role> = Api::namespaced(client.clone(), ns);
+    granted(&roles.get(name).await.unwrap().rules.unwrap_or_default())
+}
+
+fn assert_all_used(
+    rights: &std::collections::BTreeSet<(String, String, String)>,
+    used: &std::collections::BTreeSet<(String, String, String)>,
+    not_here: &[(&str, &str, &str, &str)],
+) {
+    let unused: Vec<_> = rights
+        .iter()
+        .filter(|k| !used.contains(*k))
+        .filter(|(g, r, v)| {
+            !not_here
+                .iter()
+                .any(|(g2, r2, v2, _)| g == g2 && r == r2 && v == v2)
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "granted but never used (remove from the chart, or exercise here): {unused:?}\nused: {used:?}"
+    );
+}
+
 /// Least privilege, proven rather than claimed: the operator runs on the chart's ServiceAccount
 /// token through every remediation the chart grants rights for (unlock, delete a pending
 /// release, retry with the chart source, poll a broken commit's source, reconcile a dependent,
@@ -521,11 +655,17 @@ const NOT_EXERCISED_HERE: &[(&str, &str, &str, &str)] = &[];
 /// one of these requests Forbidden and fails this test, and a right nothing uses fails it too.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
     let env = env();
     let client = env.client().await;
     let ns = namespace(&client, "rbac").await;
-    let kc = install_chart(env, &client, &ns, false, &[]).await;
+    let kc = install_chart(
+        env,
+        &client,
+        &ns,
+        false,
+        &["--set", "deletePendingRelease.enabled=true"],
+    )
+    .await;
     let user = format!("system:serviceaccount:{ns}:fluxmedic");
 
     // Helm: two suspended releases with a stale pending revision (one to unlock, one whose
@@ -598,7 +738,17 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
     )
     .await;
 
-    let (child, log) = run_as(&kc, &ns, 193, &["--leader-elect", "--history-limit", "0"]);
+    let (child, log) = run_as(
+        &kc,
+        &ns,
+        193,
+        &[
+            "--leader-elect",
+            "--history-limit",
+            "0",
+            "--allow-delete-pending-release",
+        ],
+    );
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
     wait_for(
         "unlock, delete, retry and polls",
@@ -687,8 +837,10 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         !logs.to_lowercase().contains("forbidden"),
         "the chart's RBAC was not enough:\n{logs}"
     );
-    // What the pre-delete hook runs, on the same token (no pod runs here; tests/node.rs runs
-    // the hook itself): it stops the operator's Deployment and finds nothing held.
+    // What the pre-delete hook runs, on its own ServiceAccount's token (no pod runs here;
+    // tests/node.rs runs the hook itself): it stops the operator's Deployment and finds
+    // nothing held.
+    let hook_kc = service_account_kubeconfig(env, &client, &ns, "fluxmedic-release-holds").await;
     let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args([
             "release-holds",
@@ -699,12 +851,12 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
             "--stop-timeout-seconds",
             "30",
         ])
-        .env("KUBECONFIG", &kc)
+        .env("KUBECONFIG", &hook_kc)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "release-holds as the ServiceAccount: {}",
+        "release-holds as the hook's ServiceAccount: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
@@ -721,70 +873,30 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         "the operator's Deployment is scaled to 0 before holds are released"
     );
 
-    // The audit log of the ServiceAccount: nothing refused, every granted right used.
-    let audit = std::fs::read_to_string(env.var("FLUXMEDIC_AUDIT_LOG")).unwrap();
-    let mut used = std::collections::BTreeSet::new();
-    let mut refused = vec![];
-    for e in audit
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
-        if e["user"]["username"] != user.as_str() {
-            continue;
-        }
-        let o = &e["objectRef"];
-        let mut res = o["resource"].as_str().unwrap_or_default().to_string();
-        if let Some(sub) = o["subresource"].as_str() {
-            res = format!("{res}/{sub}");
-        }
-        let key = (
-            o["apiGroup"].as_str().unwrap_or_default().to_string(),
-            res,
-            e["verb"].as_str().unwrap_or_default().to_string(),
-        );
-        if e["responseStatus"]["code"] == 403 {
-            refused.push(key.clone());
-        }
-        used.insert(key);
-    }
+    // The audit log of each ServiceAccount: nothing refused, every granted right used.
+    let (used, refused) = audited_rights(env, &user);
     assert!(refused.is_empty(), "requests refused: {refused:?}");
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    let mut rights = granted(
-        &roles
-            .get(&format!("{ns}-fluxmedic"))
-            .await
-            .unwrap()
-            .rules
-            .unwrap_or_default(),
-    );
-    let ns_roles: Api<Role> = Api::namespaced(client.clone(), &ns);
+    let mut rights = cluster_role_rights(&client, &format!("{ns}-fluxmedic")).await;
     for role in [
         "fluxmedic-leader-election".to_string(),
         format!("{ns}-fluxmedic-flux-controllers"),
     ] {
-        rights.extend(granted(
-            &ns_roles.get(&role).await.unwrap().rules.unwrap_or_default(),
-        ));
+        rights.extend(role_rights(&client, &ns, &role).await);
     }
-    let unused: Vec<_> = rights
-        .iter()
-        .filter(|k| !used.contains(*k))
-        .filter(|(g, r, v)| {
-            !NOT_EXERCISED_HERE
-                .iter()
-                .any(|(g2, r2, v2, _)| g == g2 && r == r2 && v == v2)
-        })
-        .collect();
-    assert!(
-        unused.is_empty(),
-        "granted but never used (remove from the chart, or exercise here): {unused:?}\nused: {used:?}"
-    );
+    assert_all_used(&rights, &used, NOT_EXERCISED_HERE);
+    let hook = format!("system:serviceaccount:{ns}:fluxmedic-release-holds");
+    let (used, refused) = audited_rights(env, &hook);
+    assert!(refused.is_empty(), "hook requests refused: {refused:?}");
+    let mut rights = cluster_role_rights(&client, &format!("{ns}-fluxmedic-release-holds")).await;
+    rights.extend(role_rights(&client, &ns, "fluxmedic-release-holds").await);
+    assert_all_used(&rights, &used, HOOK_NOT_EXERCISED_HERE);
     let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
 }
 
-/// Rollback runs `helm rollback` as the ServiceAccount: with the chart's opt-in binding
-/// (`rollback.enabled`, here to the built-in `edit` ClusterRole rather than the default
-/// cluster-admin) the whole rollback path works on the ServiceAccount token.
+/// Rollback runs `helm rollback` on the ServiceAccount token, acting as the identity
+/// helm-controller uses for the release (its own ServiceAccount here, read from its
+/// Deployment): with the chart's opt-in `rollback.enabled` (the impersonate verb, no
+/// cluster-admin binding) the whole rollback path works.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
     let env = env();
@@ -795,12 +907,7 @@ async fn the_chart_service_account_rolls_back_with_the_opt_in_role() {
         &client,
         &ns,
         false,
-        &[
-            "--set",
-            "rollback.enabled=true",
-            "--set",
-            "rollback.clusterRole=edit",
-        ],
+        &["--set", "rollback.enabled=true"],
     )
     .await;
     chart_repo(env, &client, &ns).await;
@@ -902,18 +1009,22 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
     // One sample of every family the alerts use, as the operator renders it.
     let m = fluxmedic::telemetry::Metrics::default();
     m.escalations
-        .get_or_create(&fluxmedic::telemetry::CaseLabels {
+        .get_or_create(&fluxmedic::telemetry::CaseNamespaceLabels {
             case: "git-auth".into(),
+            namespace: "team-a".into(),
         })
         .inc();
     m.action("retry", "failed");
-    m.records_edited.inc();
+    let team_a = fluxmedic::telemetry::NamespaceLabels {
+        namespace: "team-a".into(),
+    };
+    m.records_edited.get_or_create(&team_a).inc();
     m.flux_api_missing
         .get_or_create(&fluxmedic::telemetry::KindLabels {
             kind: "HelmRelease".into(),
         })
         .set(1);
-    m.circuit_breaker_open.set(1);
+    m.circuit_breaker_open.get_or_create(&team_a).set(1);
     m.leader.set(1);
     let series = exported_series(&m);
     let one = |name: &str| -> String {
@@ -937,7 +1048,7 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
             vec![(escalations.clone(), "0 0 1 1 1")],
             vec![(escalations, "1x20")],
             "5m",
-            json!({"case": "git-auth", "severity": "warning"}),
+            json!({"case": "git-auth", "namespace": "team-a", "severity": "warning"}),
         ),
         (
             "FluxmedicRemediationFailing",
@@ -951,14 +1062,14 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
             vec![(breaker.clone(), "1x20")],
             vec![(breaker, "0x20")],
             "10m",
-            json!({"severity": "critical"}),
+            json!({"namespace": "team-a", "severity": "warning"}),
         ),
         (
             "FluxmedicRecordEdited",
             vec![(edited.clone(), "0 0 1 1 1")],
             vec![(edited, "3x20")],
             "5m",
-            json!({"severity": "warning"}),
+            json!({"namespace": "team-a", "severity": "warning"}),
         ),
         (
             "FluxmedicFluxApiMissing",
@@ -1074,5 +1185,341 @@ async fn a_flux_namespace_it_may_not_read_is_reported_and_the_rest_works() {
     assert!(
         logs.contains("cannot watch the Flux controllers' pods"),
         "{logs}"
+    );
+}
+
+/// A client on `kubeconfig`, acting as ServiceAccount `as_sa` (`namespace:name`) when given.
+async fn client_from(kubeconfig: &std::path::Path, as_sa: Option<&str>) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.auth_info.impersonate = as_sa.map(|sa| format!("system:serviceaccount:{sa}"));
+    kube::Client::try_from(cfg).unwrap()
+}
+
+fn refused(res: Result<impl std::fmt::Debug, kube::Error>) -> String {
+    match res {
+        Err(kube::Error::Api(s)) if s.code == 403 => s.message.clone(),
+        other => panic!("expected a refusal (403), got {other:?}"),
+    }
+}
+
+/// The chart's scope, on the real API server. fluxmedic's own identity writes no Secret but
+/// its seal key: the chart's ValidatingAdmissionPolicy refuses any other, even after someone
+/// binds it a role that grants Secret writes. Its unlock may act as the release's identity
+/// (helm-controller's, here) only to update a Secret: as that identity it may not create
+/// anything, nor delete a Secret unless `deletePendingRelease.enabled`.
+#[tokio::test(flavor = "multi_thread")]
+async fn fluxmedic_writes_no_secret_itself_and_borrows_an_identity_only_to_update_secrets() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "vap").await;
+    let kc = install_chart(env, &client, &ns, false, &[]).await;
+    // More than the chart grants, bound by mistake: Secret writes in this namespace.
+    apply(&client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "too-much", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update", "delete"]}]})).await;
+    apply(
+        &client,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "too-much", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much"},
+        "subjects": [{"kind": "ServiceAccount", "name": "fluxmedic", "namespace": ns}]}),
+    )
+    .await;
+    let secret = |name: &str, type_: &str, labels: Value| -> Secret {
+        serde_json::from_value(
+            json!({"metadata": {"name": name, "namespace": ns, "labels": labels},
+            "type": type_, "stringData": {"release": "x"}}),
+        )
+        .unwrap()
+    };
+    let release = secret(
+        "sh.helm.release.v1.web.v1",
+        "helm.sh/release.v1",
+        json!({"owner": "helm", "name": "web", "status": "pending-upgrade", "version": "1"}),
+    );
+    let admin: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    admin
+        .create(&PostParams::default(), &release)
+        .await
+        .unwrap();
+    let own: Api<Secret> = Api::namespaced(client_from(&kc, None).await, &ns);
+    // Any Secret of its own choosing, and Helm storage written directly: refused (once the
+    // API server has loaded the policy, a second or so after the install).
+    let why = wait_for(
+        "the admission policy in force",
+        Duration::from_secs(20),
+        || async {
+            match own
+                .create(
+                    &PostParams::default(),
+                    &secret("other", "Opaque", json!({})),
+                )
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 403 => Ok(s.message.clone()),
+                Ok(_) => {
+                    admin.delete("other", &Default::default()).await.unwrap();
+                    Err("created: the policy is not in force yet".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(
+        why.contains("writes no Secret but its own seal key"),
+        "{why}"
+    );
+    let mut changed = admin
+        .get(&release.metadata.name.clone().unwrap())
+        .await
+        .unwrap();
+    changed
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("status".into(), "failed".into());
+    refused(
+        own.replace(
+            "sh.helm.release.v1.web.v1",
+            &PostParams::default(),
+            &changed,
+        )
+        .await,
+    );
+    refused(
+        own.delete("sh.helm.release.v1.web.v1", &Default::default())
+            .await,
+    );
+    // Its seal key, in its own namespace: allowed.
+    own.create(
+        &PostParams::default(),
+        &secret("fluxmedic-seal-key", "Opaque", json!({})),
+    )
+    .await
+    .unwrap();
+    // Its ledger ConfigMaps, and no other ConfigMap of the namespace (the release namespace
+    // may be flux-system): bound a role that lets it write ConfigMaps, it still may not.
+    apply(&client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "too-much-cm", "namespace": ns},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "update", "delete"]}]})).await;
+    apply(
+        &client,
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "too-much-cm", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much-cm"},
+        "subjects": [{"kind": "ServiceAccount", "name": "fluxmedic", "namespace": ns}]}),
+    )
+    .await;
+    let own_cms: Api<ConfigMap> = Api::namespaced(client_from(&kc, None).await, &ns);
+    let cm_named = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}})).unwrap()
+    };
+    let why = wait_for(
+        "the ConfigMap admission policy in force",
+        Duration::from_secs(20),
+        || async {
+            match own_cms
+                .create(&PostParams::default(), &cm_named("flux-settings"))
+                .await
+            {
+                Err(kube::Error::Api(s)) if s.code == 403 => Ok(s.message.clone()),
+                Ok(_) => {
+                    let admin: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+                    admin
+                        .delete("flux-settings", &Default::default())
+                        .await
+                        .unwrap();
+                    Err("created: the policy is not in force yet".to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+    assert!(why.contains("writes no ConfigMap but its ledger"), "{why}");
+    own_cms
+        .create(&PostParams::default(), &cm_named("fluxmedic-ledger-0"))
+        .await
+        .unwrap();
+    refused(
+        own_cms
+            .delete("fluxmedic-ledger-0", &Default::default())
+            .await,
+    );
+
+    // As helm-controller's ServiceAccount (cluster-admin): a Secret update only.
+    let borrowed = client_from(&kc, Some(&format!("{ns}:helm-controller"))).await;
+    let as_hc: Api<Secret> = Api::namespaced(borrowed.clone(), &ns);
+    as_hc
+        .replace(
+            "sh.helm.release.v1.web.v1",
+            &PostParams::default(),
+            &changed,
+        )
+        .await
+        .expect("an update as the release's identity");
+    refused(
+        as_hc
+            .delete("sh.helm.release.v1.web.v1", &Default::default())
+            .await,
+    );
+    refused(
+        as_hc
+            .create(&PostParams::default(), &secret("made", "Opaque", json!({})))
+            .await,
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(borrowed.clone(), &ns);
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "made", "namespace": ns}})).unwrap();
+    refused(cms.create(&PostParams::default(), &cm).await);
+    // Nor may it act as any identity for a rollback (that is rollback.enabled's).
+    let kube_system: Api<Secret> = Api::namespaced(
+        client_from(&kc, Some("kube-system:default")).await,
+        "kube-system",
+    );
+    refused(kube_system.list(&Default::default()).await);
+    let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
+}
+
+/// (identity, scope, API group, resource, resource name, verb): one right.
+type Right = (String, String, String, String, String, String);
+
+/// The rights docs/rbac.md lists, with the condition under which each is granted (its "Why"
+/// starts with "only with `<value>`").
+fn documented_rights() -> Vec<(Right, Option<String>)> {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/rbac.md")).unwrap();
+    let mut out = vec![];
+    for line in doc.lines().filter(|l| l.starts_with("| fluxmedic")) {
+        let cols: Vec<&str> = line.trim_matches('|').split(" | ").map(str::trim).collect();
+        let (who, scope, group, resources, verbs, why) =
+            (cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]);
+        let group = if group == "core" { "" } else { group };
+        let condition = why
+            .strip_prefix("only with `")
+            .and_then(|r| r.split('`').next())
+            .map(String::from);
+        for res in resources.split(", ") {
+            let (res, name) = match res.split_once(" (") {
+                Some((r, n)) => (r, n.trim_end_matches(')')),
+                None => (res, ""),
+            };
+            for verb in verbs.split(", ") {
+                out.push((
+                    (
+                        who.into(),
+                        scope.into(),
+                        group.into(),
+                        res.into(),
+                        name.into(),
+                        verb.into(),
+                    ),
+                    condition.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The rights a rendering of the chart grants, per identity and scope.
+fn rendered_rights(rendered: &str) -> std::collections::BTreeSet<Right> {
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(rendered)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|d| d.is_object())
+        .collect();
+    let mut out = std::collections::BTreeSet::new();
+    for role in docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        let name = role["metadata"]["name"].as_str().unwrap();
+        let scope = match (role["kind"].as_str().unwrap(), name) {
+            ("ClusterRole", _) => "cluster",
+            (_, n) if n.ends_with("-flux-controllers") => "Flux namespace",
+            _ => "release namespace",
+        };
+        let binding_kind = if role["kind"] == "ClusterRole" {
+            "ClusterRoleBinding"
+        } else {
+            "RoleBinding"
+        };
+        let who: Vec<String> = docs
+            .iter()
+            .filter(|b| b["kind"] == binding_kind && b["roleRef"]["name"] == name)
+            .flat_map(|b| b["subjects"].as_array().unwrap().iter())
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        for rule in role["rules"].as_array().unwrap() {
+            let names: Vec<String> = rule["resourceNames"]
+                .as_array()
+                .map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+                .unwrap_or_else(|| vec![String::new()]);
+            for w in &who {
+                for g in rule["apiGroups"].as_array().unwrap() {
+                    for r in rule["resources"].as_array().unwrap() {
+                        for n in &names {
+                            for v in rule["verbs"].as_array().unwrap() {
+                                out.insert((
+                                    w.clone(),
+                                    scope.into(),
+                                    g.as_str().unwrap().into(),
+                                    r.as_str().unwrap().into(),
+                                    n.clone(),
+                                    v.as_str().unwrap().into(),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// docs/rbac.md is exactly what the chart grants: every documented right granted, none
+/// granted that is not documented, and the opt-in ones only with their opt-in.
+#[test]
+fn the_rbac_table_is_what_the_chart_grants() {
+    let env = env();
+    let documented = documented_rights();
+    assert!(documented.len() > 20, "the table was read: {documented:?}");
+    let render = |sets: &[&str]| {
+        let mut args = vec!["template", "fm", CHART, "-n", "flux-system"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let (ok, out) = helm(env, &args);
+        assert!(ok, "{out}");
+        rendered_rights(&out)
+    };
+    let all = render(&["rollback.enabled=true", "deletePendingRelease.enabled=true"]);
+    let doc_all: std::collections::BTreeSet<Right> =
+        documented.iter().map(|(r, _)| r.clone()).collect();
+    let missing: Vec<_> = doc_all.difference(&all).collect();
+    let undocumented: Vec<_> = all.difference(&doc_all).collect();
+    assert!(
+        missing.is_empty(),
+        "documented but not granted: {missing:?}"
+    );
+    assert!(
+        undocumented.is_empty(),
+        "granted but not documented: {undocumented:?}"
+    );
+    let default = render(&[]);
+    let doc_default: std::collections::BTreeSet<Right> = documented
+        .iter()
+        .filter(|(_, c)| c.is_none())
+        .map(|(r, _)| r.clone())
+        .collect();
+    assert_eq!(
+        default, doc_default,
+        "the default grants exactly the unconditional rows"
     );
 }

@@ -69,10 +69,44 @@ fn diagnose_json_on_a_realistic_dump() {
     assert_eq!(find("podinfo")["retryable"], true);
     assert_eq!(find("podinfo")["action"], "retry");
     assert_eq!(find("redis")["case"], "stale-lock");
-    assert_eq!(
-        find("redis")["action"],
-        "unlock data/sh.helm.release.v1.redis.v2"
+    // A dump says nothing of helm-controller's identity: the unlock is not planned, and says why.
+    assert!(find("redis")["action"].is_null());
+    assert!(
+        find("redis")["blocked"]
+            .as_str()
+            .is_some_and(|b| b.contains("cannot tell which identity helm-controller uses")),
+        "{}",
+        find("redis")
     );
+    // Told, as the operator is told: the unlock, as that identity.
+    let (code, out, err) = fluxmedic(
+        &[
+            "diagnose",
+            "-f",
+            DUMP,
+            "-o",
+            "json",
+            "--helm-controller-service-account",
+            "flux-system/helm-controller",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let redis = rows.iter().find(|r| r["name"] == "redis").unwrap();
+    assert_eq!(redis["action"], "unlock data/sh.helm.release.v1.redis.v2");
+    let (code, _, err) = fluxmedic(
+        &[
+            "diagnose",
+            "-f",
+            DUMP,
+            "--helm-controller-service-account",
+            "helm-controller",
+        ],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("must be namespace/name"), "{err}");
 }
 
 #[test]

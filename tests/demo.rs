@@ -486,7 +486,7 @@ fn summary(board: &BTreeMap<usize, Progress>, fix_after: Duration) -> String {
         "\nWith the chart's default policy fluxmedic polls a source 10s, 20s, 40s ... apart while a fix is\n\
          awaited and retries a release at most every 2m (limits.pollInterval, limits.cooldown): a fix that\n\
          lands just after a poll or a retry waits for the next one.\n\
-         Plain Flux beside fluxmedic, measured in one run: `task bench:recovery` (figures in the README).\n",
+         Plain Flux beside fluxmedic, measured in one run: `task bench:recovery` (figures in docs/measurements.md).\n",
     );
     out
 }

@@ -961,7 +961,7 @@ async fn corrupt_release_secret_is_reported_and_never_deleted() {
     let (env, client, ns) = setup("corrupt").await;
     suspended_release_with_pending(env, &client, &ns, true).await;
     apply(&client, policy(&ns, "auto", auto(json!([{"case": "stale-lock", "mode": "Auto", "actions": ["DeletePendingRelease"]}])))).await;
-    let op = Operator::start(env, &ns, &[]);
+    let op = Operator::start(env, &ns, &["--allow-delete-pending-release"]);
     let rem = wait_remediation(&client, &ns, "HelmRelease/web", "a failed step", MIN, |r| {
         has_step(r, "delete-pending-release", "Failed")
     })
@@ -1253,15 +1253,37 @@ async fn require_approval_waits_for_a_person() {
     let name = rem["metadata"]["name"].as_str().unwrap().to_string();
     assert_events(&client, &ns, &name, &["ActionBlocked"]).await;
 
-    // kubectl annotate remediation NAME fluxmedic.io/approve=true
+    // An approval must name the request's id: "true" approves nothing.
     let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
-    api.patch(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": "true"}}})),
-    )
-    .await
-    .unwrap();
+    let annotate = |v: String| {
+        let (api, name) = (api.clone(), name.clone());
+        async move {
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": v}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    annotate("true".into()).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
+    // kubectl annotate remediation NAME fluxmedic.io/approve=<status.approval.id>
+    let id = rem["status"]["approval"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        rem["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("fluxmedic.io/approve={id}")),
+        "{}",
+        rem["status"]
+    );
+    annotate(id).await;
     wait_remediation(
         &client,
         &ns,
@@ -1299,7 +1321,13 @@ async fn circuit_breaker_stops_action_when_many_targets_fail_at_once() {
         .await;
         assert!(steps(&rem).is_empty());
     }
-    assert_eq!(op.metric("fluxmedic_circuit_breaker_open").await, 1.0);
+    assert_eq!(
+        op.metric(&format!(
+            "fluxmedic_circuit_breaker_open{{namespace=\"{ns}\"}}"
+        ))
+        .await,
+        1.0
+    );
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
 }
 

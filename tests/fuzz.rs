@@ -86,8 +86,14 @@ proptest! {
     #[test]
     fn helm_codec_roundtrips_any_release_json(j in arb_json()) {
         let j = json!({"name": "x", "version": 1, "info": {"status": "deployed"}, "extra": j});
-        let back = helm::decode_payload("s", &helm::encode_json(&j)).unwrap();
-        prop_assert_eq!(back.json, j);
+        let mut back = helm::decode_payload("s", &helm::encode_json(&j)).unwrap();
+        prop_assert_eq!(back.to_value().unwrap(), j.clone());
+        // The unlock's edit changes the status and description and keeps every other field.
+        back.mark_unlocked().unwrap();
+        let edited = helm::decode_payload("s", &back.encode().unwrap()).unwrap().to_value().unwrap();
+        prop_assert_eq!(&edited["info"]["status"], "failed");
+        prop_assert_eq!(&edited["extra"], &j["extra"]);
+        prop_assert_eq!(&edited["name"], &j["name"]);
     }
 
     #[test]

@@ -404,6 +404,11 @@ async fn the_chart_runs_as_users_run_it() {
         ("--set", "image.pullPolicy=Never".to_string()),
         ("--set", "replicas=2".to_string()),
         ("--set", "rollback.enabled=true".to_string()),
+        // helm-controller runs as a process here, no Deployment says as whom (up.sh).
+        (
+            "--set",
+            "helmController.serviceAccount=flux-system/helm-controller".to_string(),
+        ),
         ("--set", "logFormat=text".to_string()),
         (
             "--set",

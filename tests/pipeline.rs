@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 
 use fluxmedic::{
     api::{
-        BASELINE_ANNOTATION, INTENT_ANNOTATION, Mode, Remediation, RemediationPolicy,
-        RemediationSpec, RemediationStatus, SEAL_ANNOTATION, SUSPENDED_BY_ANNOTATION, TargetRef,
+        APPROVE_ANNOTATION, BASELINE_ANNOTATION, INTENT_ANNOTATION, Mode, POLICY_APPROVAL_PREFIX,
+        Remediation, RemediationPolicy, RemediationSpec, RemediationStatus, SEAL_ANNOTATION,
+        SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION, TargetRef,
     },
     controller::{
         engine::{Scene, decide},
@@ -185,15 +186,16 @@ fn arb_forged_record() -> impl Strategy<Value = Value> {
         prop::sample::select(vec!["HelmRelease", "Kustomization", "GitRepository"]),
         any::<bool>(),
     )
-        .prop_map(|(ns, target_ns, name, kind, approved)| {
+        .prop_map(|(ns, target_ns, name, kind, approval)| {
             let evil = json!({"UnlockRelease": {"namespace": "prod", "secret": "sh.helm.release.v1.web.v2", "version": 2, "delete": true,
                 "release": {"name": "web", "storageNamespace": "prod", "namespace": "prod"}}});
             let step = json!({"action": "delete-pending-release", "detail": evil.to_string(), "outcome": "Running", "token": "evil", "startedAt": "2026-01-01T00:00:00Z"});
             json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation",
                    "metadata": {"name": format!("forged-{name}"), "namespace": ns,
-                                "annotations": {INTENT_ANNOTATION: step.to_string(), SEAL_ANNOTATION: "00", "fluxmedic.io/approve": "true"}},
-                   "spec": {"target": {"kind": kind, "namespace": target_ns, "name": name}, "targetName": "x", "case": "stale-lock", "approved": approved},
-                   "status": {"phase": "Remediating", "steps": [step], "seal": "deadbeef"}})
+                                "annotations": {INTENT_ANNOTATION: step.to_string(), SEAL_ANNOTATION: "00", "fluxmedic.io/approve": "forged"}},
+                   "spec": {"target": {"kind": kind, "namespace": target_ns, "name": name}, "targetName": "x", "case": "stale-lock"},
+                   "status": {"phase": "Remediating", "steps": [step], "seal": "deadbeef",
+                              "approval": if approval { json!({"action": "delete", "detail": evil.to_string(), "id": "forged", "how": "-"}) } else { Value::Null }}})
         })
 }
 
@@ -212,7 +214,17 @@ enum Ev {
     Forged(Value),
     /// An approver edits the n-th record fluxmedic wrote (its status, attempts reset).
     Edit(usize),
+    /// Someone writes back the first status fluxmedic wrote in the n-th record, or removes
+    /// its status, or deletes it and re-creates it from a saved copy.
+    WriteBack(usize),
+    RemoveStatus(usize),
+    Recreate(usize),
+    /// A person approves what the n-th record asks for: on the record (`Approve`), or on the
+    /// policy of the operator's namespace that decided (`ApproveOnPolicy`); or writes an
+    /// approval before anything was asked (`ApproveEarly`).
     Approve(usize),
+    ApproveOnPolicy(usize),
+    ApproveEarly(usize),
     /// A HelmRelease whose upgrade failed for good, with its Helm history (1 deployed, 2
     /// failed): the rollback path.
     BrokenRelease {
@@ -232,7 +244,12 @@ fn arb_event() -> impl Strategy<Value = Ev> {
         3 => arb_policy().prop_map(Ev::Policy),
         1 => arb_forged_record().prop_map(Ev::Forged),
         2 => any::<usize>().prop_map(Ev::Edit),
+        1 => any::<usize>().prop_map(Ev::WriteBack),
+        1 => any::<usize>().prop_map(Ev::RemoveStatus),
+        1 => any::<usize>().prop_map(Ev::Recreate),
         1 => any::<usize>().prop_map(Ev::Approve),
+        1 => any::<usize>().prop_map(Ev::ApproveOnPolicy),
+        1 => any::<usize>().prop_map(Ev::ApproveEarly),
         2 => (prop::sample::select(NAMESPACES.to_vec()), prop::sample::select(vec!["web", "app"]), any::<bool>())
             .prop_map(|(ns, name, retryable)| Ev::BrokenRelease { ns, name, retryable }),
     ]
@@ -251,6 +268,12 @@ struct World {
     /// Records as the API server holds them.
     records: BTreeMap<(String, String), Remediation>,
     next_name: u32,
+    /// Approval ids handed out so far (each pass's are fresh).
+    nonces: u64,
+    /// What the executor keeps where only it writes, and the first status it wrote per record.
+    ledger: incident::Ledger,
+    sequence: u64,
+    first_status: BTreeMap<(String, String), RemediationStatus>,
 }
 
 impl World {
@@ -260,6 +283,10 @@ impl World {
             sealer: Sealer::from_key(b"the operator's key, 32 bytes long"),
             records: BTreeMap::new(),
             next_name: 0,
+            nonces: 0,
+            ledger: incident::Ledger::default(),
+            sequence: 0,
+            first_status: BTreeMap::new(),
         }
     }
 
@@ -335,6 +362,22 @@ impl World {
                     }
                 }
             }
+            Ev::WriteBack(i) | Ev::RemoveStatus(i) | Ev::Recreate(i) => {
+                let n = self.records.len();
+                let Some(k) = self.records.keys().nth(i % n.max(1)).cloned() else {
+                    return;
+                };
+                let first = self.first_status.get(&k).cloned();
+                let r = self.records.get_mut(&k).unwrap();
+                match ev {
+                    Ev::WriteBack(_) => r.status = first,
+                    Ev::RemoveStatus(_) => r.status = None,
+                    _ => {
+                        self.next_name += 1;
+                        r.metadata.uid = Some(format!("uid-copy-{}", self.next_name));
+                    }
+                }
+            }
             Ev::BrokenRelease {
                 ns,
                 name,
@@ -348,7 +391,7 @@ impl World {
                 let hr = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
                     "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "generation": 2},
                     "spec": {"interval": "1h", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "repo"}}}},
-                    "status": {"upgradeFailures": 1, "lastAttemptedReleaseAction": "upgrade",
+                    "status": {"observedGeneration": 2, "upgradeFailures": 1, "lastAttemptedReleaseAction": "upgrade",
                                "history": [{"name": name, "namespace": ns, "version": 2, "status": "failed"}],
                                "conditions": [
                                    {"type": "Ready", "status": "False", "reason": "UpgradeFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
@@ -376,24 +419,66 @@ impl World {
                     );
                 }
             }
-            Ev::Approve(i) => {
+            Ev::Approve(i) | Ev::ApproveEarly(i) => {
                 let n = self.records.len();
                 if let Some(r) = self.records.values_mut().nth(i % n.max(1)) {
-                    r.spec.approved = true;
+                    let id = match ev {
+                        Ev::Approve(_) => r
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.approval.as_ref())
+                            .map(|a| a.id.clone())
+                            .unwrap_or_default(),
+                        // Before the plan asks: whatever a person could guess.
+                        _ => "0000000000000000".into(),
+                    };
+                    r.metadata
+                        .annotations
+                        .get_or_insert_default()
+                        .insert(APPROVE_ANNOTATION.into(), id);
+                }
+            }
+            Ev::ApproveOnPolicy(i) => {
+                let n = self.records.len();
+                let id = self
+                    .records
+                    .values()
+                    .nth(i % n.max(1))
+                    .and_then(|r| r.status.as_ref()?.approval.as_ref())
+                    .map(|a| a.id.clone());
+                if let Some(id) = id {
+                    for p in self.idx.policies.values_mut() {
+                        let mut p2 = (**p).clone();
+                        p2.metadata
+                            .annotations
+                            .get_or_insert_default()
+                            .insert(format!("{POLICY_APPROVAL_PREFIX}{id}"), "true".into());
+                        *p = std::sync::Arc::new(p2);
+                    }
                 }
             }
         }
     }
 
+    /// Seal a status as the executor does: a new sequence number, bound to the record's uid,
+    /// noted in the ledger.
     fn seal_status(
-        &self,
+        &mut self,
         ns: &str,
         name: &str,
         target: &ObjectKey,
         case: Case,
         st: &RemediationStatus,
     ) -> RemediationStatus {
+        let key = (ns.to_string(), name.to_string());
+        let uid = self
+            .records
+            .get(&key)
+            .and_then(|r| r.metadata.uid.clone())
+            .unwrap_or_else(|| format!("uid-{name}"));
         let mut st = st.clone();
+        self.sequence += 1;
+        st.sequence = self.sequence;
         st.seal = Some(self.sealer.seal_status(
             RecordId {
                 namespace: ns,
@@ -401,19 +486,42 @@ impl World {
                 target,
                 case,
             },
+            &uid,
             &st,
         ));
+        self.ledger.records.insert(
+            uid,
+            incident::LedgerEntry {
+                sequence: st.sequence,
+                closed: !st.phase.is_open(),
+            },
+        );
+        self.first_status.entry(key).or_insert_with(|| st.clone());
         st
     }
 
     /// One evaluation pass: decide every target, check every effect, perform them.
     fn pass(&mut self, outcomes: &mut impl Iterator<Item = bool>) -> Result<(), TestCaseError> {
+        // As the executor does: forget records that no longer exist.
+        let present: std::collections::HashSet<String> = self
+            .records
+            .values()
+            .filter_map(|r| r.metadata.uid.clone())
+            .collect();
+        self.ledger.records.retain(|uid, _| present.contains(uid));
         for (k, r) in &self.records {
             self.idx
                 .remediations
                 .insert(k.clone(), std::sync::Arc::new(r.clone()));
         }
-        let snap = self.idx.snapshot(NOW);
+        let mut snap = self.idx.snapshot(NOW);
+        // As the operator is told where helm-controller's Deployment cannot be read.
+        snap.helm_controller = Some(fluxmedic::flux::HelmControllerIdentity::Unrestricted {
+            service_account: fluxmedic::flux::ServiceAccountRef::new(
+                "flux-system",
+                "helm-controller",
+            ),
+        });
         let report = diagnose::diagnose(&snap);
         let policies: Vec<Policy> = self
             .idx
@@ -426,13 +534,19 @@ impl World {
                     p.spec.clone(),
                 )
                 .ok()
+                .map(|pol| pol.with_approvals(&p.metadata.annotations.clone().unwrap_or_default()))
             })
             .collect();
-        let threshold = policy::circuit_breaker_threshold(&policies, OPERATOR_NS, 1000);
+        let breakers = policy::Breakers::new(
+            report.diagnoses.iter().map(|d| d.target.namespace.as_str()),
+            &policies,
+            OPERATOR_NS,
+            1000,
+        );
         let records: Vec<Record> = self
             .records
             .values()
-            .filter_map(|r| Record::read(r, &self.sealer))
+            .filter_map(|r| Record::read(r, &self.sealer, &self.ledger))
             .filter(|r| r.trust != Trust::Foreign)
             .collect();
         let mut open: BTreeMap<ObjectKey, Record> = BTreeMap::new();
@@ -450,11 +564,12 @@ impl World {
             report: &report,
             policies: &policies,
             operator_namespace: OPERATOR_NS,
-            failing: report.diagnoses.len(),
-            threshold,
+            breakers: &breakers,
         };
         for (key, d, rec) in work {
-            let effects = decide(&scene, &key, d.as_ref(), rec.as_ref(), "token");
+            let nonce = format!("{:016x}", self.nonces);
+            self.nonces += 1;
+            let effects = decide(&scene, &key, d.as_ref(), rec.as_ref(), "token", &nonce);
             check(&scene, &key, rec.as_ref(), &effects)?;
             for e in &effects {
                 let kind = match e {
@@ -470,6 +585,8 @@ impl World {
             }
             self.perform(&key, rec.as_ref(), effects, &snap, outcomes);
         }
+        // As the executor does at the end of a pass: the ledger persisted.
+        self.ledger.persisted = self.sequence;
         Ok(())
     }
 
@@ -506,26 +623,36 @@ impl World {
                         target: key,
                         case,
                     };
-                    let mut ann = BTreeMap::from([(
-                        SEAL_ANNOTATION.to_string(),
-                        self.sealer.seal_creation(
-                            id,
-                            &incident::creation_payload(&intent_json, &baseline),
+                    self.sequence += 1;
+                    let created = self.sequence;
+                    let mut ann = BTreeMap::from([
+                        (
+                            SEAL_ANNOTATION.to_string(),
+                            self.sealer.seal_creation(
+                                id,
+                                &incident::creation_payload(&intent_json, &baseline, created),
+                            ),
                         ),
-                    )]);
+                        (SEQUENCE_ANNOTATION.to_string(), created.to_string()),
+                    ]);
+                    self.ledger.records.insert(
+                        format!("uid-{name}"),
+                        incident::LedgerEntry {
+                            sequence: created,
+                            closed: false,
+                        },
+                    );
                     if intent.is_some() {
                         ann.insert(INTENT_ANNOTATION.into(), intent_json);
                         ann.insert(BASELINE_ANNOTATION.into(), baseline);
                     }
-                    let status = intent
-                        .is_none()
-                        .then(|| self.seal_status(&key.namespace, &name, key, case, &status));
                     self.records.insert(
                         (key.namespace.clone(), name.clone()),
                         Remediation {
                             metadata: ObjectMeta {
                                 name: Some(name.clone()),
                                 namespace: Some(key.namespace.clone()),
+                                uid: Some(format!("uid-{name}")),
                                 annotations: Some(ann),
                                 ..Default::default()
                             },
@@ -533,11 +660,18 @@ impl World {
                                 target: TargetRef::from_key(key),
                                 target_name: String::new(),
                                 case,
-                                approved: false,
                             },
-                            status,
+                            status: None,
                         },
                     );
+                    if intent.is_none() {
+                        let sealed = self.seal_status(&key.namespace, &name, key, case, &status);
+                        if let Some(r) =
+                            self.records.get_mut(&(key.namespace.clone(), name.clone()))
+                        {
+                            r.status = Some(sealed);
+                        }
+                    }
                     cur = Some((name, case));
                 }
                 Effect::Write(status) | Effect::Close(status) => {
@@ -618,12 +752,17 @@ fn check(
     let obj = scene.snap.objects.get(key);
     let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
     let mut case = rec.map(|r| r.case);
-    let mut approved = rec.is_some_and(|r| r.approved);
+    // What a person approved, by the library's own reading of the record and the policy.
+    let mut approved = rec.and_then(|r| {
+        r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
+            policy.is_some_and(|p| p.approvals.contains(id))
+        })
+    });
     for e in effects {
         match e {
             Effect::Open { case: c, .. } => {
                 case = Some(*c);
-                approved = false;
+                approved = None;
             }
             Effect::Perform { action, .. } => {
                 prop_assert!(
@@ -644,7 +783,8 @@ fn check(
                 let c = case.expect("a case");
                 let mode = p.mode(c);
                 prop_assert!(
-                    mode == Mode::Auto || mode == Mode::RequireApproval && approved,
+                    mode == Mode::Auto
+                        || mode == Mode::RequireApproval && approved.as_ref() == Some(action),
                     "{action} in mode {mode:?} under {}\nrecord {:#?}\neffects {:#?}",
                     p.id(),
                     rec,
@@ -662,7 +802,20 @@ fn check(
                     action
                     && let Some(o) = obj
                 {
-                    prop_assert_eq!(Ok(release.clone()), policy::verified_release(scene.snap, o));
+                    let revision = match action {
+                        Action::UnlockRelease { version, .. } => Some(*version),
+                        Action::Rollback { to_version, .. } => Some(*to_version),
+                        _ => None,
+                    };
+                    prop_assert_eq!(
+                        Ok(release.clone()),
+                        policy::verified_release(scene.snap, o, revision)
+                    );
+                    // Never as fluxmedic: always as the identity helm-controller uses.
+                    prop_assert!(
+                        !release.identity.name.is_empty(),
+                        "{action} without an identity"
+                    );
                     if let Action::UnlockRelease { namespace, .. } = action {
                         prop_assert_eq!(namespace, &release.storage_namespace);
                     }

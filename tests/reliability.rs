@@ -588,6 +588,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
             "--max-writes-per-second",
             &limit.to_string(),
         ])
+        .args(HELM_CONTROLLER_IDENTITY)
         .env("KUBECONFIG", &kc)
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -248,7 +248,7 @@ async fn a_tenant_policy_never_writes_in_another_namespace() {
         env,
         &op_ns,
         &[&tenant, &prod, &op_ns],
-        &[],
+        &["--allow-delete-pending-release"],
         &[],
         env.kubeconfig(),
     );
@@ -258,30 +258,22 @@ async fn a_tenant_policy_never_writes_in_another_namespace() {
     .await;
     let why = hr["status"]["blocked"].as_str().unwrap();
     assert!(
-        why.contains("also claimed by"),
-        "production's own HelmRelease claims it too: {why}"
+        why.contains("storage namespace") && why.contains("is not the HelmRelease's own"),
+        "a suspended, never-reconciled claimant has no evidence that the storage is its: {why}"
     );
     // Without production's HelmRelease (deleted while suspended: helm-controller leaves the
-    // release installed), the storage has one claimant, the tenant's, and is still out of reach.
+    // release installed), the storage has one claimant, the tenant's, and is still out of
+    // reach: nothing but helm-controller's word makes another namespace's storage a release's.
     flux_api(&client, &prod, "HelmRelease")
         .delete("web", &Default::default())
         .await
         .unwrap();
-    let hr = wait_remediation(
-        &client,
-        &tenant,
-        "HelmRelease/web",
-        "out of the policy's namespace",
-        MIN,
-        |r| {
-            r["status"]["blocked"]
-                .as_str()
-                .is_some_and(|b| b.contains("may not change"))
-        },
-    )
-    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hr = remediation_for(&client, &tenant, "HelmRelease/web")
+        .await
+        .unwrap();
     let why = hr["status"]["blocked"].as_str().unwrap();
-    assert!(why.contains(&format!("namespace {prod}")), "{why}");
+    assert!(why.contains("is not the HelmRelease's own"), "{why}");
     let ks = wait_remediation(&client, &tenant, "Kustomization/app", "blocked", MIN, |r| {
         r["status"]["blocked"].is_string()
     })
@@ -1247,7 +1239,12 @@ async fn a_rollback_of_an_impersonating_release_runs_as_its_service_account() {
     let writes: Vec<Value> = ["configmaps", "secrets"]
         .iter()
         .flat_map(|r| audited_writes(env, &ns, r, from, jiff::Timestamp::now()))
-        .filter(|w| w["objectRef"]["name"] != "fluxmedic-seal-key")
+        // fluxmedic's own objects in its namespace (here also the release's): the seal key
+        // and the ledger.
+        .filter(|w| {
+            let name = w["objectRef"]["name"].as_str().unwrap_or_default();
+            name != "fluxmedic-seal-key" && !name.starts_with("fluxmedic-ledger-")
+        })
         .collect();
     assert!(!writes.is_empty(), "helm wrote the release");
     for w in &writes {
@@ -1275,5 +1272,721 @@ async fn a_dying_component_ends_the_process_with_a_failure_code() {
         op.logs().contains("a component of the operator stopped"),
         "{}",
         op.logs()
+    );
+}
+
+// ------------------------------------------------------------------ 9. never more than Flux
+
+/// A helm-controller of its own under Flux's multi-tenancy lockdown
+/// (`--default-service-account=default`), serving the HelmReleases labelled
+/// `fluxmedic.test/lockdown=<shard>` (the test control plane's own helm-controller leaves them
+/// alone), running as the control plane's helm-controller ServiceAccount. Killed on drop.
+fn lockdown_helm_controller(env: &Env, shard: &str) -> Killed {
+    let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().unwrap();
+    let log = std::env::temp_dir().join(format!("helm-controller-{shard}.log"));
+    let child = std::process::Command::new(
+        std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("helm-controller"),
+    )
+    .args([
+        "--enable-leader-election=false",
+        "--log-encoding=console",
+        "--watch-all-namespaces=true",
+        "--default-service-account=default",
+        &format!("--watch-label-selector=fluxmedic.test/lockdown={shard}"),
+        &format!("--metrics-addr=127.0.0.1:{}", base + 160),
+        &format!("--health-addr=127.0.0.1:{}", base + 161),
+    ])
+    .env(
+        "KUBECONFIG",
+        env.var("FLUXMEDIC_HELM_CONTROLLER_KUBECONFIG"),
+    )
+    .stderr(std::fs::File::create(log).unwrap())
+    .spawn()
+    .expect("start helm-controller");
+    Killed(child)
+}
+
+/// Helm storage revision `v` of release `web` in `ns`, decoded.
+async fn stored_release(client: &Client, ns: &str, v: i64) -> (Secret, Value) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = format!("sh.helm.release.v1.web.v{v}");
+    let s = secrets.get(&name).await.unwrap();
+    let data: std::collections::BTreeMap<String, Vec<u8>> = s
+        .data
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let rel = fluxmedic::helm::decode_secret(&name, &data).unwrap();
+    (s, rel.to_value().unwrap())
+}
+
+/// Under Flux's lockdown a tenant's HelmRelease is released as the namespace's default
+/// ServiceAccount. The tenant (who may write Secrets in its own namespace) rewrites its last
+/// good revision to carry an object in production, then breaks the release until its retries
+/// are exhausted. fluxmedic rolls back as that ServiceAccount, exactly as helm-controller would
+/// have released it: the API server refuses the production object, nothing is written there,
+/// the rollback fails and the HelmRelease is not left suspended. (Before: helm ran with
+/// fluxmedic's own rights and created the object.)
+#[tokio::test(flavor = "multi_thread")]
+async fn under_flux_lockdown_a_rollback_runs_as_the_release_identity_helm_controller_uses() {
+    let (env, client, op_ns, tenant, prod) = layout("lockdown").await;
+    // The tenant's default ServiceAccount administers its own namespace, nothing else.
+    apply(&client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "tenant-admin", "namespace": tenant},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": tenant}]})).await;
+    let _hc = lockdown_helm_controller(env, &tenant);
+    // What fluxmedic reads to know it: helm-controller's Deployment in the Flux namespace.
+    helm_controller_deployment(
+        &client,
+        &op_ns,
+        "helm-controller-lockdown",
+        &[
+            "--watch-all-namespaces",
+            "--default-service-account=default",
+            &format!("--watch-label-selector=fluxmedic.test/lockdown={tenant}"),
+        ],
+    )
+    .await;
+    chart_repo(env, &client, &tenant).await;
+    let release = |suffix: &str| {
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+        "metadata": {"name": "web", "namespace": tenant, "labels": {"fluxmedic.test/lockdown": tenant}},
+        "spec": {"interval": "1h", "timeout": "30s", "values": {"suffix": suffix},
+                 "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})
+    };
+    apply(&client, release("one")).await;
+    wait_ready(
+        &client,
+        &tenant,
+        "HelmRelease",
+        "web",
+        Duration::from_secs(90),
+    )
+    .await;
+
+    // The tenant rewrites revision 1, in its own storage, to reach into production.
+    let (mut secret, mut rel) = stored_release(&client, &tenant, 1).await;
+    let manifest = rel["manifest"].as_str().unwrap().to_string();
+    rel["manifest"] = json!(format!(
+        "{manifest}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stolen\n  namespace: {prod}\ndata:\n  by: tenant\n"
+    ));
+    let mut data = secret.data.take().unwrap();
+    data.insert(
+        "release".into(),
+        k8s_openapi::ByteString(fluxmedic::helm::encode_json(&rel)),
+    );
+    secret.data = Some(data);
+    secret.metadata.managed_fields = None;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &tenant);
+    secrets
+        .replace("sh.helm.release.v1.web.v1", &PostParams::default(), &secret)
+        .await
+        .unwrap();
+    // ... then makes the upgrade fail until helm-controller gives up.
+    apply(&client, release("Not_Valid")).await;
+    wait_stalled(&client, &tenant, "web").await;
+    apply(
+        &client,
+        policy(
+            &tenant,
+            "auto",
+            auto(json!([{"case": "failed-release", "mode": "Auto", "actions": ["Rollback"]}])),
+        ),
+    )
+    .await;
+
+    let from = jiff::Timestamp::now();
+    let kc = token_kubeconfig(
+        env,
+        &format!("{tenant}-bench"),
+        env.var("FLUXMEDIC_BENCH_TOKEN"),
+    );
+    let op = Operator::launch(
+        env,
+        &op_ns,
+        &[&tenant, &op_ns],
+        &[
+            "--flux-namespace",
+            &op_ns,
+            "--watch-label-selector",
+            &format!("fluxmedic.test/lockdown={tenant}"),
+        ],
+        &[],
+        kc.to_str().unwrap(),
+    );
+    let rem = wait_remediation(
+        &client,
+        &tenant,
+        "HelmRelease/web",
+        "the rollback ran and failed",
+        Duration::from_secs(120),
+        |r| has_step(r, "rollback", "Failed"),
+    )
+    .await;
+    let step = rem["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "rollback")
+        .unwrap()
+        .clone();
+    assert!(
+        step["message"].as_str().unwrap().contains("forbidden"),
+        "refused by the API server as the tenant's identity: {step}"
+    );
+    // Nothing reached production; the HelmRelease is not left suspended.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &prod);
+    assert!(cms.get_opt("stolen").await.unwrap().is_none());
+    wait_for(
+        "the HelmRelease resumed after the failed rollback",
+        Duration::from_secs(30),
+        || async {
+            let hr = get(&client, &tenant, "HelmRelease", "web").await.unwrap();
+            if hr["spec"]["suspend"] == true {
+                Err("suspended".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    drop(op);
+    // Every write the rollback made went in as the tenant's default ServiceAccount.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sa = format!("system:serviceaccount:{tenant}:default");
+    let now = jiff::Timestamp::now();
+    let helm_writes: Vec<Value> = [
+        (&tenant, "secrets"),
+        (&tenant, "configmaps"),
+        (&prod, "configmaps"),
+    ]
+    .iter()
+    .flat_map(|(ns, r)| audited_writes(env, ns, r, from, now))
+    .collect();
+    assert!(
+        helm_writes
+            .iter()
+            .any(|w| w["objectRef"]["namespace"] == tenant.as_str()
+                && w["objectRef"]["resource"] == "secrets"),
+        "helm wrote the rollback's revision: {helm_writes:?}"
+    );
+    for w in &helm_writes {
+        assert_eq!(w["impersonatedUser"]["username"], sa.as_str(), "{w}");
+    }
+}
+
+/// A release payload (base64 of gzip) holding `prefix`, `len` bytes of `fill`, `suffix`.
+fn gzip_payload(prefix: &str, fill: &[u8], len: usize, suffix: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut enc, prefix.as_bytes()).unwrap();
+    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        std::io::Write::write_all(&mut enc, &chunk[..n]).unwrap();
+        left -= n;
+    }
+    std::io::Write::write_all(&mut enc, suffix.as_bytes()).unwrap();
+    base64::engine::general_purpose::STANDARD
+        .encode(enc.finish().unwrap())
+        .into_bytes()
+}
+
+/// A tenant's own pending release Secret as a compression bomb: ~64 KiB that inflates to
+/// 64 MiB, and beside it one within the bound whose JSON holds millions of tiny values. The
+/// bomb is refused at the inflation bound, reported in the record and never tried again; the
+/// dense one is unlocked, read as text; the operator's memory stays bounded (peak reported).
+/// (Before: the bomb parsed into gigabytes of JSON values and the operator was OOM-killed,
+/// then planned the same unlock on every restart.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compression_bomb_in_a_release_secret_is_refused_reported_and_never_retried() {
+    let (env, client, op_ns, bombed, dense) = layout("bomb").await;
+    for ns in [&bombed, &dense] {
+        chart_repo(env, &client, ns).await;
+        helm_release(&client, ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
+    }
+    for ns in [&bombed, &dense] {
+        wait_ready(&client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
+        merge_patch(
+            &client,
+            ns,
+            "HelmRelease",
+            "web",
+            json!({"spec": {"suspend": true}}),
+        )
+        .await;
+    }
+    let head = "{\"name\":\"web\",\"version\":2,\"namespace\":\"NS\",\"info\":{\"status\":\"pending-upgrade\"},\"manifest\":";
+    let bomb = gzip_payload(
+        &format!("{}\"", head.replace("NS", &bombed)),
+        b"0",
+        64 << 20,
+        "\"}",
+    );
+    assert!(bomb.len() < 128 * 1024, "{} bytes", bomb.len());
+    forge_pending_payload(&client, &bombed, "web", 2, 3600, bomb).await;
+    let many = gzip_payload(
+        &format!("{}[", head.replace("NS", &dense)),
+        b"0,",
+        12 << 20,
+        "0]}",
+    );
+    forge_pending_payload(&client, &dense, "web", 2, 3600, many).await;
+    for ns in [&bombed, &dense] {
+        apply(
+            &client,
+            policy(
+                ns,
+                "auto",
+                auto(json!([{"case": "stale-lock", "mode": "Auto"}])),
+            ),
+        )
+        .await;
+    }
+    let op = Operator::launch(
+        env,
+        &op_ns,
+        &[&bombed, &dense, &op_ns],
+        &[],
+        &[],
+        env.kubeconfig(),
+    );
+    let rem = wait_remediation(
+        &client,
+        &bombed,
+        "HelmRelease/web",
+        "refused and not retried",
+        Duration::from_secs(90),
+        |r| {
+            has_step(r, "unlock", "Failed")
+                && r["status"]["blocked"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("does not repeat it"))
+        },
+    )
+    .await;
+    let step = rem["status"]["steps"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert!(
+        step["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than 16 MiB"),
+        "{step}"
+    );
+    assert_eq!(step["category"], "CorruptRelease");
+    assert_eq!(
+        rem["status"]["phase"], "Escalated",
+        "a person is needed at once"
+    );
+    wait_remediation(&client, &dense, "HelmRelease/web", "unlocked", MIN, |r| {
+        has_step(r, "unlock", "Succeeded")
+    })
+    .await;
+    assert_eq!(
+        release_status(&client, &dense, "sh.helm.release.v1.web.v2")
+            .await
+            .as_deref(),
+        Some("failed")
+    );
+    // Well past the cooldown: still one attempt, the Secret untouched, the operator alive.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let rem = remediation_for(&client, &bombed, "HelmRelease/web")
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(&rem).iter().filter(|(a, _)| a == "unlock").count(),
+        1,
+        "{}",
+        rem["status"]
+    );
+    assert_eq!(
+        release_status(&client, &bombed, "sh.helm.release.v1.web.v2")
+            .await
+            .as_deref(),
+        Some("pending-upgrade")
+    );
+    let mut op = op;
+    assert!(op.alive(), "{}", op.logs());
+    let peak = op.peak_rss_kib().unwrap_or_default();
+    eprintln!(
+        "fluxmedic peak RSS with a 64 MiB compression bomb and a 12 MiB dense release: {} MiB",
+        peak / 1024
+    );
+}
+
+/// An approval approves one action, written where the deciding policy's authors write: for a
+/// policy in the operator's namespace, on that policy. A tenant (who may annotate
+/// Remediations in its own namespace) approving its own record counts for nothing, even with
+/// the right id; an approval of the id on the policy does.
+#[tokio::test(flavor = "multi_thread")]
+async fn for_a_policy_of_the_operators_namespace_only_an_approval_there_counts() {
+    let (env, client, op_ns, tenant, _prod) = layout("approve").await;
+    let repo = ready_app(env, &client, &tenant).await;
+    let mut spec = auto(json!([{"case": "invalid-manifests", "mode": "RequireApproval"}]));
+    spec["targets"] = json!({"namespaces": [tenant]});
+    apply(&client, policy(&op_ns, "platform", spec)).await;
+    let _op = Operator::launch(env, &op_ns, &[&tenant, &op_ns], &[], &[], env.kubeconfig());
+    break_app(&client, &tenant, &repo, "broken").await;
+    let rem = wait_remediation(
+        &client,
+        &tenant,
+        "Kustomization/app",
+        "awaiting approval",
+        MIN,
+        |r| phase(r) == "AwaitingApproval",
+    )
+    .await;
+    let id = rem["status"]["approval"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let how = rem["status"]["approval"]["how"].as_str().unwrap();
+    assert!(
+        how.contains(&format!("RemediationPolicy {op_ns}/platform"))
+            && how.contains(&format!("approve.fluxmedic.io/{id}=true")),
+        "{how}"
+    );
+    // The tenant approves its own record, with the right id: nothing happens.
+    let name = rem["metadata"]["name"].as_str().unwrap();
+    let rems: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &tenant);
+    rems.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": id}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rem = remediation_for(&client, &tenant, "Kustomization/app")
+        .await
+        .unwrap();
+    assert!(steps(&rem).is_empty(), "{}", rem["status"]);
+    assert_eq!(phase(&rem), "AwaitingApproval");
+    // The platform team approves it on the policy: acted on.
+    merge_patch_policy(
+        &client,
+        &op_ns,
+        "platform",
+        json!({"metadata": {"annotations": {
+        format!("approve.fluxmedic.io/{id}"): "true"}}}),
+    )
+    .await;
+    wait_remediation(
+        &client,
+        &tenant,
+        "Kustomization/app",
+        "approved on the policy",
+        MIN,
+        |r| has_step(r, "reconcile-source", "Succeeded"),
+    )
+    .await;
+}
+
+async fn merge_patch_policy(client: &Client, ns: &str, name: &str, patch: Value) {
+    let api: Api<fluxmedic::api::RemediationPolicy> = Api::namespaced(client.clone(), ns);
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+}
+
+/// `n` Kustomizations `app<i>` in `ns` building from one repository, Ready, then all broken.
+async fn broken_apps(env: &Env, client: &Client, ns: &str, n: usize) {
+    let repo = Repo::new(env, ns, false);
+    let mut files = vec![];
+    for i in 0..n {
+        files.push((
+            format!("app{i}/kustomization.yaml"),
+            "resources:\n- cm.yaml\n".to_string(),
+        ));
+        files.push((format!("app{i}/cm.yaml"), cm(&format!("cm{i}"), "v1")));
+    }
+    let commit = |files: &[(String, String)], msg: &str| {
+        repo.commit(
+            &files
+                .iter()
+                .map(|(a, b)| (a.as_str(), Some(b.as_str())))
+                .collect::<Vec<_>>(),
+            msg,
+        )
+    };
+    commit(&files, "initial");
+    git_repository(client, ns, "repo", &repo.url, None).await;
+    for i in 0..n {
+        kustomization(client, ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
+    }
+    for i in 0..n {
+        wait_ready(client, ns, "Kustomization", &format!("app{i}"), MIN).await;
+    }
+    let broken: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("app{i}/cm.yaml"), BROKEN_YAML.to_string()))
+        .collect();
+    commit(&broken, "break");
+    request_reconcile(client, ns, "GitRepository", "repo").await;
+    for i in 0..n {
+        wait_failing(
+            client,
+            ns,
+            "Kustomization",
+            &format!("app{i}"),
+            "BuildFailed",
+            MIN,
+        )
+        .await;
+    }
+}
+
+/// One tenant's storm of failures opens the circuit breaker of its own namespace only: the
+/// other namespace's one failure is acted on as usual, and the alert names the namespace.
+/// (Before: failures were counted cluster-wide, and one tenant stopped every namespace.)
+#[tokio::test(flavor = "multi_thread")]
+async fn one_namespaces_storm_holds_back_only_that_namespace() {
+    let (env, client, op_ns, stormy, calm) = layout("storm").await;
+    broken_apps(env, &client, &stormy, 3).await;
+    broken_apps(env, &client, &calm, 1).await;
+    let mut spec = auto(json!([{"case": "invalid-manifests", "mode": "Auto"}]));
+    spec["targets"] = json!({"namespaces": [stormy, calm]});
+    apply(&client, policy(&op_ns, "platform", spec)).await;
+    let op = Operator::launch(
+        env,
+        &op_ns,
+        &[&stormy, &calm, &op_ns],
+        &["--circuit-breaker", "2"],
+        &[],
+        env.kubeconfig(),
+    );
+    wait_remediation(&client, &calm, "Kustomization/app0", "acted on", MIN, |r| {
+        has_step(r, "reconcile-source", "Succeeded")
+    })
+    .await;
+    for i in 0..3 {
+        let rem = wait_remediation(
+            &client,
+            &stormy,
+            &format!("Kustomization/app{i}"),
+            "held back by its namespace's breaker",
+            MIN,
+            |r| {
+                r["status"]["blocked"]
+                    .as_str()
+                    .is_some_and(|b| b.contains("circuit breaker open"))
+            },
+        )
+        .await;
+        assert!(steps(&rem).is_empty(), "{}", rem["status"]);
+    }
+    let open = |ns: &str| format!("fluxmedic_circuit_breaker_open{{namespace=\"{ns}\"}}");
+    assert_eq!(op.metric(&open(&stormy)).await, 1.0);
+    assert_eq!(op.metric(&open(&calm)).await, 0.0);
+}
+
+/// The suspend of a rollback is conditional on the view it was decided on: the HelmRelease
+/// changed since (a fix pushed) and the API server refuses it; it stays as the person left it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_suspend_is_refused_on_a_view_that_changed() {
+    let (env, client, ns) = setup("staleview").await;
+    chart_repo(env, &client, &ns).await;
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    let seen = flux_api(&client, &ns, "HelmRelease")
+        .get("web")
+        .await
+        .unwrap();
+    let (uid, rv) = (
+        seen.metadata.uid.clone().unwrap(),
+        seen.metadata.resource_version.clone().unwrap(),
+    );
+    // The fix lands after fluxmedic looked.
+    helm_release(
+        &client,
+        &ns,
+        "web",
+        "0.1.0",
+        json!({"suffix": "two"}),
+        "30s",
+    )
+    .await;
+    let served = fluxmedic::controller::discovery::discover(&client).await;
+    let actuator = fluxmedic::remedy::Actuator {
+        client: client.clone(),
+        config: None,
+        helm_bin: env.helm().into(),
+        limiter: None,
+        apis: std::sync::Arc::new(served.resources),
+    };
+    let key = fluxmedic::flux::ObjectKey::new(fluxmedic::flux::FluxKind::HelmRelease, &ns, "web");
+    let err = actuator
+        .suspend(&key, &uid, &rv, "hr-web-1", "1.x")
+        .await
+        .unwrap_err();
+    assert_eq!(err.category(), "Conflict", "{err}");
+    let hr = get(&client, &ns, "HelmRelease", "web").await.unwrap();
+    assert_ne!(hr["spec"]["suspend"], true);
+    assert!(hr["metadata"]["annotations"]["fluxmedic.io/suspended-by"].is_null());
+    // On the current view it is suspended (helm-controller may write the object meanwhile:
+    // each such write makes another view current, so take the latest one and try again).
+    wait_for("suspended on a current view", MIN, || async {
+        let now = flux_api(&client, &ns, "HelmRelease")
+            .get("web")
+            .await
+            .unwrap();
+        actuator
+            .suspend(
+                &key,
+                &uid,
+                now.metadata.resource_version.as_deref().unwrap(),
+                "hr-web-1",
+                "1.x",
+            )
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(
+        get(&client, &ns, "HelmRelease", "web").await.unwrap()["spec"]["suspend"],
+        true
+    );
+}
+
+/// A record is fluxmedic's only as fluxmedic last wrote it, across restarts: a closed
+/// record's earlier (open) status written back never reopens it — the next failure is a new
+/// incident — and a record deleted and re-created from a saved copy is nobody's. The operator
+/// is restarted in between, so what it knows comes from its ledger in its own namespace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_written_back_or_recreated_is_never_replayed() {
+    let (env, client, op_ns, ns, _prod) = layout("replay").await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "observe",
+            json!({"rules": [{"case": "git-unreachable", "mode": "Observe"}]}),
+        ),
+    )
+    .await;
+    apply(&client, json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "repo", "namespace": ns},
+        "spec": {"url": "http://git.example/x.git", "interval": "1h", "suspend": true, "ref": {"branch": "main"}}})).await;
+    let unreachable = "failed to checkout and determine revision: unable to clone 'http://git.example/x.git': dial tcp 10.0.0.1:80: connect: connection refused";
+    git_failing(&client, &ns, unreachable).await;
+    let launch = || Operator::launch(env, &op_ns, &[&ns, &op_ns], &[], &[], env.kubeconfig());
+    let mut op = launch();
+    let open = wait_remediation(&client, &ns, "GitRepository/repo", "recorded", MIN, |r| {
+        r["status"]["diagnosis"].is_object()
+    })
+    .await;
+    let name = open["metadata"]["name"].as_str().unwrap().to_string();
+    // Recovered: closed.
+    flux_api(&client, &ns, "GitRepository")
+        .patch_status("repo", &PatchParams::default(), &Patch::Merge(json!({"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "Succeeded", "lastTransitionTime": "2026-11-30T09:00:00Z", "message": "ok"}]}})))
+        .await
+        .unwrap();
+    let closed = wait_remediation(&client, &ns, "GitRepository/repo", "closed", MIN, |r| {
+        phase(r) == "Resolved"
+    })
+    .await;
+    op.kill();
+    let rems: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
+    // The earlier, open status written back (a valid seal of fluxmedic's, just not its latest).
+    let write_back: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "replace", "path": "/status", "value": open["status"]}]),
+    )
+    .unwrap();
+    rems.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::<()>::Json(write_back),
+    )
+    .await
+    .unwrap();
+    let _op = launch();
+    git_failing(&client, &ns, unreachable).await;
+    // A new incident, in a new record; the written-back one is not reopened nor acted from.
+    let fresh = wait_for("a new record for the new failure", MIN, || async {
+        remediations(&client, &ns)
+            .await
+            .into_iter()
+            .find(|r| {
+                r["metadata"]["name"] != name.as_str() && r["status"]["diagnosis"].is_object()
+            })
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    assert_ne!(fresh["metadata"]["name"], name.as_str());
+    let replayed = rems.get(&name).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&replayed.status).unwrap()["phase"],
+        open["status"]["phase"],
+        "left as written back: fluxmedic does not take it for its own"
+    );
+
+    // The closed record deleted and re-created from its saved copy: nobody's.
+    rems.delete(&name, &Default::default()).await.unwrap();
+    wait_for("deleted", MIN, || async {
+        match rems.get_opt(&name).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut copy = closed.clone();
+    for k in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ] {
+        copy["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    let status = copy.as_object_mut().unwrap().remove("status").unwrap();
+    let copy: fluxmedic::api::Remediation = serde_json::from_value(copy).unwrap();
+    rems.create(&PostParams::default(), &copy).await.unwrap();
+    rems.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await
+    .unwrap();
+    let before = rems.get(&name).await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = rems.get(&name).await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before,
+        "untouched: not fluxmedic's"
+    );
+    assert!(after.status.unwrap().frozen.is_none());
+    // The ledger it kept is in its own namespace.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &op_ns);
+    assert!(
+        cms.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|c| c
+                .metadata
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("fluxmedic-ledger-")),
+        "the ledger is persisted"
     );
 }

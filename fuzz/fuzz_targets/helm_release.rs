@@ -9,9 +9,14 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(mut rel) = helm::decode_payload("s", data) {
-        let _ = rel.mark_unlocked();
-        let back = helm::decode_payload("s", &rel.encode()).expect("re-encoded release decodes");
-        assert_eq!(back.json, rel.json);
+        if rel.mark_unlocked().is_ok()
+            && let Ok(encoded) = rel.encode()
+        {
+            let back = helm::decode_payload("s", &encoded).expect("re-encoded release decodes");
+            assert_eq!(back.status(), Some("failed"));
+            assert_eq!(back.name(), rel.name());
+            assert_eq!(back.version(), rel.version());
+        }
     }
     let secret = BTreeMap::from([("release".to_string(), data.to_vec())]);
     let _ = helm::decode_secret("sh.helm.release.v1.web.v3", &secret);

@@ -17,10 +17,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let sealer = Sealer::from_key(b"the fuzzer's key, thirty-two b..");
-    let Some(rec) = Record::read(&rem, &sealer) else {
+    // A ledger that knows one record, sequence 5: whatever the input says of itself.
+    let ledger = incident::Ledger {
+        records: [(
+            "uid-1".to_string(),
+            incident::LedgerEntry {
+                sequence: 5,
+                closed: false,
+            },
+        )]
+        .into(),
+        persisted: 5,
+    };
+    let Some(rec) = Record::read(&rem, &sealer, &ledger) else {
         return;
     };
-    let _ = rec.view(1_800_000_000);
+    let _ = rec.view(1_800_000_000, None);
     let d = Diagnosis {
         target: rec.target.clone(),
         case: rec.case,
@@ -55,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
             policy: None,
             now: 1_800_000_000,
             token: "t",
+            nonce: "n",
         });
         if rec.trust == Trust::Foreign {
             assert!(effects.is_empty(), "an unsealed record must not cause anything");

@@ -82,6 +82,9 @@ omitStages: [RequestReceived]
 rules:
 - level: Metadata
   users: ["fluxmedic-bench"]
+# helm-controller's own requests (it runs as a ServiceAccount): not what the tests measure.
+- level: None
+  users: ["system:serviceaccount:flux-system:helm-controller"]
 # ServiceAccounts (only the chart tests' operators use one): the least-privilege proof.
 - level: Metadata
   userGroups: ["system:serviceaccounts"]
@@ -178,6 +181,27 @@ for c in "$crds"/*/; do
 done
 kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd --all >/dev/null
+# helm-controller runs as its own ServiceAccount, bound to cluster-admin as Flux's install
+# binds it (cluster-reconciler): the identity fluxmedic's Helm actions borrow for a HelmRelease
+# without spec.serviceAccountName, outside Flux's lockdown.
+kubectl create serviceaccount helm-controller -n flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create clusterrolebinding cluster-reconciler-helm-controller --clusterrole=cluster-admin \
+  --serviceaccount=flux-system:helm-controller --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+hc_token=$(kubectl create token helm-controller -n flux-system --duration=48h)
+cat > "$dir/helm-controller.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testenv
+  cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
+users:
+- name: helm-controller
+  user: {token: "$hc_token"}
+contexts:
+- name: testenv
+  context: {cluster: testenv, user: helm-controller}
+current-context: testenv
+EOF
 
 common=(--enable-leader-election=false --log-encoding=console --watch-all-namespaces=true)
 # With a notification-controller, Flux's controllers post their events to it, as in a cluster.
@@ -188,7 +212,10 @@ start source-controller env KUBECONFIG="$KUBECONFIG" "$bin/source-controller" "$
   --metrics-addr="127.0.0.1:$P_SC_M" --health-addr="127.0.0.1:$P_SC_H"
 start kustomize-controller env KUBECONFIG="$KUBECONFIG" "$bin/kustomize-controller" "${common[@]}" "${flux_events[@]}" \
   --metrics-addr="127.0.0.1:$P_KC_M" --health-addr="127.0.0.1:$P_KC_H"
-start helm-controller env KUBECONFIG="$KUBECONFIG" "$bin/helm-controller" "${common[@]}" "${flux_events[@]}" \
+# HelmReleases labelled fluxmedic.test/lockdown belong to a helm-controller a test starts under
+# Flux's lockdown (--default-service-account), as a shard of its own.
+start helm-controller env KUBECONFIG="$dir/helm-controller.kubeconfig" "$bin/helm-controller" "${common[@]}" "${flux_events[@]}" \
+  --watch-label-selector='!fluxmedic.test/lockdown' \
   --metrics-addr="127.0.0.1:$P_HC_M" --health-addr="127.0.0.1:$P_HC_H"
 if [ -x "$bin/notification-controller" ]; then
   start notification-controller env KUBECONFIG="$KUBECONFIG" "$bin/notification-controller" "${common[@]}" \
@@ -227,6 +254,7 @@ export FLUXMEDIC_PORT_BASE=$base
 export FLUXMEDIC_BENCH_TOKEN=$bench_token
 export FLUXMEDIC_AUDIT_LOG=$dir/logs/audit.log
 export FLUXMEDIC_FLUX=$flux
+export FLUXMEDIC_HELM_CONTROLLER_KUBECONFIG=$dir/helm-controller.kubeconfig
 export FLUXMEDIC_EVENTS_URL=$events_url
 export FLUXMEDIC_NODE_CTR_ADDRESS=$([ "$node" = 1 ] && echo "$dir/n/containerd.sock")
 export PATH=$bin:\$PATH

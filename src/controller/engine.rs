@@ -25,7 +25,7 @@ use crate::{
     api::{
         BASELINE_ANNOTATION, FIELD_MANAGER, INTENT_ANNOTATION, OPEN_LABEL, Remediation,
         RemediationPolicy, RemediationPolicyStatus, RemediationSpec, RemediationStatus,
-        SEAL_ANNOTATION, Step, TARGET_LABEL, TargetRef,
+        SEAL_ANNOTATION, SEQUENCE_ANNOTATION, Step, TARGET_LABEL, TargetRef,
     },
     diagnose::{self, Case, Diagnosis, Report, Snapshot},
     error::{Error, Result},
@@ -48,6 +48,17 @@ fn crash_point(point: &str) {
         eprintln!("FLUXMEDIC_CRASH_AT={point}: aborting");
         std::process::abort();
     }
+}
+
+/// A random id for an approval request (64 bits, hex): nobody can write an approval for a
+/// request before it exists.
+fn fresh_nonce() -> String {
+    let mut b = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
+        // No randomness: an id nobody can match rather than a guessable one.
+        return String::new();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn now_s() -> i64 {
@@ -95,10 +106,12 @@ pub async fn pass(ctx: &Arc<Context>) {
     let mut snap = enrich_secrets(ctx, snap).await;
     snap.request_bound = Some(ctx.opts.controller_timeout);
     snap.shard_selector = ctx.opts.watch_label_selector.clone();
+    snap.helm_controller = ctx.opts.helm_controller.clone();
+    snap.allow_delete_pending_release = ctx.opts.allow_delete_pending_release;
     if ctx.opts.source_probes {
         snap.probes = probe_sources(ctx, &snap);
     }
-    let policies = validate_policies(ctx, &raw_policies, &snap).await;
+    let (policies, policy_updates) = check_policies(ctx, &raw_policies, &snap);
     let report = diagnose::diagnose(&snap);
     for c in [
         "source-controller",
@@ -122,25 +135,49 @@ pub async fn pass(ctx: &Arc<Context>) {
         }
         gauge.set(down.is_some() as i64);
     }
-    let threshold =
-        policy::circuit_breaker_threshold(&policies, &ctx.opts.namespace, ctx.opts.circuit_breaker);
     // Objects outside the watched namespaces still count as roots, not as failures of ours.
-    let failing = report
-        .diagnoses
-        .iter()
-        .filter(|d| ctx.in_scope(&d.target.namespace))
-        .count();
+    let breakers = policy::Breakers::new(
+        report
+            .diagnoses
+            .iter()
+            .map(|d| d.target.namespace.as_str())
+            .filter(|ns| ctx.in_scope(ns)),
+        &policies,
+        &ctx.opts.namespace,
+        ctx.opts.circuit_breaker,
+    );
+    let failing: usize = breakers.failing.values().sum();
     ctx.metrics.failing_targets.set(failing as i64);
-    ctx.metrics
-        .circuit_breaker_open
-        .set((failing > threshold as usize) as i64);
+    ctx.metrics.circuit_breaker_open.clear();
+    for ns in breakers.open() {
+        ctx.metrics
+            .circuit_breaker_open
+            .get_or_create(&crate::telemetry::NamespaceLabels {
+                namespace: ns.to_string(),
+            })
+            .set(1);
+    }
 
     // Records, read through their seals. Foreign ones are ignored entirely.
-    let records: HashMap<(String, String), Record> = remediations
-        .iter()
-        .filter_map(|(k, r)| Record::read(r, &ctx.sealer).map(|rec| (k.clone(), rec)))
-        .filter(|(_, r)| r.trust != Trust::Foreign)
-        .collect();
+    let records: HashMap<(String, String), Record> = {
+        let mut store = ctx.ledger.write().await;
+        let present: HashSet<&str> = remediations
+            .values()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        store.keep_only(&present);
+        let read: HashMap<(String, String), Record> = remediations
+            .iter()
+            .filter_map(|(k, r)| {
+                Record::read(r, &ctx.sealer, &store.ledger).map(|rec| (k.clone(), rec))
+            })
+            .filter(|(_, r)| r.trust != Trust::Foreign)
+            .collect();
+        for r in read.values().filter(|r| r.trust == Trust::Ours) {
+            store.seen(r.sequence);
+        }
+        read
+    };
     let mut open: HashMap<ObjectKey, Record> = HashMap::new();
     for r in records.values().filter(|r| r.is_open()) {
         // Two open records for one target cannot come from fluxmedic; keep the newest.
@@ -196,17 +233,23 @@ pub async fn pass(ctx: &Arc<Context>) {
     let report = Arc::new(report);
     let snap = Arc::new(snap);
     let policies = Arc::new(policies);
+    let breakers = Arc::new(breakers);
     let ctx2 = ctx.clone();
-    futures::stream::iter(work)
+    futures::stream::iter(fair(work))
         .for_each_concurrent(ctx.opts.concurrency, |w| {
-            let (ctx, report, snap, policies) =
-                (ctx2.clone(), report.clone(), snap.clone(), policies.clone());
+            let (ctx, report, snap, policies, breakers) = (
+                ctx2.clone(),
+                report.clone(),
+                snap.clone(),
+                policies.clone(),
+                breakers.clone(),
+            );
             async move {
                 let key = w.key.clone();
                 if !ctx.backoff_ready(&key, now) {
                     return;
                 }
-                let res = handle(&ctx, &snap, &report, &policies, w, (failing, threshold)).await;
+                let res = handle(&ctx, &snap, &report, &policies, w, &breakers).await;
                 settle_backoff(&ctx, &key, now, res);
             }
         })
@@ -219,6 +262,17 @@ pub async fn pass(ctx: &Arc<Context>) {
         settle_backoff(ctx, &o.key, now, res);
     }
     gc_history(ctx, &records).await;
+    write_policy_statuses(ctx, policy_updates).await;
+    ctx.ledger
+        .write()
+        .await
+        .flush(
+            &ctx.client,
+            &ctx.opts.namespace,
+            &ctx.opts.ledger_prefix(),
+            &ctx.limiter,
+        )
+        .await;
     debug!(
         failing,
         items,
@@ -229,6 +283,28 @@ pub async fn pass(ctx: &Arc<Context>) {
     ctx.metrics
         .pass_duration
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// The pass's work in turns: each namespace's first target, then each one's second, and so
+/// on, so that one namespace with many failures does not hold the others back.
+fn fair(work: Vec<Work>) -> Vec<Work> {
+    let mut by_ns: BTreeMap<String, std::collections::VecDeque<Work>> = BTreeMap::new();
+    for w in work {
+        by_ns
+            .entry(w.key.namespace.clone())
+            .or_default()
+            .push_back(w);
+    }
+    let mut out = Vec::new();
+    while !by_ns.is_empty() {
+        by_ns.retain(|_, q| {
+            if let Some(w) = q.pop_front() {
+                out.push(w);
+            }
+            !q.is_empty()
+        });
+    }
+    out
 }
 
 fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
@@ -250,22 +326,23 @@ async fn handle(
     report: &Report,
     policies: &[Policy],
     w: Work,
-    (failing, threshold): (usize, u32),
+    breakers: &policy::Breakers,
 ) -> Result<()> {
     let token = fresh_token();
+    let nonce = fresh_nonce();
     let effects = decide(
         &Scene {
             snap,
             report,
             policies,
             operator_namespace: &ctx.opts.namespace,
-            failing,
-            threshold,
+            breakers,
         },
         &w.key,
         w.diagnosis.as_ref(),
         w.record.as_ref(),
         &token,
+        &nonce,
     );
     if effects.is_empty() {
         return Ok(());
@@ -274,6 +351,7 @@ async fn handle(
     let cur = w.record.as_ref().map(|r| Cur {
         name: r.name.clone(),
         case: r.case,
+        uid: r.uid.clone(),
     });
     let since = obj
         .as_deref()
@@ -290,8 +368,8 @@ pub struct Scene<'a> {
     pub report: &'a Report,
     pub policies: &'a [Policy],
     pub operator_namespace: &'a str,
-    pub failing: usize,
-    pub threshold: u32,
+    /// The circuit breaker of each namespace.
+    pub breakers: &'a policy::Breakers,
 }
 
 /// The whole decision for one target, pure: its governing policy, today's plan, and what its
@@ -303,6 +381,7 @@ pub fn decide(
     diagnosis: Option<&Diagnosis>,
     record: Option<&Record>,
     token: &str,
+    nonce: &str,
 ) -> Vec<Effect> {
     let snap = scene.snap;
     let now = snap.now;
@@ -320,12 +399,17 @@ pub fn decide(
     });
     let view = record
         .filter(|_| !superseded)
-        .map(|r| r.view(now))
+        .map(|r| {
+            let approved = r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
+                policy.is_some_and(|p| p.approvals.contains(id))
+            });
+            r.view(now, approved)
+        })
         .unwrap_or_else(|| incident::new_incident_view(now));
     let pctx = PlanContext {
         snapshot: snap,
-        failing_targets: scene.failing,
-        circuit_breaker: scene.threshold,
+        failing_targets: scene.breakers.failing(&key.namespace),
+        circuit_breaker: scene.breakers.threshold(&key.namespace),
         shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
         operator_namespace: scene.operator_namespace,
         controllers_down: &scene.report.controllers_down,
@@ -367,6 +451,7 @@ pub fn decide(
         policy: policy.map(Policy::id),
         now,
         token,
+        nonce,
     })
 }
 
@@ -375,6 +460,8 @@ pub fn decide(
 struct Cur {
     name: String,
     case: Case,
+    /// The record object's uid: every status seal is bound to it.
+    uid: String,
 }
 
 fn need(cur: &Option<Cur>) -> Result<&Cur> {
@@ -399,9 +486,10 @@ async fn execute(
                 status,
                 intent,
             } => {
-                let name = create_record(ctx, key, case, since, intent.as_ref(), &status).await?;
+                let (name, uid) =
+                    create_record(ctx, key, case, since, intent.as_ref(), &status).await?;
                 info!(target = %key, case = %case, remediation = %name, "incident detected");
-                cur = Some(Cur { name, case });
+                cur = Some(Cur { name, case, uid });
                 if intent.is_none() {
                     write_status(ctx, key, need(&cur)?, &status).await?;
                 }
@@ -465,7 +553,7 @@ async fn execute(
                     note,
                 );
             }
-            Effect::Count(c) => count(ctx, c),
+            Effect::Count(c) => count(ctx, &key.namespace, c),
         }
     }
     Ok(())
@@ -527,7 +615,7 @@ async fn record_outcome(
                     return Err(write);
                 }
             }
-            Effect::Count(c) => count(ctx, c),
+            Effect::Count(c) => count(ctx, &key.namespace, c),
             Effect::Event {
                 regarding,
                 warning,
@@ -643,17 +731,12 @@ async fn perform(
             } else {
                 let next_gen = obj.generation.unwrap_or(0).saturating_add(1);
                 let hold = ctx.sealer.seal_hold(key, &uid, &cur.name, next_gen);
-                a.suspend(key, &uid, &cur.name, &hold).await?
+                let rv = obj.resource_version.as_deref().unwrap_or_default();
+                a.suspend(key, &uid, rv, &cur.name, &hold).await?
             };
             crash_point("rollback:after-suspend");
             match a
-                .helm_rollback(
-                    release,
-                    &key.namespace,
-                    *to_version,
-                    h.timeout,
-                    ctx.stop.subscribe(),
-                )
+                .helm_rollback(release, *to_version, h.timeout, ctx.stop.subscribe())
                 .await
             {
                 Ok(msg) => Ok(Done {
@@ -735,7 +818,8 @@ async fn resume_orphan(ctx: &Arc<Context>, o: &FluxObject) -> Result<()> {
     Ok(())
 }
 
-fn count(ctx: &Context, c: Count) {
+/// Count `c`, for a target in namespace `ns`.
+fn count(ctx: &Context, ns: &str, c: Count) {
     let m = &ctx.metrics;
     match c {
         Count::Incident(case) => {
@@ -748,8 +832,9 @@ fn count(ctx: &Context, c: Count) {
         Count::Detected(s) => m.time_to_detect.observe(s as f64),
         Count::Escalation(case) => {
             m.escalations
-                .get_or_create(&CaseLabels {
+                .get_or_create(&crate::telemetry::CaseNamespaceLabels {
                     case: case.to_string(),
+                    namespace: ns.to_string(),
                 })
                 .inc();
         }
@@ -768,7 +853,11 @@ fn count(ctx: &Context, c: Count) {
             .observe(seconds as f64),
         Count::Action { name, ok } => m.action(name, if ok { "succeeded" } else { "failed" }),
         Count::RecordEdited => {
-            m.records_edited.inc();
+            m.records_edited
+                .get_or_create(&crate::telemetry::NamespaceLabels {
+                    namespace: ns.to_string(),
+                })
+                .inc();
         }
     }
 }
@@ -799,24 +888,26 @@ fn overridden(ctx: &Context, policies: &[Policy], snap: &Snapshot) -> HashMap<St
     out
 }
 
-/// Validate every policy; write its `Valid` condition, and the targets another policy wins
-/// for, into its status when they change.
-async fn validate_policies(
-    ctx: &Arc<Context>,
+/// A policy status to write: (namespace, name, status).
+type PolicyUpdate = (String, String, RemediationPolicyStatus);
+
+/// Validate every policy: the usable ones, and the statuses (its `Valid` condition and the
+/// targets another policy wins for) that changed, to be written after the pass's actions.
+fn check_policies(
+    ctx: &Context,
     raw: &[Arc<RemediationPolicy>],
     snap: &Snapshot,
-) -> Vec<Policy> {
+) -> (Vec<Policy>, Vec<PolicyUpdate>) {
     let checked: Vec<_> = raw
         .iter()
         .map(|p| {
-            (
-                p,
-                Policy::new(
-                    &p.namespace().unwrap_or_default(),
-                    &p.name_any(),
-                    p.spec.clone(),
-                ),
+            let policy = Policy::new(
+                &p.namespace().unwrap_or_default(),
+                &p.name_any(),
+                p.spec.clone(),
             )
+            .map(|pol| pol.with_approvals(p.annotations()));
+            (p, policy)
         })
         .collect();
     let usable: Vec<Policy> = checked
@@ -824,31 +915,20 @@ async fn validate_policies(
         .filter_map(|(_, r)| r.as_ref().ok().cloned())
         .collect();
     let overrides = overridden(ctx, &usable, snap);
+    let mut updates = vec![];
     for (p, checked) in checked {
         let ns = p.namespace().unwrap_or_default();
         let name = p.name_any();
         let (valid, reason, message) = match checked {
-            Ok(pol) => {
-                let cross = !pol.spec.targets.namespaces.is_empty() && ns != ctx.opts.namespace;
-                let breaker = pol.spec.circuit_breaker.is_some() && ns != ctx.opts.namespace;
-                if cross || breaker {
-                    (
-                        "True",
-                        "PartiallyIgnored",
-                        format!(
-                            "valid; {} honoured only in the operator's namespace {}",
-                            if cross {
-                                "spec.targets.namespaces is"
-                            } else {
-                                "spec.circuitBreaker is"
-                            },
-                            ctx.opts.namespace
-                        ),
-                    )
-                } else {
-                    ("True", "Valid", "the policy is in use".to_string())
-                }
-            }
+            Ok(pol) if !pol.spec.targets.namespaces.is_empty() && ns != ctx.opts.namespace => (
+                "True",
+                "PartiallyIgnored",
+                format!(
+                    "valid; spec.targets.namespaces is honoured only in the operator's namespace {}",
+                    ctx.opts.namespace
+                ),
+            ),
+            Ok(_) => ("True", "Valid", "the policy is in use".to_string()),
             Err(e) => ("False", "Invalid", e.to_string()),
         };
         let current = p
@@ -877,15 +957,42 @@ async fn validate_policies(
                 message,
                 observed_generation: gen_,
                 last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    jiff::Timestamp::now(),
+                    jiff::Timestamp::from_second(snap.now).unwrap_or_default(),
                 ),
             }],
             overridden,
         };
-        let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        if ctx.limiter.acquire().await.is_err() {
-            return usable;
+        updates.push((ns, name, status));
+    }
+    (usable, updates)
+}
+
+/// Most policy statuses written in one pass: the rest wait for the next one.
+const POLICY_STATUSES_PER_PASS: usize = 20;
+
+/// Write changed policy statuses after the pass's actions, on a write budget of their own,
+/// in turns across namespaces: a tenant churning policies delays no incident, and takes no
+/// other namespace's turn.
+async fn write_policy_statuses(ctx: &Context, updates: Vec<PolicyUpdate>) {
+    let mut by_ns: BTreeMap<String, std::collections::VecDeque<PolicyUpdate>> = BTreeMap::new();
+    for u in updates {
+        by_ns.entry(u.0.clone()).or_default().push_back(u);
+    }
+    let mut turns = vec![];
+    while !by_ns.is_empty() && turns.len() < POLICY_STATUSES_PER_PASS {
+        by_ns.retain(|_, q| {
+            if let Some(u) = q.pop_front() {
+                turns.push(u);
+            }
+            !q.is_empty()
+        });
+    }
+    turns.truncate(POLICY_STATUSES_PER_PASS);
+    for (ns, name, status) in turns {
+        if ctx.policy_limiter.acquire().await.is_err() {
+            return;
         }
+        let api: Api<RemediationPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy", "status": status});
         if let Err(e) = api
             .patch_status(
@@ -898,7 +1005,6 @@ async fn validate_policies(
             warn!(policy = %format!("{ns}/{name}"), error = %e, "cannot write policy status");
         }
     }
-    usable
 }
 
 /// How long a reachability probe of a URL stays valid.
@@ -963,7 +1069,6 @@ fn rem_ref(key: &ObjectKey, name: &str) -> ObjectReference {
             target: TargetRef::from_key(key),
             target_name: String::new(),
             case: Case::Other,
-            approved: false,
         },
     );
     r.metadata.namespace = Some(key.namespace.clone());
@@ -1030,6 +1135,7 @@ async fn write_status(
     status: &RemediationStatus,
 ) -> Result<Remediation> {
     let mut status = status.clone();
+    status.sequence = ctx.ledger.write().await.next_sequence();
     status.seal = Some(ctx.sealer.seal_status(
         RecordId {
             namespace: &key.namespace,
@@ -1037,6 +1143,7 @@ async fn write_status(
             target: key,
             case: cur.case,
         },
+        &cur.uid,
         &status,
     ));
     let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -1050,6 +1157,10 @@ async fn write_status(
             &Patch::Apply(patch),
         )
         .await?;
+    ctx.ledger
+        .write()
+        .await
+        .note(&cur.uid, status.sequence, !status.phase.is_open());
     let k = (out.namespace().unwrap_or_default(), out.name_any());
     super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), k);
     Ok(out)
@@ -1082,7 +1193,7 @@ async fn create_record(
     since: i64,
     intent: Option<&Step>,
     status: &RemediationStatus,
-) -> Result<String> {
+) -> Result<(String, String)> {
     let intent_json = intent.map(incident::intent_json).unwrap_or_default();
     let baseline = if intent.is_some() {
         incident::baseline_json(status)
@@ -1100,18 +1211,22 @@ async fn create_record(
         {
             continue;
         }
-        let mut annotations = BTreeMap::from([(
-            SEAL_ANNOTATION.to_string(),
-            ctx.sealer.seal_creation(
-                RecordId {
-                    namespace: &key.namespace,
-                    name: &name,
-                    target: key,
-                    case,
-                },
-                &incident::creation_payload(&intent_json, &baseline),
+        let sequence = ctx.ledger.write().await.next_sequence();
+        let mut annotations = BTreeMap::from([
+            (
+                SEAL_ANNOTATION.to_string(),
+                ctx.sealer.seal_creation(
+                    RecordId {
+                        namespace: &key.namespace,
+                        name: &name,
+                        target: key,
+                        case,
+                    },
+                    &incident::creation_payload(&intent_json, &baseline, sequence),
+                ),
             ),
-        )]);
+            (SEQUENCE_ANNOTATION.to_string(), sequence.to_string()),
+        ]);
         if intent.is_some() {
             annotations.insert(INTENT_ANNOTATION.into(), intent_json.clone());
             annotations.insert(BASELINE_ANNOTATION.into(), baseline.clone());
@@ -1138,7 +1253,6 @@ async fn create_record(
                 target: TargetRef::from_key(key),
                 target_name: format!("{}/{}", key.kind, key.name),
                 case,
-                approved: false,
             },
             status: None,
         };
@@ -1153,9 +1267,11 @@ async fn create_record(
                 &rem,
             )
             .await?;
+        let uid = created.metadata.uid.clone().unwrap_or_default();
+        ctx.ledger.write().await.note(&uid, sequence, false);
         let k = (key.namespace.clone(), name.clone());
         super::index::put_remediation(&mut *ctx.index.write().await, Some(created), k);
-        return Ok(name);
+        return Ok((name, uid));
     }
     Err(Error::Precondition(format!(
         "no free Remediation name for {key}: 16 records of this failure exist"
@@ -1193,3 +1309,43 @@ async fn gc_history(ctx: &Arc<Context>, records: &HashMap<(String, String), Reco
 
 /// How long shutdown waits for running Helm jobs before stopping them.
 pub const JOB_GRACE: Duration = Duration::from_secs(20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(ns: &str, name: &str) -> Work {
+        Work {
+            key: ObjectKey::new(FluxKind::Kustomization, ns, name),
+            diagnosis: None,
+            record: None,
+        }
+    }
+
+    #[test]
+    fn a_pass_takes_targets_in_turns_across_namespaces() {
+        let mut w: Vec<Work> = (0..5).map(|i| work("busy", &format!("a{i}"))).collect();
+        w.push(work("quiet", "b0"));
+        w.push(work("other", "c0"));
+        let order: Vec<String> = fair(w).into_iter().map(|w| w.key.to_string()).collect();
+        // Each namespace's first target comes before any namespace's second.
+        assert_eq!(
+            &order[..3],
+            &[
+                "Kustomization/busy/a0",
+                "Kustomization/other/c0",
+                "Kustomization/quiet/b0"
+            ]
+        );
+        assert_eq!(order.len(), 7, "nothing dropped");
+        assert_eq!(
+            order[3..],
+            [
+                "Kustomization/busy/a1",
+                "Kustomization/busy/a2",
+                "Kustomization/busy/a3",
+                "Kustomization/busy/a4"
+            ]
+        );
+    }
+}

@@ -419,6 +419,7 @@ pub fn put_remediation(idx: &mut Index, r: Option<Remediation>, key: (String, St
         Some(mut r) => {
             // Server-side apply bookkeeping is never read; it is most of a record's size.
             r.metadata.managed_fields = None;
+            bound_record(&mut r);
             // Never go back to an older copy than one the engine itself just wrote.
             let newer = idx
                 .remediations
@@ -433,6 +434,51 @@ pub fn put_remediation(idx: &mut Index, r: Option<Remediation>, key: (String, St
         }
     }
 }
+
+/// What a record may cost in memory, whoever wrote it: fluxmedic never writes more than
+/// [`MAX_STEPS`] steps, [`MAX_EVIDENCE`] pieces of evidence or texts longer than
+/// [`MAX_TEXT`]; a record past that was not written by fluxmedic as it stands, is cut to
+/// those bounds (which breaks its seal) and read as such.
+fn bound_record(r: &mut Remediation) {
+    let cut = |s: &mut String| {
+        if let Some((at, _)) = s.char_indices().nth(MAX_TEXT) {
+            s.truncate(at);
+        }
+    };
+    if let Some(st) = r.status.as_mut() {
+        if st.steps.len() > crate::incident::MAX_STEPS {
+            st.steps.truncate(crate::incident::MAX_STEPS + 1);
+        }
+        for step in &mut st.steps {
+            cut(&mut step.message);
+            step.detail.as_mut().map(cut);
+        }
+        if let Some(d) = st.diagnosis.as_mut() {
+            d.evidence.truncate(MAX_EVIDENCE + 1);
+            cut(&mut d.summary);
+            for e in &mut d.evidence {
+                cut(&mut e.message);
+            }
+        }
+        for s in [&mut st.message, &mut st.blocked, &mut st.frozen]
+            .into_iter()
+            .flatten()
+        {
+            cut(s);
+        }
+    }
+    if let Some(a) = r.metadata.annotations.as_mut() {
+        a.retain(|k, _| k.starts_with("fluxmedic.io/"));
+        for v in a.values_mut() {
+            cut(v);
+        }
+    }
+    r.metadata.labels = None;
+}
+
+/// Bounds of [`bound_record`]: far above what fluxmedic writes, far below what costs memory.
+const MAX_TEXT: usize = 16 * 1024;
+const MAX_EVIDENCE: usize = 64;
 
 fn rv_num(r: &Remediation) -> u64 {
     r.metadata

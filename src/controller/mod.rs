@@ -6,6 +6,7 @@ pub mod engine;
 pub mod events;
 pub mod index;
 pub mod leader;
+pub mod ledger;
 pub mod limiter;
 pub mod notify;
 pub mod probe;
@@ -73,6 +74,10 @@ pub struct Options {
     /// Where Flux's controllers run as Deployments: their pods are watched (read-only) to
     /// tell a crash-looping or unavailable controller at once. `None`: not watched.
     pub flux_namespace: Option<String>,
+    /// How helm-controller picks its identity, where its Deployment cannot be read.
+    pub helm_controller: Option<crate::flux::HelmControllerIdentity>,
+    /// Whether policies may delete a stale pending release (instead of marking it failed).
+    pub allow_delete_pending_release: bool,
 }
 
 impl Options {
@@ -86,6 +91,14 @@ impl Options {
         match self.shard() {
             Some(id) => format!("{}={id}", crate::api::SHARD_LABEL),
             None => format!("!{}", crate::api::SHARD_LABEL),
+        }
+    }
+
+    /// The name prefix of this instance's ledger ConfigMaps (one ledger per shard).
+    pub fn ledger_prefix(&self) -> String {
+        match self.shard() {
+            Some(id) => format!("fluxmedic-ledger-{id}"),
+            None => "fluxmedic-ledger".to_string(),
         }
     }
 
@@ -110,8 +123,13 @@ pub struct Context {
     pub notifier: Option<notify::Notifier>,
     pub actuator: Actuator,
     pub limiter: Arc<limiter::WriteLimiter>,
+    /// Policy status writes: a budget of their own (a tenant churning policies takes nothing
+    /// from incidents), gated by the Lease like every write.
+    pub policy_limiter: Arc<limiter::WriteLimiter>,
     /// Seals records, intents and holds; the key lives in the operator's namespace.
     pub sealer: Sealer,
+    /// What fluxmedic last sealed on each record, and the sequence counter ([`ledger`]).
+    pub ledger: tokio::sync::RwLock<ledger::LedgerStore>,
     /// Helm jobs running off the pass, per target.
     pub jobs: std::sync::Mutex<HashMap<ObjectKey, tokio::task::JoinHandle<()>>>,
     /// Fires (true) when Helm jobs must stop: shutdown, or the Lease lost.
@@ -267,7 +285,8 @@ async fn flux_workloads_visible(client: &Client, ns: &str) -> Result<(), String>
 }
 
 /// Run the operator until SIGTERM/SIGINT.
-pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
+pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
+    let client = Client::try_from(config.clone())?;
     // Fail early and clearly if fluxmedic's CRDs are not installed.
     let rems: Api<Remediation> = match opts.watch_namespaces.first() {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -286,6 +305,10 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         opts.max_writes_per_second,
         opts.max_writes_per_second * 2,
     ));
+    let policy_limiter = Arc::new(limiter::WriteLimiter::new(
+        (opts.max_writes_per_second / 4).max(1),
+        (opts.max_writes_per_second / 2).max(1),
+    ));
     let metrics = Metrics::default();
     let events = events::EventQueue::start(
         Recorder::new(client.clone(), reporter),
@@ -295,6 +318,9 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
     let sealer = load_sealer(&client, &opts.namespace)
         .await?
         .in_shard(opts.shard());
+    let ledger = ledger::LedgerStore::load(&client, &opts.namespace, &opts.ledger_prefix())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the ledger in {}: {e}", opts.namespace))?;
     // Which Flux kinds the cluster serves, in which version: a missing one is not watched.
     let served = discovery::discover(&client).await;
     let (stop, _) = tokio::sync::watch::channel(false);
@@ -311,12 +337,15 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         notifier,
         actuator: Actuator {
             client: client.clone(),
+            config: Some(config),
             helm_bin: opts.helm_bin.clone(),
             limiter: Some(write_limiter.clone()),
             apis: Arc::new(served.resources.clone()),
         },
         limiter: write_limiter,
+        policy_limiter,
         sealer,
+        ledger: tokio::sync::RwLock::new(ledger),
         jobs: std::sync::Mutex::new(HashMap::new()),
         stop,
         probes: std::sync::Mutex::new(probe::ProbeCache::default()),
@@ -460,10 +489,12 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
         // is cut off at its next write.
         let (gate_ctx, mut gate_rx) = (ctx.clone(), rx.clone());
         gate_ctx.limiter.set_allowed(false);
+        gate_ctx.policy_limiter.set_allowed(false);
         tasks.spawn(async move {
             loop {
                 let lead = *gate_rx.borrow_and_update();
                 gate_ctx.limiter.set_allowed(lead);
+                gate_ctx.policy_limiter.set_allowed(lead);
                 // Helm jobs stop when the Lease is lost (a standby takes over from the record).
                 gate_ctx.stop.send_replace(!lead);
                 if gate_rx.changed().await.is_err() {
@@ -484,6 +515,21 @@ pub async fn run(client: Client, opts: Options) -> anyhow::Result<()> {
                 info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
                 engine_ctx.metrics.leader.set(is_leader as i64);
                 was_leader = is_leader;
+                // The replica that led until now wrote the ledger: take up its latest word.
+                if is_leader {
+                    match ledger::LedgerStore::load(
+                        &engine_ctx.client,
+                        &engine_ctx.opts.namespace,
+                        &engine_ctx.opts.ledger_prefix(),
+                    )
+                    .await
+                    {
+                        Ok(l) => *engine_ctx.ledger.write().await = l,
+                        Err(e) => {
+                            warn!(error = %e, "cannot read the ledger; keeping what this replica knows")
+                        }
+                    }
+                }
             }
             if is_leader && engine_ctx.index.read().await.all_synced() {
                 tokio::time::sleep(engine_ctx.opts.debounce).await;

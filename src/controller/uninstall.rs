@@ -87,6 +87,7 @@ pub async fn release_holds(client: Client, opts: &Options) -> anyhow::Result<Rel
     };
     let actuator = Actuator {
         client: client.clone(),
+        config: None,
         helm_bin: "helm".into(),
         limiter: None,
         apis: std::sync::Arc::new(served.resources.clone()),

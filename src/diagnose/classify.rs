@@ -1,7 +1,7 @@
 //! Condition classifier: (kind, condition type, reason) first, then the message.
 //!
 //! Message formats follow helm-controller, kustomize-controller, source-controller
-//! and fluxcd/pkg (ssa, git/gogit); see the README's "Cases" section.
+//! and fluxcd/pkg (ssa, git/gogit); see docs/cases.md.
 
 use std::sync::LazyLock;
 

@@ -130,6 +130,12 @@ pub struct DeploymentState {
     pub match_labels: BTreeMap<String, String>,
     /// The controller's `--watch-label-selector` (a shard), if any.
     pub watch_selector: Option<String>,
+    /// The ServiceAccount its pods run as (`serviceAccountName`, else `default`).
+    pub service_account: String,
+    /// helm-controller's `--default-service-account` (Flux's multi-tenancy lockdown): the
+    /// ServiceAccount, in each HelmRelease's namespace, it impersonates for a HelmRelease
+    /// without `spec.serviceAccountName`. `None` (or empty) = it acts with its own rights.
+    pub default_service_account: Option<String>,
 }
 
 /// What fluxmedic keeps of a pod in the Flux namespace.
@@ -164,9 +170,11 @@ fn controller_of_deployment(d: &Deployment) -> Option<&'static str> {
     })
 }
 
-/// The `--watch-label-selector` a controller's containers run with.
-fn watch_selector(d: &Deployment) -> Option<String> {
+/// The value of `--<flag>` (as `--flag=v` or `--flag v`) a controller's containers run with.
+fn flag(d: &Deployment, flag: &str) -> Option<String> {
     let containers = d.spec.as_ref()?.template.spec.as_ref()?.containers.iter();
+    let long = format!("--{flag}");
+    let with_value = format!("--{flag}=");
     for c in containers {
         let args = c.args.iter().flatten().chain(c.command.iter().flatten());
         let mut next = false;
@@ -174,10 +182,10 @@ fn watch_selector(d: &Deployment) -> Option<String> {
             if next {
                 return Some(a.trim().to_string());
             }
-            if let Some(v) = a.strip_prefix("--watch-label-selector=") {
+            if let Some(v) = a.strip_prefix(&with_value) {
                 return Some(v.trim().to_string());
             }
-            next = a == "--watch-label-selector";
+            next = *a == long;
         }
     }
     None
@@ -204,7 +212,13 @@ impl DeploymentState {
             match_labels: spec
                 .and_then(|s| s.selector.match_labels.clone())
                 .unwrap_or_default(),
-            watch_selector: watch_selector(d),
+            watch_selector: flag(d, "watch-label-selector"),
+            service_account: spec
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.service_account_name.clone().or(p.service_account.clone()))
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            default_service_account: flag(d, "default-service-account").filter(|n| !n.is_empty()),
         })
     }
 
@@ -302,6 +316,71 @@ fn same_shard(d: &DeploymentState, own: Option<&str>) -> bool {
         None => true,
         Some(own) => d.watch_selector.as_deref().map(norm) == Some(norm(own)),
     }
+}
+
+/// Whether a controller started with `--watch-label-selector=<selector>` watches an object
+/// with `labels` (`None`: the selector cannot be read). The string form Kubernetes clients
+/// take: terms joined by commas, each `key`, `!key`, `key=v`, `key==v`, `key!=v`,
+/// `key in (a,b)` or `key notin (a,b)`.
+pub fn selector_matches(selector: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
+    let mut terms = vec![];
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in selector.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                terms.push(&selector[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return None;
+        }
+    }
+    terms.push(&selector[start..]);
+    let mut all = true;
+    for term in terms.into_iter().map(str::trim).filter(|t| !t.is_empty()) {
+        all &= term_matches(term, labels)?;
+    }
+    Some(all)
+}
+
+fn term_matches(term: &str, labels: &BTreeMap<String, String>) -> Option<bool> {
+    let valid_key = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+    };
+    let set = |rest: &str| -> Option<Vec<String>> {
+        let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+        Some(inner.split(',').map(|v| v.trim().to_string()).collect())
+    };
+    if let Some(key) = term.strip_prefix('!') {
+        return valid_key(key.trim()).then(|| !labels.contains_key(key.trim()));
+    }
+    for (op, negate) in [("!=", true), ("==", false), ("=", false)] {
+        if let Some((k, v)) = term.split_once(op) {
+            let (k, v) = (k.trim(), v.trim());
+            if !valid_key(k) {
+                return None;
+            }
+            let equal = labels.get(k).is_some_and(|l| l == v);
+            return Some(equal != negate);
+        }
+    }
+    for (op, negate) in [(" notin ", true), (" in ", false)] {
+        if let Some((k, rest)) = term.split_once(op) {
+            let (k, values) = (k.trim(), set(rest)?);
+            if !valid_key(k) {
+                return None;
+            }
+            let within = labels.get(k).is_some_and(|l| values.contains(l));
+            return Some(if negate { !within } else { within });
+        }
+    }
+    valid_key(term).then(|| labels.contains_key(term))
 }
 
 /// Why the Flux controller a Deployment runs is not working, if it is not: scaled to zero,
@@ -415,6 +494,79 @@ mod tests {
         assert!(check(slow.clone()).is_empty());
         slow.timeout = Some(Duration::from_secs(120));
         assert!(!check(slow).is_empty(), "120s + 120s < 300s");
+    }
+
+    #[test]
+    fn watch_label_selectors_are_read_as_the_controllers_read_them() {
+        let labels: BTreeMap<String, String> = [
+            ("sharding.fluxcd.io/key".to_string(), "shard1".to_string()),
+            ("team".to_string(), "a".to_string()),
+        ]
+        .into();
+        let none = BTreeMap::new();
+        let m = |s: &str, l: &BTreeMap<String, String>| selector_matches(s, l);
+        assert_eq!(m("sharding.fluxcd.io/key=shard1", &labels), Some(true));
+        assert_eq!(m("sharding.fluxcd.io/key==shard1", &labels), Some(true));
+        assert_eq!(m("sharding.fluxcd.io/key=shard2", &labels), Some(false));
+        assert_eq!(m("!sharding.fluxcd.io/key", &labels), Some(false));
+        assert_eq!(m("!sharding.fluxcd.io/key", &none), Some(true));
+        assert_eq!(m("sharding.fluxcd.io/key!=shard1", &labels), Some(false));
+        assert_eq!(m("sharding.fluxcd.io/key!=shard1", &none), Some(true));
+        assert_eq!(
+            m("sharding.fluxcd.io/key in (shard1, shard2),team", &labels),
+            Some(true)
+        );
+        assert_eq!(
+            m("sharding.fluxcd.io/key notin (shard1,shard2)", &labels),
+            Some(false)
+        );
+        assert_eq!(
+            m("team, sharding.fluxcd.io/key=shard1", &labels),
+            Some(true)
+        );
+        assert_eq!(
+            m("", &none),
+            Some(true),
+            "an empty selector watches everything"
+        );
+        for unreadable in ["a in (b", "a in b)", "=x", "a b=c", "k in ((x))"] {
+            assert_eq!(m(unreadable, &labels), None, "{unreadable}");
+        }
+    }
+
+    #[test]
+    fn the_deployment_says_which_identity_helm_controller_uses() {
+        let d = deployment(
+            "helm-controller",
+            1,
+            1,
+            &[
+                "--watch-all-namespaces",
+                "--default-service-account=default",
+            ],
+            None,
+        );
+        assert_eq!(d.default_service_account.as_deref(), Some("default"));
+        assert_eq!(
+            d.service_account, "default",
+            "no serviceAccountName: default"
+        );
+        let d = deployment(
+            "helm-controller",
+            1,
+            1,
+            &["--default-service-account", "tenant"],
+            None,
+        );
+        assert_eq!(d.default_service_account.as_deref(), Some("tenant"));
+        let d = deployment(
+            "helm-controller",
+            1,
+            1,
+            &["--default-service-account="],
+            None,
+        );
+        assert_eq!(d.default_service_account, None, "empty means unrestricted");
     }
 
     const NOW: i64 = 1_800_000_000;

@@ -120,6 +120,12 @@ pub struct Snapshot {
     /// The shard fluxmedic serves (its `--watch-label-selector`): only the Flux
     /// controllers of that shard count.
     pub shard_selector: Option<String>,
+    /// How helm-controller picks its identity, as configured, for where its Deployment
+    /// cannot be read ([`crate::flux::HelmControllerIdentity`]).
+    pub helm_controller: Option<crate::flux::HelmControllerIdentity>,
+    /// Whether this installation lets policies delete a stale pending release (off unless
+    /// enabled: the RBAC and admission policy that allow it come with it).
+    pub allow_delete_pending_release: bool,
 }
 
 impl Snapshot {
@@ -214,15 +220,15 @@ impl Snapshot {
             .is_some_and(|o| o.is_failing() || self.stale_lock_of(o).is_some())
     }
 
-    /// A pending latest release that helm-controller is not working on and that is older
-    /// than the release timeout plus a minute.
+    /// A pending latest release that helm-controller is not working on and that has gone
+    /// unwritten longer than [`crate::helm::stale_after`] the release's timeout.
     pub fn stale_lock_of(&self, obj: &FluxObject) -> Option<&StoredRelease> {
         let h = obj.helm.as_ref()?;
         if obj.is_running_helm_action() {
             return None;
         }
         self.history_of(obj)?
-            .stale_pending(self.now, h.timeout + Duration::from_secs(60))
+            .stale_pending(self.now, crate::helm::stale_after(h.timeout))
     }
 }
 

@@ -342,15 +342,16 @@ fn stale_pending_release_is_a_stale_lock_even_when_suspended() {
     let obj = hr("web", vec![ready()], json!({}), true);
     let mut snap = Snapshot::new([obj], 10_000);
     snap.add_release(stored("web", 1, "superseded", 100));
-    snap.add_release(stored("web", 2, "pending-upgrade", 10_000 - 121));
+    snap.add_release(stored("web", 2, "pending-upgrade", 10_000 - 361));
     let d = diagnose(&snap);
     assert_eq!(d.diagnoses.len(), 1);
     assert_eq!(d.diagnoses[0].case, Case::StaleLock);
     assert_eq!(d.diagnoses[0].evidence[0].source, "helm-storage");
 
-    // Younger than timeout (1m) + 1m: helm may still be working.
+    // Younger than Helm's default timeout (5m) + 1m: helm may still be working, whatever
+    // shorter timeout (1m here) the HelmRelease claims.
     let mut snap = Snapshot::new([hr("web", vec![ready()], json!({}), true)], 10_000);
-    snap.add_release(stored("web", 2, "pending-upgrade", 10_000 - 100));
+    snap.add_release(stored("web", 2, "pending-upgrade", 10_000 - 300));
     assert!(diagnose(&snap).diagnoses.is_empty());
 }
 

@@ -241,6 +241,10 @@ pub struct FluxObject {
     pub key: ObjectKey,
     pub uid: Option<String>,
     pub generation: Option<i64>,
+    /// The version of the object this view was taken from: a write made on its strength is
+    /// conditional on it (the API server refuses it if the object changed since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
     pub observed_generation: Option<i64>,
     pub labels: BTreeMap<String, String>,
     /// The reconcile.fluxcd.io/* and fluxmedic.io/* annotations currently set.
@@ -296,10 +300,69 @@ impl FluxObject {
         })
     }
 
+    /// Whether its controller has reconciled the object's current spec: what its status says
+    /// is about what the object asks for now (no generation recorded: taken as current).
+    pub fn status_is_current(&self) -> bool {
+        match (self.generation, self.observed_generation) {
+            (Some(g), Some(o)) => g == o,
+            (Some(_), None) => false,
+            _ => true,
+        }
+    }
+
     /// The moment the object last went not-ready, if Flux recorded it.
     pub fn failing_since(&self) -> Option<jiff::Timestamp> {
         self.condition("Ready").and_then(|c| c.last_transition_time)
     }
+}
+
+/// A ServiceAccount fluxmedic acts as (Kubernetes impersonation).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceAccountRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceAccountRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ServiceAccountRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The user name Kubernetes gives the ServiceAccount.
+    pub fn username(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.namespace, self.name)
+    }
+
+    /// Parse `namespace/name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ns, name) = s.trim().split_once('/')?;
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 253
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        };
+        (ok(ns) && ok(name)).then(|| ServiceAccountRef::new(ns, name))
+    }
+}
+
+impl std::fmt::Display for ServiceAccountRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceAccount {}/{}", self.namespace, self.name)
+    }
+}
+
+/// How helm-controller picks its identity, as the operator was told (used only where
+/// helm-controller's Deployment cannot be read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HelmControllerIdentity {
+    /// helm-controller runs with `--default-service-account=<name>` (Flux's lockdown).
+    Lockdown { default_service_account: String },
+    /// helm-controller runs with its own rights, as this ServiceAccount.
+    Unrestricted { service_account: ServiceAccountRef },
 }
 
 /// The Helm release name helm-controller uses for `name` (`release.ShortenName`): unchanged

@@ -36,6 +36,8 @@ struct Meta {
     #[serde(default)]
     generation: Option<i64>,
     #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
@@ -318,6 +320,7 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         key: ObjectKey::new(kind, namespace.clone(), meta.name.clone()),
         uid: meta.uid,
         generation: meta.generation,
+        resource_version: meta.resource_version,
         observed_generation: None,
         labels: meta.labels,
         reconcile_annotations,
@@ -502,7 +505,68 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         }
     }
     out.unknown_source = unknown_source;
+    bound(&mut out);
     Ok(out)
+}
+
+/// Most of each list a Flux object carries that fluxmedic keeps: far above what Flux writes
+/// or a person sets, far below what an object stuffed to the API's size limit would cost.
+pub const MAX_LIST: usize = 64;
+/// Longest condition message kept (Flux's own are a few hundred characters).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Keep at most [`MAX_LIST`] of each list (the first ones: dependencies in order, the
+/// newest history, Flux's conditions) and of the labels, and bounded messages. An object with
+/// more labels is matched by selectors on its first [`MAX_LIST`] (in name order).
+fn bound(o: &mut FluxObject) {
+    o.depends_on.truncate(MAX_LIST);
+    o.conditions.truncate(MAX_LIST);
+    for c in &mut o.conditions {
+        if let Some((at, _)) = c.message.char_indices().nth(MAX_MESSAGE) {
+            c.message.truncate(at);
+        }
+    }
+    if o.labels.len() > MAX_LIST {
+        o.labels = std::mem::take(&mut o.labels)
+            .into_iter()
+            .take(MAX_LIST)
+            .collect();
+    }
+    if let Some(h) = o.helm.as_mut() {
+        h.history.truncate(MAX_LIST);
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn every_list_an_object_carries_is_bounded() {
+        let deps: Vec<_> = (0..10_000)
+            .map(|i| json!({"name": format!("d{i}")}))
+            .collect();
+        let labels: serde_json::Map<String, Value> = (0..1000)
+            .map(|i| (format!("l{i:04}"), json!("x")))
+            .collect();
+        let conds: Vec<_> = (0..500)
+            .map(|i| json!({"type": format!("T{i}"), "status": "False", "reason": "R", "message": "m".repeat(100_000)}))
+            .collect();
+        let o = from_value(
+            &json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": "a", "namespace": "n", "labels": labels},
+            "spec": {"dependsOn": deps, "sourceRef": {"kind": "GitRepository", "name": "r"}},
+            "status": {"conditions": conds}}),
+        )
+        .unwrap();
+        assert_eq!(o.depends_on.len(), MAX_LIST);
+        assert_eq!(o.depends_on[0].name, "d0", "the first ones, in order");
+        assert_eq!(o.labels.len(), MAX_LIST);
+        assert_eq!(o.conditions.len(), MAX_LIST);
+        assert!(o.conditions.iter().all(|c| c.message.len() <= MAX_MESSAGE));
+    }
 }
 
 #[cfg(test)]

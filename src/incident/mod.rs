@@ -38,7 +38,8 @@ use crate::{
     api::{
         APPROVE_ANNOTATION, BASELINE_ANNOTATION, Baseline, DiagnosisRecord, Hold,
         INTENT_ANNOTATION, Mode, ObservedSecret, Phase, Remediation, RemediationStatus,
-        SEAL_ANNOTATION, SUSPENDED_BY_ANNOTATION, Step, StepOutcome, TargetRef,
+        SEAL_ANNOTATION, SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION, Step, StepOutcome,
+        TargetRef,
     },
     diagnose::{Case, Diagnosis},
     flux::{FluxObject, ObjectKey},
@@ -48,6 +49,17 @@ use seal::{RecordId, Sealer};
 
 /// Steps kept per record: the first and the latest ones.
 pub const MAX_STEPS: usize = 30;
+/// Longest message a step keeps (an action's error can be as long as its source makes it; a
+/// record must stay far below the API's object size limit, or its outcome is never written).
+pub const MAX_MESSAGE: usize = 2048;
+
+/// `s`, cut to [`MAX_MESSAGE`] characters (its start kept, the cut marked).
+pub fn bounded_message(s: &str) -> String {
+    match s.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
 
 /// How far a Remediation can be trusted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,8 +84,16 @@ pub struct Record {
     pub status: RemediationStatus,
     /// The status as stored, to write only on change.
     pub stored: Option<RemediationStatus>,
-    pub approved: bool,
+    /// The record's `fluxmedic.io/approve` annotation (an approval when it names the id of
+    /// the pending request, see [`Record::approved_action`]).
+    pub approval: Option<String>,
     pub trust: Trust,
+    /// The record object's uid (every seal on its status is bound to it).
+    pub uid: String,
+    /// The sequence number of the record as it stands (its status's, else its creation's).
+    pub sequence: u64,
+    /// fluxmedic closed this incident (its ledger says so, whatever the record says now).
+    pub closed: bool,
 }
 
 fn parse_ts(s: Option<&str>) -> Option<i64> {
@@ -88,6 +108,13 @@ pub fn rfc3339(t: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Whether an action that failed with `category` may succeed when done again with the same
+/// input: not when its input was refused as invalid (`Invalid`) or cannot be read
+/// (`CorruptRelease`, an oversized or malformed Helm release); those are a person's.
+pub fn retry_can_help(category: &str) -> bool {
+    !matches!(category, "Invalid" | "CorruptRelease")
+}
+
 /// The action a step recorded (machine-readable in `detail`), when readable.
 pub fn planned_action(step: &Step) -> Option<Action> {
     step.detail
@@ -95,13 +122,36 @@ pub fn planned_action(step: &Step) -> Option<Action> {
         .and_then(|s| serde_json::from_str(s).ok())
 }
 
+/// What fluxmedic knows of the records it wrote, kept where only it writes (a ConfigMap of the
+/// operator's namespace, see `controller::ledger`): per record object (uid), the sequence
+/// number of the last status (or creation) it sealed there and whether that closed the
+/// incident; and the sequence below which everything it handed out was persisted. Read with
+/// it, a status written back, removed, or a record re-created from a saved copy is told from
+/// fluxmedic's own latest word and never replayed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub records: std::collections::HashMap<String, LedgerEntry>,
+    /// Every sequence number up to this one was handed out before the ledger was persisted.
+    pub persisted: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub sequence: u64,
+    pub closed: bool,
+}
+
+/// Why a record fluxmedic made is not read as it stands.
+pub const REPLAYED: &str = "this Remediation holds an earlier state than the one fluxmedic last wrote (a status written back, removed, or the record re-created from a copy)";
+
 impl Record {
     /// Read a Remediation. `None` when it cannot be about a Flux object fluxmedic knows, or
     /// sits outside its target's namespace (fluxmedic creates records only there).
-    pub fn read(rem: &Remediation, sealer: &Sealer) -> Option<Record> {
+    pub fn read(rem: &Remediation, sealer: &Sealer, ledger: &Ledger) -> Option<Record> {
         let target = rem.spec.target.to_key()?;
         let namespace = rem.metadata.namespace.clone()?;
         let name = rem.metadata.name.clone()?;
+        let uid = rem.metadata.uid.clone().unwrap_or_default();
         let id = RecordId {
             namespace: &namespace,
             name: &name,
@@ -109,30 +159,37 @@ impl Record {
             case: rem.spec.case,
         };
         let annotations = rem.metadata.annotations.clone().unwrap_or_default();
-        let intent = annotations
-            .get(INTENT_ANNOTATION)
-            .map(String::as_str)
-            .unwrap_or("");
-        let baseline = annotations
-            .get(BASELINE_ANNOTATION)
-            .map(String::as_str)
-            .unwrap_or("");
+        let text = |k: &str| annotations.get(k).map(String::as_str).unwrap_or("");
+        let (intent, baseline) = (text(INTENT_ANNOTATION), text(BASELINE_ANNOTATION));
+        let created_at: u64 = text(SEQUENCE_ANNOTATION).parse().unwrap_or(0);
         let created_by_us = sealer.verify_creation(
             id,
-            &creation_payload(intent, baseline),
+            &creation_payload(intent, baseline, created_at),
             annotations.get(SEAL_ANNOTATION).map(String::as_str),
         );
         let stored = rem.status.clone();
-        let trust = if namespace != target.namespace {
-            Trust::Foreign
-        } else {
-            match &stored {
-                None if created_by_us => Trust::Ours,
-                None => Trust::Foreign,
-                Some(s) if sealer.verify_status(id, s) => Trust::Ours,
-                Some(_) if created_by_us => Trust::Edited,
-                Some(_) => Trust::Foreign,
-            }
+        let entry = ledger.records.get(&uid).copied();
+        // fluxmedic's latest word on this object is `entry`; anything older, or anything it
+        // should know of and does not, is not its latest word.
+        let latest = |seq: u64| match entry {
+            Some(e) => seq >= e.sequence,
+            None => seq > ledger.persisted,
+        };
+        // Made by fluxmedic as a record it no longer knows, from before the ledger was last
+        // persisted: a copy re-created from a saved one (its own was deleted).
+        let copy = created_by_us && entry.is_none() && created_at <= ledger.persisted;
+        let status_ours = |s: &RemediationStatus| sealer.verify_status(id, &uid, s);
+        let trust = match &stored {
+            _ if namespace != target.namespace || uid.is_empty() || copy => Trust::Foreign,
+            None if created_by_us && latest(created_at) => Trust::Ours,
+            // Made by fluxmedic, but not as it stands: a status removed.
+            None if created_by_us => Trust::Edited,
+            None => Trust::Foreign,
+            Some(s) if status_ours(s) && latest(s.sequence) => Trust::Ours,
+            // fluxmedic's status, but an earlier one than it last wrote: written back.
+            Some(s) if status_ours(s) => Trust::Edited,
+            Some(_) if created_by_us => Trust::Edited,
+            Some(_) => Trust::Foreign,
         };
         let mut status = stored.clone().unwrap_or_default();
         if stored.is_none()
@@ -143,6 +200,7 @@ impl Record {
         }
         if status.steps.is_empty()
             && created_by_us
+            && trust == Trust::Ours
             && let Ok(step) = serde_json::from_str::<Step>(intent)
         {
             let at = parse_ts(Some(&step.started_at)).unwrap_or(0);
@@ -151,10 +209,7 @@ impl Record {
                 None => status.steps.push(step),
             }
         }
-        let approved = rem.spec.approved
-            || annotations
-                .get(APPROVE_ANNOTATION)
-                .is_some_and(|v| v == "true");
+        let approval = annotations.get(APPROVE_ANNOTATION).cloned();
         Some(Record {
             name,
             namespace,
@@ -162,8 +217,11 @@ impl Record {
             case: rem.spec.case,
             status,
             stored,
-            approved,
+            approval,
             trust,
+            uid,
+            sequence: rem.status.as_ref().map_or(created_at, |s| s.sequence),
+            closed: entry.is_some_and(|e| e.closed),
         })
     }
 
@@ -177,7 +235,7 @@ impl Record {
     }
 
     pub fn is_open(&self) -> bool {
-        self.status.phase.is_open()
+        !self.closed && self.status.phase.is_open()
     }
 
     /// The last step, if a crash interrupted it: its recorded action (when readable) and token.
@@ -190,19 +248,43 @@ impl Record {
         Some((planned_action(step), step.token.clone().unwrap_or_default()))
     }
 
-    /// The incident as the planner sees it.
-    pub fn view(&self, now: i64) -> IncidentView {
+    /// The action a person has approved: the one the record's pending request is for, when
+    /// the approval names that request's id where the deciding policy lets it be approved: on
+    /// this record for a policy in the record's own namespace, on the policy itself
+    /// (`approved_on_policy`, its `approve.fluxmedic.io/<id>` annotations) for one elsewhere.
+    pub fn approved_action(
+        &self,
+        policy_namespace: Option<&str>,
+        approved_on_policy: &dyn Fn(&str) -> bool,
+    ) -> Option<Action> {
+        let req = self.status.approval.as_ref()?;
+        let given = match policy_namespace {
+            Some(ns) if ns == self.namespace => self.approval.as_deref() == Some(req.id.as_str()),
+            Some(_) => approved_on_policy(&req.id),
+            None => false,
+        };
+        given.then(|| serde_json::from_str(&req.detail).ok())?
+    }
+
+    /// The incident as the planner sees it; `approved` is [`Record::approved_action`].
+    pub fn view(&self, now: i64, approved: Option<Action>) -> IncidentView {
         let s = &self.status;
         let interrupted = self.interrupted().and_then(|(a, _)| a);
         IncidentView {
             phase: s.phase,
             attempts: s.attempts,
             polls: s.polls,
-            approved: self.approved,
+            approved,
             detected_at: parse_ts(s.detected_at.as_deref()).unwrap_or(now),
             last_action_at: parse_ts(s.last_action_at.as_deref()),
             holds: s.hold.is_some() || matches!(interrupted, Some(Action::Rollback { .. })),
             interrupted,
+            gave_up: s
+                .steps
+                .last()
+                .filter(|st| st.outcome == StepOutcome::Failed)
+                .filter(|st| st.category.as_deref().is_some_and(|c| !retry_can_help(c)))
+                .and_then(|st| Some((planned_action(st)?, st.message.clone()))),
             observed_generation: s.observed_generation,
             observed_revision: s.observed_revision.clone(),
             observed_secret: s.observed_secret.clone(),
@@ -247,6 +329,8 @@ pub struct Input<'a> {
     pub now: i64,
     /// The token for a new action.
     pub token: &'a str,
+    /// A fresh random id, for an approval request made now.
+    pub nonce: &'a str,
 }
 
 /// Where a step's intent is (or goes) before its action runs.
@@ -360,6 +444,7 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
         started_at: rfc3339(now),
         finished_at: None,
         message: action.to_string(),
+        category: None,
     });
     if status.steps.len() > MAX_STEPS {
         status.steps.drain(1..status.steps.len() - (MAX_STEPS - 1));
@@ -373,6 +458,8 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
     status.last_action_at = Some(rfc3339(now));
     status.action = Some(action.name().into());
     status.blocked = None;
+    // An approval approves one action: the next one needs its own.
+    status.approval = None;
     status.next_action_at = None;
     if status.phase != Phase::Escalated {
         status.phase = Phase::Remediating;
@@ -483,7 +570,7 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
         }
         None => {
             let mut waits = vec![];
-            wait(&mut status, None, dec, &mut waits);
+            wait(&mut status, None, dec, inp, &mut waits);
             out.push(Effect::Open {
                 case: d.case,
                 status: Box::new(status),
@@ -512,12 +599,22 @@ fn push_detected(out: &mut Vec<Effect>, d: &Diagnosis, now: i64, since: i64, not
 
 /// A planned action that is not taken: the phase, the reason and when the next action is due.
 /// Counts and announces the reason when it changes.
-fn wait(status: &mut RemediationStatus, prev: Option<&str>, dec: &Decision, out: &mut Vec<Effect>) {
+fn wait(
+    status: &mut RemediationStatus,
+    prev: Option<&str>,
+    dec: &Decision,
+    inp: &Input<'_>,
+    out: &mut Vec<Effect>,
+) {
     let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
-    let text = match &dec.planned {
+    request_approval(status, dec, inp);
+    let mut text = match &dec.planned {
         Some(a) => format!("planned {a}; {blocked}"),
         None => blocked.to_string(),
     };
+    if let (Blocked::AwaitingApproval, Some(req)) = (&blocked, &status.approval) {
+        text = format!("{text}: {}", req.how);
+    }
     if status.phase != Phase::Escalated {
         status.phase = match &blocked {
             Blocked::AwaitingApproval => Phase::AwaitingApproval,
@@ -534,9 +631,9 @@ fn wait(status: &mut RemediationStatus, prev: Option<&str>, dec: &Decision, out:
     }
     status.next_action_at = blocked.until().map(rfc3339);
     // A new reason (not merely the same one again) is counted and, for some, announced. The
-    // text is "planned <action>; <reason>": the reason is its end.
+    // text is "planned <action>; <reason>[: how to approve]": the reason is in it.
     let reason = blocked.to_string();
-    let reason_changed = prev.is_none_or(|b| !b.ends_with(&reason));
+    let reason_changed = prev.is_none_or(|b| !b.contains(&reason));
     if reason_changed {
         out.push(Effect::Count(Count::Blocked(blocked.label())));
         if matches!(
@@ -558,6 +655,39 @@ fn wait(status: &mut RemediationStatus, prev: Option<&str>, dec: &Decision, out:
         }
     }
     status.blocked = Some(text);
+}
+
+/// Under RequireApproval, the planned action's approval request: kept while the plan asks
+/// for exactly that action (whatever else holds it back meanwhile), made anew with a fresh id
+/// when it asks for another, gone when it asks for none.
+fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<'_>) {
+    let Some(a) = dec
+        .planned
+        .as_ref()
+        .filter(|_| dec.mode == Mode::RequireApproval)
+    else {
+        status.approval = None;
+        return;
+    };
+    let detail = serde_json::to_string(a).unwrap_or_default();
+    if status.approval.as_ref().is_some_and(|r| r.detail == detail) {
+        return;
+    }
+    let id = inp.nonce.to_string();
+    let target_ns = inp.target.map(|t| t.key.namespace.as_str()).unwrap_or("");
+    let how = match inp.policy.as_deref().and_then(|p| p.split_once('/')) {
+        Some((ns, name)) if ns != target_ns => format!(
+            "a policy of the operator's namespace decided, so only there: annotate RemediationPolicy {ns}/{name} with {}{id}=true",
+            crate::api::POLICY_APPROVAL_PREFIX
+        ),
+        _ => format!("annotate this Remediation with {APPROVE_ANNOTATION}={id}"),
+    };
+    status.approval = Some(crate::api::ApprovalRequest {
+        action: a.to_string(),
+        detail,
+        id,
+        how,
+    });
 }
 
 /// Escalate once, when due; holds and actions are not affected.
@@ -637,7 +767,7 @@ fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<
         return out;
     }
     let prev = rec.status.blocked.clone();
-    wait(&mut status, prev.as_deref(), dec, &mut out);
+    wait(&mut status, prev.as_deref(), dec, inp, &mut out);
     write_if_changed(rec, status, &mut out);
     out
 }
@@ -904,12 +1034,13 @@ pub fn settle(
     let (warning, reason, ok) = match outcome {
         Outcome::Done { message, .. } => {
             last.outcome = StepOutcome::Succeeded;
-            last.message = message.clone();
+            last.message = bounded_message(message);
             (false, "ActionSucceeded", true)
         }
         Outcome::Failed { message, category } => {
             last.outcome = StepOutcome::Failed;
-            last.message = message.clone();
+            last.message = bounded_message(message);
+            last.category = Some(category.to_string());
             (true, *category, false)
         }
     };
@@ -1043,7 +1174,8 @@ pub fn baseline_json(status: &RemediationStatus) -> String {
     serde_json::to_string(&Baseline::of(status)).unwrap_or_default()
 }
 
-/// What a record's creation seal covers: its intent and baseline annotations.
-pub fn creation_payload(intent: &str, baseline: &str) -> String {
-    format!("{intent}\n{baseline}")
+/// What a record's creation seal covers: its intent and baseline annotations and the sequence
+/// number of its creation.
+pub fn creation_payload(intent: &str, baseline: &str, sequence: u64) -> String {
+    format!("{intent}\n{baseline}\n{sequence}")
 }

@@ -127,17 +127,20 @@ impl Sealer {
         self.check("creation", id, &(intent, &self.shard), seal)
     }
 
-    /// The seal of a status (computed with its `seal` field empty).
-    pub fn seal_status(&self, id: RecordId<'_>, status: &RemediationStatus) -> String {
+    /// The seal of a status (computed with its `seal` field empty), bound to the record
+    /// object's `uid`: a status saved from one record is worth nothing in a re-created one.
+    /// The status carries its sequence number ([`RemediationStatus::sequence`]), so an earlier
+    /// status written back is told from the latest ([`super::Ledger`]).
+    pub fn seal_status(&self, id: RecordId<'_>, uid: &str, status: &RemediationStatus) -> String {
         let mut s = status.clone();
         s.seal = None;
-        self.tag("status", id, &s)
+        self.tag("status", id, &(uid, &s))
     }
 
-    pub fn verify_status(&self, id: RecordId<'_>, status: &RemediationStatus) -> bool {
+    pub fn verify_status(&self, id: RecordId<'_>, uid: &str, status: &RemediationStatus) -> bool {
         let mut s = status.clone();
         let seal = s.seal.take();
-        self.check("status", id, &s, seal.as_deref())
+        self.check("status", id, &(uid, &s), seal.as_deref())
     }
 
     /// The value of [`HOLD_ANNOTATION`] for a suspension of `target` (with uid `uid`) by
@@ -214,17 +217,20 @@ mod tests {
             phase: Phase::Remediating,
             ..Default::default()
         };
-        st.seal = Some(s.seal_status(id, &st));
-        assert!(s.verify_status(id, &st));
-        // Any edit breaks it: a counter, the record it sits in, the target, the case, the key.
+        st.seal = Some(s.seal_status(id, "uid-1", &st));
+        assert!(s.verify_status(id, "uid-1", &st));
+        // Any edit breaks it: a counter, the record it sits in, the target, the case, the key,
+        // and the record object itself (a re-created record has another uid).
         let mut edited = st.clone();
         edited.attempts = 0;
-        assert!(!s.verify_status(id, &edited));
+        assert!(!s.verify_status(id, "uid-1", &edited));
+        assert!(!s.verify_status(id, "uid-2", &st));
         assert!(!s.verify_status(
             RecordId {
                 name: "hr-web-2",
                 ..id
             },
+            "uid-1",
             &st
         ));
         let other = ObjectKey::new(FluxKind::HelmRelease, "prod", "web");
@@ -233,6 +239,7 @@ mod tests {
                 target: &other,
                 ..id
             },
+            "uid-1",
             &st
         ));
         assert!(!s.verify_status(
@@ -240,14 +247,15 @@ mod tests {
                 case: Case::StaleLock,
                 ..id
             },
+            "uid-1",
             &st
         ));
-        assert!(!Sealer::from_key(b"k2").verify_status(id, &st));
+        assert!(!Sealer::from_key(b"k2").verify_status(id, "uid-1", &st));
         let mut unsealed = st.clone();
         unsealed.seal = None;
-        assert!(!s.verify_status(id, &unsealed));
+        assert!(!s.verify_status(id, "uid-1", &unsealed));
         unsealed.seal = Some(String::new());
-        assert!(!s.verify_status(id, &unsealed));
+        assert!(!s.verify_status(id, "uid-1", &unsealed));
     }
 
     #[test]

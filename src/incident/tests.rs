@@ -6,7 +6,7 @@ use kube::api::ObjectMeta;
 
 use super::*;
 use crate::{
-    api::{RemediationSpec, SUSPENDED_BY_ANNOTATION},
+    api::{RemediationSpec, SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION},
     diagnose::NativeState,
     flux::FluxKind,
     policy::ReleaseRef,
@@ -27,7 +27,7 @@ fn release() -> ReleaseRef {
         name: "web".into(),
         storage_namespace: "apps".into(),
         namespace: "apps".into(),
-        service_account: None,
+        identity: crate::policy::identity::ServiceAccountRef::new("apps", "deployer"),
     }
 }
 
@@ -69,22 +69,27 @@ fn sealed(case: Case, status: Option<RemediationStatus>, intent: Option<&Step>) 
     } else {
         String::new()
     };
-    let mut annotations = BTreeMap::from([(
-        SEAL_ANNOTATION.to_string(),
-        s.seal_creation(id, &creation_payload(&intent_json, &baseline)),
-    )]);
+    let mut annotations = BTreeMap::from([
+        (
+            SEAL_ANNOTATION.to_string(),
+            s.seal_creation(id, &creation_payload(&intent_json, &baseline, 1)),
+        ),
+        (SEQUENCE_ANNOTATION.to_string(), "1".to_string()),
+    ]);
     if intent.is_some() {
         annotations.insert(INTENT_ANNOTATION.into(), intent_json);
         annotations.insert(crate::api::BASELINE_ANNOTATION.into(), baseline);
     }
     let status = status.map(|mut st| {
-        st.seal = Some(s.seal_status(id, &st));
+        st.sequence = st.sequence.max(2);
+        st.seal = Some(s.seal_status(id, UID, &st));
         st
     });
     Remediation {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some("apps".into()),
+            uid: Some(UID.into()),
             annotations: Some(annotations),
             ..Default::default()
         },
@@ -92,14 +97,16 @@ fn sealed(case: Case, status: Option<RemediationStatus>, intent: Option<&Step>) 
             target: TargetRef::from_key(&key),
             target_name: "HelmRelease/web".into(),
             case,
-            approved: false,
         },
         status,
     }
 }
 
+/// The uid of the record object [`sealed`] makes.
+const UID: &str = "uid-record-1";
+
 fn read(rem: &Remediation) -> Record {
-    Record::read(rem, &sealer()).expect("a record about a known kind")
+    Record::read(rem, &sealer(), &Ledger::default()).expect("a record about a known kind")
 }
 
 fn open_status(phase: Phase) -> RemediationStatus {
@@ -174,6 +181,7 @@ fn input<'a>(
         policy: Some("apps/p".into()),
         now: NOW,
         token: "fresh-token",
+        nonce: "fresh-id",
     }
 }
 
@@ -990,4 +998,177 @@ fn a_target_frozen_mid_reconcile_by_a_controller_that_stopped_is_escalated() {
     let mut inp = input(Some(&rec2), Some(&o), Seen::Pending);
     inp.controller_down = Some(why);
     assert!(next(&inp).is_empty(), "{:?}", next(&inp));
+}
+
+// ------------------------------------------------------------------ approvals
+
+fn awaiting(a: Action) -> Decision {
+    Decision {
+        mode: Mode::RequireApproval,
+        planned: Some(a),
+        blocked: Some(Blocked::AwaitingApproval),
+        escalate: false,
+    }
+}
+
+#[test]
+fn an_approval_approves_one_action_named_by_an_id_made_with_the_plan() {
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let o = hr(None, 2);
+    // The plan asks: a request with a fresh id, and how to approve it, in the record.
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Detected)),
+        None,
+    ));
+    let dec = awaiting(retry.clone());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &dec,
+    };
+    let out = next(&input(Some(&rec), Some(&o), seen));
+    let st = written(&out).expect("the request is written").clone();
+    let req = st.approval.clone().expect("an approval request");
+    assert_eq!(req.id, "fresh-id");
+    assert_eq!(st.phase, Phase::AwaitingApproval);
+    assert!(
+        st.blocked
+            .as_deref()
+            .unwrap()
+            .contains("fluxmedic.io/approve=fresh-id"),
+        "{:?}",
+        st.blocked
+    );
+
+    // The record with that request: only an approval naming its id, where the policy lets
+    // it be given, approves it, and only for that action.
+    let mut asked = sealed(Case::FailedRelease, Some(st.clone()), None);
+    let with = |rem: &mut Remediation, v: &str| {
+        rem.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(crate::api::APPROVE_ANNOTATION.into(), v.into());
+    };
+    let none = |_: &str| false;
+    with(&mut asked, "true");
+    assert_eq!(
+        read(&asked).approved_action(Some("apps"), &none),
+        None,
+        "no id, no approval"
+    );
+    with(&mut asked, "fresh-id");
+    let rec = read(&asked);
+    assert_eq!(
+        rec.approved_action(Some("apps"), &none),
+        Some(retry.clone())
+    );
+    // A policy of the operator's namespace decided: an approval the tenant wrote on its own
+    // record counts for nothing; one on the policy does.
+    assert_eq!(rec.approved_action(Some("fluxmedic"), &none), None);
+    assert_eq!(
+        rec.approved_action(Some("fluxmedic"), &|id| id == "fresh-id"),
+        Some(retry.clone())
+    );
+    // No policy now: nothing is approved.
+    assert_eq!(rec.approved_action(None, &|_| true), None);
+
+    // The plan moves on to another action: a new request, a new id; the old approval is
+    // worth nothing for it.
+    let rollback_plan = awaiting(rollback());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &rollback_plan,
+    };
+    let mut later = input(Some(&rec), Some(&o), seen);
+    later.nonce = "another-id";
+    let out = next(&later);
+    let req2 = written(&out).unwrap().approval.clone().unwrap();
+    assert_eq!(req2.id, "another-id");
+    assert!(req2.detail.contains("Rollback"));
+
+    // Approved and performed: the request is gone, the next action needs its own.
+    let go = acts(retry.clone());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &go,
+    };
+    let out = next(&input(Some(&rec), Some(&o), seen));
+    assert_eq!(performs(&out).len(), 1);
+    assert_eq!(written(&out).unwrap().approval, None);
+
+    // Held back by something else meanwhile (a cooldown): the request, and its id, stay.
+    let cooling = Decision {
+        mode: Mode::RequireApproval,
+        planned: Some(retry),
+        blocked: Some(Blocked::Cooldown { until: NOW + 60 }),
+        escalate: false,
+    };
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &cooling,
+    };
+    let out = next(&input(Some(&rec), Some(&o), seen));
+    let kept = written(&out)
+        .map(|s| s.approval.clone())
+        .unwrap_or(st.approval.clone());
+    assert_eq!(kept.map(|r| r.id), Some("fresh-id".to_string()));
+}
+
+// ------------------------------------------------------------------ replays
+
+fn ledger_with(sequence: u64, closed: bool, persisted: u64) -> Ledger {
+    Ledger {
+        records: [(UID.to_string(), LedgerEntry { sequence, closed })].into(),
+        persisted,
+    }
+}
+
+#[test]
+fn a_record_is_fluxmedics_only_as_fluxmedic_last_wrote_it() {
+    let read_with = |rem: &Remediation, l: &Ledger| Record::read(rem, &sealer(), l).unwrap();
+    let status = |seq: u64, phase: Phase| RemediationStatus {
+        sequence: seq,
+        ..open_status(phase)
+    };
+    // The latest status fluxmedic wrote (sequence 7): its own.
+    let latest = sealed(Case::StaleLock, Some(status(7, Phase::Remediating)), None);
+    assert_eq!(
+        read_with(&latest, &ledger_with(7, false, 7)).trust,
+        Trust::Ours
+    );
+    // An earlier status of its own written back (sequence 5): not as fluxmedic left it.
+    let earlier = sealed(Case::StaleLock, Some(status(5, Phase::Remediating)), None);
+    let rec = read_with(&earlier, &ledger_with(7, false, 7));
+    assert_eq!(rec.trust, Trust::Edited);
+    assert!(rec.is_open());
+    // ... of a closed incident: the incident stays closed, whatever the status says.
+    let rec = read_with(&earlier, &ledger_with(7, true, 7));
+    assert_eq!(rec.trust, Trust::Edited);
+    assert!(!rec.is_open(), "a closed incident is never reopened");
+    // The status removed (the intent on the create stays): not replayed.
+    let mut st = RemediationStatus::default();
+    begin_step(&mut st, &unlock("apps", false), "t1", NOW - 5);
+    let removed = sealed(Case::StaleLock, None, Some(&st.steps[0]));
+    let rec = read_with(&removed, &ledger_with(7, false, 7));
+    assert_eq!(rec.trust, Trust::Edited);
+    let out = next(&input(Some(&rec), None, Seen::Gone));
+    assert!(performs(&out).is_empty(), "the step is not run again");
+    // The same record, fresh from its create (nothing written since): its own, step and all.
+    let rec = read_with(&removed, &ledger_with(1, false, 0));
+    assert_eq!(rec.trust, Trust::Ours);
+    assert!(rec.interrupted().is_some());
+    // A copy re-created from saved JSON: another uid, unknown to the ledger, older than what
+    // it persisted. Nobody's, with or without its status.
+    for copy in [latest.clone(), removed.clone()] {
+        let mut copy = copy;
+        copy.metadata.uid = Some("uid-of-the-copy".into());
+        assert_eq!(
+            read_with(&copy, &ledger_with(7, false, 7)).trust,
+            Trust::Foreign
+        );
+    }
+    // A record made after the ledger was last persisted (a crash before it was written):
+    // unknown to it, but newer than anything it persisted: fluxmedic's.
+    assert_eq!(read_with(&latest, &Ledger::default()).trust, Trust::Ours);
 }

@@ -1,6 +1,7 @@
 //! Policy: which RemediationPolicy governs a target (pure matching with deterministic
 //! precedence) and what to do about a diagnosis (pure planning).
 
+pub mod identity;
 mod plan;
 
 use std::{cmp::Ordering, time::Duration};
@@ -18,6 +19,9 @@ use crate::{
     flux::{FluxKind, FluxObject, parse_go_duration},
 };
 
+/// Most approvals read from one policy's annotations.
+pub const MAX_APPROVALS: usize = 256;
+
 /// A policy, validated and ready to use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
@@ -30,6 +34,9 @@ pub struct Policy {
     pub max_poll_interval: Duration,
     pub escalate_after: Duration,
     pub stale_threshold: Option<Duration>,
+    /// Approval ids given on this policy (`approve.fluxmedic.io/<id>: "true"`), for the
+    /// actions it decides outside its own namespace.
+    pub approvals: std::collections::BTreeSet<String>,
 }
 
 /// Why a policy cannot be used. Shown in the policy's status.
@@ -94,8 +101,27 @@ impl Policy {
                 .as_deref()
                 .map(|t| dur("spec.staleLock.threshold", t))
                 .transpose()?,
+            approvals: Default::default(),
             spec,
         })
+    }
+
+    /// The approvals given on the policy object, from its annotations (at most
+    /// [`MAX_APPROVALS`], the newest ids last in name order: an id is random, so the bound
+    /// only keeps a flood of annotations from costing memory).
+    pub fn with_approvals(
+        mut self,
+        annotations: &std::collections::BTreeMap<String, String>,
+    ) -> Self {
+        self.approvals = annotations
+            .iter()
+            .filter(|(_, v)| v.as_str() == "true")
+            .filter_map(|(k, _)| k.strip_prefix(crate::api::POLICY_APPROVAL_PREFIX))
+            .filter(|id| id.len() <= 64)
+            .take(MAX_APPROVALS)
+            .map(String::from)
+            .collect();
+        self
     }
 
     pub fn id(&self) -> String {
@@ -201,8 +227,9 @@ pub fn select<'a>(
     (winner, it.collect())
 }
 
-/// The cluster-wide circuit breaker threshold: the smallest one set by a policy in the
-/// operator's namespace, else `default`.
+/// The circuit breaker threshold of the operator's namespace: the smallest one set by a
+/// policy there, else `default`. It applies in every namespace; a namespace's own policies may
+/// only lower it for themselves ([`Breakers`]).
 pub fn circuit_breaker_threshold(policies: &[Policy], operator_ns: &str, default: u32) -> u32 {
     policies
         .iter()
@@ -215,6 +242,64 @@ pub fn circuit_breaker_threshold(policies: &[Policy], operator_ns: &str, default
         })
         .min()
         .unwrap_or(default)
+}
+
+/// The circuit breaker, per namespace: one tenant's storm of failures holds back actions in
+/// its own namespace only, never in another's.
+#[derive(Clone, Debug, Default)]
+pub struct Breakers {
+    /// Flux objects failing now, per namespace.
+    pub failing: std::collections::HashMap<String, usize>,
+    thresholds: std::collections::HashMap<String, u32>,
+    default: u32,
+}
+
+impl Breakers {
+    /// `failing`: the namespaces of the failing objects fluxmedic serves (one entry each).
+    pub fn new<'a>(
+        failing: impl IntoIterator<Item = &'a str>,
+        policies: &[Policy],
+        operator_ns: &str,
+        default: u32,
+    ) -> Self {
+        let mut counts = std::collections::HashMap::new();
+        for ns in failing {
+            *counts.entry(ns.to_string()).or_insert(0usize) += 1;
+        }
+        let default = circuit_breaker_threshold(policies, operator_ns, default);
+        let mut thresholds = std::collections::HashMap::new();
+        for p in policies.iter().filter(|p| p.namespace != operator_ns) {
+            if let Some(c) = &p.spec.circuit_breaker {
+                let t = thresholds.entry(p.namespace.clone()).or_insert(default);
+                *t = (*t).min(c.max_failing_targets);
+            }
+        }
+        Breakers {
+            failing: counts,
+            thresholds,
+            default,
+        }
+    }
+
+    pub fn failing(&self, ns: &str) -> usize {
+        self.failing.get(ns).copied().unwrap_or(0)
+    }
+
+    pub fn threshold(&self, ns: &str) -> u32 {
+        self.thresholds.get(ns).copied().unwrap_or(self.default)
+    }
+
+    /// The namespaces whose breaker is open now, sorted.
+    pub fn open(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .failing
+            .iter()
+            .filter(|(ns, n)| **n > self.threshold(ns) as usize)
+            .map(|(ns, _)| ns.as_str())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 #[cfg(test)]

@@ -58,9 +58,10 @@ pub struct ReleaseRef {
     pub storage_namespace: String,
     /// Where its objects go (targetNamespace).
     pub namespace: String,
-    /// helm-controller acts as this ServiceAccount (spec.serviceAccountName); so does a rollback.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account: Option<String>,
+    /// The identity helm-controller uses for the HelmRelease ([`super::identity`]): every
+    /// Helm action on this release runs as it, never with fluxmedic's own rights.
+    #[serde(default)]
+    pub identity: super::identity::ServiceAccountRef,
 }
 
 impl Action {
@@ -197,8 +198,15 @@ pub enum Blocked {
     /// Helm storage that cannot be shown to belong to this HelmRelease, or a release
     /// fluxmedic cannot act on with its own rights (another cluster).
     ReleaseNotVerified(String),
+    /// The identity helm-controller uses for the HelmRelease cannot be told: no Helm action
+    /// runs (fluxmedic never lends its own rights).
+    IdentityUnknown(String),
+    /// The policy asks for an action this installation does not enable.
+    ActionNotEnabled(ActionKind),
     /// The Flux controller that would carry the action out is not working.
     ControllerDown(String),
+    /// The same action failed in a way a retry cannot change: a person is needed.
+    GaveUp(String),
 }
 
 impl Blocked {
@@ -221,7 +229,10 @@ impl Blocked {
             Blocked::OutsidePolicyNamespace { .. } => "outside-policy-namespace",
             Blocked::SuspendedByPerson => "suspended-by-person",
             Blocked::ReleaseNotVerified(_) => "release-not-verified",
+            Blocked::IdentityUnknown(_) => "identity-unknown",
+            Blocked::ActionNotEnabled(_) => "action-not-enabled",
             Blocked::ControllerDown(_) => "controller-down",
+            Blocked::GaveUp(_) => "gave-up",
         }
     }
 
@@ -240,7 +251,7 @@ impl fmt::Display for Blocked {
             Blocked::NoPolicy => f.write_str("no RemediationPolicy covers this object: record only"),
             Blocked::Observe => f.write_str("policy mode is Observe: record only"),
             Blocked::AwaitingApproval => {
-                f.write_str("waiting for approval (kubectl annotate remediation <name> fluxmedic.io/approve=true)")
+                f.write_str("waiting for approval")
             }
             Blocked::ActionNotAllowed(a) => write!(f, "the policy does not allow action {a:?} for this case"),
             Blocked::Cooldown { until } => write!(
@@ -267,7 +278,16 @@ impl fmt::Display for Blocked {
                 "the target is suspended and fluxmedic did not suspend it: record only until it is resumed",
             ),
             Blocked::ReleaseNotVerified(why) => write!(f, "record only: {why}"),
+            Blocked::IdentityUnknown(why) => write!(f, "record only: {why}"),
+            Blocked::ActionNotEnabled(a) => write!(
+                f,
+                "the policy asks for {a:?}, which this installation does not enable (chart value deletePendingRelease.enabled, flag --allow-delete-pending-release): record only"
+            ),
             Blocked::ControllerDown(why) => write!(f, "a person is needed: {why}"),
+            Blocked::GaveUp(why) => write!(
+                f,
+                "a person is needed: the last attempt failed in a way doing it again cannot change, and fluxmedic does not repeat it: {why}"
+            ),
         }
     }
 }
@@ -278,7 +298,9 @@ pub struct IncidentView {
     pub phase: Phase,
     pub attempts: u32,
     pub polls: u32,
-    pub approved: bool,
+    /// The action a person approved (bound to exactly that action, see
+    /// [`crate::incident::Record::approved_action`]).
+    pub approved: Option<Action>,
     pub detected_at: i64,
     pub last_action_at: Option<i64>,
     /// fluxmedic holds a suspension of the target (after a rollback), or is in the middle of
@@ -287,6 +309,9 @@ pub struct IncidentView {
     /// The step a crash interrupted, being re-derived: planned again it is finished without a
     /// new cooldown or attempt, and only if today's plan still calls for exactly it.
     pub interrupted: Option<Action>,
+    /// The last step failed in a way doing it again cannot change (its input is invalid or
+    /// unreadable): that action and why. It is not done again in this incident.
+    pub gave_up: Option<(Action, String)>,
     pub observed_generation: Option<i64>,
     pub observed_revision: Option<String>,
     pub observed_secret: Option<ObservedSecret>,
@@ -396,8 +421,14 @@ pub fn consumers(snap: &Snapshot, source: &ObjectKey) -> Vec<ObjectKey> {
 /// The Helm release of a HelmRelease, when its storage verifiably belongs to it: the name
 /// and namespaces helm-controller derives, agreeing with what helm-controller last recorded
 /// in the status, and no other HelmRelease mapping to the same storage. Releases in another
-/// cluster (`spec.kubeConfig`) never match local storage.
-pub fn verified_release(snap: &Snapshot, target: &FluxObject) -> Result<ReleaseRef, Blocked> {
+/// cluster (`spec.kubeConfig`) never match local storage. Storage outside the HelmRelease's
+/// own namespace needs positive evidence that helm-controller put it there
+/// ([`foreign_storage_evidence`]); `revision` is the one the action is about.
+pub fn verified_release(
+    snap: &Snapshot,
+    target: &FluxObject,
+    revision: Option<i64>,
+) -> Result<ReleaseRef, Blocked> {
     let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
     if h.remote {
         return Err(Blocked::ReleaseNotVerified(
@@ -422,6 +453,9 @@ pub fn verified_release(snap: &Snapshot, target: &FluxObject) -> Result<ReleaseR
             last.namespace, last.name, h.release_namespace, h.release_name
         )));
     }
+    if h.storage_namespace != target.key.namespace {
+        foreign_storage_evidence(target, h, revision)?;
+    }
     let others: Vec<&ObjectKey> = snap
         .objects
         .values()
@@ -445,8 +479,55 @@ pub fn verified_release(snap: &Snapshot, target: &FluxObject) -> Result<ReleaseR
         name: h.release_name.clone(),
         storage_namespace: h.storage_namespace.clone(),
         namespace: h.release_namespace.clone(),
-        service_account: h.service_account.clone(),
+        identity: super::identity::helm_identity(snap, target)?,
     })
+}
+
+/// Positive evidence that helm-controller keeps this HelmRelease's release in a namespace
+/// other than the HelmRelease's own (nothing contradicting it is not enough there: the
+/// storage may be another team's): the HelmRelease is reconciled and not suspended by a
+/// person, its status (which only helm-controller writes) names that storage namespace, and
+/// its history holds the revision acted on (for a pending one a crashed action left, the
+/// revision just before it).
+fn foreign_storage_evidence(
+    target: &FluxObject,
+    h: &crate::flux::HelmReleaseInfo,
+    revision: Option<i64>,
+) -> Result<(), Blocked> {
+    let refuse = |why: String| {
+        Err(Blocked::ReleaseNotVerified(format!(
+            "storage namespace {} is not the HelmRelease's own: {why}",
+            h.storage_namespace
+        )))
+    };
+    let held_by_fluxmedic = target
+        .reconcile_annotations
+        .contains_key(crate::api::SUSPENDED_BY_ANNOTATION);
+    if target.suspended && !held_by_fluxmedic {
+        return refuse("it is suspended, so helm-controller vouches for nothing there now".into());
+    }
+    if target.observed_generation.unwrap_or(0) <= 0 || h.history.is_empty() {
+        return refuse("helm-controller has never reconciled it".into());
+    }
+    if h.status_storage_namespace.as_deref() != Some(h.storage_namespace.as_str()) {
+        return refuse("helm-controller's status does not name it".into());
+    }
+    let ours = |s: &&crate::flux::ReleaseSnapshot| {
+        s.name == h.release_name && (s.namespace.is_empty() || s.namespace == h.release_namespace)
+    };
+    if let Some(v) = revision {
+        let recorded = h.history.iter().filter(ours).any(|s| s.version == v)
+            || h.history
+                .first()
+                .filter(ours)
+                .is_some_and(|s| s.version == v - 1);
+        if !recorded {
+            return refuse(format!(
+                "helm-controller's history does not hold revision {v} (or the one before it)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A rollback to the last good revision, when the policy allows one and the history has one
@@ -465,7 +546,12 @@ fn plan_rollback(
     if history.latest().is_none_or(|l| l.status.is_good()) {
         return None;
     }
-    Some(match verified_release(snap, target) {
+    // Only on a current view: a spec changed since helm-controller last reconciled it (a fix
+    // pushed after retries ran out) is helm-controller's to act on, not to roll back and hold.
+    if !target.status_is_current() {
+        return Some(Err(not_current(target)));
+    }
+    Some(match verified_release(snap, target, Some(good.version)) {
         Ok(release) if release.storage_namespace == release.namespace => Ok(Action::Rollback {
             to_version: good.version,
             release,
@@ -480,6 +566,26 @@ fn plan_rollback(
     })
 }
 
+/// A view current but for fluxmedic's own suspend (one generation, made by the rollback a
+/// crash interrupted): nothing else changed the HelmRelease since it was planned.
+fn suspended_at_most_by_us(target: &FluxObject) -> bool {
+    target.status_is_current()
+        || target.suspended
+            && target
+                .reconcile_annotations
+                .contains_key(crate::api::SUSPENDED_BY_ANNOTATION)
+            && matches!((target.generation, target.observed_generation), (Some(g), Some(o)) if g == o + 1)
+}
+
+fn not_current(target: &FluxObject) -> Blocked {
+    Blocked::FluxRemediating(format!(
+        "{} changed (generation {}) since helm-controller last reconciled it (generation {}): it acts on the change first",
+        target.key,
+        target.generation.unwrap_or_default(),
+        target.observed_generation.unwrap_or_default()
+    ))
+}
+
 /// The runbook, before mode and limits.
 fn runbook(
     d: &Diagnosis,
@@ -492,17 +598,22 @@ fn runbook(
     match d.case {
         Case::FailedRelease => {
             // A rollback a crash interrupted is finished as recorded while the release it
-            // names is still this HelmRelease's (the rollback itself may have landed, which
-            // makes the latest revision good again).
+            // names is still this HelmRelease's, nothing but its own suspend changed the
+            // HelmRelease, and it goes to the last good revision (the rollback itself may have
+            // landed, which makes the latest revision good again).
             if let Some(Action::Rollback {
                 to_version,
                 release,
             }) = &inc.interrupted
                 && policy.allows(d.case, ActionKind::Rollback)
-                && verified_release(snap, target).as_ref() == Ok(release)
+                && suspended_at_most_by_us(target)
+                && verified_release(snap, target, Some(*to_version)).as_ref() == Ok(release)
+                // Only to the last good revision (the one before it, if the rollback landed):
+                // a record restored from an older incident names an older one.
                 && snap
                     .history_of(target)
-                    .is_some_and(|h| h.releases.iter().any(|r| r.version == *to_version))
+                    .and_then(|h| h.last_good())
+                    .is_some_and(|g| g.version == *to_version)
             {
                 return Ok(inc.interrupted.clone().unwrap_or(Action::Resume));
             }
@@ -658,7 +769,10 @@ fn runbook(
                 ));
             }
             let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
-            let release = verified_release(snap, target)?;
+            let Some(history) = snap.history_of(target) else {
+                return Err(Blocked::NotStale("no release in Helm storage".into()));
+            };
+            let release = verified_release(snap, target, history.latest().map(|l| l.version))?;
             // An unlock a crash interrupted is finished as recorded (the release may already
             // be unlocked; the unlock re-checks, and the reconcile is still owed).
             if let Some(
@@ -670,18 +784,20 @@ fn runbook(
             {
                 return Ok(a.clone());
             }
+            // The policy's threshold, else the release's timeout, never below Helm's default.
             let threshold = policy
                 .stale_threshold
-                .unwrap_or(h.timeout.saturating_add(Duration::from_secs(60)));
-            let Some(history) = snap.history_of(target) else {
-                return Err(Blocked::NotStale("no release in Helm storage".into()));
-            };
+                .unwrap_or(crate::helm::stale_after(h.timeout));
+            let delete = policy.allows(d.case, ActionKind::DeletePendingRelease);
+            if delete && !snap.allow_delete_pending_release {
+                return Err(Blocked::ActionNotEnabled(ActionKind::DeletePendingRelease));
+            }
             match history.stale_pending(snap.now, threshold) {
                 Some(p) => Ok(Action::UnlockRelease {
                     namespace: p.namespace.clone(),
                     secret: p.secret_name.clone(),
                     version: p.version,
-                    delete: policy.allows(d.case, ActionKind::DeletePendingRelease),
+                    delete,
                     release,
                 }),
                 None => Err(Blocked::NotStale(format!(
@@ -722,8 +838,9 @@ pub fn plan(
     let controller_down = ctx
         .controllers_down
         .contains_key(crate::diagnose::controllers::controller_of(d.target.kind));
-    let escalate = escalates(policy, inc, now) || endless || controller_down;
     let planned = runbook(d, target, policy, inc, ctx);
+    let gave_up = matches!(&planned, Ok(a) if inc.gave_up.as_ref().is_some_and(|(f, _)| f == a));
+    let escalate = escalates(policy, inc, now) || endless || controller_down || gave_up;
     let (planned, blocked) = match planned {
         Err(b) => (None, Some(b)),
         Ok(a) => {
@@ -775,6 +892,13 @@ fn gate(
     let now = ctx.snapshot.now;
     if !policy.allows(case, a.kind()) && !matches!(a, Action::Resume) {
         return Some(Blocked::ActionNotAllowed(a.kind()));
+    }
+    // Never the same action again after it failed for good (a corrupt or oversized release,
+    // an input the API server refuses as invalid): reported, never retried in a loop.
+    if let Some((failed, why)) = &inc.gave_up
+        && failed == a
+    {
+        return Some(Blocked::GaveUp(why.clone()));
     }
     // Nothing a policy says reaches a namespace it may not change.
     if let Some(ns) = a
@@ -868,7 +992,7 @@ fn gate(
     }
     match mode {
         Mode::Auto => None,
-        Mode::RequireApproval if inc.approved => None,
+        Mode::RequireApproval if inc.approved.as_ref() == Some(a) => None,
         Mode::RequireApproval => Some(Blocked::AwaitingApproval),
         Mode::Observe | Mode::Off => Some(Blocked::Observe),
     }

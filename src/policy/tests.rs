@@ -48,6 +48,15 @@ fn all_cases(mode: Mode, actions: &[ActionKind]) -> Policy {
     )
 }
 
+/// A snapshot where helm-controller is known to run unrestricted as
+/// flux-system/helm-controller (the identity Helm actions then use).
+fn unrestricted_helm_controller(mut snap: Snapshot) -> Snapshot {
+    snap.helm_controller = Some(crate::flux::HelmControllerIdentity::Unrestricted {
+        service_account: crate::flux::ServiceAccountRef::new("flux-system", "helm-controller"),
+    });
+    snap
+}
+
 /// One scenario per case that, under Auto, leads to an action.
 struct Scenario {
     snap: Snapshot,
@@ -69,8 +78,9 @@ fn stored(v: i64, status: &str, t: i64) -> StoredRelease {
 fn hr(conds: Vec<serde_json::Value>) -> flux::FluxObject {
     flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
         "metadata": {"name": "web", "namespace": "apps", "generation": 2},
-        "spec": {"timeout": "1m", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}},
-        "status": {"conditions": conds, "upgradeFailures": 1, "lastAttemptedReleaseAction": "upgrade",
+        "spec": {"timeout": "1m", "serviceAccountName": "deployer",
+                 "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}},
+        "status": {"conditions": conds, "observedGeneration": 2, "upgradeFailures": 1, "lastAttemptedReleaseAction": "upgrade",
                    "history": [{"name": "web", "namespace": "apps", "version": 3, "status": "failed"}]}}))
     .unwrap()
 }
@@ -310,7 +320,7 @@ fn every_case_under_every_mode() {
         let approval = decide(&s, Some(&all_cases(Mode::RequireApproval, &all_actions))).1;
         assert_eq!(approval.blocked, Some(Blocked::AwaitingApproval), "{case}");
         let mut approved = scenario(case);
-        approved.inc.approved = true;
+        approved.inc.approved = Some(planned.clone());
         let ok = decide(
             &approved,
             Some(&all_cases(Mode::RequireApproval, &all_actions)),
@@ -321,6 +331,15 @@ fn every_case_under_every_mode() {
             Some(&planned),
             "{case}: approval releases the plan"
         );
+        // An approval of another action releases nothing.
+        let mut other = scenario(case);
+        other.inc.approved = Some(Action::Resume);
+        let held = decide(
+            &other,
+            Some(&all_cases(Mode::RequireApproval, &all_actions)),
+        )
+        .1;
+        assert_eq!(held.blocked, Some(Blocked::AwaitingApproval), "{case}");
 
         // A case without a rule is Observe.
         let unruled = decide(&s, Some(&policy_with(vec![]))).1;
@@ -382,7 +401,7 @@ fn web_release() -> ReleaseRef {
         name: "web".into(),
         storage_namespace: "apps".into(),
         namespace: "apps".into(),
-        service_account: None,
+        identity: crate::policy::identity::ServiceAccountRef::new("apps", "deployer"),
     }
 }
 
@@ -704,6 +723,13 @@ fn stale_lock_respects_threshold_and_running_actions() {
         actions: vec![ActionKind::DeletePendingRelease],
         with_source: false,
     }]);
+    // ... only where the installation enables it (its RBAC and admission policy with it).
+    assert_eq!(
+        decide(&s, Some(&del)).1.blocked,
+        Some(Blocked::ActionNotEnabled(ActionKind::DeletePendingRelease))
+    );
+    let mut s = s;
+    s.snap.allow_delete_pending_release = true;
     assert!(matches!(
         decide(&s, Some(&del)).1.act(),
         Some(Action::UnlockRelease { delete: true, .. })
@@ -952,7 +978,7 @@ fn git_auth_reacts_when_a_missing_secret_is_created() {
 }
 
 fn hr_with(spec: serde_json::Value, status_extra: serde_json::Value) -> flux::FluxObject {
-    let mut status = json!({"conditions": [cond("Ready", "False", "UpgradeFailed",
+    let mut status = json!({"observedGeneration": 2, "conditions": [cond("Ready", "False", "UpgradeFailed",
         "Helm upgrade failed for release apps/web with chart web@2: another operation (install/upgrade/rollback) is in progress")]});
     if let (Some(s), Some(e)) = (status.as_object_mut(), status_extra.as_object()) {
         s.extend(e.clone());
@@ -991,7 +1017,7 @@ fn stale_lock_decision(
     let p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
     let mut objects = vec![o.clone()];
     objects.extend(others);
-    let mut snap = Snapshot::new(objects, NOW);
+    let mut snap = unrestricted_helm_controller(Snapshot::new(objects, NOW));
     for r in releases {
         snap.add_release(r);
     }
@@ -1025,10 +1051,23 @@ fn helm_storage_is_touched_only_when_it_verifiably_belongs_to_the_helmrelease() 
         "{own:?}"
     );
 
-    // storageNamespace pointing at another namespace's release: a tenant policy may not
-    // write there.
+    // storageNamespace pointing at another namespace's release, never reconciled there (no
+    // status naming it, no history): not this HelmRelease's to touch, whatever the policy.
     let elsewhere = stale_lock_decision(
         hr_with(json!({"storageNamespace": "prod"}), json!({})),
+        stale_in("prod", "web"),
+        vec![],
+    );
+    assert!(
+        matches!(elsewhere.blocked, Some(Blocked::ReleaseNotVerified(ref m)) if m.contains("never reconciled")),
+        "{elsewhere:?}"
+    );
+    // With helm-controller's word for it (status and history), still a namespace a tenant
+    // policy may not write in.
+    let vouched = json!({"observedGeneration": 2, "storageNamespace": "prod",
+        "history": [{"name": "web", "namespace": "apps", "version": 1, "status": "deployed"}]});
+    let elsewhere = stale_lock_decision(
+        hr_with(json!({"storageNamespace": "prod"}), vouched.clone()),
         stale_in("prod", "web"),
         vec![],
     );
@@ -1174,13 +1213,13 @@ fn retrying_forever(cause: &str, failures: i64, strategy_in_spec: bool) -> Scena
     }
     let o = flux::from_value(&json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
         "metadata": {"name": "web", "namespace": "apps", "generation": 2}, "spec": spec,
-        "status": {"upgradeFailures": failures, "failures": failures, "lastAttemptedReleaseAction": "upgrade",
+        "status": {"observedGeneration": 2, "upgradeFailures": failures, "failures": failures, "lastAttemptedReleaseAction": "upgrade",
                    "history": [{"name": "web", "namespace": "apps", "version": 3, "status": "failed"}],
                    "conditions": [
                        cond("Ready", "False", "UpgradeFailed", &format!("Helm upgrade failed for release apps/web with chart web@2: {cause}")),
                        cond("Reconciling", "True", "ProgressingWithRetry", "retrying after 1m0s")]}}))
     .unwrap();
-    let mut snap = Snapshot::new([o.clone()], NOW);
+    let mut snap = unrestricted_helm_controller(Snapshot::new([o.clone()], NOW));
     snap.add_release(stored(2, "superseded", 0));
     snap.add_release(stored(3, "failed", 0));
     Scenario {
@@ -1524,4 +1563,198 @@ fn a_policy_names_source_kinds_it_covers() {
     );
     assert!(p.covers(&oci, "fluxmedic"));
     assert!(!p.covers(&git(vec![]), "fluxmedic"));
+}
+
+#[test]
+fn a_helm_action_whose_identity_cannot_be_told_is_blocked_never_run_as_fluxmedic() {
+    // A HelmRelease without serviceAccountName, nothing known about helm-controller: the
+    // unlock and the rollback are recorded only, with the reason.
+    let o = hr_with(json!({}), json!({}));
+    let mut snap = Snapshot::new([o.clone()], NOW);
+    for r in stale_in("apps", "web") {
+        snap.add_release(r);
+    }
+    let s = Scenario {
+        snap,
+        target: o.key,
+        inc: IncidentView::default(),
+    };
+    let dec = decide_as(
+        &s,
+        &all_cases(Mode::Auto, &[ActionKind::Unlock]),
+        "fluxmedic",
+    );
+    assert!(
+        matches!(&dec.blocked, Some(Blocked::IdentityUnknown(why)) if why.contains("helm-controller")),
+        "{dec:?}"
+    );
+    let rollback = retrying_forever(
+        "values don't meet the specifications of the schema(s)",
+        1,
+        true,
+    );
+    let mut rollback = rollback;
+    rollback.snap.helm_controller = None;
+    let policy = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let (_, dec) = decide(&rollback, Some(&policy));
+    assert!(
+        matches!(dec.blocked, Some(Blocked::IdentityUnknown(_))),
+        "{dec:?}"
+    );
+    // Told: the action runs as that identity, recorded in the step.
+    rollback.snap.helm_controller = Some(crate::flux::HelmControllerIdentity::Lockdown {
+        default_service_account: "default".into(),
+    });
+    let (_, dec) = decide(&rollback, Some(&policy));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { release, .. })
+            if release.identity == crate::flux::ServiceAccountRef::new("apps", "default")),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn storage_in_another_namespace_needs_helm_controllers_word_for_it() {
+    // The operator's namespace policy covers every namespace: only evidence keeps it off
+    // another team's storage.
+    let mut p = all_cases(Mode::Auto, &[ActionKind::Unlock]);
+    p.namespace = "fluxmedic".into();
+    p.spec.targets.namespaces = vec!["*".into()];
+    let decide_for = |spec: serde_json::Value, status: serde_json::Value| {
+        let o = hr_with(spec, status);
+        let mut snap = unrestricted_helm_controller(Snapshot::new([o.clone()], NOW));
+        for r in stale_in("prod", "web") {
+            snap.add_release(r);
+        }
+        let s = Scenario {
+            snap,
+            target: o.key,
+            inc: IncidentView::default(),
+        };
+        decide_as(&s, &p, "fluxmedic")
+    };
+    let spec = json!({"storageNamespace": "prod"});
+    let vouched = json!({"observedGeneration": 2, "storageNamespace": "prod",
+        "history": [{"name": "web", "namespace": "apps", "version": 1, "status": "deployed"}]});
+    // Reconciled there, the pending revision right after the one helm-controller recorded.
+    let dec = decide_for(spec.clone(), vouched.clone());
+    assert!(
+        matches!(dec.act(), Some(Action::UnlockRelease { namespace, .. }) if namespace == "prod"),
+        "{dec:?}"
+    );
+    let refused = |status: serde_json::Value, why: &str| {
+        let dec = decide_for(spec.clone(), status);
+        assert!(
+            matches!(&dec.blocked, Some(Blocked::ReleaseNotVerified(m)) if m.contains(why)),
+            "{why}: {dec:?}"
+        );
+    };
+    // Never reconciled; reconciled but the status names no storage namespace; a history
+    // that does not reach the pending revision (another release's, or an older one).
+    refused(json!({}), "never reconciled");
+    let mut no_storage = vouched.clone();
+    no_storage
+        .as_object_mut()
+        .unwrap()
+        .remove("storageNamespace");
+    refused(no_storage, "does not name it");
+    let mut old = vouched.clone();
+    old["history"][0]["version"] = json!(0);
+    refused(old, "does not hold revision 2");
+    let mut other = vouched.clone();
+    other["history"][0]["name"] = json!("db");
+    refused(other, "names release");
+    // Suspended by a person: helm-controller vouches for nothing there now, unlike its own
+    // namespace, where a suspended release's stale lock is still released.
+    let dec = decide_for(
+        json!({"storageNamespace": "prod", "suspend": true}),
+        vouched,
+    );
+    assert!(
+        matches!(&dec.blocked, Some(Blocked::ReleaseNotVerified(m)) if m.contains("suspended")),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn a_rollback_needs_a_current_view_and_goes_only_to_the_last_good_revision() {
+    let invalid = "values don't meet the specifications of the schema(s)";
+    let policy = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let s = retrying_forever(invalid, 1, true);
+    let (_, dec) = decide(&s, Some(&policy));
+    let release = match dec.act() {
+        Some(Action::Rollback {
+            to_version: 2,
+            release,
+        }) => release.clone(),
+        other => panic!("{other:?}"),
+    };
+    // A fix pushed after retries ran out: the spec moved on, the status has not yet.
+    let mut fixed = retrying_forever(invalid, 1, true);
+    let o = fixed.snap.objects.get_mut(&fixed.target).unwrap();
+    std::sync::Arc::make_mut(o).generation = Some(3);
+    let (_, dec) = decide(&fixed, Some(&policy));
+    assert!(
+        matches!(&dec.blocked, Some(Blocked::FluxRemediating(m)) if m.contains("changed (generation 3)")),
+        "{dec:?}"
+    );
+    // A rollback a crash interrupted, as a restored record would name it: to revision 1, not
+    // the last good one (2). Not finished; today's plan is the rollback to 2.
+    let mut restored = retrying_forever(invalid, 1, true);
+    restored.inc.interrupted = Some(Action::Rollback {
+        to_version: 1,
+        release: release.clone(),
+    });
+    restored.snap.add_release(stored(1, "superseded", 0));
+    let (_, dec) = decide(&restored, Some(&policy));
+    assert!(
+        matches!(dec.planned, Some(Action::Rollback { to_version: 2, .. })),
+        "{dec:?}"
+    );
+    // The genuine one, to 2, after fluxmedic's own suspend (one generation on): finished.
+    let mut genuine = retrying_forever(invalid, 1, true);
+    genuine.inc.interrupted = Some(Action::Rollback {
+        to_version: 2,
+        release,
+    });
+    genuine.inc.holds = true;
+    let o = genuine.snap.objects.get_mut(&genuine.target).unwrap();
+    let o = std::sync::Arc::make_mut(o);
+    o.generation = Some(3);
+    o.suspended = true;
+    o.reconcile_annotations.insert(
+        crate::api::SUSPENDED_BY_ANNOTATION.into(),
+        "hr-web-1".into(),
+    );
+    let (_, dec) = decide(&genuine, Some(&policy));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { to_version: 2, .. })),
+        "{dec:?}"
+    );
+}
+
+#[test]
+fn a_circuit_breaker_opens_for_one_namespace_only() {
+    let mut tenant = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    tenant.namespace = "team-b".into();
+    tenant.spec.circuit_breaker = Some(crate::api::CircuitBreaker {
+        max_failing_targets: 1,
+    });
+    let mut lax = tenant.clone();
+    lax.namespace = "team-c".into();
+    lax.spec.circuit_breaker = Some(crate::api::CircuitBreaker {
+        max_failing_targets: 500,
+    });
+    let failing = std::iter::repeat_n("team-a", 21)
+        .chain(std::iter::repeat_n("team-b", 2))
+        .chain(std::iter::repeat_n("team-c", 21))
+        .chain(["team-d"]);
+    let b = crate::policy::Breakers::new(failing, &[tenant, lax], "fluxmedic", 20);
+    // team-a's storm opens team-a's breaker; team-d's one failure is acted on as usual.
+    assert_eq!(b.failing("team-a"), 21);
+    assert_eq!(b.threshold("team-d"), 20);
+    // A tenant may lower its own threshold, never raise it above the operator's.
+    assert_eq!(b.threshold("team-b"), 1);
+    assert_eq!(b.threshold("team-c"), 20);
+    assert_eq!(b.open(), vec!["team-a", "team-b", "team-c"]);
 }

@@ -18,7 +18,7 @@ use crate::{
     error::{Error, Result},
     flux::{FluxKind, ObjectKey},
     helm::{self, StoredRelease},
-    policy::ReleaseRef,
+    policy::{ReleaseRef, identity::ServiceAccountRef},
 };
 
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
@@ -51,6 +51,9 @@ fn pp() -> PatchParams {
 #[derive(Clone)]
 pub struct Actuator {
     pub client: Client,
+    /// The configuration `client` was made from: the base of the clients that act as another
+    /// identity (Kubernetes impersonation). `None` (a read-only CLI): no Helm action can run.
+    pub config: Option<kube::Config>,
     pub helm_bin: PathBuf,
     /// Paces every write (None: unlimited, for one-shot CLI reads).
     pub limiter: Option<std::sync::Arc<crate::controller::limiter::WriteLimiter>>,
@@ -78,6 +81,25 @@ impl Actuator {
             l.acquire().await?;
         }
         Ok(())
+    }
+
+    /// A client that acts as `who`: every request it makes is authorised for, and audited as,
+    /// that ServiceAccount (fluxmedic's own rights only let it ask).
+    fn client_as(&self, who: &ServiceAccountRef) -> Result<Client> {
+        if who.namespace.is_empty() || who.name.is_empty() {
+            return Err(Error::Precondition(
+                "no identity to act as: a Helm action never runs with fluxmedic's own rights"
+                    .into(),
+            ));
+        }
+        let mut config = self.config.clone().ok_or_else(|| {
+            Error::Precondition("this command cannot act as another identity".into())
+        })?;
+        config.auth_info.impersonate = Some(who.username());
+        config.auth_info.impersonate_groups = None;
+        config.auth_info.impersonate_uid = None;
+        config.auth_info.impersonate_user_extra = None;
+        Client::try_from(config).map_err(Error::from)
     }
 
     fn flux_api(&self, key: &ObjectKey) -> Api<DynamicObject> {
@@ -119,16 +141,25 @@ impl Actuator {
     }
 
     /// Suspend `key` on behalf of Remediation `owner`: `spec.suspend`, the owner's name and the
-    /// sealed `hold` value, in one merge patch preconditioned on the object's uid (a recreated
-    /// object is not suspended by mistake). Returns the generation after the patch.
+    /// sealed `hold` value, in one merge patch preconditioned on the object's uid and on the
+    /// resourceVersion the decision was taken on (a recreated object, or one changed since —
+    /// a fix pushed meanwhile — is not suspended: the API server answers 409 and the next pass
+    /// decides on the new view). Returns the generation after the patch.
     pub async fn suspend(
         &self,
         key: &ObjectKey,
         uid: &str,
+        resource_version: &str,
         owner: &str,
         hold: &str,
     ) -> Result<Option<i64>> {
-        let patch = json!({"metadata": {"uid": uid, "annotations": {SUSPENDED_BY_ANNOTATION: owner, HOLD_ANNOTATION: hold}},
+        if resource_version.is_empty() {
+            return Err(Error::Precondition(format!(
+                "no resourceVersion for {key}: not suspended on an unversioned view"
+            )));
+        }
+        let patch = json!({"metadata": {"uid": uid, "resourceVersion": resource_version,
+                                        "annotations": {SUSPENDED_BY_ANNOTATION: owner, HOLD_ANNOTATION: hold}},
                            "spec": {"suspend": true}});
         self.throttle().await?;
         let o = self
@@ -230,7 +261,7 @@ impl Actuator {
         let stored: Vec<StoredRelease> = history.iter().map(|(r, _)| r.clone()).collect();
         let latest = match history.into_iter().last() {
             Some((r, secret)) => {
-                let rel = helm::decode_secret(&r.secret_name, &secret_data(&secret))?;
+                let rel = decode(&r.secret_name, secret_data(&secret)).await?;
                 Some((r, secret, rel))
             }
             None => None,
@@ -256,17 +287,12 @@ impl Actuator {
         if !ours {
             return Ok(false);
         }
-        if let Some(info) = rel.json.get_mut("info").and_then(|i| i.as_object_mut()) {
-            info.insert("status".into(), json!("failed"));
-            info.insert(
-                "description".into(),
-                json!(format!(
-                    "Rollback to {to_version} stopped by fluxmedic: {why}"
-                )),
-            );
-        }
+        rel.mark_failed(format!(
+            "Rollback to {to_version} stopped by fluxmedic: {why}"
+        ))
+        .map_err(Error::Precondition)?;
         let mut d = secret.data.take().unwrap_or_default();
-        d.insert("release".into(), ByteString(rel.encode()));
+        d.insert("release".into(), ByteString(encode(rel).await?));
         secret.data = Some(d);
         let l = secret.metadata.labels.get_or_insert_with(Default::default);
         l.insert("status".into(), "failed".into());
@@ -275,33 +301,37 @@ impl Actuator {
             jiff::Timestamp::now().as_second().to_string(),
         );
         self.throttle().await?;
-        Api::<Secret>::namespaced(self.client.clone(), &release.storage_namespace)
-            .replace(
-                &stored.secret_name,
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &secret,
-            )
-            .await?;
+        Api::<Secret>::namespaced(
+            self.client_as(&release.identity)?,
+            &release.storage_namespace,
+        )
+        .replace(
+            &stored.secret_name,
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            },
+            &secret,
+        )
+        .await?;
         info!(secret = %stored.secret_name, "cleared the lock of an interrupted rollback");
         Ok(true)
     }
 
-    /// Roll a release back to `to_version` with the helm binary, as the release's
-    /// ServiceAccount when helm-controller impersonates one (`hr_namespace` is where it lives).
+    /// Roll a release back to `to_version` with the helm binary, as the identity
+    /// helm-controller uses for the release (`release.identity`), never as fluxmedic.
     /// Skipped if the latest revision already is that rollback (a crash after helm ran); a
     /// pending-rollback an earlier run of fluxmedic left is cleared first. helm is killed if
     /// it outlives `timeout` plus a minute or `stop` fires, and the lock it leaves is cleared.
     pub async fn helm_rollback(
         &self,
         release: &ReleaseRef,
-        hr_namespace: &str,
         to_version: i64,
         timeout: Duration,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<String> {
+        // Refused before anything is read or written when there is no identity to act as.
+        self.client_as(&release.identity)?;
         let (stored, latest) = self.latest_decoded(release).await?;
         if let Some((latest, _, rel)) = &latest {
             if rel.description() == Some(&format!("Rollback to {to_version}"))
@@ -336,10 +366,9 @@ impl Actuator {
         ])
         .arg(format!("{}s", helm_timeout.as_secs()))
         .kill_on_drop(true);
-        if let Some(sa) = &release.service_account {
-            cmd.arg("--kube-as-user")
-                .arg(format!("system:serviceaccount:{hr_namespace}:{sa}"));
-        }
+        // As the identity helm-controller uses for this release, always (an empty one is
+        // refused above): never with fluxmedic's own rights.
+        cmd.arg("--kube-as-user").arg(release.identity.username());
         let hard = helm_timeout.saturating_add(Duration::from_secs(60));
         let stopped = async {
             while !*stop.borrow() {
@@ -357,7 +386,9 @@ impl Actuator {
                         release.storage_namespace, release.name
                     ));
                 }
-                let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                // helm's own words, but only their end: a chart can make them as long as it
+                // likes, and a record must stay far below the API's object size limit.
+                let err = tail(String::from_utf8_lossy(&out.stderr).trim(), 2048);
                 self.clear_own_rollback_lock(release, to_version, "helm failed").await.ok();
                 return Err(Error::Helm(err));
             }
@@ -400,8 +431,8 @@ impl Actuator {
             Error::Precondition(format!("{ns}/{secret_name} is not a Helm release Secret"))
         })?;
         let data = secret_data(&secret);
-        let mut rel = helm::decode_secret(secret_name, &data)?;
-        let payload_ns = rel.json.get("namespace").and_then(|v| v.as_str());
+        let mut rel = decode(secret_name, data).await?;
+        let payload_ns = rel.namespace();
         if stored.release != expected.name || payload_ns.is_some_and(|n| n != expected.namespace) {
             return Err(Error::Precondition(format!(
                 "{ns}/{secret_name} holds release {}/{}, not {}/{}: not touched",
@@ -415,6 +446,9 @@ impl Actuator {
         if !stored.status.is_pending() || !helm::ReleaseStatus(status.clone()).is_pending() {
             return Ok(UnlockOutcome::AlreadyUnlocked { status });
         }
+        // The write goes in as the release's identity: what that identity may not do,
+        // fluxmedic does not do for it.
+        let api_as: Api<Secret> = Api::namespaced(self.client_as(&expected.identity)?, ns);
         if delete {
             let dp = DeleteParams {
                 preconditions: Some(Preconditions {
@@ -424,13 +458,13 @@ impl Actuator {
                 ..Default::default()
             };
             self.throttle().await?;
-            api.delete(secret_name, &dp).await?;
+            api_as.delete(secret_name, &dp).await?;
             info!(secret = secret_name, ns, "deleted stale pending release");
             return Ok(UnlockOutcome::Deleted);
         }
         let previous = rel.mark_unlocked().map_err(Error::Precondition)?;
         let mut d = secret.data.take().unwrap_or_default();
-        d.insert("release".into(), ByteString(rel.encode()));
+        d.insert("release".into(), ByteString(encode(rel).await?));
         secret.data = Some(d);
         let l = secret.metadata.labels.get_or_insert_with(Default::default);
         l.insert("status".into(), "failed".into());
@@ -440,15 +474,16 @@ impl Actuator {
         );
         // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
         self.throttle().await?;
-        api.replace(
-            secret_name,
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            },
-            &secret,
-        )
-        .await?;
+        api_as
+            .replace(
+                secret_name,
+                &PostParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                },
+                &secret,
+            )
+            .await?;
         info!(
             secret = secret_name,
             ns, previous, "unlocked stale pending release"
@@ -470,6 +505,44 @@ impl Actuator {
             resource_version: s.metadata.resource_version,
         }))
     }
+}
+
+/// The last `max` characters of `s` (whole characters), marked as cut when cut.
+fn tail(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    format!("…{}", s.chars().skip(n - max).collect::<String>())
+}
+
+/// One release payload decoded at a time, off the async threads: whatever a payload holds,
+/// fluxmedic's memory grows by one bounded decode ([`helm::MAX_INFLATED`]), never by one
+/// per target.
+static DECODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+async fn decode(name: &str, data: BTreeMap<String, Vec<u8>>) -> Result<helm::Release> {
+    let _one = DECODING
+        .acquire()
+        .await
+        .map_err(|e| Error::Precondition(e.to_string()))?;
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || helm::decode_secret(&name, &data))
+        .await
+        .map_err(|e| Error::Precondition(format!("decoding stopped: {e}")))?
+        .map_err(Error::from)
+}
+
+/// Re-encode an edited release (gzip at best compression), as bounded as [`decode`].
+async fn encode(rel: helm::Release) -> Result<Vec<u8>> {
+    let _one = DECODING
+        .acquire()
+        .await
+        .map_err(|e| Error::Precondition(e.to_string()))?;
+    tokio::task::spawn_blocking(move || rel.encode())
+        .await
+        .map_err(|e| Error::Precondition(format!("encoding stopped: {e}")))?
+        .map_err(Error::Precondition)
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {

@@ -728,6 +728,13 @@ pub struct Operator {
     pub log: PathBuf,
 }
 
+/// The identity helm-controller uses outside Flux's lockdown in the test control plane: its
+/// own ServiceAccount, bound to cluster-admin (hack/testenv/up.sh), as Flux installs it.
+pub const HELM_CONTROLLER_IDENTITY: [&str; 2] = [
+    "--helm-controller-service-account",
+    "flux-system/helm-controller",
+];
+
 static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
 impl Operator {
@@ -756,10 +763,23 @@ impl Operator {
             + (std::process::id() % 50) as u16 * 20
             + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = std::env::temp_dir().join(format!("fluxmedic-{op}-{port}.log"));
+        // helm-controller runs unrestricted as flux-system/helm-controller here (up.sh), and no
+        // Deployment says so: Helm actions borrow that identity unless a test says otherwise
+        // (or names a Flux namespace whose Deployments say it).
+        let identity: &[&str] = if extra.iter().any(|a| {
+            a.starts_with("--helm-controller-service-account")
+                || a.starts_with("--helm-default-service-account")
+                || a.starts_with("--flux-namespace")
+        }) {
+            &[]
+        } else {
+            &HELM_CONTROLLER_IDENTITY
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
             .envs(vars.iter().copied())
             .args(["run", "--namespace", op, "--watch-namespaces"])
             .arg(watch.join(","))
+            .args(identity)
             .arg("--metrics-addr")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--tick-seconds", "1", "--helm", env.helm()])
@@ -790,13 +810,12 @@ impl Operator {
         reqwest_get(&self.metrics_url.replace("/metrics", path)).await
     }
 
-    /// The value of a metric line (exact series, e.g. `fluxmedic_incidents_total{case="git-auth"}`).
+    /// The sum of the metric lines of `series`: a name and the labels that must match (e.g.
+    /// `fluxmedic_incidents_total{case="git-auth"}`; other labels, such as the namespace, may
+    /// be there too).
     pub async fn metric(&self, series: &str) -> f64 {
         let text = reqwest_get(&self.metrics_url).await.unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&text, series)
     }
 
     /// Wait until a metric reaches at least `min` (metrics are updated right after the
@@ -834,6 +853,15 @@ impl Operator {
         self.child.try_wait().ok().flatten().and_then(|s| s.code())
     }
 
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -849,6 +877,29 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The sum of the lines of `text` (OpenMetrics) for `series` (see [`Operator::metric`]).
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    let (name, want) = match series.split_once('{') {
+        Some((n, rest)) => (n, rest.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let want: Vec<&str> = want.split(',').filter(|p| !p.is_empty()).collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (n, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            let have: Vec<&str> = labels.split(',').collect();
+            (n == name && want.iter().all(|w| have.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// A tiny HTTP GET over a TCP socket (no client crate needed for /metrics).
@@ -1072,6 +1123,35 @@ pub async fn flux_controller_deployment(
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"terminationGracePeriodSeconds": 1,
                     "containers": [{"name": "manager", "image": image, "imagePullPolicy": "Never", "args": args}]}}}})).await;
+}
+
+/// helm-controller as `flux install` deploys it into `flux_ns`, for fluxmedic to read which
+/// identity it uses: its ServiceAccount (bound to cluster-admin, as Flux binds it) and its
+/// Deployment with `args` (no pod runs it: Flux's controllers run as processes here, and a
+/// Deployment without a status is not judged down).
+pub async fn helm_controller_as_flux_installs_it(client: &Client, flux_ns: &str, args: &[&str]) {
+    helm_controller_deployment(client, flux_ns, "helm-controller", args).await
+}
+
+/// [`helm_controller_as_flux_installs_it`] with a Deployment name of its own (a shard's).
+pub async fn helm_controller_deployment(client: &Client, flux_ns: &str, name: &str, args: &[&str]) {
+    apply(
+        client,
+        json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "helm-controller", "namespace": flux_ns}}),
+    )
+    .await;
+    apply(client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("cluster-reconciler-{flux_ns}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "helm-controller", "namespace": flux_ns}]})).await;
+    apply(client, json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": flux_ns,
+            "labels": {"app.kubernetes.io/component": "helm-controller", "app.kubernetes.io/part-of": "flux", "control-plane": "controller"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"serviceAccountName": "helm-controller",
+                    "containers": [{"name": "manager", "image": "ghcr.io/fluxcd/helm-controller:v1.6.4", "args": args}]}}}})).await;
 }
 
 // ---------------------------------------------------------------- scenario helpers
@@ -1320,16 +1400,32 @@ pub async fn forge_pending(
         .collect();
     let mut rel =
         fluxmedic::helm::decode_secret(&format!("sh.helm.release.v1.{release}.v{from}"), &data)
+            .unwrap()
+            .to_value()
             .unwrap();
-    rel.json["version"] = json!(to);
-    rel.json["info"]["status"] = json!("pending-upgrade");
+    rel["version"] = json!(to);
+    rel["info"]["status"] = json!("pending-upgrade");
     let payload = if corrupt {
         base64::engine::general_purpose::STANDARD
             .encode(b"\x1f\x8b\x08garbage")
             .into_bytes()
     } else {
-        rel.encode()
+        fluxmedic::helm::encode_json(&rel)
     };
+    forge_pending_payload(client, ns, release, to, age_s, payload).await;
+}
+
+/// A pending-upgrade revision `to` of `release` in `ns`, last written `age_s` ago, holding
+/// `payload` as its `data.release`.
+pub async fn forge_pending_payload(
+    client: &Client,
+    ns: &str,
+    release: &str,
+    to: i64,
+    age_s: i64,
+    payload: Vec<u8>,
+) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let modified = (jiff::Timestamp::now().as_second() - age_s).to_string();
     let s: Secret = serde_json::from_value(json!({"metadata": {"name": format!("sh.helm.release.v1.{release}.v{to}"), "namespace": ns,
         "labels": {"owner": "helm", "name": release, "status": "pending-upgrade", "version": to.to_string(), "modifiedAt": modified}},
