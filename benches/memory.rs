@@ -43,14 +43,7 @@ async fn stale_lock(env: &Env, client: &kube::Client, ns: &str, pending: Pending
     chart_repo(env, client, ns).await;
     helm_release(client, ns, "web", "0.1.0", json!({"suffix": "one"}), "30s").await;
     wait_ready(client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-    merge_patch(
-        client,
-        ns,
-        "HelmRelease",
-        "web",
-        json!({"spec": {"suspend": true}}),
-    )
-    .await;
+    suspend_and_settle(client, ns, "web").await;
     let head = format!(
         "{{\"name\":\"web\",\"version\":2,\"namespace\":\"{ns}\",\"info\":{{\"status\":\"pending-upgrade\"}},\"manifest\":"
     );

@@ -607,14 +607,14 @@ async fn the_chart_runs_as_users_run_it() {
         "spec": {"interval": "1h", "suspend": true,
                  "chart": {"spec": {"chart": "web", "version": "0.1.0", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}})).await;
 
-    // helm uninstall: its pre-delete hook (a Job on the node, the same image and token) stops
+    // helm uninstall: its pre-delete hook (a Job on the node, the same image, its own token) stops
     // the operator and resumes what fluxmedic held; then the pods and the chart's cluster-wide
     // RBAC go. The person's suspension stays.
     let lp = ListParams::default().labels("app.kubernetes.io/instance=fluxmedic");
     let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
     assert!(
         crbs.list(&lp).await.unwrap().items.len() >= 2,
-        "the chart's ClusterRoleBindings (main and rollback) are labelled"
+        "the chart's ClusterRoleBindings (the operator's and the uninstall hook's) are labelled"
     );
     let (ok, out) = helm(
         env,

@@ -1511,14 +1511,7 @@ async fn a_compression_bomb_in_a_release_secret_is_refused_reported_and_never_re
     }
     for ns in [&bombed, &dense] {
         wait_ready(&client, ns, "HelmRelease", "web", Duration::from_secs(90)).await;
-        merge_patch(
-            &client,
-            ns,
-            "HelmRelease",
-            "web",
-            json!({"spec": {"suspend": true}}),
-        )
-        .await;
+        suspend_and_settle(&client, ns, "web").await;
     }
     let head = "{\"name\":\"web\",\"version\":2,\"namespace\":\"NS\",\"info\":{\"status\":\"pending-upgrade\"},\"manifest\":";
     let bomb = gzip_payload(

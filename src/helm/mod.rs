@@ -378,6 +378,45 @@ impl Release {
     }
 }
 
+/// Inflate a gzip payload into at most [`MAX_INFLATED`] bytes. The buffer is sized from the
+/// gzip trailer and grows by doubling only if that was a lie, never past the bound (a plain
+/// `read_to_end` would double it to twice the bound on the byte that crosses it).
+fn inflate(gz: &[u8]) -> Result<Vec<u8>, String> {
+    let refused = || {
+        format!(
+            "inflates to more than {} MiB: refused",
+            MAX_INFLATED / (1024 * 1024)
+        )
+    };
+    // gzip's trailer says how long the content is (mod 4 GiB; the payload's word, checked as
+    // it inflates): one allocation of that size, or a refusal before inflating anything.
+    let said = gz
+        .len()
+        .checked_sub(4)
+        .map(|at| u32::from_le_bytes([gz[at], gz[at + 1], gz[at + 2], gz[at + 3]]) as usize)
+        .unwrap_or(0);
+    if said > MAX_INFLATED {
+        return Err(refused());
+    }
+    let mut dec = flate2::read::GzDecoder::new(gz);
+    let mut out: Vec<u8> = Vec::with_capacity(said);
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        let n = dec.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > MAX_INFLATED {
+            return Err(refused());
+        }
+        if out.capacity() < out.len() + n {
+            let want = (out.capacity() * 2).max(out.len() + n).min(MAX_INFLATED);
+            out.reserve_exact(want - out.len());
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Decode `data.release` (as bytes, after the API's own base64 has been removed). Inflation
 /// stops at [`MAX_INFLATED`] and parsing at serde_json's nesting limit; neither builds more
 /// than the text itself and a few fields.
@@ -399,18 +438,7 @@ pub fn decode_payload(secret: &str, payload: &[u8]) -> Result<Release, DecodeErr
         reason,
     };
     let (bytes, was_gzipped) = if raw.len() >= 3 && raw[..3] == GZIP_MAGIC {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .take(MAX_INFLATED as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| gzip_err(e.to_string()))?;
-        if out.len() > MAX_INFLATED {
-            return Err(gzip_err(format!(
-                "inflates to more than {} MiB: refused",
-                MAX_INFLATED / (1024 * 1024)
-            )));
-        }
-        (out, true)
+        (inflate(&raw).map_err(gzip_err)?, true)
     } else if raw.len() > MAX_INFLATED {
         return Err(DecodeError::Json {
             secret: secret.into(),
@@ -679,6 +707,22 @@ mod tests {
         let b = bomb("{\"a\":\"", b"0", 64 << 20, "\"}");
         assert!(b.len() < 200 * 1024, "{} bytes", b.len());
         let err = decode_payload("s", &b).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Gzip { reason, .. } if reason.contains("more than 16 MiB")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_trailer_that_lies_about_the_size_is_checked_as_it_inflates() {
+        // 20 MiB of zeros whose trailer says 10 bytes: inflated, counted, refused at the bound.
+        let mut b = base64::engine::general_purpose::STANDARD
+            .decode(bomb("{\"a\":\"", b"0", 20 << 20, "\"}"))
+            .unwrap();
+        let n = b.len();
+        b[n - 4..].copy_from_slice(&10u32.to_le_bytes());
+        let err = decode_payload("s", base64::engine::general_purpose::STANDARD.encode(&b).as_bytes())
+            .unwrap_err();
         assert!(
             matches!(&err, DecodeError::Gzip { reason, .. } if reason.contains("more than 16 MiB")),
             "{err}"

@@ -1458,6 +1458,20 @@ pub fn recorded_intent(r: &Value) -> Option<Value> {
 /// (it would unlock the release itself): the forgery waits for that to settle, and checks that
 /// the release is still Ready afterwards so a lost race fails here, with its reason.
 pub async fn suspend_then_forge_pending(client: &Client, ns: &str, name: &str, corrupt: bool) {
+    suspend_and_settle(client, ns, name).await;
+    forge_pending(client, ns, name, 1, 2, 3600, corrupt).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hr = get(client, ns, "HelmRelease", name).await.unwrap();
+    assert!(
+        is_ready(&hr),
+        "helm-controller acted on the suspended release: {}",
+        hr["status"]
+    );
+}
+
+/// Suspend HelmRelease `name`, and give helm-controller time to have seen it (a reconcile in
+/// flight when the suspension lands could otherwise still unlock a release forged after it).
+pub async fn suspend_and_settle(client: &Client, ns: &str, name: &str) {
     merge_patch(
         client,
         ns,
@@ -1467,14 +1481,6 @@ pub async fn suspend_then_forge_pending(client: &Client, ns: &str, name: &str, c
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    forge_pending(client, ns, name, 1, 2, 3600, corrupt).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let hr = get(client, ns, "HelmRelease", name).await.unwrap();
-    assert!(
-        is_ready(&hr),
-        "helm-controller acted on the suspended release: {}",
-        hr["status"]
-    );
 }
 
 /// The first commit of `app`: a kustomization applying one ConfigMap, `cm("greeting", "v1")`.
