@@ -210,7 +210,7 @@ async fn main() {
         "circuitBreaker": {"maxFailingTargets": 100000}, "limits": {"pollInterval": "1h", "maxPollInterval": "1h"}}))).await;
 
     // Operator as its own audited identity.
-    let kc = token_kubeconfig(env, &ns, env.var("FLUXMEDIC_BENCH_TOKEN"));
+    let kc = audited_kubeconfig(env, &ns);
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 180;
     let metrics = format!("http://127.0.0.1:{port}/metrics");
     let writes = std::env::var("FLUXMEDIC_LOAD_WRITES").unwrap_or_else(|_| "20".into());

@@ -14,24 +14,6 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 
-/// A release payload (base64 of gzip) holding `prefix`, `len` bytes of `fill`, `suffix`.
-fn gzip_payload(prefix: &str, fill: &[u8], len: usize, suffix: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut enc, prefix.as_bytes()).unwrap();
-    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        std::io::Write::write_all(&mut enc, &chunk[..n]).unwrap();
-        left -= n;
-    }
-    std::io::Write::write_all(&mut enc, suffix.as_bytes()).unwrap();
-    base64::engine::general_purpose::STANDARD
-        .encode(enc.finish().unwrap())
-        .into_bytes()
-}
-
 /// What the pending release of `ns` holds.
 enum Pending {
     Ordinary,
@@ -48,9 +30,15 @@ async fn stale_lock(env: &Env, client: &kube::Client, ns: &str, pending: Pending
         "{{\"name\":\"web\",\"version\":2,\"namespace\":\"{ns}\",\"info\":{{\"status\":\"pending-upgrade\"}},\"manifest\":"
     );
     let payload = match pending {
-        Pending::Ordinary => gzip_payload(&format!("{head}\""), b"-", 2048, "\"}"),
-        Pending::Bomb => gzip_payload(&format!("{head}\""), b"0", 64 << 20, "\"}"),
-        Pending::Dense => gzip_payload(&format!("{head}["), b"0,", 12 << 20, "0]}"),
+        Pending::Ordinary => {
+            fluxmedic::helm::fixture_payload(&format!("{head}\""), b"-", 2048, "\"}")
+        }
+        Pending::Bomb => {
+            fluxmedic::helm::fixture_payload(&format!("{head}\""), b"0", 64 << 20, "\"}")
+        }
+        Pending::Dense => {
+            fluxmedic::helm::fixture_payload(&format!("{head}["), b"0,", 12 << 20, "0]}")
+        }
     };
     forge_pending_payload(client, ns, "web", 2, 3600, payload).await;
     apply(

@@ -1095,53 +1095,12 @@ async fn broken_kustomization_setup(
     n: usize,
 ) -> (&'static Env, Client, String, Repo) {
     let (env, client, ns) = setup(prefix).await;
-    let repo = Repo::new(env, &ns, false);
-    let mut files = vec![];
-    for i in 0..n {
-        files.push((
-            format!("app{i}/kustomization.yaml"),
-            "resources:\n- cm.yaml\n".to_string(),
-        ));
-        files.push((format!("app{i}/cm.yaml"), cm(&format!("cm{i}"), "v1")));
-    }
-    repo.commit(
-        &files
-            .iter()
-            .map(|(a, b)| (a.as_str(), Some(b.as_str())))
-            .collect::<Vec<_>>(),
-        "initial",
-    );
-    git_repository(&client, &ns, "repo", &repo.url, None).await;
-    for i in 0..n {
-        kustomization(&client, &ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
-    }
-    for i in 0..n {
-        wait_ready(&client, &ns, "Kustomization", &format!("app{i}"), MIN).await;
-    }
+    let repo = ready_apps(env, &client, &ns, n).await;
     (env, client, ns, repo)
 }
 
 async fn break_all(client: &Client, ns: &str, repo: &Repo, n: usize) {
-    let files: Vec<String> = (0..n).map(|i| format!("app{i}/cm.yaml")).collect();
-    repo.commit(
-        &files
-            .iter()
-            .map(|f| (f.as_str(), Some(BROKEN_YAML)))
-            .collect::<Vec<_>>(),
-        "break",
-    );
-    request_reconcile(client, ns, "GitRepository", "repo").await;
-    for i in 0..n {
-        wait_failing(
-            client,
-            ns,
-            "Kustomization",
-            &format!("app{i}"),
-            "BuildFailed",
-            MIN,
-        )
-        .await;
-    }
+    break_apps(client, ns, repo, n).await
 }
 
 /// Whether fluxmedic wrote to the GitRepository (its field manager in managedFields).

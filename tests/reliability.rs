@@ -570,7 +570,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         "circuitBreaker": {"maxFailingTargets": 20}}))).await;
 
     // As the audited measurement identity (the audit log records only it).
-    let kc = token_kubeconfig(env, &ns, env.var("FLUXMEDIC_BENCH_TOKEN"));
+    let kc = audited_kubeconfig(env, &ns);
     let limit = 30u32;
     let from = jiff::Timestamp::now();
     let port = env.var("FLUXMEDIC_PORT_BASE").parse::<u16>().unwrap() + 170;

@@ -648,11 +648,7 @@ async fn a_waiting_incident_costs_no_writes() {
         ),
     )
     .await;
-    let kc = token_kubeconfig(
-        env,
-        &format!("{ns}-bench"),
-        env.var("FLUXMEDIC_BENCH_TOKEN"),
-    );
+    let kc = audited_kubeconfig(env, &format!("{ns}-bench"));
     let _op = Operator::launch(env, &ns, &[&ns], &[], &[], kc.to_str().unwrap());
     wait_for(
         "every source polled once and waiting",
@@ -740,11 +736,7 @@ async fn a_lost_lease_stops_every_write_within_a_second() {
         }
     })
     .await;
-    let kc = token_kubeconfig(
-        env,
-        &format!("{ns}-bench"),
-        env.var("FLUXMEDIC_BENCH_TOKEN"),
-    );
+    let kc = audited_kubeconfig(env, &format!("{ns}-bench"));
     let _op = Operator::launch(
         env,
         &ns,
@@ -1217,11 +1209,7 @@ async fn a_rollback_of_an_impersonating_release_runs_as_its_service_account() {
     )
     .await;
     let from = jiff::Timestamp::now();
-    let kc = token_kubeconfig(
-        env,
-        &format!("{ns}-bench"),
-        env.var("FLUXMEDIC_BENCH_TOKEN"),
-    );
+    let kc = audited_kubeconfig(env, &format!("{ns}-bench"));
     let _op = Operator::launch(env, &ns, &[&ns], &[], &[], kc.to_str().unwrap());
     wait_remediation(
         &client,
@@ -1399,11 +1387,7 @@ async fn under_flux_lockdown_a_rollback_runs_as_the_release_identity_helm_contro
     .await;
 
     let from = jiff::Timestamp::now();
-    let kc = token_kubeconfig(
-        env,
-        &format!("{tenant}-bench"),
-        env.var("FLUXMEDIC_BENCH_TOKEN"),
-    );
+    let kc = audited_kubeconfig(env, &format!("{tenant}-bench"));
     let op = Operator::launch(
         env,
         &op_ns,
@@ -1478,24 +1462,6 @@ async fn under_flux_lockdown_a_rollback_runs_as_the_release_identity_helm_contro
     }
 }
 
-/// A release payload (base64 of gzip) holding `prefix`, `len` bytes of `fill`, `suffix`.
-fn gzip_payload(prefix: &str, fill: &[u8], len: usize, suffix: &str) -> Vec<u8> {
-    use base64::Engine as _;
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    std::io::Write::write_all(&mut enc, prefix.as_bytes()).unwrap();
-    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        std::io::Write::write_all(&mut enc, &chunk[..n]).unwrap();
-        left -= n;
-    }
-    std::io::Write::write_all(&mut enc, suffix.as_bytes()).unwrap();
-    base64::engine::general_purpose::STANDARD
-        .encode(enc.finish().unwrap())
-        .into_bytes()
-}
-
 /// A tenant's own pending release Secret as a compression bomb: ~64 KiB that inflates to
 /// 64 MiB, and beside it one within the bound whose JSON holds millions of tiny values. The
 /// bomb is refused at the inflation bound, reported in the record and never tried again; the
@@ -1514,7 +1480,7 @@ async fn a_compression_bomb_in_a_release_secret_is_refused_reported_and_never_re
         suspend_and_settle(&client, ns, "web").await;
     }
     let head = "{\"name\":\"web\",\"version\":2,\"namespace\":\"NS\",\"info\":{\"status\":\"pending-upgrade\"},\"manifest\":";
-    let bomb = gzip_payload(
+    let bomb = fluxmedic::helm::fixture_payload(
         &format!("{}\"", head.replace("NS", &bombed)),
         b"0",
         64 << 20,
@@ -1522,7 +1488,7 @@ async fn a_compression_bomb_in_a_release_secret_is_refused_reported_and_never_re
     );
     assert!(bomb.len() < 128 * 1024, "{} bytes", bomb.len());
     forge_pending_payload(&client, &bombed, "web", 2, 3600, bomb).await;
-    let many = gzip_payload(
+    let many = fluxmedic::helm::fixture_payload(
         &format!("{}[", head.replace("NS", &dense)),
         b"0,",
         12 << 20,
@@ -1693,48 +1659,8 @@ async fn merge_patch_policy(client: &Client, ns: &str, name: &str, patch: Value)
 
 /// `n` Kustomizations `app<i>` in `ns` building from one repository, Ready, then all broken.
 async fn broken_apps(env: &Env, client: &Client, ns: &str, n: usize) {
-    let repo = Repo::new(env, ns, false);
-    let mut files = vec![];
-    for i in 0..n {
-        files.push((
-            format!("app{i}/kustomization.yaml"),
-            "resources:\n- cm.yaml\n".to_string(),
-        ));
-        files.push((format!("app{i}/cm.yaml"), cm(&format!("cm{i}"), "v1")));
-    }
-    let commit = |files: &[(String, String)], msg: &str| {
-        repo.commit(
-            &files
-                .iter()
-                .map(|(a, b)| (a.as_str(), Some(b.as_str())))
-                .collect::<Vec<_>>(),
-            msg,
-        )
-    };
-    commit(&files, "initial");
-    git_repository(client, ns, "repo", &repo.url, None).await;
-    for i in 0..n {
-        kustomization(client, ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
-    }
-    for i in 0..n {
-        wait_ready(client, ns, "Kustomization", &format!("app{i}"), MIN).await;
-    }
-    let broken: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("app{i}/cm.yaml"), BROKEN_YAML.to_string()))
-        .collect();
-    commit(&broken, "break");
-    request_reconcile(client, ns, "GitRepository", "repo").await;
-    for i in 0..n {
-        wait_failing(
-            client,
-            ns,
-            "Kustomization",
-            &format!("app{i}"),
-            "BuildFailed",
-            MIN,
-        )
-        .await;
-    }
+    let repo = ready_apps(env, client, ns, n).await;
+    break_apps(client, ns, &repo, n).await;
 }
 
 /// One tenant's storm of failures opens the circuit breaker of its own namespace only: the

@@ -91,8 +91,10 @@ rules:
 - level: None
 EOF
 
-# kubeconfig FILE NAME: a kubeconfig for the client certificate pki/NAME.{crt,key}.
+# kubeconfig FILE NAME [USER]: a kubeconfig for user NAME, authenticated as USER says (a
+# flow mapping), by default the client certificate pki/NAME.{crt,key}.
 kubeconfig() {
+  local user=${3:-"{client-certificate: \"$pki/$2.crt\", client-key: \"$pki/$2.key\"}"}
   cat > "$1" <<EOF
 apiVersion: v1
 kind: Config
@@ -101,7 +103,7 @@ clusters:
   cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
 users:
 - name: $2
-  user: {client-certificate: "$pki/$2.crt", client-key: "$pki/$2.key"}
+  user: $user
 contexts:
 - name: testenv
   context: {cluster: testenv, user: $2}
@@ -188,20 +190,7 @@ kubectl create serviceaccount helm-controller -n flux-system --dry-run=client -o
 kubectl create clusterrolebinding cluster-reconciler-helm-controller --clusterrole=cluster-admin \
   --serviceaccount=flux-system:helm-controller --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 hc_token=$(kubectl create token helm-controller -n flux-system --duration=48h)
-cat > "$dir/helm-controller.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: testenv
-  cluster: {server: "https://$api_ip:$P_API", certificate-authority: "$pki/ca.crt"}
-users:
-- name: helm-controller
-  user: {token: "$hc_token"}
-contexts:
-- name: testenv
-  context: {cluster: testenv, user: helm-controller}
-current-context: testenv
-EOF
+kubeconfig "$dir/helm-controller.kubeconfig" helm-controller "{token: \"$hc_token\"}"
 
 common=(--enable-leader-election=false --log-encoding=console --watch-all-namespaces=true)
 # With a notification-controller, Flux's controllers post their events to it, as in a cluster.

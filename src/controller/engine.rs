@@ -288,18 +288,21 @@ pub async fn pass(ctx: &Arc<Context>) {
 /// The pass's work in turns: each namespace's first target, then each one's second, and so
 /// on, so that one namespace with many failures does not hold the others back.
 fn fair(work: Vec<Work>) -> Vec<Work> {
-    let mut by_ns: BTreeMap<String, std::collections::VecDeque<Work>> = BTreeMap::new();
-    for w in work {
-        by_ns
-            .entry(w.key.namespace.clone())
-            .or_default()
-            .push_back(w);
+    in_turns(work, |w| w.key.namespace.clone())
+}
+
+/// `items` in turns by `group`: each group's first, then each one's second, and so on (groups
+/// in name order, each group's items in their order).
+fn in_turns<T>(items: Vec<T>, group: impl Fn(&T) -> String) -> Vec<T> {
+    let mut by: BTreeMap<String, std::collections::VecDeque<T>> = BTreeMap::new();
+    for item in items {
+        by.entry(group(&item)).or_default().push_back(item);
     }
     let mut out = Vec::new();
-    while !by_ns.is_empty() {
-        by_ns.retain(|_, q| {
-            if let Some(w) = q.pop_front() {
-                out.push(w);
+    while !by.is_empty() {
+        by.retain(|_, q| {
+            if let Some(item) = q.pop_front() {
+                out.push(item);
             }
             !q.is_empty()
         });
@@ -974,19 +977,7 @@ const POLICY_STATUSES_PER_PASS: usize = 20;
 /// in turns across namespaces: a tenant churning policies delays no incident, and takes no
 /// other namespace's turn.
 async fn write_policy_statuses(ctx: &Context, updates: Vec<PolicyUpdate>) {
-    let mut by_ns: BTreeMap<String, std::collections::VecDeque<PolicyUpdate>> = BTreeMap::new();
-    for u in updates {
-        by_ns.entry(u.0.clone()).or_default().push_back(u);
-    }
-    let mut turns = vec![];
-    while !by_ns.is_empty() && turns.len() < POLICY_STATUSES_PER_PASS {
-        by_ns.retain(|_, q| {
-            if let Some(u) = q.pop_front() {
-                turns.push(u);
-            }
-            !q.is_empty()
-        });
-    }
+    let mut turns = in_turns(updates, |u| u.0.clone());
     turns.truncate(POLICY_STATUSES_PER_PASS);
     for (ns, name, status) in turns {
         if ctx.policy_limiter.acquire().await.is_err() {

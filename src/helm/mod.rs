@@ -547,6 +547,25 @@ impl ReleaseHistory {
     }
 }
 
+/// Helper for tests and benchmarks: a payload (base64 of gzip) holding `prefix`, then `len`
+/// bytes of `fill` repeated, then `suffix` — a release of any size, built without holding it.
+pub fn fixture_payload(prefix: &str, fill: &[u8], len: usize, suffix: &str) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut write = |b: &[u8]| std::io::Write::write_all(&mut enc, b).expect("a Vec");
+    write(prefix.as_bytes());
+    let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
+    let mut left = len;
+    while left > 0 && !chunk.is_empty() {
+        let n = left.min(chunk.len());
+        write(&chunk[..n]);
+        left -= n;
+    }
+    write(suffix.as_bytes());
+    base64::engine::general_purpose::STANDARD
+        .encode(enc.finish().expect("a Vec"))
+        .into_bytes()
+}
+
 /// Helper for tests and fixtures: build a release payload as Helm would store it.
 pub fn encode_json(json: &Value) -> Vec<u8> {
     let text = serde_json::to_string(json).expect("serde_json::Value always serialises");
@@ -684,27 +703,10 @@ mod tests {
         );
     }
 
-    /// gzip of `len` bytes of `fill` wrapped as a release object, as base64.
-    fn bomb(prefix: &str, fill: &[u8], len: usize, suffix: &str) -> Vec<u8> {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        std::io::Write::write_all(&mut enc, prefix.as_bytes()).unwrap();
-        let chunk: Vec<u8> = fill.iter().copied().cycle().take(1 << 16).collect();
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            std::io::Write::write_all(&mut enc, &chunk[..n]).unwrap();
-            left -= n;
-        }
-        std::io::Write::write_all(&mut enc, suffix.as_bytes()).unwrap();
-        base64::engine::general_purpose::STANDARD
-            .encode(enc.finish().unwrap())
-            .into_bytes()
-    }
-
     #[test]
     fn a_payload_that_inflates_past_the_bound_is_refused_without_being_held() {
         // ~64 KiB of gzip inflating to 64 MiB of zeros: refused at 16 MiB.
-        let b = bomb("{\"a\":\"", b"0", 64 << 20, "\"}");
+        let b = fixture_payload("{\"a\":\"", b"0", 64 << 20, "\"}");
         assert!(b.len() < 200 * 1024, "{} bytes", b.len());
         let err = decode_payload("s", &b).unwrap_err();
         assert!(
@@ -717,12 +719,17 @@ mod tests {
     fn a_trailer_that_lies_about_the_size_is_checked_as_it_inflates() {
         // 20 MiB of zeros whose trailer says 10 bytes: inflated, counted, refused at the bound.
         let mut b = base64::engine::general_purpose::STANDARD
-            .decode(bomb("{\"a\":\"", b"0", 20 << 20, "\"}"))
+            .decode(fixture_payload("{\"a\":\"", b"0", 20 << 20, "\"}"))
             .unwrap();
         let n = b.len();
         b[n - 4..].copy_from_slice(&10u32.to_le_bytes());
-        let err = decode_payload("s", base64::engine::general_purpose::STANDARD.encode(&b).as_bytes())
-            .unwrap_err();
+        let err = decode_payload(
+            "s",
+            base64::engine::general_purpose::STANDARD
+                .encode(&b)
+                .as_bytes(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, DecodeError::Gzip { reason, .. } if reason.contains("more than 16 MiB")),
             "{err}"
@@ -733,7 +740,7 @@ mod tests {
     fn millions_of_tiny_values_are_read_without_building_them() {
         // 12 MiB of `0,` inside an array: within the inflation bound; as a tree of JSON values
         // it would take hundreds of MiB. Read as text, the release is usable and editable.
-        let b = bomb(
+        let b = fixture_payload(
             "{\"name\":\"web\",\"version\":2,\"info\":{\"status\":\"pending-upgrade\"},\"manifest\":[",
             b"0,",
             12 << 20,

@@ -163,6 +163,12 @@ pub fn token_kubeconfig(env: &Env, name: &str, token: &str) -> PathBuf {
     kc
 }
 
+/// A kubeconfig of the measurement identity (system:masters, the only admin the API server's
+/// audit log records), for an operator whose every request a test reads back from that log.
+pub fn audited_kubeconfig(env: &Env, name: &str) -> PathBuf {
+    token_kubeconfig(env, name, env.var("FLUXMEDIC_BENCH_TOKEN"))
+}
+
 /// A fresh namespace for one test.
 pub async fn namespace(client: &Client, prefix: &str) -> String {
     let n = format!(
@@ -1481,6 +1487,60 @@ pub async fn suspend_and_settle(client: &Client, ns: &str, name: &str) {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// `n` Kustomizations `app<i>` in `ns`, each applying `./app<i>` (one ConfigMap) from one
+/// public Git repository `repo`, Ready.
+pub async fn ready_apps(env: &Env, client: &Client, ns: &str, n: usize) -> Repo {
+    let repo = Repo::new(env, ns, false);
+    let mut files = vec![];
+    for i in 0..n {
+        files.push((
+            format!("app{i}/kustomization.yaml"),
+            "resources:\n- cm.yaml\n".to_string(),
+        ));
+        files.push((format!("app{i}/cm.yaml"), cm(&format!("cm{i}"), "v1")));
+    }
+    repo.commit(
+        &files
+            .iter()
+            .map(|(a, b)| (a.as_str(), Some(b.as_str())))
+            .collect::<Vec<_>>(),
+        "initial",
+    );
+    git_repository(client, ns, "repo", &repo.url, None).await;
+    for i in 0..n {
+        kustomization(client, ns, &format!("app{i}"), &format!("./app{i}"), &[]).await;
+    }
+    for i in 0..n {
+        wait_ready(client, ns, "Kustomization", &format!("app{i}"), MIN).await;
+    }
+    repo
+}
+
+/// Break every one of [`ready_apps`]'s Kustomizations with one commit, and wait until each
+/// fails its build.
+pub async fn break_apps(client: &Client, ns: &str, repo: &Repo, n: usize) {
+    let files: Vec<String> = (0..n).map(|i| format!("app{i}/cm.yaml")).collect();
+    repo.commit(
+        &files
+            .iter()
+            .map(|f| (f.as_str(), Some(BROKEN_YAML)))
+            .collect::<Vec<_>>(),
+        "break",
+    );
+    request_reconcile(client, ns, "GitRepository", "repo").await;
+    for i in 0..n {
+        wait_failing(
+            client,
+            ns,
+            "Kustomization",
+            &format!("app{i}"),
+            "BuildFailed",
+            MIN,
+        )
+        .await;
+    }
 }
 
 /// The first commit of `app`: a kustomization applying one ConfigMap, `cm("greeting", "v1")`.
