@@ -541,6 +541,10 @@ pub struct RemediationStatus {
     /// Number of source polls while awaiting a fix.
     #[serde(default)]
     pub polls: u32,
+    /// Number of rollbacks started (each also counts as an attempt): at most `maxAttempts`
+    /// of them, so a rollback that keeps failing is not run again every cooldown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rollbacks: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The sequence number fluxmedic gave this status when it wrote it (it only grows): an
@@ -602,6 +606,10 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
         .zip(crds())
         .map(|(n, crd)| (n, serde_yaml_ng::to_string(&crd).expect("CRD serialises")))
         .collect()
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -273,6 +273,7 @@ impl Record {
         IncidentView {
             phase: s.phase,
             attempts: s.attempts,
+            rollbacks: s.rollbacks,
             polls: s.polls,
             approved,
             detected_at: parse_ts(s.detected_at.as_deref()).unwrap_or(now),
@@ -454,6 +455,9 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
     }
     if matches!(action, Action::ReconcileSource { .. }) {
         status.polls = status.polls.saturating_add(1);
+    }
+    if matches!(action, Action::Rollback { .. }) {
+        status.rollbacks = status.rollbacks.saturating_add(1);
     }
     status.last_action_at = Some(rfc3339(now));
     status.action = Some(action.name().into());

@@ -222,6 +222,9 @@ fn records_without_fluxmedics_seal_are_foreign_and_edited_ones_are_known() {
         begin_step(&mut st, &rollback(), "t1", NOW - 60);
         st
     };
+    assert_eq!((running.attempts, running.rollbacks), (1, 1));
+    let view = read(&sealed(Case::FailedRelease, Some(running.clone()), None)).view(NOW, None);
+    assert_eq!(view.rollbacks, 1, "the planner sees how many rollbacks ran");
     assert_eq!(
         read(&sealed(Case::FailedRelease, Some(running.clone()), None)).trust,
         Trust::Ours
@@ -331,6 +334,7 @@ fn a_new_failure_opens_one_record_and_acts_in_the_same_write() {
     );
     let st = written(&fx).unwrap();
     assert_eq!(st.attempts, 1);
+    assert_eq!(st.rollbacks, 0, "a retry is no rollback");
     assert_eq!(st.observed_generation, Some(3));
     assert!(fx.contains(&Effect::Count(Count::Incident(Case::FailedRelease))));
 }

@@ -297,6 +297,8 @@ impl fmt::Display for Blocked {
 pub struct IncidentView {
     pub phase: Phase,
     pub attempts: u32,
+    /// Rollbacks started in this incident (also counted in `attempts`).
+    pub rollbacks: u32,
     pub polls: u32,
     /// The action a person approved (bound to exactly that action, see
     /// [`crate::incident::Record::approved_action`]).
@@ -983,11 +985,15 @@ fn gate(
             return Some(Blocked::Cooldown { until });
         }
     }
-    if a.is_attempt()
-        && !resuming
-        && !matches!(a, Action::Rollback { .. })
-        && inc.attempts >= policy.spec.limits.max_attempts
-    {
+    // A rollback is what comes after the retries ran out, so it has its own count: as many
+    // rollbacks as the policy allows attempts, and no more (one that keeps failing is not run
+    // again every cooldown).
+    let max = policy.spec.limits.max_attempts;
+    let used = match a {
+        Action::Rollback { .. } => inc.rollbacks,
+        _ => inc.attempts,
+    };
+    if a.is_attempt() && !resuming && used >= max {
         return Some(Blocked::MaxAttempts);
     }
     match mode {

@@ -1734,6 +1734,44 @@ fn a_rollback_needs_a_current_view_and_goes_only_to_the_last_good_revision() {
 }
 
 #[test]
+fn a_rollback_that_keeps_failing_is_not_run_again_every_cooldown() {
+    let invalid = "values don't meet the specifications of the schema(s)";
+    let policy = all_cases(Mode::Auto, &[ActionKind::Retry, ActionKind::Rollback]);
+    let max = policy.spec.limits.max_attempts;
+    // The retries ran out long ago (attempts well past the limit): a rollback is still next.
+    let mut s = retrying_forever(invalid, 1, true);
+    s.inc.attempts = max + 2;
+    s.inc.rollbacks = max - 1;
+    s.inc.last_action_at = Some(NOW - 3600);
+    let (_, dec) = decide(&s, Some(&policy));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { .. })),
+        "{dec:?}"
+    );
+    // As many rollbacks as the policy allows attempts, each failed: no more, a person is called.
+    s.inc.rollbacks = max;
+    let (_, dec) = decide(&s, Some(&policy));
+    assert_eq!(dec.blocked, Some(Blocked::MaxAttempts), "{dec:?}");
+    assert!(dec.escalate);
+    // One a crash interrupted is still finished (it was counted when it started).
+    s.inc.interrupted = dec.planned.clone();
+    s.inc.holds = true;
+    let o = s.snap.objects.get_mut(&s.target).unwrap();
+    let o = std::sync::Arc::make_mut(o);
+    o.generation = Some(3);
+    o.suspended = true;
+    o.reconcile_annotations.insert(
+        crate::api::SUSPENDED_BY_ANNOTATION.into(),
+        "hr-web-1".into(),
+    );
+    let (_, dec) = decide(&s, Some(&policy));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { .. })),
+        "{dec:?}"
+    );
+}
+
+#[test]
 fn a_circuit_breaker_opens_for_one_namespace_only() {
     let mut tenant = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
     tenant.namespace = "team-b".into();

@@ -1,6 +1,8 @@
 //! Acting on the cluster, the Flux-native way. Every operation is idempotent: running it
 //! again after a crash, with the same token, has no further effect.
 
+pub mod kubeconfig;
+
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -100,6 +102,25 @@ impl Actuator {
         config.auth_info.impersonate_uid = None;
         config.auth_info.impersonate_user_extra = None;
         Client::try_from(config).map_err(Error::from)
+    }
+
+    /// A private file (0600, removed when dropped) holding the kubeconfig helm runs with for
+    /// `release`: fluxmedic's connection, acting as the release's identity.
+    fn helm_kubeconfig(&self, release: &ReleaseRef) -> Result<tempfile::NamedTempFile> {
+        let config = self.config.as_ref().ok_or_else(|| {
+            Error::Precondition("this command cannot act as another identity".into())
+        })?;
+        let kc = kubeconfig::impersonating(config, &release.identity, &release.storage_namespace);
+        let text = serde_yaml_ng::to_string(&kc)
+            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
+        let mut file = tempfile::Builder::new()
+            .prefix("fluxmedic-helm-")
+            .suffix(".kubeconfig")
+            .tempfile()
+            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
+        std::io::Write::write_all(&mut file, text.as_bytes())
+            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
+        Ok(file)
     }
 
     fn flux_api(&self, key: &ObjectKey) -> Api<DynamicObject> {
@@ -367,8 +388,10 @@ impl Actuator {
         .arg(format!("{}s", helm_timeout.as_secs()))
         .kill_on_drop(true);
         // As the identity helm-controller uses for this release, always (an empty one is
-        // refused above): never with fluxmedic's own rights.
-        cmd.arg("--kube-as-user").arg(release.identity.username());
+        // refused above): never with fluxmedic's own rights. Written into the kubeconfig helm
+        // runs with: in a pod, helm drops `--kube-as-user` along with its in-cluster config.
+        let kubeconfig = self.helm_kubeconfig(release)?;
+        cmd.arg("--kubeconfig").arg(kubeconfig.path());
         let hard = helm_timeout.saturating_add(Duration::from_secs(60));
         let stopped = async {
             while !*stop.borrow() {
