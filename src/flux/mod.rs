@@ -339,13 +339,19 @@ impl ServiceAccountRef {
     /// Parse `namespace/name`.
     pub fn parse(s: &str) -> Option<Self> {
         let (ns, name) = s.trim().split_once('/')?;
+        Some(ServiceAccountRef::new(ns, name)).filter(Self::is_valid)
+    }
+
+    /// Both parts are names Kubernetes could give (lowercase letters, digits, `-`, `.`): an
+    /// identity read from a tenant's object is acted as only if it is one.
+    pub fn is_valid(&self) -> bool {
         let ok = |p: &str| {
             !p.is_empty()
                 && p.len() <= 253
                 && p.chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         };
-        (ok(ns) && ok(name)).then(|| ServiceAccountRef::new(ns, name))
+        ok(&self.namespace) && ok(&self.name)
     }
 }
 

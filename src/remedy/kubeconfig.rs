@@ -6,6 +6,8 @@
 //! back to `http://localhost:8080`. So the impersonation is written into a kubeconfig built
 //! from the connection fluxmedic itself uses, and helm is pointed at that file.
 
+use std::os::unix::fs::DirBuilderExt as _;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use kube::config::{
@@ -25,11 +27,14 @@ pub fn impersonating(
         server: Some(config.cluster_url.to_string()),
         insecure_skip_tls_verify: config.accept_invalid_certs.then_some(true),
         // A file is re-read by helm as it is by kube (in a pod, the rotated CA bundle).
+        // client-go refuses a CA beside insecure-skip-tls-verify.
         certificate_authority: config
             .root_cert_file
             .as_ref()
+            .filter(|_| !config.accept_invalid_certs)
             .map(|p| p.display().to_string()),
         certificate_authority_data: match &config.root_cert_file {
+            _ if config.accept_invalid_certs => None,
             Some(_) => None,
             None => config.root_cert.as_deref().map(pem_bundle),
         },
@@ -70,6 +75,29 @@ pub fn impersonating(
         current_context: Some("fluxmedic".into()),
         ..Default::default()
     }
+}
+
+/// The directory helm's kubeconfigs are written in: `fluxmedic-helm-<pid>` under the temp
+/// directory, private (0700), emptied the first time it is used by a process. A kubeconfig
+/// a killed fluxmedic left there (in a container the pid is the same after a restart, and
+/// `/tmp` an emptyDir that outlives it) is removed then; another live process's never is.
+pub fn private_dir() -> std::io::Result<std::path::PathBuf> {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir.clone());
+    }
+    let dir = std::env::temp_dir().join(format!("fluxmedic-helm-{}", std::process::id()));
+    fresh(&dir)?;
+    Ok(DIR.get_or_init(|| dir).clone())
+}
+
+/// `dir`, emptied of anything left there, and private.
+fn fresh(dir: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
 }
 
 /// DER certificates as the base64 of a PEM bundle (`certificate-authority-data`).
@@ -124,9 +152,9 @@ mod tests {
     #[test]
     fn the_written_file_reads_back_as_the_same_connection() {
         let k = impersonating(&config(), &sa(), "team-a");
-        let text = serde_yaml_ng::to_string(&k).unwrap();
+        let text = serde_json::to_string(&k).unwrap();
         assert!(
-            text.contains("as: system:serviceaccount:team-a:deployer"),
+            text.contains(r#""as":"system:serviceaccount:team-a:deployer""#),
             "{text}"
         );
         let back = Kubeconfig::from_yaml(&text).unwrap();
@@ -153,5 +181,40 @@ mod tests {
             Some("/var/run/secrets/ca.crt")
         );
         assert_eq!(cluster.certificate_authority_data, None);
+    }
+
+    #[test]
+    fn no_ca_beside_insecure_skip_tls_verify() {
+        let mut c = config();
+        c.accept_invalid_certs = true;
+        let k = impersonating(&c, &sa(), "team-a");
+        let cluster = k.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.insecure_skip_tls_verify, Some(true));
+        assert_eq!(cluster.certificate_authority_data, None);
+    }
+
+    #[test]
+    fn a_namespace_yaml_1_1_reads_as_a_boolean_stays_a_string() {
+        let k = impersonating(&config(), &sa(), "no");
+        let text = serde_json::to_string(&k).unwrap();
+        assert!(text.contains(r#""namespace":"no""#), "{text}");
+    }
+
+    #[test]
+    fn the_directory_is_private_and_one_per_process() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = private_dir().unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(private_dir().unwrap(), dir);
+        // What a killed process left is gone when the directory is taken again.
+        let parent = tempfile::tempdir().unwrap();
+        let reused = parent.path().join("fluxmedic-helm-1");
+        std::fs::create_dir(&reused).unwrap();
+        std::fs::write(reused.join("helm-x.kubeconfig"), "token: secret").unwrap();
+        fresh(&reused).unwrap();
+        assert_eq!(std::fs::read_dir(&reused).unwrap().count(), 0);
+        let mode = std::fs::metadata(&reused).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

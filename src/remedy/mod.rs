@@ -88,11 +88,11 @@ impl Actuator {
     /// A client that acts as `who`: every request it makes is authorised for, and audited as,
     /// that ServiceAccount (fluxmedic's own rights only let it ask).
     fn client_as(&self, who: &ServiceAccountRef) -> Result<Client> {
-        if who.namespace.is_empty() || who.name.is_empty() {
-            return Err(Error::Precondition(
-                "no identity to act as: a Helm action never runs with fluxmedic's own rights"
-                    .into(),
-            ));
+        if !who.is_valid() {
+            return Err(Error::Precondition(format!(
+                "no valid identity to act as ({:?}/{:?}): a Helm action never runs with fluxmedic's own rights",
+                who.namespace, who.name
+            )));
         }
         let mut config = self.config.clone().ok_or_else(|| {
             Error::Precondition("this command cannot act as another identity".into())
@@ -107,19 +107,22 @@ impl Actuator {
     /// A private file (0600, removed when dropped) holding the kubeconfig helm runs with for
     /// `release`: fluxmedic's connection, acting as the release's identity.
     fn helm_kubeconfig(&self, release: &ReleaseRef) -> Result<tempfile::NamedTempFile> {
+        // Checked again here, not only by the caller: this file is what helm acts as.
+        self.client_as(&release.identity)?;
         let config = self.config.as_ref().ok_or_else(|| {
             Error::Precondition("this command cannot act as another identity".into())
         })?;
         let kc = kubeconfig::impersonating(config, &release.identity, &release.storage_namespace);
-        let text = serde_yaml_ng::to_string(&kc)
-            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
+        let failed =
+            |e: &dyn std::fmt::Display| Error::Helm(format!("cannot write helm's kubeconfig: {e}"));
+        // JSON, which client-go reads as YAML: no YAML 1.1 reading of a namespace named `no`.
+        let text = serde_json::to_vec(&kc).map_err(|e| failed(&e))?;
         let mut file = tempfile::Builder::new()
-            .prefix("fluxmedic-helm-")
+            .prefix("helm-")
             .suffix(".kubeconfig")
-            .tempfile()
-            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
-        std::io::Write::write_all(&mut file, text.as_bytes())
-            .map_err(|e| Error::Helm(format!("cannot write helm's kubeconfig: {e}")))?;
+            .tempfile_in(kubeconfig::private_dir().map_err(|e| failed(&e))?)
+            .map_err(|e| failed(&e))?;
+        std::io::Write::write_all(&mut file, &text).map_err(|e| failed(&e))?;
         Ok(file)
     }
 
@@ -376,22 +379,29 @@ impl Actuator {
         }
         self.throttle().await?;
         let helm_timeout = timeout.max(Duration::from_secs(30));
-        let mut cmd = tokio::process::Command::new(&self.helm_bin);
-        cmd.args([
-            "rollback",
-            &release.name,
-            &to_version.to_string(),
-            "--namespace",
-            &release.storage_namespace,
-            "--timeout",
-        ])
-        .arg(format!("{}s", helm_timeout.as_secs()))
-        .kill_on_drop(true);
-        // As the identity helm-controller uses for this release, always (an empty one is
+        // As the identity helm-controller uses for this release, always (an invalid one is
         // refused above): never with fluxmedic's own rights. Written into the kubeconfig helm
-        // runs with: in a pod, helm drops `--kube-as-user` along with its in-cluster config.
+        // runs with (in a pod, helm drops `--kube-as-user` along with its in-cluster config),
+        // and given as the flag too; no environment variable of helm's can add to or replace
+        // either (HELM_KUBEASGROUPS would add groups, HELM_KUBETOKEN another credential).
         let kubeconfig = self.helm_kubeconfig(release)?;
-        cmd.arg("--kubeconfig").arg(kubeconfig.path());
+        let mut cmd = tokio::process::Command::new(&self.helm_bin);
+        for (var, _) in std::env::vars_os() {
+            let v = var.to_string_lossy();
+            if v.starts_with("HELM_KUBE") || v == "HELM_NAMESPACE" || v == "KUBECONFIG" {
+                cmd.env_remove(&var);
+            }
+        }
+        cmd.arg("rollback")
+            .arg("--kubeconfig")
+            .arg(kubeconfig.path())
+            .arg("--kube-as-user")
+            .arg(release.identity.username())
+            .args(["--namespace", &release.storage_namespace, "--timeout"])
+            .arg(format!("{}s", helm_timeout.as_secs()))
+            // Names after `--`: never read as flags.
+            .args(["--", &release.name, &to_version.to_string()])
+            .kill_on_drop(true);
         let hard = helm_timeout.saturating_add(Duration::from_secs(60));
         let stopped = async {
             while !*stop.borrow() {
