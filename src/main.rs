@@ -48,8 +48,12 @@ enum Command {
         /// The helm binary used for rollbacks (Helm 4, as helm-controller v1.5+ uses).
         #[arg(long, env = "FLUXMEDIC_HELM", default_value = "helm")]
         helm: PathBuf,
+        /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
         #[arg(long)]
         log_json: bool,
+        /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
+        #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
+        log_level: String,
         /// Run with others: hold the `fluxmedic-leader` Lease in --namespace to act.
         #[arg(long)]
         leader_elect: bool,
@@ -136,10 +140,24 @@ enum Command {
         /// Seconds to wait for the replicas to stop.
         #[arg(long, default_value_t = 120)]
         stop_timeout_seconds: u64,
-        /// Log JSON.
+        /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
         #[arg(long)]
         log_json: bool,
+        /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
+        #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
+        log_level: String,
     },
+}
+
+/// A fatal error, where the operator's logs go: a JSON line with `--log-json` (a log
+/// pipeline reading JSON must not lose the one line that says why the pod stopped).
+fn fatal(json: bool, code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    if json {
+        tracing::error!("{msg}");
+    } else {
+        eprintln!("error: {msg}");
+    }
+    ExitCode::from(code)
 }
 
 fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
@@ -304,8 +322,9 @@ fn main() -> ExitCode {
             stop_deployment,
             stop_timeout_seconds,
             log_json,
+            log_level,
         } => {
-            fluxmedic::telemetry::init_logging(log_json);
+            fluxmedic::telemetry::init_logging(log_json, &log_level);
             let opts = controller::uninstall::Options {
                 namespace,
                 watch_namespaces: watch_namespaces
@@ -329,17 +348,15 @@ fn main() -> ExitCode {
                     );
                     ExitCode::SUCCESS
                 }
-                Ok(r) => {
-                    eprintln!(
-                        "error: could not resume: {:?} (resumed: {:?})",
+                Ok(r) => fatal(
+                    log_json,
+                    1,
+                    format!(
+                        "could not resume: {:?} (resumed: {:?})",
                         r.failed, r.resumed
-                    );
-                    ExitCode::from(1)
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
+                    ),
+                ),
+                Err(e) => fatal(log_json, 1, format!("{e:#}")),
             }
         }
         Command::Run {
@@ -352,6 +369,7 @@ fn main() -> ExitCode {
             tick_seconds,
             helm,
             log_json,
+            log_level,
             leader_elect,
             max_writes_per_second,
             watch_label_selector,
@@ -363,25 +381,25 @@ fn main() -> ExitCode {
             helm_default_service_account,
             allow_delete_pending_release,
         } => {
-            fluxmedic::telemetry::init_logging(log_json);
+            fluxmedic::telemetry::init_logging(log_json, &log_level);
             // notification-controller's event server speaks plain HTTP inside the cluster.
             if let Some(a) = events_addr.as_deref().filter(|a| !a.trim().is_empty())
                 && !a.starts_with("http://")
             {
-                eprintln!(
-                    "error: --events-addr must be an http:// URL (notification-controller's event server), got {a:?}"
+                return fatal(
+                    log_json,
+                    2,
+                    format!(
+                        "--events-addr must be an http:// URL (notification-controller's event server), got {a:?}"
+                    ),
                 );
-                return ExitCode::from(2);
             }
             let helm_controller = match helm_identity_flags(
                 helm_controller_service_account,
                 helm_default_service_account,
             ) {
                 Ok(h) => h,
-                Err(msg) => {
-                    eprintln!("error: {msg}");
-                    return ExitCode::from(2);
-                }
+                Err(msg) => return fatal(log_json, 2, msg),
             };
             let opts = controller::Options {
                 helm_controller,
@@ -411,10 +429,7 @@ fn main() -> ExitCode {
             });
             match res {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
+                Err(e) => fatal(log_json, 1, format!("{e:#}")),
             }
         }
     }

@@ -62,7 +62,7 @@ fn chart_lints_and_renders_every_mode() {
     assert!(out.contains("--leader-elect") && out.contains("--flux-namespace=flux-system"));
     // Opt-ins stay off by default; probes stay on.
     assert!(!out.contains("--events-addr") && !out.contains("--no-source-probes"));
-    assert!(out.contains("--controller-timeout-seconds=120"));
+    assert!(out.contains("--controller-timeout-seconds=120") && out.contains("--log-level=info"));
     let (ok, out) = helm(
         env,
         &[
@@ -141,6 +141,7 @@ fn bad_values_fail_at_install_with_a_clear_message() {
         ("replicas=9", "replicas"),
         ("concurrency=0", "concurrency"),
         ("logFormat=xml", "logFormat"),
+        ("logLevel=verbose", "logLevel"),
         ("nosuchvalue=1", "nosuchvalue"),
         ("notifications.address=ftp://x", "notifications/address"),
         ("controllerTimeoutSeconds=1", "controllerTimeoutSeconds"),
@@ -1040,6 +1041,19 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
     let missing = one("fluxmedic_flux_api_missing");
     let breaker = one("fluxmedic_circuit_breaker_open");
     let leader = one("fluxmedic_leader");
+    // As Prometheus stores it: the target's namespace added (honorLabels keeps the metric's own).
+    let build = one("fluxmedic_build_info");
+    assert!(build.contains("version=\""), "{build}");
+    let scraped_in = |ns: &str| build.replacen('{', &format!("{{namespace=\"{ns}\","), 1);
+    // The process metrics every Prometheus client exports, unprefixed.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        one(name);
+    }
 
     // (alert, series that make it fire, the same series at rest, eval time, firing labels)
     let cases: Vec<AlertCase> = vec![
@@ -1079,6 +1093,14 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
             json!({"kind": "HelmRelease", "severity": "info"}),
         ),
         (
+            // Only another release's fluxmedic left: this one is gone.
+            "FluxmedicAbsent",
+            vec![(scraped_in("other-shard"), "1x20")],
+            vec![(scraped_in("flux-system"), "1x20")],
+            "15m",
+            json!({"namespace": "flux-system", "severity": "critical"}),
+        ),
+        (
             "FluxmedicNoLeader",
             vec![(leader.clone(), "0x20")],
             vec![(leader, "1x20")],
@@ -1091,6 +1113,21 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
         assert!(
             tested.contains(a.as_str()),
             "alert {a} has no promtool test"
+        );
+    }
+    // Every alert links its runbook, kept in the repository.
+    for r in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
+        let url = r["annotations"]["runbook_url"].as_str().unwrap_or_default();
+        let alert = r["alert"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://") && url.ends_with(&format!("/docs/runbooks/{alert}.md")),
+            "{alert}: runbook_url {url:?}"
+        );
+        let file = format!("{}/docs/runbooks/{alert}.md", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            text.starts_with(&format!("# {alert}\n")) && text.contains("**Act"),
+            "{file}"
         );
     }
     // The annotations each alert renders for its labels (promtool compares them too).
@@ -1522,4 +1559,134 @@ fn the_rbac_table_is_what_the_chart_grants() {
         default, doc_default,
         "the default grants exactly the unconditional rows"
     );
+}
+
+/// A client on the test control plane's admin kubeconfig, acting as user `user`.
+async fn client_as_user(env: &Env, user: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(env.kubeconfig()).unwrap();
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    cfg.auth_info.impersonate = Some(user.into());
+    kube::Client::try_from(cfg).unwrap()
+}
+
+/// The chart's aggregated roles on the real API server. Each carries the labels of the
+/// built-in roles it extends, and the clusterrole-aggregation controller folds its rules into
+/// them. What each grants is tested on this release's own roles, bound as the aggregation binds
+/// them (`edit` = view + edit rules, `admin` = all three), since other releases in the cluster
+/// aggregate into the built-in roles too: a tenant with `edit` in its namespace reads and
+/// approves its own Remediations, and nothing elsewhere; it writes no status and no policy;
+/// `admin` writes policies; `view` approves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_with_edit_approves_its_own_incidents_and_nothing_elsewhere() {
+    use fluxmedic::api::{Remediation, RemediationPolicy};
+    use kube::api::{Patch, PatchParams};
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "agg").await;
+    install_chart(env, &client, &ns, false, &[]).await;
+    let mine = namespace(&client, "agg-tenant").await;
+    let other = namespace(&client, "agg-other").await;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let levels = ["view", "edit", "admin"];
+    for (i, level) in levels.iter().enumerate() {
+        let own = roles.get(&format!("{ns}-fluxmedic-{level}")).await.unwrap();
+        let labels = own.metadata.labels.clone().unwrap_or_default();
+        // Aggregated into its level and every level above it, none below.
+        for (j, built_in) in levels.iter().enumerate() {
+            let key = format!("rbac.authorization.k8s.io/aggregate-to-{built_in}");
+            assert_eq!(
+                labels.get(&key).map(String::as_str),
+                (j >= i).then_some("true"),
+                "{level} → {built_in}"
+            );
+        }
+        // The aggregation controller folds the rules into the built-in role.
+        let rules = own.rules.clone().unwrap();
+        wait_for(
+            &format!("{level} to aggregate fluxmedic's rules"),
+            Duration::from_secs(30),
+            || {
+                let (roles, rules) = (roles.clone(), rules.clone());
+                async move {
+                    let built_in = roles.get(level).await.map_err(|e| e.to_string())?;
+                    let have = built_in.rules.unwrap_or_default();
+                    rules
+                        .iter()
+                        .all(|r| have.contains(r))
+                        .then_some(())
+                        .ok_or_else(|| format!("{have:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    for (user, level) in [("alice", 1), ("vera", 0), ("ada", 2)] {
+        for own in &levels[..=level] {
+            apply(&client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("{user}-{own}"), "namespace": mine},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-fluxmedic-{own}")},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+            .await;
+        }
+    }
+    let record = |ns: &str| {
+        json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation",
+            "metadata": {"name": "hr-web-1", "namespace": ns},
+            "spec": {"target": {"kind": "HelmRelease", "namespace": ns, "name": "web"},
+                     "targetName": "HelmRelease/web", "case": "failed-release"}})
+    };
+    apply(&client, record(&mine)).await;
+    apply(&client, record(&other)).await;
+    // Exactly what `kubectl annotate remediation hr-web-1 fluxmedic.io/approve=<id>` sends.
+    let approve =
+        Patch::Merge(json!({"metadata": {"annotations": {"fluxmedic.io/approve": "a1b2c3"}}}));
+    let pp = PatchParams::default();
+    let alice = client_as_user(env, "alice").await;
+    let own: Api<Remediation> = Api::namespaced(alice.clone(), &mine);
+    // Allowed once the API server's authorizer has seen the RoleBindings (a moment).
+    wait_for(
+        "the RoleBindings in force",
+        Duration::from_secs(10),
+        || async {
+            own.patch("hr-web-1", &pp, &approve)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    assert_eq!(own.list(&Default::default()).await.unwrap().items.len(), 1);
+    let elsewhere: Api<Remediation> = Api::namespaced(alice.clone(), &other);
+    refused(elsewhere.patch("hr-web-1", &pp, &approve).await);
+    refused(elsewhere.get("hr-web-1").await);
+    // A record's status is fluxmedic's: no role of a tenant writes it.
+    let forged = Patch::Merge(json!({"status": {"attempts": 0}}));
+    refused(own.patch_status("hr-web-1", &pp, &forged).await);
+    let policy = serde_json::from_value::<RemediationPolicy>(policy(
+        &mine,
+        "mine",
+        json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry"]}]}),
+    ))
+    .unwrap();
+    let policies: Api<RemediationPolicy> = Api::namespaced(alice, &mine);
+    assert_eq!(
+        policies
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
+    refused(policies.create(&PostParams::default(), &policy).await);
+    // view reads and approves nothing; admin writes policies.
+    let vera: Api<Remediation> = Api::namespaced(client_as_user(env, "vera").await, &mine);
+    assert!(vera.get("hr-web-1").await.is_ok());
+    refused(vera.patch("hr-web-1", &pp, &approve).await);
+    let ada: Api<RemediationPolicy> = Api::namespaced(client_as_user(env, "ada").await, &mine);
+    ada.create(&PostParams::default(), &policy).await.unwrap();
+    let admin_status: Api<Remediation> = Api::namespaced(client_as_user(env, "ada").await, &mine);
+    refused(admin_status.patch_status("hr-web-1", &pp, &forged).await);
 }

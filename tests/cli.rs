@@ -165,6 +165,26 @@ fn bad_input_is_a_clear_error_with_exit_code_2() {
         err.contains("--events-addr must be an http:// URL"),
         "{err}"
     );
+    // With --log-json the fatal error is a log line like every other, flat as Flux's.
+    let (code, _, err) = fluxmedic(
+        &["run", "--log-json", "--events-addr", "https://nc.example/"],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let line: serde_json::Value = serde_json::from_str(err.trim()).expect(&err);
+    assert_eq!(line["level"], "error");
+    assert!(
+        line["msg"]
+            .as_str()
+            .unwrap()
+            .contains("--events-addr must be an http:// URL"),
+        "{err}"
+    );
+    assert!(line["ts"].as_str().unwrap().ends_with('Z'), "{err}");
+    // A level that does not exist is refused with the ones that do.
+    let (code, _, err) = fluxmedic(&["run", "--log-level", "verbose"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("error, warn, info, debug, trace"), "{err}");
 }
 
 #[test]

@@ -96,8 +96,12 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
             "{reason}: {related:?}"
         );
     }
-    op.wait_metric("fluxmedic_incidents_total{case=\"invalid-manifests\"}", 1.0)
-        .await;
+    // Counted in the target's namespace: alerts and dashboards route per team.
+    op.wait_metric(
+        &format!("fluxmedic_incidents_total{{case=\"invalid-manifests\",namespace=\"{ns}\"}}"),
+        1.0,
+    )
+    .await;
     op.wait_metric(
         "fluxmedic_actions_total{action=\"reconcile-source\",outcome=\"succeeded\"}",
         1.0,

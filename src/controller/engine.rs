@@ -827,8 +827,9 @@ fn count(ctx: &Context, ns: &str, c: Count) {
     match c {
         Count::Incident(case) => {
             m.incidents
-                .get_or_create(&CaseLabels {
+                .get_or_create(&crate::telemetry::CaseNamespaceLabels {
                     case: case.to_string(),
+                    namespace: ns.to_string(),
                 })
                 .inc();
         }

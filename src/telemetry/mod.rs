@@ -1,5 +1,8 @@
 //! Metrics (prometheus-client, OpenMetrics text on /metrics) and logging setup.
 
+pub mod logs;
+pub mod process;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -59,7 +62,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 /// All fluxmedic metrics, prefixed `fluxmedic_`.
 pub struct Metrics {
     pub registry: Registry,
-    pub incidents: Family<CaseLabels, Counter>,
+    pub incidents: Family<CaseNamespaceLabels, Counter>,
     pub actions: Family<ActionLabels, Counter>,
     pub blocked: Family<ReasonLabels, Counter>,
     pub escalations: Family<CaseNamespaceLabels, Counter>,
@@ -89,8 +92,24 @@ pub struct ControllerLabels {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("fluxmedic");
-        let incidents = Family::<CaseLabels, Counter>::default();
+        // The process_* metrics without a prefix, as every Prometheus client exports them;
+        // fluxmedic's own under `fluxmedic_`.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("fluxmedic");
+        let build = prometheus_client::metrics::info::Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            (
+                "revision",
+                option_env!("FLUXMEDIC_REVISION").unwrap_or("unknown"),
+            ),
+        ]);
+        registry.register(
+            "build",
+            "fluxmedic's version (1 while it runs: absent() of it is an operator that is gone)",
+            build,
+        );
+        let incidents = Family::<CaseNamespaceLabels, Counter>::default();
         let actions = Family::<ActionLabels, Counter>::default();
         let blocked = Family::<ReasonLabels, Counter>::default();
         let escalations = Family::<CaseNamespaceLabels, Counter>::default();
@@ -110,7 +129,11 @@ impl Default for Metrics {
         let flux_api_missing = Family::<KindLabels, Gauge>::default();
         let notifications = Family::<OutcomeLabels, Counter>::default();
         let flux_controller_down = Family::<ControllerLabels, Gauge>::default();
-        registry.register("incidents", "Incidents opened, by case", incidents.clone());
+        registry.register(
+            "incidents",
+            "Incidents opened, by case and namespace (of the target)",
+            incidents.clone(),
+        );
         registry.register(
             "actions",
             "Remediation actions, by action and outcome",
@@ -197,7 +220,7 @@ impl Default for Metrics {
             flux_controller_down.clone(),
         );
         Metrics {
-            registry,
+            registry: root,
             flux_controller_down,
             records_edited,
             flux_api_missing,
@@ -245,10 +268,19 @@ impl Metrics {
     }
 }
 
-/// Logging: `RUST_LOG` filter (default info), JSON with `--log-format json`.
-pub fn init_logging(json: bool) {
+/// Logging: `level` (error, warn, info, debug, trace; the API client's own messages at warn
+/// at most), or the `RUST_LOG` filter when set; flat JSON like Flux's controllers with
+/// `--log-json` ([`logs::FlatJson`]).
+pub fn init_logging(json: bool, level: &str) {
+    let deps = match level {
+        "error" => "error",
+        "trace" => "debug",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,kube=warn,tower=warn,hyper=warn")
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},kube={deps},tower={deps},hyper={deps},h2={deps},rustls={deps}"
+        ))
     });
     // Colour codes only on a terminal: `kubectl logs` shows them as garbage.
     let builder = tracing_subscriber::fmt()
@@ -256,8 +288,14 @@ pub fn init_logging(json: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
-        let _ = builder.json().try_init();
+        let _ = builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logs::FlatJson)
+            .try_init();
     } else {
         let _ = builder.try_init();
     }
 }
+
+/// The levels `--log-level` takes.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
