@@ -119,15 +119,7 @@ async fn the_operator_survives_an_apiserver_restart() {
 async fn flux_handles_requests_again(client: &kube::Client, ns: &str, kind: &str, name: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
-        let token = jiff::Timestamp::now().to_string();
-        merge_patch(
-            client,
-            ns,
-            kind,
-            name,
-            json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}}),
-        )
-        .await;
+        let token = request_reconcile(client, ns, kind, name).await;
         let handled = async {
             loop {
                 let obj = get(client, ns, kind, name).await;

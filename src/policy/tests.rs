@@ -1717,19 +1717,25 @@ fn a_rollback_needs_a_current_view_and_goes_only_to_the_last_good_revision() {
         to_version: 2,
         release,
     });
-    genuine.inc.holds = true;
-    let o = genuine.snap.objects.get_mut(&genuine.target).unwrap();
+    interrupted_after_our_suspend(&mut genuine);
+    let (_, dec) = decide(&genuine, Some(&policy));
+    assert!(
+        matches!(dec.act(), Some(Action::Rollback { to_version: 2, .. })),
+        "{dec:?}"
+    );
+}
+
+/// The state a crash between fluxmedic's suspend and its rollback leaves: the hold, and the
+/// HelmRelease suspended by record `hr-web-1` (one generation on).
+fn interrupted_after_our_suspend(s: &mut Scenario) {
+    s.inc.holds = true;
+    let o = s.snap.objects.get_mut(&s.target).unwrap();
     let o = std::sync::Arc::make_mut(o);
     o.generation = Some(3);
     o.suspended = true;
     o.reconcile_annotations.insert(
         crate::api::SUSPENDED_BY_ANNOTATION.into(),
         "hr-web-1".into(),
-    );
-    let (_, dec) = decide(&genuine, Some(&policy));
-    assert!(
-        matches!(dec.act(), Some(Action::Rollback { to_version: 2, .. })),
-        "{dec:?}"
     );
 }
 
@@ -1755,15 +1761,7 @@ fn a_rollback_that_keeps_failing_is_not_run_again_every_cooldown() {
     assert!(dec.escalate);
     // One a crash interrupted is still finished (it was counted when it started).
     s.inc.interrupted = dec.planned.clone();
-    s.inc.holds = true;
-    let o = s.snap.objects.get_mut(&s.target).unwrap();
-    let o = std::sync::Arc::make_mut(o);
-    o.generation = Some(3);
-    o.suspended = true;
-    o.reconcile_annotations.insert(
-        crate::api::SUSPENDED_BY_ANNOTATION.into(),
-        "hr-web-1".into(),
-    );
+    interrupted_after_our_suspend(&mut s);
     let (_, dec) = decide(&s, Some(&policy));
     assert!(
         matches!(dec.act(), Some(Action::Rollback { .. })),

@@ -588,8 +588,8 @@ pub async fn merge_patch(client: &Client, ns: &str, kind: &str, name: &str, patc
         .unwrap_or_else(|e| panic!("patch {kind}/{name}: {e}"));
 }
 
-/// Ask Flux to reconcile now (what `flux reconcile` does).
-pub async fn request_reconcile(client: &Client, ns: &str, kind: &str, name: &str) {
+/// Ask Flux to reconcile now (what `flux reconcile` does); the request's token.
+pub async fn request_reconcile(client: &Client, ns: &str, kind: &str, name: &str) -> String {
     let token = jiff::Timestamp::now().to_string();
     merge_patch(
         client,
@@ -599,6 +599,7 @@ pub async fn request_reconcile(client: &Client, ns: &str, kind: &str, name: &str
         json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}}),
     )
     .await;
+    token
 }
 
 pub async fn get(client: &Client, ns: &str, kind: &str, name: &str) -> Option<Value> {
