@@ -14,9 +14,13 @@ pub const FIELD_MANAGER: &str = "fluxmedic";
 /// namespace: `kubectl annotate remediation X fluxmedic.io/approve=<id>`, the id its status
 /// shows (`status.approval.id`). Any other value approves nothing.
 pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
+/// Reject the action a Remediation waits for (a policy in the target's own namespace):
+/// `fluxmedic.io/reject=<id>`. fluxmedic then does not ask for that action again in this
+/// incident; the incident stays open (and escalates) until the target recovers.
+pub const REJECT_ANNOTATION: &str = "fluxmedic.io/reject";
 /// Approve an action a policy in the operator's namespace decided: an annotation on that
 /// policy, `approve.fluxmedic.io/<id>: "true"` (tenants cannot write there; an approval a
-/// tenant writes on its own Remediation does not count for such a policy).
+/// tenant writes on its own Remediation does not count for such a policy); `"false"` rejects it.
 pub const POLICY_APPROVAL_PREFIX: &str = "approve.fluxmedic.io/";
 /// Label on Remediations: hash of the target's kind/namespace/name.
 pub const TARGET_LABEL: &str = "fluxmedic.io/target";
@@ -62,7 +66,7 @@ impl Baseline {
     pub fn of(s: &RemediationStatus) -> Self {
         Baseline {
             detected_at: s.detected_at.clone(),
-            observed_generation: s.observed_generation,
+            observed_generation: s.target_generation,
             observed_revision: s.observed_revision.clone(),
             observed_secret: s.observed_secret.clone(),
             policy: s.policy.clone(),
@@ -72,7 +76,7 @@ impl Baseline {
 
     pub fn apply(self, s: &mut RemediationStatus) {
         s.detected_at = s.detected_at.take().or(self.detected_at);
-        s.observed_generation = s.observed_generation.or(self.observed_generation);
+        s.target_generation = s.target_generation.or(self.observed_generation);
         s.observed_revision = s.observed_revision.take().or(self.observed_revision);
         s.observed_secret = s.observed_secret.take().or(self.observed_secret);
         s.policy = s.policy.take().or(self.policy);
@@ -275,8 +279,10 @@ pub struct CircuitBreaker {
     status = "RemediationPolicyStatus",
     shortname = "rempol",
     category = "fluxmedic",
+    doc = "RemediationPolicy says which Flux failures fluxmedic may fix in its namespace (or, in the operator's namespace, in the namespaces it names), how (automatically, after approval, or recorded only), and how often.",
     printcolumn = r#"{"name":"Priority","type":"integer","jsonPath":".spec.priority"}"#,
-    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.conditions[?(@.type==\"Valid\")].status"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -310,8 +316,10 @@ pub struct RemediationPolicySpec {
 pub struct RemediationPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Valid`: whether fluxmedic can use the policy, and why not.
+    /// `Ready`: whether fluxmedic can use the policy (reason `Valid`, `PartiallyIgnored` or
+    /// `Invalid`), and why not.
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Targets this policy covers but another policy wins for (first few).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -376,7 +384,7 @@ impl std::fmt::Display for TargetRef {
 }
 
 /// Remediation: one incident on one Flux object.
-#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[kube(
     group = "fluxmedic.io",
     version = "v1alpha1",
@@ -385,19 +393,31 @@ impl std::fmt::Display for TargetRef {
     status = "RemediationStatus",
     shortname = "rem",
     category = "fluxmedic",
+    doc = "Remediation records one incident of one Flux object: what failed and why (the diagnosis and its root cause), what the deciding policy allows, every step fluxmedic took and how it ended. fluxmedic writes it; a person approves a waiting action with an annotation. Condition Ready turns True when the incident is closed.",
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetName"}"#,
     printcolumn = r#"{"name":"Case","type":"string","jsonPath":".spec.case"}"#,
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".status.action"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Attempts","type":"integer","priority":1,"jsonPath":".status.attempts"}"#,
+    printcolumn = r#"{"name":"Blocked","type":"string","priority":1,"jsonPath":".status.blocked"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RemediationSpec {
+    /// The Flux object the incident is about. Immutable.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message(IMMUTABLE))]
     pub target: TargetRef,
-    /// `Kind/name`, for `kubectl get remediations`.
+    /// `Kind/name`, for `kubectl get remediations`. Immutable.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message(IMMUTABLE))]
     pub target_name: String,
+    /// The case diagnosed when the incident opened (a new case opens a new record). Immutable.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message(IMMUTABLE))]
     pub case: Case,
 }
+
+const IMMUTABLE: &str = "is immutable: a Remediation records one incident of one target";
 
 /// How a step ended (or that it has not yet).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -416,16 +436,22 @@ pub enum StepOutcome {
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub action: String,
-    /// The planned action, machine-readable, so a step interrupted by a crash can be
-    /// compared with what today's plan calls for before it is finished.
+    /// The planned action with every parameter (its `type` and fields), so a step interrupted
+    /// by a crash can be compared with what today's plan calls for before it is finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub planned: Option<serde_json::Value>,
+    /// The planned action as JSON text, as earlier versions recorded it (read, never written).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     pub outcome: StepOutcome,
     /// The reconcile token written (for annotation actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
     pub started_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub finished_at: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -441,13 +467,21 @@ pub struct Step {
 pub struct ApprovalRequest {
     /// The action, as planned.
     pub action: String,
-    /// The action, machine-readable: an approval counts only while the plan is exactly this.
+    /// The action with every parameter: an approval counts only while the plan is exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_object")]
+    pub planned: Option<serde_json::Value>,
+    /// The action as JSON text, as earlier versions recorded it (read, never written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
     /// A random id made when the plan asked for approval: an approval must name it, so one
     /// written earlier, or for another action, approves nothing.
     pub id: String,
     /// How to approve it.
     pub how: String,
+    /// A person rejected it: fluxmedic does not ask for this action again in this incident.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 /// A suspension fluxmedic holds on the target (after a rollback), until the fix lands.
@@ -460,6 +494,7 @@ pub struct Hold {
     /// The chart revision when suspended: a new one means the fix landed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
     pub since: String,
 }
 
@@ -488,6 +523,12 @@ pub struct DiagnosisRecord {
 pub struct RemediationStatus {
     #[serde(default)]
     pub phase: Phase,
+    /// `Ready`: True once the incident is closed (the target recovered), else False with the
+    /// phase as reason and what holds it as message. `Stalled`: True while a person is needed
+    /// (attempts used up, or escalated).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<DiagnosisRecord>,
     /// First failing ancestor, when it is not the target.
@@ -510,6 +551,7 @@ pub struct RemediationStatus {
     /// When the next action may come (a cooldown or poll backoff), rather than a countdown:
     /// a waiting incident costs no writes until something changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub next_action_at: Option<String>,
     /// The suspension fluxmedic holds on the target, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -523,16 +565,24 @@ pub struct RemediationStatus {
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub detected_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_action_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub closed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_recovery_seconds: Option<f64>,
-    /// What the fix is awaited on: the target's generation and source revision seen when acting.
+    /// The Remediation's own generation this status was written for (the Kubernetes
+    /// convention; earlier versions kept the target's generation here, see
+    /// `targetGeneration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// What the fix is awaited on: the target's generation and source revision seen when acting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_revision: Option<String>,
     /// The source's credentials Secret when detected (git cases).
@@ -606,6 +656,12 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
         .zip(crds())
         .map(|(n, crd)| (n, serde_yaml_ng::to_string(&crd).expect("CRD serialises")))
         .collect()
+}
+
+/// An object of any shape (the API server keeps its fields): what fluxmedic reads from one
+/// is checked by its own types.
+fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
 fn is_zero(n: &u32) -> bool {

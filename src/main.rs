@@ -3,7 +3,7 @@
 use std::{io::Read, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use fluxmedic::{api, cli, controller, input, policy};
+use fluxmedic::{api, cli, controller, input};
 
 #[derive(Parser)]
 #[command(
@@ -19,21 +19,67 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
+    Yaml,
     Json,
 }
+
+impl From<Output> for cli::Output {
+    fn from(o: Output) -> Self {
+        match o {
+            Output::Table => cli::Output::Table,
+            Output::Yaml => cli::Output::Yaml,
+            Output::Json => cli::Output::Json,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    #[value(alias = "remediation", alias = "rem")]
+    Remediations,
+    #[value(alias = "policy", alias = "remediationpolicies", alias = "rempol")]
+    Policies,
+}
+
+/// How a live command reaches the cluster, as kubectl takes it.
+#[derive(clap::Args, Clone)]
+struct KubeArgs {
+    /// The kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then the pod's
+    /// ServiceAccount).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+}
+
+impl KubeArgs {
+    async fn connect(&self) -> Result<cli::Connection, (u8, String)> {
+        cli::connect(self.kubeconfig.as_deref(), self.context.as_deref())
+            .await
+            .map_err(|e| (1, format!("cannot reach the cluster: {e:#}")))
+    }
+}
+
+/// `fluxmedic diagnose --exit-code`: Flux objects are failing.
+const EXIT_FAILING: u8 = 3;
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator (uses the kubeconfig or the in-cluster service account).
     Run {
+        #[command(flatten)]
+        kube: KubeArgs,
         /// The operator's namespace (policies here may cover other namespaces).
         #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
         namespace: String,
         /// Only act in these namespaces (comma-separated; default all).
         #[arg(long, value_delimiter = ',')]
         watch_namespaces: Vec<String>,
+        /// Where /metrics, /healthz and /readyz are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_addr: SocketAddr,
+        /// Targets evaluated and acted upon at once.
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// Circuit breaker threshold when no policy in the operator's namespace sets one.
@@ -100,14 +146,22 @@ enum Command {
     },
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
+        #[command(flatten)]
+        kube: KubeArgs,
         /// A List or multi-document YAML/JSON (`-` for stdin). Without it: the live cluster.
         #[arg(short = 'f', long = "file")]
         file: Option<String>,
-        /// A RemediationPolicy YAML to judge by (default: the built-in default policy).
+        /// A RemediationPolicy YAML to judge by (default: the built-in default policy),
+        /// checked first exactly as the API server checks one (schema, unknown fields, CEL).
         #[arg(long)]
         policy: Option<PathBuf>,
+        /// table, yaml or json.
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
+        /// Exit with 3 when a Flux object is failing (a pipeline gate); 0 when all are healthy.
+        /// Without it the exit status says only whether the diagnosis could be made.
+        #[arg(long)]
+        exit_code: bool,
         /// Live: read only this namespace (for credentials scoped to one namespace).
         #[arg(short = 'n', long)]
         namespace: Option<String>,
@@ -119,12 +173,44 @@ enum Command {
         #[arg(long)]
         helm_default_service_account: Option<String>,
     },
+    /// List Remediations (default) or RemediationPolicies, with what each waits for.
+    Get {
+        /// remediations (rem) or policies (rempol).
+        #[arg(value_enum, default_value = "remediations")]
+        what: What,
+        /// The namespace (default: the context's).
+        #[arg(short = 'n', long, conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Across all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// table, yaml or json (a List, as `kubectl get -o` prints it).
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
+    /// Approve the action a Remediation waits for: writes the one annotation that approves
+    /// it where it counts (on the Remediation, or on the deciding policy when that policy is
+    /// in the operator's namespace) and nothing else.
+    Approve {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
+    /// Reject the action a Remediation waits for: fluxmedic does not ask for it again in this
+    /// incident, which stays open (and escalates) until the target recovers.
+    Reject {
+        #[command(flatten)]
+        decision: DecisionArgs,
+    },
     /// Print the CustomResourceDefinitions.
     Crds,
     /// Before uninstalling: stop the operator, then resume every HelmRelease fluxmedic holds
     /// suspended (only holds it sealed; a person's suspension is left alone). The chart's
     /// pre-delete hook runs this.
     ReleaseHolds {
+        #[command(flatten)]
+        kube: KubeArgs,
         /// The operator's namespace (its seal key and Deployment).
         #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
         namespace: String,
@@ -149,6 +235,21 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct DecisionArgs {
+    /// The Remediation.
+    name: String,
+    /// Its namespace (default: the context's).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// The request id you read (`status.approval.id`): refused if the Remediation now waits
+    /// for another request.
+    #[arg(long)]
+    id: Option<String>,
+    #[command(flatten)]
+    kube: KubeArgs,
+}
+
 /// A fatal error, where the operator's logs go: a JSON line with `--log-json` (a log
 /// pipeline reading JSON must not lose the one line that says why the pod stopped).
 fn fatal(json: bool, code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -160,41 +261,27 @@ fn fatal(json: bool, code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn load_policy(path: Option<PathBuf>) -> Result<policy::Policy, String> {
-    let (ns, name, mut spec) = match path {
-        None => (
-            "fluxmedic".to_string(),
-            "built-in-default".to_string(),
-            policy::default_policy_spec(),
-        ),
-        Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let rp: api::RemediationPolicy = serde_yaml_ng::from_str(&text)
-                .map_err(|e| format!("{}: not a RemediationPolicy: {e}", p.display()))?;
-            let ns = rp
-                .metadata
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "fluxmedic".into());
-            (ns, rp.metadata.name.clone().unwrap_or_default(), rp.spec)
-        }
-    };
-    // Judged as if it sat in the operator's namespace covering every namespace it names (all if none).
-    if spec.targets.namespaces.is_empty() {
-        spec.targets.namespaces = vec!["*".into()];
-    }
-    policy::Policy::new(&ns, &name, spec).map_err(|e| format!("invalid policy: {e}"))
-}
-
-async fn diagnose(
+struct DiagnoseArgs {
     file: Option<String>,
     policy: Option<PathBuf>,
     output: Output,
     namespace: Option<String>,
+    kube: KubeArgs,
     helm_controller: Option<fluxmedic::flux::HelmControllerIdentity>,
-) -> Result<(), (u8, String)> {
+}
+
+/// Diagnose and print; the number of failing Flux objects.
+async fn diagnose(args: DiagnoseArgs) -> Result<usize, (u8, String)> {
+    let DiagnoseArgs {
+        file,
+        policy,
+        output,
+        namespace,
+        kube,
+        helm_controller,
+    } = args;
     let now = jiff::Timestamp::now().as_second();
-    let pol = load_policy(policy).map_err(|e| (2, e))?;
+    let pol = cli::load_policy(policy.as_deref()).map_err(|e| (2, e))?;
     let (mut snap, warnings) = match file {
         Some(f) => {
             let mut text = String::new();
@@ -215,9 +302,7 @@ async fn diagnose(
             (snap, summary.warnings)
         }
         None => {
-            let client = kube::Client::try_default()
-                .await
-                .map_err(|e| (1, format!("cannot reach the cluster: {e}")))?;
+            let client = kube.connect().await?.client;
             let namespace = namespace.filter(|n| !n.trim().is_empty());
             cli::live_snapshot(client, now, namespace.as_deref())
                 .await
@@ -233,8 +318,53 @@ async fn diagnose(
     let text = match output {
         Output::Table => cli::render_table(&report, &rows, snap.objects.len()),
         Output::Json => serde_json::to_string_pretty(&rows).expect("rows serialise") + "\n",
+        Output::Yaml => serde_yaml_ng::to_string(&rows).expect("rows serialise"),
     };
+    write_stdout(&text).map(|()| rows.len())
+}
+
+async fn get(
+    what: What,
+    namespace: Option<String>,
+    all_namespaces: bool,
+    output: Output,
+    kube: KubeArgs,
+) -> Result<(), (u8, String)> {
+    let conn = kube.connect().await?;
+    let ns = match (all_namespaces, namespace) {
+        (true, _) => None,
+        (false, Some(ns)) => Some(ns),
+        (false, None) => Some(conn.namespace.clone()),
+    };
+    let listing = match what {
+        What::Remediations => cli::Listing::Remediations,
+        What::Policies => cli::Listing::Policies,
+    };
+    let now = jiff::Timestamp::now().as_second();
+    let text = cli::get(conn.client, listing, ns.as_deref(), output.into(), now)
+        .await
+        .map_err(|e| (1, format!("{e:#}")))?;
     write_stdout(&text)
+}
+
+async fn decide(args: DecisionArgs, decision: cli::Decision) -> Result<(), (u8, String)> {
+    let conn = args.kube.connect().await?;
+    let ns = args.namespace.unwrap_or(conn.namespace);
+    let said = cli::decide(conn.client, &ns, &args.name, decision, args.id.as_deref())
+        .await
+        .map_err(|e| (1, format!("{e:#}")))?;
+    write_stdout(&(said + "\n"))
+}
+
+/// The exit status of a command that printed its own result.
+fn exit(res: Result<(), (u8, String)>) -> ExitCode {
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(code)
+        }
+    }
 }
 
 /// `--helm-controller-service-account` / `--helm-default-service-account`, checked.
@@ -296,26 +426,48 @@ fn main() -> ExitCode {
             }
         }
         Command::Diagnose {
+            kube,
             file,
             policy,
             output,
+            exit_code,
             namespace,
             helm_controller_service_account,
             helm_default_service_account,
-        } => match helm_identity_flags(
-            helm_controller_service_account,
-            helm_default_service_account,
-        )
-        .map_err(|e| (2, e))
-        .and_then(|helm| rt.block_on(diagnose(file, policy, output, namespace, helm)))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err((code, msg)) => {
-                eprintln!("error: {msg}");
-                ExitCode::from(code)
+        } => {
+            let res = helm_identity_flags(
+                helm_controller_service_account,
+                helm_default_service_account,
+            )
+            .map_err(|e| (2, e))
+            .and_then(|helm_controller| {
+                rt.block_on(diagnose(DiagnoseArgs {
+                    file,
+                    policy,
+                    output,
+                    namespace,
+                    kube,
+                    helm_controller,
+                }))
+            });
+            match res {
+                Ok(failing) if exit_code && failing > 0 => ExitCode::from(EXIT_FAILING),
+                res => exit(res.map(|_| ())),
             }
-        },
+        }
+        Command::Get {
+            what,
+            namespace,
+            all_namespaces,
+            output,
+            kube,
+        } => exit(rt.block_on(get(what, namespace, all_namespaces, output, kube))),
+        Command::Approve { decision } => {
+            exit(rt.block_on(decide(decision, cli::Decision::Approve)))
+        }
+        Command::Reject { decision } => exit(rt.block_on(decide(decision, cli::Decision::Reject))),
         Command::ReleaseHolds {
+            kube,
             namespace,
             watch_namespaces,
             watch_label_selector,
@@ -336,8 +488,8 @@ fn main() -> ExitCode {
                 stop_timeout: Duration::from_secs(stop_timeout_seconds.clamp(1, 3600)),
             };
             let res = rt.block_on(async {
-                let client = kube::Client::try_default().await?;
-                controller::uninstall::release_holds(client, &opts).await
+                let conn = cli::connect(kube.kubeconfig.as_deref(), kube.context.as_deref());
+                controller::uninstall::release_holds(conn.await?.client, &opts).await
             });
             match res {
                 Ok(r) if r.failed.is_empty() => {
@@ -360,6 +512,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run {
+            kube,
             namespace,
             watch_namespaces,
             metrics_addr,
@@ -424,13 +577,36 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
             };
             let res = rt.block_on(async {
-                let config = kube::Config::infer().await?;
-                controller::run(config, opts).await
+                let config = cli::config(kube.kubeconfig.as_deref(), kube.context.as_deref());
+                controller::run(config.await?, opts).await
             });
             match res {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fatal(log_json, 1, format!("{e:#}")),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `fluxmedic <command> --help` explains every flag and argument.
+    #[test]
+    fn every_flag_has_help_text() {
+        let cli = super::Cli::command();
+        for cmd in cli.get_subcommands() {
+            for arg in cmd.get_arguments() {
+                assert!(
+                    arg.get_help()
+                        .is_some_and(|h| !h.to_string().trim().is_empty()),
+                    "fluxmedic {} --{}: no help text",
+                    cmd.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+        super::Cli::command().debug_assert();
     }
 }

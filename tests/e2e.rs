@@ -69,6 +69,8 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     let ev = rem["status"]["diagnosis"]["evidence"].to_string();
     assert!(ev.contains("kustomize build failed"), "{ev}");
     assert_eq!(rem["status"]["diagnosis"]["retryable"], false);
+    let name = rem["metadata"]["name"].as_str().unwrap().to_string();
+    let open = readable_while_open(env, &ns, &name, &rem);
 
     // The source's interval is 1h: only fluxmedic's polling can pick up the fix this fast.
     let fixed_at = std::time::Instant::now();
@@ -79,6 +81,31 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
         phase(r) == "Succeeded"
     })
     .await;
+    // `kubectl wait`, started while the incident was open, returns when it closes.
+    let waited = tokio::task::spawn_blocking(move || open.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(waited.status.success(), "kubectl wait: {waited:?}");
+    let ready = &rem["status"]["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("True"))
+    );
+    assert_eq!(ready["reason"], "Succeeded");
+    // A record is about one target and case for good: the schema refuses another.
+    let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
+    for change in [
+        json!({"spec": {"case": "other"}}),
+        json!({"spec": {"target": {"name": "another"}}}),
+        json!({"spec": {"targetName": "Kustomization/another"}}),
+    ] {
+        let err = api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .expect_err("spec is immutable");
+        assert!(err.to_string().contains("is immutable"), "{change}: {err}");
+    }
     assert!(rem["status"]["timeToRecoverySeconds"].as_f64().unwrap() >= 0.0);
     assert_eq!(rem["metadata"]["labels"]["fluxmedic.io/open"], "false");
     assert_events(
@@ -113,6 +140,45 @@ async fn invalid_manifests_recover_as_soon_as_the_fix_is_pushed() {
     )
     .await;
     eprintln!("invalid-manifests: recovered {recovery:?} after the fixing commit");
+}
+
+/// What Kubernetes tools show of an open record (Ready False with what holds it; the wide
+/// columns; the planned action in words), and a `kubectl wait` for its Ready condition,
+/// started now.
+fn readable_while_open(env: &Env, ns: &str, name: &str, rem: &Value) -> std::process::Child {
+    let ready = &rem["status"]["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("False"))
+    );
+    assert_eq!(ready["observedGeneration"], rem["metadata"]["generation"]);
+    let kubectl = |args: &[&str]| {
+        let out = env.kubectl().args(args).args(["-n", ns]).output().unwrap();
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let wide = kubectl(&["get", "remediation", name, "-o", "wide"]);
+    for column in ["READY", "ATTEMPTS", "BLOCKED", "MESSAGE"] {
+        assert!(wide.lines().next().unwrap().contains(column), "{wide}");
+    }
+    let described = kubectl(&["describe", "remediation", name]);
+    let status = described.split_once("\nStatus:").unwrap().1;
+    let words = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        status.lines().any(|l| words(l) == "Type: ReconcileSource"),
+        "{status}"
+    );
+    assert!(
+        !status.contains("{\""),
+        "no JSON text in the status: {status}"
+    );
+    env.kubectl()
+        .args(["wait", "--for=condition=Ready", "--timeout=120s", "-n", ns])
+        .arg(format!("remediation/{name}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------- git auth
@@ -1246,7 +1312,14 @@ async fn require_approval_waits_for_a_person() {
         "{}",
         rem["status"]
     );
-    annotate(id).await;
+    // `fluxmedic approve` writes exactly that annotation; the operator acts.
+    let said = cli(env, &["approve", &name, "-n", &ns, "--id", &id]);
+    assert!(
+        said.contains(&format!(
+            "approved reconcile-source GitRepository/{ns}/repo"
+        )),
+        "{said}"
+    );
     wait_remediation(
         &client,
         &ns,
@@ -1257,6 +1330,69 @@ async fn require_approval_waits_for_a_person() {
     )
     .await;
     assert!(fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
+}
+
+/// `fluxmedic ARGS` on the test plane; its output (it must succeed).
+fn cli(env: &Env, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
+        .args(args)
+        .args(["--kubeconfig", env.kubeconfig()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fluxmedic {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_action_is_not_asked_for_again() {
+    let (env, client, ns, repo) = broken_kustomization_setup("reject", 1).await;
+    apply(
+        &client,
+        policy(
+            &ns,
+            "gated",
+            auto(json!([{"case": "invalid-manifests", "mode": "RequireApproval"}])),
+        ),
+    )
+    .await;
+    let _op = Operator::start(env, &ns, &[]);
+    break_all(&client, &ns, &repo, 1).await;
+    let rem = wait_remediation(
+        &client,
+        &ns,
+        "Kustomization/app0",
+        "awaiting approval",
+        MIN,
+        |r| phase(r) == "AwaitingApproval",
+    )
+    .await;
+    let name = rem["metadata"]["name"].as_str().unwrap().to_string();
+    let said = cli(env, &["reject", &name, "-n", &ns]);
+    assert!(said.starts_with("rejected reconcile-source"), "{said}");
+    let rem = wait_remediation(&client, &ns, "Kustomization/app0", "rejected", MIN, |r| {
+        r["status"]["approval"]["rejected"] == true
+    })
+    .await;
+    assert_eq!(phase(&rem), "Detected");
+    assert_eq!(rem["status"]["conditions"][0]["reason"], "Rejected");
+    assert!(
+        rem["status"]["blocked"]
+            .as_str()
+            .unwrap()
+            .contains("a person rejected it")
+    );
+    assert_events(&client, &ns, &name, &["ActionRejected"]).await;
+    // An approval of the rejected request afterwards counts for nothing.
+    let id = rem["status"]["approval"]["id"].as_str().unwrap();
+    let api: Api<fluxmedic::api::Remediation> = Api::namespaced(client.clone(), &ns);
+    let approve = json!({"metadata": {"annotations": {"fluxmedic.io/approve": id}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&approve))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
+    let listed = cli(env, &["get", "-n", &ns]);
+    assert!(listed.contains(&format!("rejected {id}")), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -755,7 +755,7 @@ fn check(
     // What a person approved, by the library's own reading of the record and the policy.
     let mut approved = rec.and_then(|r| {
         r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
-            policy.is_some_and(|p| p.approvals.contains(id))
+            policy.and_then(|p| p.decided(id))
         })
     });
     for e in effects {

@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
             policy: None,
             now: 1_800_000_000,
             token: "t",
+            rejected: rec.rejected_request(Some("ns"), &|_| None),
             nonce: "n",
         });
         if rec.trust == Trust::Foreign {

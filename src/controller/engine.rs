@@ -404,7 +404,7 @@ pub fn decide(
         .filter(|_| !superseded)
         .map(|r| {
             let approved = r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
-                policy.is_some_and(|p| p.approvals.contains(id))
+                policy.and_then(|p| p.decided(id))
             });
             r.view(now, approved)
         })
@@ -454,6 +454,11 @@ pub fn decide(
         policy: policy.map(Policy::id),
         now,
         token,
+        rejected: record.and_then(|r| {
+            r.rejected_request(policy.map(|p| p.namespace.as_str()), &|id| {
+                policy.and_then(|p| p.decided(id))
+            })
+        }),
         nonce,
     })
 }
@@ -938,7 +943,7 @@ fn check_policies(
         let current = p
             .status
             .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Valid"));
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
         let gen_ = p.metadata.generation;
         let overridden = overrides
             .get(&format!("{ns}/{name}"))
@@ -955,7 +960,7 @@ fn check_policies(
         let status = RemediationPolicyStatus {
             observed_generation: gen_,
             conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                type_: "Valid".into(),
+                type_: "Ready".into(),
                 status: valid.into(),
                 reason: reason.into(),
                 message,

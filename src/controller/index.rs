@@ -452,6 +452,14 @@ fn bound_record(r: &mut Remediation) {
         for step in &mut st.steps {
             cut(&mut step.message);
             step.detail.as_mut().map(cut);
+            // An object too large to be fluxmedic's: dropped (the seal no longer verifies).
+            if step
+                .planned
+                .as_ref()
+                .is_some_and(|p| p.to_string().len() > MAX_TEXT)
+            {
+                step.planned = None;
+            }
         }
         if let Some(d) = st.diagnosis.as_mut() {
             d.evidence.truncate(MAX_EVIDENCE + 1);
@@ -465,6 +473,21 @@ fn bound_record(r: &mut Remediation) {
             .flatten()
         {
             cut(s);
+        }
+        if let Some(a) = st.approval.as_mut() {
+            for s in [&mut a.action, &mut a.detail, &mut a.id, &mut a.how] {
+                cut(s);
+            }
+            if a.planned
+                .as_ref()
+                .is_some_and(|p| p.to_string().len() > MAX_TEXT)
+            {
+                a.planned = None;
+            }
+        }
+        st.conditions.truncate(MAX_EVIDENCE);
+        for c in &mut st.conditions {
+            cut(&mut c.message);
         }
     }
     if let Some(a) = r.metadata.annotations.as_mut() {

@@ -30,6 +30,7 @@
 //! - One incident, one record; a new case is a new record; a closed record is never reopened.
 //! - Nothing is written while nothing changes: waits carry a due time, not a countdown.
 
+pub mod conditions;
 pub mod seal;
 #[cfg(test)]
 mod tests;
@@ -37,9 +38,9 @@ mod tests;
 use crate::{
     api::{
         APPROVE_ANNOTATION, BASELINE_ANNOTATION, Baseline, DiagnosisRecord, Hold,
-        INTENT_ANNOTATION, Mode, ObservedSecret, Phase, Remediation, RemediationStatus,
-        SEAL_ANNOTATION, SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION, Step, StepOutcome,
-        TargetRef,
+        INTENT_ANNOTATION, Mode, ObservedSecret, Phase, REJECT_ANNOTATION, Remediation,
+        RemediationStatus, SEAL_ANNOTATION, SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION, Step,
+        StepOutcome, TargetRef,
     },
     diagnose::{Case, Diagnosis},
     flux::{FluxObject, ObjectKey},
@@ -87,6 +88,9 @@ pub struct Record {
     /// The record's `fluxmedic.io/approve` annotation (an approval when it names the id of
     /// the pending request, see [`Record::approved_action`]).
     pub approval: Option<String>,
+    /// The record's `fluxmedic.io/reject` annotation (a rejection when it names the id of
+    /// the pending request and the deciding policy is in the record's namespace).
+    pub rejection: Option<String>,
     pub trust: Trust,
     /// The record object's uid (every seal on its status is bound to it).
     pub uid: String,
@@ -101,9 +105,11 @@ fn parse_ts(s: Option<&str>) -> Option<i64> {
         .map(|t| t.as_second())
 }
 
-/// RFC 3339 for a unix second (empty if out of range).
+/// RFC 3339 for a unix second, clamped to 1970..9999: the schema holds every timestamp to
+/// `format: date-time`, so an odd value (a cooldown of a million hours) must still be one.
 pub fn rfc3339(t: i64) -> String {
-    jiff::Timestamp::from_second(t)
+    let max = jiff::Timestamp::MAX.as_second();
+    jiff::Timestamp::from_second(t.clamp(0, max))
         .map(|t| t.to_string())
         .unwrap_or_default()
 }
@@ -117,9 +123,7 @@ pub fn retry_can_help(category: &str) -> bool {
 
 /// The action a step recorded (machine-readable in `detail`), when readable.
 pub fn planned_action(step: &Step) -> Option<Action> {
-    step.detail
-        .as_deref()
-        .and_then(|s| serde_json::from_str(s).ok())
+    Action::from_record(step.planned.as_ref(), step.detail.as_deref())
 }
 
 /// What fluxmedic knows of the records it wrote, kept where only it writes (a ConfigMap of the
@@ -192,6 +196,11 @@ impl Record {
             Some(_) => Trust::Foreign,
         };
         let mut status = stored.clone().unwrap_or_default();
+        // Written before the status had conditions: `observedGeneration` held the target's.
+        if status.conditions.is_empty() && status.target_generation.is_none() {
+            status.target_generation = status.observed_generation.take();
+        }
+        status.observed_generation = Some(rem.metadata.generation.unwrap_or(1));
         if stored.is_none()
             && created_by_us
             && let Ok(b) = serde_json::from_str::<Baseline>(baseline)
@@ -210,6 +219,7 @@ impl Record {
             }
         }
         let approval = annotations.get(APPROVE_ANNOTATION).cloned();
+        let rejection = annotations.get(REJECT_ANNOTATION).cloned();
         Some(Record {
             name,
             namespace,
@@ -218,6 +228,7 @@ impl Record {
             status,
             stored,
             approval,
+            rejection,
             trust,
             uid,
             sequence: rem.status.as_ref().map_or(created_at, |s| s.sequence),
@@ -248,22 +259,48 @@ impl Record {
         Some((planned_action(step), step.token.clone().unwrap_or_default()))
     }
 
-    /// The action a person has approved: the one the record's pending request is for, when
-    /// the approval names that request's id where the deciding policy lets it be approved: on
-    /// this record for a policy in the record's own namespace, on the policy itself
-    /// (`approved_on_policy`, its `approve.fluxmedic.io/<id>` annotations) for one elsewhere.
+    /// What a person decided on the record's pending request: `Some(true)` approved,
+    /// `Some(false)` rejected, `None` nothing yet. It counts only where the deciding policy
+    /// lets it: on this record (`fluxmedic.io/approve` or `fluxmedic.io/reject` naming the
+    /// request's id) for a policy in the record's own namespace, on the policy itself
+    /// (`on_policy`: its `approve.fluxmedic.io/<id>` annotations) for one elsewhere. A
+    /// rejection wins over an approval, and a rejected request stays rejected.
+    pub fn decision(
+        &self,
+        policy_namespace: Option<&str>,
+        on_policy: &dyn Fn(&str) -> Option<bool>,
+    ) -> Option<bool> {
+        let req = self.status.approval.as_ref()?;
+        let names = |a: &Option<String>| a.as_deref() == Some(req.id.as_str());
+        match policy_namespace {
+            _ if req.rejected => Some(false),
+            Some(ns) if ns == self.namespace && names(&self.rejection) => Some(false),
+            Some(ns) if ns == self.namespace => names(&self.approval).then_some(true),
+            Some(_) => on_policy(&req.id),
+            None => None,
+        }
+    }
+
+    /// The action a person has approved (see [`Record::decision`]).
     pub fn approved_action(
         &self,
         policy_namespace: Option<&str>,
-        approved_on_policy: &dyn Fn(&str) -> bool,
+        on_policy: &dyn Fn(&str) -> Option<bool>,
     ) -> Option<Action> {
         let req = self.status.approval.as_ref()?;
-        let given = match policy_namespace {
-            Some(ns) if ns == self.namespace => self.approval.as_deref() == Some(req.id.as_str()),
-            Some(_) => approved_on_policy(&req.id),
-            None => false,
-        };
-        given.then(|| serde_json::from_str(&req.detail).ok())?
+        let approved = self.decision(policy_namespace, on_policy) == Some(true);
+        approved.then(|| Action::from_record(req.planned.as_ref(), Some(&req.detail)))?
+    }
+
+    /// The id of the pending request a person has rejected, if they have.
+    pub fn rejected_request(
+        &self,
+        policy_namespace: Option<&str>,
+        on_policy: &dyn Fn(&str) -> Option<bool>,
+    ) -> Option<String> {
+        let req = self.status.approval.as_ref()?;
+        let rejected = self.decision(policy_namespace, on_policy) == Some(false);
+        rejected.then(|| req.id.clone())
     }
 
     /// The incident as the planner sees it; `approved` is [`Record::approved_action`].
@@ -286,7 +323,7 @@ impl Record {
                 .filter(|st| st.outcome == StepOutcome::Failed)
                 .filter(|st| st.category.as_deref().is_some_and(|c| !retry_can_help(c)))
                 .and_then(|st| Some((planned_action(st)?, st.message.clone()))),
-            observed_generation: s.observed_generation,
+            observed_generation: s.target_generation,
             observed_revision: s.observed_revision.clone(),
             observed_secret: s.observed_secret.clone(),
         }
@@ -330,6 +367,8 @@ pub struct Input<'a> {
     pub now: i64,
     /// The token for a new action.
     pub token: &'a str,
+    /// The id of the pending approval request a person rejected ([`Record::rejected_request`]).
+    pub rejected: Option<String>,
     /// A fresh random id, for an approval request made now.
     pub nonce: &'a str,
 }
@@ -439,7 +478,8 @@ fn diagnosis_record(d: &Diagnosis) -> DiagnosisRecord {
 pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, now: i64) {
     status.steps.push(Step {
         action: action.name().into(),
-        detail: serde_json::to_string(action).ok(),
+        planned: Some(action.to_record()),
+        detail: None,
         outcome: StepOutcome::Running,
         token: Some(token.into()),
         started_at: rfc3339(now),
@@ -472,6 +512,12 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
 
 /// What to do about one target now.
 pub fn next(inp: &Input<'_>) -> Vec<Effect> {
+    let mut out = lifecycle(inp);
+    conditions::present_all(&mut out, inp.now);
+    out
+}
+
+fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
     let Some(rec) = inp.record else {
         return match inp.seen {
             Seen::Failing {
@@ -531,7 +577,8 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
         .unwrap_or(inp.now);
     let mut status = RemediationStatus {
         detected_at: Some(rfc3339(inp.now)),
-        observed_generation: inp.target.and_then(|t| t.generation),
+        observed_generation: Some(1),
+        target_generation: inp.target.and_then(|t| t.generation),
         observed_revision: inp
             .source_revision
             .clone()
@@ -612,15 +659,21 @@ fn wait(
 ) {
     let blocked = dec.blocked.clone().unwrap_or(Blocked::NoRunbook);
     request_approval(status, dec, inp);
+    let rejected = reject_request(status, inp, out);
     let mut text = match &dec.planned {
         Some(a) => format!("planned {a}; {blocked}"),
         None => blocked.to_string(),
     };
-    if let (Blocked::AwaitingApproval, Some(req)) = (&blocked, &status.approval) {
-        text = format!("{text}: {}", req.how);
+    match (&blocked, &status.approval) {
+        (Blocked::AwaitingApproval, Some(req)) if req.rejected => {
+            text = format!("planned {}; {REJECTED} (request {})", req.action, req.id)
+        }
+        (Blocked::AwaitingApproval, Some(req)) => text = format!("{text}: {}", req.how),
+        _ => {}
     }
     if status.phase != Phase::Escalated {
         status.phase = match &blocked {
+            Blocked::AwaitingApproval if rejected => Phase::Detected,
             Blocked::AwaitingApproval => Phase::AwaitingApproval,
             Blocked::MaxAttempts => Phase::Failed,
             Blocked::AwaitingFix(_) => Phase::AwaitingFix,
@@ -637,7 +690,7 @@ fn wait(
     // A new reason (not merely the same one again) is counted and, for some, announced. The
     // text is "planned <action>; <reason>[: how to approve]": the reason is in it.
     let reason = blocked.to_string();
-    let reason_changed = prev.is_none_or(|b| !b.contains(&reason));
+    let reason_changed = prev.is_none_or(|b| !b.contains(&reason) && b != text);
     if reason_changed {
         out.push(Effect::Count(Count::Blocked(blocked.label())));
         if matches!(
@@ -661,6 +714,29 @@ fn wait(
     status.blocked = Some(text);
 }
 
+/// What a rejected request's record says.
+pub const REJECTED: &str = "a person rejected it: fluxmedic does not ask for it again in this incident, which stays open until the target recovers";
+
+/// Mark the pending request rejected when a person rejected exactly it (announced once);
+/// whether it is rejected now.
+fn reject_request(status: &mut RemediationStatus, inp: &Input<'_>, out: &mut Vec<Effect>) -> bool {
+    let Some(req) = status.approval.as_mut() else {
+        return false;
+    };
+    if !req.rejected && inp.rejected.as_deref() == Some(req.id.as_str()) {
+        req.rejected = true;
+        let note = format!("{}: {REJECTED}", req.action);
+        out.push(event(
+            Regarding::Record,
+            false,
+            "ActionRejected",
+            "Plan",
+            note,
+        ));
+    }
+    req.rejected
+}
+
 /// Under RequireApproval, the planned action's approval request: kept while the plan asks
 /// for exactly that action (whatever else holds it back meanwhile), made anew with a fresh id
 /// when it asks for another, gone when it asks for none.
@@ -673,8 +749,10 @@ fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<
         status.approval = None;
         return;
     };
-    let detail = serde_json::to_string(a).unwrap_or_default();
-    if status.approval.as_ref().is_some_and(|r| r.detail == detail) {
+    let asked = |r: &crate::api::ApprovalRequest| {
+        Action::from_record(r.planned.as_ref(), Some(&r.detail)).as_ref() == Some(a)
+    };
+    if status.approval.as_ref().is_some_and(asked) {
         return;
     }
     let id = inp.nonce.to_string();
@@ -688,9 +766,11 @@ fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<
     };
     status.approval = Some(crate::api::ApprovalRequest {
         action: a.to_string(),
-        detail,
+        planned: Some(a.to_record()),
+        detail: String::new(),
         id,
         how,
+        rejected: false,
     });
 }
 
@@ -1021,6 +1101,18 @@ pub struct Facts {
 /// Fold an action's outcome into `status` (which holds its Running step): the record to
 /// write and what to announce.
 pub fn settle(
+    status: RemediationStatus,
+    action: &Action,
+    outcome: &Outcome,
+    facts: &Facts,
+    now: i64,
+) -> Vec<Effect> {
+    let mut out = fold_outcome(status, action, outcome, facts, now);
+    conditions::present_all(&mut out, now);
+    out
+}
+
+fn fold_outcome(
     mut status: RemediationStatus,
     action: &Action,
     outcome: &Outcome,
@@ -1062,7 +1154,7 @@ pub fn settle(
                     revision: facts.source_revision.clone(),
                     since: rfc3339(now),
                 });
-                status.observed_generation = Some(generation);
+                status.target_generation = Some(generation);
                 status.observed_revision = facts.source_revision.clone();
                 if status.phase != Phase::Escalated {
                     status.phase = Phase::AwaitingFix;

@@ -181,6 +181,7 @@ fn input<'a>(
         policy: Some("apps/p".into()),
         now: NOW,
         token: "fresh-token",
+        rejected: None,
         nonce: "fresh-id",
     }
 }
@@ -335,7 +336,7 @@ fn a_new_failure_opens_one_record_and_acts_in_the_same_write() {
     let st = written(&fx).unwrap();
     assert_eq!(st.attempts, 1);
     assert_eq!(st.rollbacks, 0, "a retry is no rollback");
-    assert_eq!(st.observed_generation, Some(3));
+    assert_eq!(st.target_generation, Some(3));
     assert!(fx.contains(&Effect::Count(Count::Incident(Case::FailedRelease))));
 }
 
@@ -1054,7 +1055,7 @@ fn an_approval_approves_one_action_named_by_an_id_made_with_the_plan() {
             .get_or_insert_default()
             .insert(crate::api::APPROVE_ANNOTATION.into(), v.into());
     };
-    let none = |_: &str| false;
+    let none = |_: &str| None;
     with(&mut asked, "true");
     assert_eq!(
         read(&asked).approved_action(Some("apps"), &none),
@@ -1071,11 +1072,11 @@ fn an_approval_approves_one_action_named_by_an_id_made_with_the_plan() {
     // record counts for nothing; one on the policy does.
     assert_eq!(rec.approved_action(Some("fluxmedic"), &none), None);
     assert_eq!(
-        rec.approved_action(Some("fluxmedic"), &|id| id == "fresh-id"),
+        rec.approved_action(Some("fluxmedic"), &|id| (id == "fresh-id").then_some(true)),
         Some(retry.clone())
     );
     // No policy now: nothing is approved.
-    assert_eq!(rec.approved_action(None, &|_| true), None);
+    assert_eq!(rec.approved_action(None, &|_| Some(true)), None);
 
     // The plan moves on to another action: a new request, a new id; the old approval is
     // worth nothing for it.
@@ -1089,7 +1090,11 @@ fn an_approval_approves_one_action_named_by_an_id_made_with_the_plan() {
     let out = next(&later);
     let req2 = written(&out).unwrap().approval.clone().unwrap();
     assert_eq!(req2.id, "another-id");
-    assert!(req2.detail.contains("Rollback"));
+    assert_eq!(req2.planned.as_ref().unwrap()["type"], "Rollback");
+    assert!(
+        req2.detail.is_empty(),
+        "the JSON text form is no longer written"
+    );
 
     // Approved and performed: the request is gone, the next action needs its own.
     let go = acts(retry.clone());
@@ -1175,4 +1180,333 @@ fn a_record_is_fluxmedics_only_as_fluxmedic_last_wrote_it() {
     // A record made after the ledger was last persisted (a crash before it was written):
     // unknown to it, but newer than anything it persisted: fluxmedic's.
     assert_eq!(read_with(&latest, &Ledger::default()).trust, Trust::Ours);
+}
+
+// ------------------------------------------------------------------ conditions, earlier records
+
+/// The conditions every phase shows: (phase, frozen) -> (Ready, its reason, Stalled).
+#[test]
+fn conditions_follow_the_phase_as_kubernetes_tools_read_them() {
+    use super::conditions::{READY, STALLED, present};
+    let table = [
+        (Phase::Detected, false, "False", "Detected", false),
+        (
+            Phase::AwaitingApproval,
+            false,
+            "False",
+            "AwaitingApproval",
+            false,
+        ),
+        (Phase::Remediating, false, "False", "Remediating", false),
+        (Phase::AwaitingFix, false, "False", "AwaitingFix", false),
+        (Phase::Failed, false, "False", "Failed", true),
+        (Phase::Escalated, false, "False", "Escalated", true),
+        (Phase::Remediating, true, "False", "Frozen", true),
+        (Phase::Succeeded, false, "True", "Succeeded", false),
+        (Phase::Resolved, false, "True", "Resolved", false),
+        (Phase::Resolved, true, "True", "Resolved", false),
+    ];
+    for (phase, frozen, ready, reason, stalled) in table {
+        let mut st = open_status(phase);
+        st.observed_generation = Some(1);
+        st.blocked = Some("cooldown".into());
+        st.frozen = frozen.then(|| FROZEN.to_string());
+        present(&mut st, NOW);
+        let c = |t: &str| st.conditions.iter().find(|c| c.type_ == t);
+        let r = c(READY).expect("Ready is always there");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            (ready, reason),
+            "{phase:?} {frozen}"
+        );
+        assert_eq!(r.observed_generation, Some(1));
+        assert!(!r.message.is_empty());
+        assert_eq!(
+            c(STALLED).is_some_and(|s| s.status == "True"),
+            stalled,
+            "{phase:?} {frozen}"
+        );
+    }
+    // An open incident says what holds it; a transition time moves only with the status.
+    let mut st = open_status(Phase::Detected);
+    st.blocked = Some("waiting for approval".into());
+    present(&mut st, NOW);
+    assert_eq!(st.conditions[0].message, "waiting for approval");
+    st.phase = Phase::Remediating;
+    st.blocked = None;
+    present(&mut st, NOW + 60);
+    assert_eq!(st.conditions[0].reason, "Remediating");
+    assert_eq!(st.conditions[0].last_transition_time.0.as_second(), NOW);
+    st.phase = Phase::Succeeded;
+    st.message = Some("the target is Ready".into());
+    present(&mut st, NOW + 120);
+    assert_eq!(st.conditions[0].status, "True");
+    assert_eq!(
+        st.conditions[0].last_transition_time.0.as_second(),
+        NOW + 120
+    );
+}
+
+#[test]
+fn every_status_the_lifecycle_writes_carries_its_conditions() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let dec = acts(retry.clone());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &dec,
+    };
+    let opened = next(&input(None, Some(&o), seen));
+    let st = written(&opened).unwrap();
+    assert_eq!(st.conditions[0].reason, "Remediating");
+    assert_eq!(
+        st.observed_generation,
+        Some(1),
+        "a new record's own generation"
+    );
+    let settled = settle(
+        st.clone(),
+        &retry,
+        &Outcome::Done {
+            message: "requested".into(),
+            generation: None,
+        },
+        &Facts::default(),
+        NOW,
+    );
+    let st = written(&settled).unwrap();
+    assert!(st.conditions[0].status == "False");
+    let rec = read(&sealed(Case::FailedRelease, Some(st.clone()), None));
+    let closed = next(&input(Some(&rec), Some(&o), Seen::Ready));
+    let st = written(&closed).unwrap();
+    assert_eq!(
+        (
+            st.conditions[0].status.as_str(),
+            st.conditions[0].reason.as_str()
+        ),
+        ("True", "Succeeded")
+    );
+}
+
+/// A status as an earlier version wrote it: `observedGeneration` was the target's, a step's
+/// action was JSON text. Its seal still verifies, it reads as the same incident, its
+/// interrupted step and approval are still understood, and the first write moves it over.
+#[test]
+fn a_record_an_earlier_version_wrote_is_read_as_it_meant() {
+    let legacy = serde_json::json!({
+        "phase": "AwaitingApproval",
+        "observedGeneration": 3,
+        "steps": [{"action": "retry", "detail": "{\"RetryRelease\":{\"with_source\":null}}",
+                   "outcome": "Running", "token": "old-token", "startedAt": rfc3339(NOW - 60)}],
+        "approval": {"action": "rollback to revision 1",
+                     "detail": serde_json::to_string(&serde_json::json!({"Rollback": {
+                         "to_version": 1, "release": serde_json::to_value(release()).unwrap()}})).unwrap(),
+                     "id": "old-id", "how": "annotate"},
+        "attempts": 1, "polls": 0, "sequence": 2,
+        "detectedAt": rfc3339(NOW - 600)
+    });
+    let st: RemediationStatus = serde_json::from_value(legacy.clone()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&st).unwrap(),
+        legacy,
+        "read and written back byte for byte: the seal an earlier version made still verifies"
+    );
+    let mut rem = sealed(Case::FailedRelease, Some(st), None);
+    rem.metadata.generation = Some(1);
+    let rec = read(&rem);
+    assert_eq!(rec.trust, Trust::Ours);
+    assert_eq!(rec.status.target_generation, Some(3));
+    assert_eq!(rec.status.observed_generation, Some(1));
+    assert_eq!(
+        rec.interrupted(),
+        Some((
+            Some(Action::RetryRelease { with_source: None }),
+            "old-token".to_string()
+        ))
+    );
+    let approved = Record {
+        approval: Some("old-id".into()),
+        ..rec.clone()
+    };
+    assert_eq!(
+        approved.approved_action(Some("apps"), &|_| None),
+        Some(rollback())
+    );
+    // Still awaiting the same approval: the request stands (same id), the status moves over.
+    let mut done = rec.clone();
+    done.status.steps[0].outcome = StepOutcome::Succeeded;
+    let dec = awaiting(rollback());
+    let d = diag(Case::FailedRelease);
+    let o = hr(None, 3);
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &dec,
+    };
+    let st = written(&next(&input(Some(&done), Some(&o), seen)))
+        .unwrap()
+        .clone();
+    assert_eq!(st.approval.as_ref().unwrap().id, "old-id");
+    assert_eq!(st.target_generation, Some(3));
+    assert_eq!(st.conditions[0].reason, "AwaitingApproval");
+}
+
+#[test]
+fn an_action_reads_back_from_its_record_and_from_the_text_earlier_versions_wrote() {
+    let key = |k, n: &str| ObjectKey::new(k, "apps", n);
+    let actions = [
+        Action::Reconcile,
+        Action::Resume,
+        Action::ReconcileSource {
+            source: key(FluxKind::GitRepository, "repo"),
+        },
+        Action::ReconcileSourceAndConsumers {
+            source: key(FluxKind::GitRepository, "repo"),
+            consumers: vec![key(FluxKind::Kustomization, "apps")],
+        },
+        Action::RetryRelease {
+            with_source: Some(key(FluxKind::HelmChart, "apps-web")),
+        },
+        rollback(),
+        unlock("apps", true),
+    ];
+    for a in actions {
+        let rec = a.to_record();
+        assert!(rec["type"].is_string(), "{rec}");
+        assert!(!rec.to_string().contains('_'), "keys read as words: {rec}");
+        assert_eq!(Action::from_record(Some(&rec), None), Some(a.clone()));
+        // The earlier form: externally tagged, snake_case fields.
+        let mut fields = rec.as_object().unwrap().clone();
+        let name = fields.remove("type").unwrap();
+        let snake = |k: &str| {
+            k.chars()
+                .flat_map(|c| match c.is_uppercase() {
+                    true => vec!['_', c.to_ascii_lowercase()],
+                    false => vec![c],
+                })
+                .collect::<String>()
+        };
+        let fields: serde_json::Map<_, _> =
+            fields.into_iter().map(|(k, v)| (snake(&k), v)).collect();
+        let old = match fields.is_empty() {
+            true => name.clone(),
+            false => serde_json::json!({ name.as_str().unwrap(): fields }),
+        };
+        assert_eq!(
+            Action::from_record(None, Some(&old.to_string())),
+            Some(a),
+            "{old}"
+        );
+    }
+    for odd in [
+        "",
+        "null",
+        "[]",
+        "{\"a\":1,\"b\":2}",
+        "{\"Rollback\":3}",
+        "\"Nope\"",
+    ] {
+        assert_eq!(Action::from_record(None, Some(odd)), None, "{odd}");
+    }
+    assert_eq!(
+        Action::from_record(Some(&serde_json::json!({"type": 1})), None),
+        None
+    );
+}
+
+/// A rejection names the request like an approval does, counts only where an approval would,
+/// wins over one, and is final for that request: the incident stays open, asks no more.
+#[test]
+fn a_rejection_ends_one_request_and_the_incident_asks_no_more() {
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let o = hr(None, 2);
+    let dec = awaiting(retry.clone());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &dec,
+    };
+    let fresh = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Detected)),
+        None,
+    ));
+    let st = written(&next(&input(Some(&fresh), Some(&o), seen)))
+        .unwrap()
+        .clone();
+    let mut asked = sealed(Case::FailedRelease, Some(st), None);
+    let annotate = |rem: &mut Remediation, k: &str, v: &str| {
+        rem.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(k.into(), v.into());
+    };
+    annotate(&mut asked, crate::api::APPROVE_ANNOTATION, "fresh-id");
+    annotate(&mut asked, crate::api::REJECT_ANNOTATION, "another-id");
+    let rec = read(&asked);
+    let none = |_: &str| None;
+    assert_eq!(
+        rec.decision(Some("apps"), &none),
+        Some(true),
+        "a rejection of another request"
+    );
+    annotate(&mut asked, crate::api::REJECT_ANNOTATION, "fresh-id");
+    let rec = read(&asked);
+    assert_eq!(
+        rec.decision(Some("apps"), &none),
+        Some(false),
+        "a rejection wins"
+    );
+    assert_eq!(rec.approved_action(Some("apps"), &none), None);
+    // For a policy of the operator's namespace only the policy's word counts.
+    assert_eq!(rec.decision(Some("fluxmedic"), &none), None);
+    assert_eq!(
+        rec.decision(Some("fluxmedic"), &|_| Some(false)),
+        Some(false)
+    );
+
+    let mut inp = input(Some(&rec), Some(&o), seen);
+    inp.rejected = rec.rejected_request(Some("apps"), &none);
+    let out = next(&inp);
+    let st = written(&out).unwrap().clone();
+    let req = st.approval.clone().unwrap();
+    assert!(req.rejected && req.id == "fresh-id");
+    assert_eq!(st.phase, Phase::Detected);
+    assert!(
+        st.blocked.as_deref().unwrap().contains(REJECTED),
+        "{:?}",
+        st.blocked
+    );
+    assert_eq!(st.conditions[0].reason, "Rejected");
+    assert!(out.iter().any(|e| matches!(
+        e,
+        Effect::Event {
+            reason: "ActionRejected",
+            ..
+        }
+    )));
+    assert!(performs(&out).is_empty());
+
+    // Sealed as rejected: the annotations no longer matter, nothing more is written or asked.
+    let mut later = sealed(Case::FailedRelease, Some(st), None);
+    annotate(&mut later, crate::api::APPROVE_ANNOTATION, "fresh-id");
+    let rec = read(&later);
+    assert_eq!(rec.approved_action(Some("apps"), &|_| Some(true)), None);
+    let mut inp = input(Some(&rec), Some(&o), seen);
+    inp.rejected = rec.rejected_request(Some("apps"), &none);
+    inp.nonce = "yet-another-id";
+    assert_eq!(next(&inp), vec![], "nothing changes, nothing is written");
+
+    // The plan moves on to another action: a new request, which may be approved.
+    let other = awaiting(rollback());
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &other,
+    };
+    let mut inp = input(Some(&rec), Some(&o), seen);
+    inp.nonce = "yet-another-id";
+    let st = written(&next(&inp)).unwrap().clone();
+    let req = st.approval.unwrap();
+    assert!(!req.rejected && req.id == "yet-another-id");
+    assert_eq!(st.phase, Phase::AwaitingApproval);
 }

@@ -37,6 +37,8 @@ pub struct Policy {
     /// Approval ids given on this policy (`approve.fluxmedic.io/<id>: "true"`), for the
     /// actions it decides outside its own namespace.
     pub approvals: std::collections::BTreeSet<String>,
+    /// Request ids rejected on this policy (`approve.fluxmedic.io/<id>: "false"`).
+    pub rejections: std::collections::BTreeSet<String>,
 }
 
 /// Why a policy cannot be used. Shown in the policy's status.
@@ -102,6 +104,7 @@ impl Policy {
                 .map(|t| dur("spec.staleLock.threshold", t))
                 .transpose()?,
             approvals: Default::default(),
+            rejections: Default::default(),
             spec,
         })
     }
@@ -113,19 +116,33 @@ impl Policy {
         mut self,
         annotations: &std::collections::BTreeMap<String, String>,
     ) -> Self {
-        self.approvals = annotations
-            .iter()
-            .filter(|(_, v)| v.as_str() == "true")
-            .filter_map(|(k, _)| k.strip_prefix(crate::api::POLICY_APPROVAL_PREFIX))
-            .filter(|id| id.len() <= 64)
-            .take(MAX_APPROVALS)
-            .map(String::from)
-            .collect();
+        let ids = |value: &str| {
+            annotations
+                .iter()
+                .filter(|(_, v)| v.as_str() == value)
+                .filter_map(|(k, _)| k.strip_prefix(crate::api::POLICY_APPROVAL_PREFIX))
+                .filter(|id| id.len() <= 64)
+                .take(MAX_APPROVALS)
+                .map(String::from)
+                .collect()
+        };
+        self.approvals = ids("true");
+        self.rejections = ids("false");
         self
     }
 
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// What was decided on this policy about request `id`: rejected (`Some(false)`, which
+    /// wins), approved, or nothing.
+    pub fn decided(&self, id: &str) -> Option<bool> {
+        match (self.rejections.contains(id), self.approvals.contains(id)) {
+            (true, _) => Some(false),
+            (false, true) => Some(true),
+            (false, false) => None,
+        }
     }
 
     /// Whether this policy covers `obj`. Cross-namespace selection only for policies in

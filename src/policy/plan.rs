@@ -14,7 +14,11 @@ use crate::{
 /// What fluxmedic does to a target. Every parameter is derived from the snapshot and the
 /// policy at planning time and recorded with the step, so a step finished after a crash can
 /// be compared with what today's plan calls for.
+///
+/// Recorded as an object whose keys read as words in `kubectl describe`
+/// (`{"type": "RetryRelease", "withSource": ...}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum Action {
     /// requestedAt on the target.
     Reconcile,
@@ -65,6 +69,25 @@ pub struct ReleaseRef {
 }
 
 impl Action {
+    /// The action as a record holds it.
+    pub fn to_record(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    /// An action read back from a record: its object, or (`legacy`) the JSON text earlier
+    /// versions wrote, externally tagged with snake_case fields
+    /// (`{"RetryRelease":{"with_source":null}}`, `"Reconcile"`). `None` when it is neither.
+    pub fn from_record(
+        planned: Option<&serde_json::Value>,
+        legacy: Option<&str>,
+    ) -> Option<Action> {
+        if let Some(v) = planned {
+            return serde_json::from_value(v.clone()).ok();
+        }
+        let v: serde_json::Value = serde_json::from_str(legacy?).ok()?;
+        serde_json::from_value(from_external_tagging(v)?).ok()
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::Reconcile
@@ -164,6 +187,37 @@ impl fmt::Display for Action {
             _ => f.write_str(self.name()),
         }
     }
+}
+
+/// `"Name"` or `{"Name": {"snake_field": v}}` as `{"type": "Name", "snakeField": v}`.
+fn from_external_tagging(v: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::{Map, Value};
+    let (name, fields) = match v {
+        Value::String(name) => (name, Map::new()),
+        Value::Object(m) if m.len() == 1 => match m.into_iter().next()? {
+            (name, Value::Object(fields)) => (name, fields),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let camel = |f: &str| {
+        let mut out = String::with_capacity(f.len());
+        let mut up = false;
+        for c in f.chars() {
+            match c {
+                '_' => up = true,
+                c if up => {
+                    out.extend(c.to_uppercase());
+                    up = false;
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    };
+    let mut out: Map<String, Value> = fields.into_iter().map(|(k, v)| (camel(&k), v)).collect();
+    out.insert("type".into(), Value::String(name));
+    Some(Value::Object(out))
 }
 
 /// Why nothing is done now. Every text is stable while the situation is (no countdowns, no

@@ -70,13 +70,7 @@ fn clear_leftovers(env: &Env) {
     if std::env::var_os("FLUXMEDIC_KEEP_NAMESPACES").is_some() {
         return;
     }
-    let kubectl = |args: &[&str]| {
-        Command::new(Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("kubectl"))
-            .env("KUBECONFIG", env.kubeconfig())
-            .args(args)
-            .output()
-            .expect("kubectl")
-    };
+    let kubectl = |args: &[&str]| env.kubectl().args(args).output().expect("kubectl");
     let out = kubectl(&[
         "get",
         "namespaces",
@@ -130,6 +124,12 @@ impl Env {
     }
     pub fn kubeconfig(&self) -> &str {
         self.var("KUBECONFIG")
+    }
+    /// The control plane's kubectl, on this environment's kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(Path::new(self.var("FLUXMEDIC_TESTENV_BIN")).join("kubectl"));
+        c.env("KUBECONFIG", self.kubeconfig());
+        c
     }
     pub fn fixture_url(&self) -> &str {
         self.var("FLUXMEDIC_FIXTURE_URL")

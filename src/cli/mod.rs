@@ -1,5 +1,14 @@
-//! `fluxmedic diagnose`: the pure pipeline (diagnose -> plan) over a snapshot, rendered
-//! as a table or JSON.
+//! The command line: `fluxmedic diagnose` (the pure pipeline, diagnose -> plan, over a
+//! snapshot, rendered as a table or JSON), `get` and `approve`/`reject` on records, and how
+//! each live command reaches the cluster.
+
+mod connect;
+mod policy_file;
+mod records;
+
+pub use connect::{Connection, config, connect};
+pub use policy_file::{check_policy, load_policy};
+pub use records::{Decision, Listing, Output, decide, get, render};
 
 use serde::Serialize;
 
