@@ -12,6 +12,20 @@ use support::*;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/fluxmedic");
 
+/// The name the chart gives a release's objects (its `fluxmedic.fullname`): the release's
+/// when it contains "fluxmedic", else "<release>-fluxmedic", at most 36 characters.
+fn full(release: &str) -> String {
+    let name = match release.contains("fluxmedic") {
+        true => release.to_string(),
+        false => format!("{release}-fluxmedic"),
+    };
+    name.chars()
+        .take(36)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
 fn helm(env: &Env, args: &[&str]) -> (bool, String) {
     let out = Command::new(env.helm())
         .args(args)
@@ -58,7 +72,7 @@ fn chart_lints_and_renders_every_mode() {
         out.contains("kind: ValidatingAdmissionPolicy\n")
             && out.contains("kind: ValidatingAdmissionPolicyBinding")
     );
-    assert!(out.contains("serviceAccountName: fluxmedic-release-holds"));
+    assert!(out.contains("serviceAccountName: fm-fluxmedic-release-holds"));
     assert!(out.contains("--leader-elect") && out.contains("--flux-namespace=flux-system"));
     // Opt-ins stay off by default; probes stay on.
     assert!(!out.contains("--events-addr") && !out.contains("--no-source-probes"));
@@ -151,6 +165,13 @@ fn bad_values_fail_at_install_with_a_clear_message() {
             "helmController",
         ),
         ("rollback.clusterRole=cluster-admin", "clusterRole"),
+        (
+            "fullnameOverride=a-name-far-too-long-for-every-suffix-x",
+            "fullnameOverride",
+        ),
+        ("serviceAccount.name=Not_A_Name", "serviceAccount"),
+        ("podLabels.team=null", "podLabels"),
+        ("networkPolicy.allowAll=true", "allowAll"),
     ] {
         let (ok, out) = helm(env, &["template", "fm", CHART, "--set", set]);
         assert!(!ok, "--set {set} must be rejected");
@@ -159,6 +180,209 @@ fn bad_values_fail_at_install_with_a_clear_message() {
                 && out.contains(want),
             "{set}: {out}"
         );
+    }
+}
+
+/// The documents of a rendering, as JSON values.
+fn documents(rendered: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(rendered)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+/// What charts are expected to take, each proven in the rendering: pull secrets, priority,
+/// pod metadata, a ServiceAccount of one's own, a PodDisruptionBudget, a NetworkPolicy,
+/// topology spread, the labels Prometheus Operator selects by; every object labelled with its
+/// chart, and named from the release.
+#[test]
+fn the_chart_takes_what_charts_are_expected_to_take() {
+    let env = env();
+    let sets = [
+        "imagePullSecrets[0].name=regcred",
+        "priorityClassName=system-cluster-critical",
+        "podAnnotations.team=platform",
+        "podLabels.tier=ops",
+        "serviceAccount.create=false",
+        "serviceAccount.name=ops-identity",
+        "podDisruptionBudget.enabled=true",
+        "replicas=2",
+        "networkPolicy.enabled=true",
+        "topologySpreadConstraints[0].maxSkew=1",
+        "topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.labels.release=prometheus",
+        "metrics.prometheusRule.enabled=true",
+        "metrics.prometheusRule.labels.release=prometheus",
+    ];
+    let mut args = vec!["template", "shard-a", CHART, "-n", "flux-system"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let (ok, out) = helm(env, &args);
+    assert!(ok, "{out}");
+    let docs = documents(&out);
+    let kind = |k: &'static str| docs.iter().filter(move |d| d["kind"] == k);
+    let deploy = kind("Deployment").next().unwrap();
+    let pod = &deploy["spec"]["template"];
+    assert_eq!(deploy["metadata"]["name"], "shard-a-fluxmedic");
+    assert_eq!(
+        pod["spec"]["imagePullSecrets"],
+        json!([{"name": "regcred"}])
+    );
+    assert_eq!(pod["spec"]["priorityClassName"], "system-cluster-critical");
+    assert_eq!(pod["metadata"]["annotations"]["team"], "platform");
+    assert_eq!(pod["metadata"]["labels"]["tier"], "ops");
+    assert_eq!(pod["spec"]["serviceAccountName"], "ops-identity");
+    assert_eq!(pod["spec"]["topologySpreadConstraints"][0]["maxSkew"], 1);
+    // Not created, but bound and held by the admission policies under its own name.
+    assert!(!kind("ServiceAccount").any(|sa| sa["metadata"]["name"] == "ops-identity"));
+    for b in kind("ClusterRoleBinding").filter(|b| b["metadata"]["name"] == "shard-a-fluxmedic") {
+        assert_eq!(b["subjects"][0]["name"], "ops-identity");
+    }
+    assert!(out.contains("system:serviceaccount:flux-system:ops-identity"));
+    let pdb = kind("PodDisruptionBudget").next().unwrap();
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "shard-a"
+    );
+    let np = kind("NetworkPolicy").next().unwrap();
+    assert_eq!(np["spec"]["ingress"][0]["ports"][0]["port"], "http-metrics");
+    for k in ["ServiceMonitor", "PrometheusRule"] {
+        assert_eq!(
+            kind(k).next().unwrap()["metadata"]["labels"]["release"],
+            "prometheus"
+        );
+    }
+    // The uninstall hook pulls the same image the same way, as its own identity.
+    let hook = kind("Job").next().unwrap();
+    assert_eq!(
+        hook["spec"]["template"]["spec"]["imagePullSecrets"][0]["name"],
+        "regcred"
+    );
+    assert_eq!(
+        hook["spec"]["template"]["spec"]["serviceAccountName"],
+        "shard-a-fluxmedic-release-holds"
+    );
+    for d in &docs {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.starts_with("shard-a-fluxmedic") || name == "ops-identity",
+            "{name}"
+        );
+        assert_eq!(
+            d["metadata"]["labels"]["helm.sh/chart"], "fluxmedic-0.1.0",
+            "{name}"
+        );
+    }
+    // NOTES.txt says where it is and what to do first.
+    let (ok, notes) = helm(
+        env,
+        &[
+            "install",
+            "shard-a",
+            CHART,
+            "-n",
+            "flux-system",
+            "--dry-run=client",
+        ],
+    );
+    assert!(ok, "{notes}");
+    assert!(
+        notes.contains("installed as shard-a-fluxmedic in flux-system"),
+        "{notes}"
+    );
+    assert!(notes.contains("fluxmedic approve"), "{notes}");
+}
+
+/// A parent chart carries fluxmedic as a subchart, with its `global` values.
+#[test]
+fn the_chart_works_as_a_subchart() {
+    let env = env();
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path().join("platform");
+    std::fs::create_dir_all(parent.join("charts")).unwrap();
+    std::fs::write(
+        parent.join("Chart.yaml"),
+        "apiVersion: v2\nname: platform\nversion: 1.0.0\ndependencies:\n- name: fluxmedic\n  version: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parent.join("values.yaml"),
+        "global:\n  imageRegistry: mirror.example\nfluxmedic:\n  replicas: 2\n",
+    )
+    .unwrap();
+    let status = Command::new("cp")
+        .args(["-r", CHART, parent.join("charts").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (ok, out) = helm(
+        env,
+        &[
+            "template",
+            "ops",
+            parent.to_str().unwrap(),
+            "-n",
+            "flux-system",
+        ],
+    );
+    assert!(ok, "{out}");
+    let docs = documents(&out);
+    let deploy = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deploy["metadata"]["name"], "ops-fluxmedic");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+}
+
+/// Two releases, one per Flux shard, side by side in one namespace of the real API server:
+/// both install, and no object of one is the other's.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_shards_install_side_by_side_in_one_namespace() {
+    let env = env();
+    let client = env.client().await;
+    let ns = namespace(&client, "shards").await;
+    install_crds(&client).await;
+    let mut owners: std::collections::BTreeMap<String, String> = Default::default();
+    for (release, selector) in [
+        ("shard-a", "sharding.fluxcd.io/key=shard-a"),
+        ("shard-b", "sharding.fluxcd.io/key=shard-b"),
+    ] {
+        let sel = format!("watchLabelSelector={selector}");
+        let flux_ns = format!("fluxNamespace={ns}");
+        let args = [
+            "install",
+            release,
+            CHART,
+            "-n",
+            &ns,
+            "--skip-crds",
+            "--set",
+            &sel,
+            "--set",
+            &flux_ns,
+        ];
+        let (ok, out) = helm(env, &args);
+        assert!(ok, "{release}: {out}");
+        let (ok, manifest) = helm(env, &["get", "manifest", release, "-n", &ns]);
+        assert!(ok, "{manifest}");
+        for d in documents(&manifest) {
+            let key = format!("{}/{}", d["kind"], d["metadata"]["name"]);
+            assert!(
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{release}-fluxmedic"))
+            );
+            if let Some(other) = owners.insert(key.clone(), release.into()) {
+                panic!("{key} belongs to both {other} and {release}");
+            }
+        }
+    }
+    assert!(owners.len() > 20, "{owners:?}");
+    for release in ["shard-a", "shard-b"] {
+        let (ok, out) = helm(env, &["uninstall", release, "-n", &ns, "--no-hooks"]);
+        assert!(ok, "{out}");
     }
 }
 
@@ -202,7 +426,7 @@ async fn install_chart(
     install_crds(client).await;
     // helm-controller beside it, as Flux installs it: the identity Helm actions borrow.
     helm_controller_as_flux_installs_it(client, ns, &["--watch-all-namespaces"]).await;
-    service_account_kubeconfig(env, client, ns, "fluxmedic").await
+    service_account_kubeconfig(env, client, ns, &full(ns)).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -332,7 +556,7 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
 
     // Take `patch` on sources away from the ClusterRole.
     let roles: Api<ClusterRole> = Api::all(client.clone());
-    let role_name = format!("{ns}-fluxmedic");
+    let role_name = full(&ns);
     let original = roles.get(&role_name).await.unwrap();
     let mut cut = original.clone();
     for r in cut.rules.iter_mut().flatten() {
@@ -667,7 +891,7 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         &["--set", "deletePendingRelease.enabled=true"],
     )
     .await;
-    let user = format!("system:serviceaccount:{ns}:fluxmedic");
+    let user = format!("system:serviceaccount:{ns}:{}", full(&ns));
 
     // Helm: two suspended releases with a stale pending revision (one to unlock, one whose
     // pending Secret is deleted), one whose upgrade timed out with retries exhausted.
@@ -841,14 +1065,15 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
     // What the pre-delete hook runs, on its own ServiceAccount's token (no pod runs here;
     // tests/node.rs runs the hook itself): it stops the operator's Deployment and finds
     // nothing held.
-    let hook_kc = service_account_kubeconfig(env, &client, &ns, "fluxmedic-release-holds").await;
+    let holds = format!("{}-release-holds", full(&ns));
+    let hook_kc = service_account_kubeconfig(env, &client, &ns, &holds).await;
     let out = Command::new(env!("CARGO_BIN_EXE_fluxmedic"))
         .args([
             "release-holds",
             "--namespace",
             &ns,
             "--stop-deployment",
-            "fluxmedic",
+            &full(&ns),
             "--stop-timeout-seconds",
             "30",
         ])
@@ -864,7 +1089,7 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
         Api::namespaced(client.clone(), &ns);
     assert_eq!(
         deployments
-            .get("fluxmedic")
+            .get(&full(&ns))
             .await
             .unwrap()
             .spec
@@ -877,19 +1102,19 @@ async fn the_chart_grants_exactly_the_rights_the_remediations_use() {
     // The audit log of each ServiceAccount: nothing refused, every granted right used.
     let (used, refused) = audited_rights(env, &user);
     assert!(refused.is_empty(), "requests refused: {refused:?}");
-    let mut rights = cluster_role_rights(&client, &format!("{ns}-fluxmedic")).await;
+    let mut rights = cluster_role_rights(&client, &full(&ns)).await;
     for role in [
-        "fluxmedic-leader-election".to_string(),
-        format!("{ns}-fluxmedic-flux-controllers"),
+        format!("{}-leader-election", full(&ns)),
+        format!("{}-flux-controllers", full(&ns)),
     ] {
         rights.extend(role_rights(&client, &ns, &role).await);
     }
     assert_all_used(&rights, &used, NOT_EXERCISED_HERE);
-    let hook = format!("system:serviceaccount:{ns}:fluxmedic-release-holds");
+    let hook = format!("system:serviceaccount:{ns}:{holds}");
     let (used, refused) = audited_rights(env, &hook);
     assert!(refused.is_empty(), "hook requests refused: {refused:?}");
-    let mut rights = cluster_role_rights(&client, &format!("{ns}-fluxmedic-release-holds")).await;
-    rights.extend(role_rights(&client, &ns, "fluxmedic-release-holds").await);
+    let mut rights = cluster_role_rights(&client, &holds).await;
+    rights.extend(role_rights(&client, &ns, &holds).await);
     assert_all_used(&rights, &used, HOOK_NOT_EXERCISED_HERE);
     let _ = helm(env, &["uninstall", &ns, "-n", &ns, "--no-hooks"]);
 }
@@ -1263,7 +1488,7 @@ async fn fluxmedic_writes_no_secret_itself_and_borrows_an_identity_only_to_updat
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "too-much", "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much"},
-        "subjects": [{"kind": "ServiceAccount", "name": "fluxmedic", "namespace": ns}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": full(&ns), "namespace": ns}]}),
     )
     .await;
     let secret = |name: &str, type_: &str, labels: Value| -> Secret {
@@ -1349,7 +1574,7 @@ async fn fluxmedic_writes_no_secret_itself_and_borrows_an_identity_only_to_updat
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": "too-much-cm", "namespace": ns},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "too-much-cm"},
-        "subjects": [{"kind": "ServiceAccount", "name": "fluxmedic", "namespace": ns}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": full(&ns), "namespace": ns}]}),
     )
     .await;
     let own_cms: Api<ConfigMap> = Api::namespaced(client_from(&kc, None).await, &ns);
@@ -1527,8 +1752,9 @@ fn the_rbac_table_is_what_the_chart_grants() {
     let env = env();
     let documented = documented_rights();
     assert!(documented.len() > 20, "the table was read: {documented:?}");
+    // The default install's names (docs/rbac.md names the release `fluxmedic`).
     let render = |sets: &[&str]| {
-        let mut args = vec!["template", "fm", CHART, "-n", "flux-system"];
+        let mut args = vec!["template", "fluxmedic", CHART, "-n", "flux-system"];
         for s in sets {
             args.extend(["--set", s]);
         }
@@ -1592,7 +1818,7 @@ async fn a_tenant_with_edit_approves_its_own_incidents_and_nothing_elsewhere() {
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let levels = ["view", "edit", "admin"];
     for (i, level) in levels.iter().enumerate() {
-        let own = roles.get(&format!("{ns}-fluxmedic-{level}")).await.unwrap();
+        let own = roles.get(&format!("{}-{level}", full(&ns))).await.unwrap();
         let labels = own.metadata.labels.clone().unwrap_or_default();
         // Aggregated into its level and every level above it, none below.
         for (j, built_in) in levels.iter().enumerate() {
@@ -1627,7 +1853,7 @@ async fn a_tenant_with_edit_approves_its_own_incidents_and_nothing_elsewhere() {
         for own in &levels[..=level] {
             apply(&client, json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                 "metadata": {"name": format!("{user}-{own}"), "namespace": mine},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-fluxmedic-{own}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{}-{own}", full(&ns))},
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
             .await;
         }
