@@ -19,9 +19,12 @@ pub const APPROVE_ANNOTATION: &str = "fluxmedic.io/approve";
 /// incident; the incident stays open (and escalates) until the target recovers.
 pub const REJECT_ANNOTATION: &str = "fluxmedic.io/reject";
 /// Approve an action a policy in the operator's namespace decided: an annotation on that
-/// policy, `approve.fluxmedic.io/<id>: "true"` (tenants cannot write there; an approval a
-/// tenant writes on its own Remediation does not count for such a policy); `"false"` rejects it.
+/// policy, `approve.fluxmedic.io/<id>: <namespace>/<name>` naming the Remediation it is given
+/// for (tenants cannot write there; an approval a tenant writes on its own Remediation does
+/// not count for such a policy).
 pub const POLICY_APPROVAL_PREFIX: &str = "approve.fluxmedic.io/";
+/// Reject such an action: `reject.fluxmedic.io/<id>: <namespace>/<name>` on the policy.
+pub const POLICY_REJECTION_PREFIX: &str = "reject.fluxmedic.io/";
 /// Label on Remediations: hash of the target's kind/namespace/name.
 pub const TARGET_LABEL: &str = "fluxmedic.io/target";
 /// Label on Remediations made by an instance serving a shard (`--watch-label-selector`): its
@@ -264,8 +267,9 @@ impl Default for Escalation {
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// When more Flux objects than this fail at once, act only on shared roots.
-    /// Honoured only in the operator's namespace (it is cluster-wide).
-    #[schemars(range(min = 1))]
+    /// In a namespace's own policy it can only lower the operator's threshold for that
+    /// namespace. (Bounded so that no value overflows what fluxmedic reads.)
+    #[schemars(range(min = 1, max = 1000000))]
     pub max_failing_targets: u32,
 }
 
@@ -471,7 +475,7 @@ pub struct ApprovalRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_object")]
     pub planned: Option<serde_json::Value>,
-    /// The action as JSON text, as earlier versions recorded it (read, never written).
+    /// The action as JSON text, the form earlier versions read.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
     /// A random id made when the plan asked for approval: an approval must name it, so one
@@ -525,7 +529,7 @@ pub struct RemediationStatus {
     pub phase: Phase,
     /// `Ready`: True once the incident is closed (the target recovered), else False with the
     /// phase as reason and what holds it as message. `Stalled`: True while a person is needed
-    /// (attempts used up, or escalated).
+    /// (attempts used up, escalated, or the record frozen).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -548,6 +552,10 @@ pub struct RemediationStatus {
     /// The action waiting for approval, with the id an approval must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRequest>,
+    /// Actions a person rejected in this incident (the latest few): never asked for again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "any_objects")]
+    pub rejections: Vec<serde_json::Value>,
     /// When the next action may come (a cooldown or poll backoff), rather than a countdown:
     /// a waiting incident costs no writes until something changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -662,6 +670,11 @@ pub fn crd_documents() -> Vec<(&'static str, String)> {
 /// is checked by its own types.
 fn any_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn any_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "array", "maxItems": 8,
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}})
 }
 
 fn is_zero(n: &u32) -> bool {

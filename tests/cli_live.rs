@@ -128,13 +128,14 @@ async fn approve_and_reject_write_one_annotation_where_the_decision_counts() {
         ),
     );
     let p = pol.get("platform").await.unwrap();
+    // Naming the record it was given for: the id copied into another record counts for nothing.
     assert_eq!(
-        p.metadata.annotations.as_ref().unwrap()["approve.fluxmedic.io/def456"],
-        "false"
+        p.metadata.annotations.as_ref().unwrap()["reject.fluxmedic.io/def456"],
+        format!("{ns}/platforms")
     );
     assert_eq!(
         owned_by(&p, "fluxmedic-cli"),
-        vec!["/f:metadata/f:annotations/f:approve.fluxmedic.io/def456"]
+        vec!["/f:metadata/f:annotations/f:reject.fluxmedic.io/def456"]
     );
     let rem = remediations(&client, &ns).get("platforms").await.unwrap();
     assert!(owned_by(&rem, "fluxmedic-cli").is_empty());
@@ -173,6 +174,27 @@ async fn approve_and_reject_write_one_annotation_where_the_decision_counts() {
     let (code, _, err) = fluxmedic(env, &["approve", "forged", "-n", &ns]);
     assert_eq!(code, 1);
     assert!(err.contains("not one fluxmedic makes"), "{err}");
+    // Nor a forged policy name into a request path; nor is a rejected request approved.
+    waiting(&client, &ns, "steer", "other/platform?dryRun=All", "ghi789").await;
+    let (code, _, err) = fluxmedic(env, &["approve", "steer", "-n", &ns]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not name a policy"), "{err}");
+    waiting(&client, &ns, "said-no", &format!("{ns}/local"), "jkl012").await;
+    remediations(&client, &ns)
+        .patch_status(
+            "said-no",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"approval": {"rejected": true}}})),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = fluxmedic(env, &["approve", "said-no", "-n", &ns]);
+    assert_eq!(code, 1);
+    assert!(err.contains("was rejected"), "{err}");
+    for name in ["forged", "steer", "said-no"] {
+        let rem = remediations(&client, &ns).get(name).await.unwrap();
+        assert!(owned_by(&rem, "fluxmedic-cli").is_empty(), "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -226,10 +248,11 @@ async fn get_lists_records_and_policies_as_kubectl_would() {
     assert!(err.contains("elsewhere"), "{err}");
 }
 
-/// Every policy here is sent to the API server (strict field validation, server-side dry
-/// run) and given to `fluxmedic diagnose --policy`: both accept it or both refuse it.
+/// Every policy here is sent to the API server (kubectl's strict field validation, a
+/// server-side dry run) and given to `fluxmedic diagnose --policy`: both accept it or both
+/// refuse it.
 #[tokio::test(flavor = "multi_thread")]
-async fn diagnose_checks_a_policy_file_exactly_as_the_api_server_does() {
+async fn diagnose_checks_a_policy_file_as_the_api_server_does() {
     let (env, _client, ns) = setup("clipolicy").await;
     let specs = [
         json!({}),
@@ -255,12 +278,51 @@ async fn diagnose_checks_a_policy_file_exactly_as_the_api_server_does() {
         json!({"targets": {"kinds": ["Deployment"]}}),
         json!({"staleLock": {"threshold": "10x"}}),
         json!({"escalation": {"after": "45m"}, "circuitBreaker": {"maxFailingTargets": 0}}),
+        json!({"circuitBreaker": {"maxFailingTargets": 5_000_000_000u64}}),
     ];
+    let mut files: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            serde_yaml_ng::to_string(&policy(&ns, &format!("p{i}"), spec.clone())).unwrap()
+        })
+        .collect();
+    // What people write by hand, read as kubectl reads YAML.
+    let head = |name: &str| {
+        format!(
+            "apiVersion: fluxmedic.io/v1alpha1\nkind: RemediationPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\n"
+        )
+    };
+    for (name, body) in [
+        (
+            "off-unquoted",
+            "spec:\n  rules:\n  - case: git-auth\n    mode: Off\n",
+        ),
+        (
+            "off-quoted",
+            "spec:\n  rules:\n  - case: git-auth\n    mode: \"Off\"\n",
+        ),
+        (
+            "with-source-yes",
+            "spec:\n  rules:\n  - {case: failed-release, mode: Auto, withSource: yes}\n",
+        ),
+        ("priority-float", "spec:\n  priority: 5.0\n"),
+        (
+            "priority-null",
+            "spec:\n  priority: null\n  rules:\n  - {case: git-auth, mode: Auto, withSource: null}\n",
+        ),
+        ("status-ignored", "spec: {}\nstatus:\n  conditions: 5\n"),
+    ] {
+        files.push(head(name) + body);
+    }
+    files.push(format!("apiVersion: fluxmedic.io/v1alpha1\nkind: RemediationPolicy\nmetadata:\n  name: meta\n  namespace: {ns}\n  colour: blue\nspec: {{}}\n"));
+    files.push(format!("apiVersion: fluxmedic.io/v1alpha1\nkind: RemediationPolicy\nmetadata:\n  namespace: {ns}\nspec: {{}}\n"));
+    files.push(format!("apiVersion: fluxmedic.io/v1alpha1\nkind: RemediationPolicy\nmetadata:\n  name: Not_A_Name\n  namespace: {ns}\nspec: {{}}\n"));
     let dir = tempfile::tempdir().unwrap();
-    for (i, spec) in specs.iter().enumerate() {
+    let (mut refused, mut accepted) = (0, 0);
+    for (i, text) in files.iter().enumerate() {
         let file = dir.path().join(format!("p{i}.yaml"));
-        let doc = policy(&ns, &format!("p{i}"), spec.clone());
-        std::fs::write(&file, serde_yaml_ng::to_string(&doc).unwrap()).unwrap();
+        std::fs::write(&file, text).unwrap();
         let file = file.to_str().unwrap();
         let server = env
             .kubectl()
@@ -278,10 +340,18 @@ async fn diagnose_checks_a_policy_file_exactly_as_the_api_server_does() {
         assert_eq!(
             code == 0,
             server.status.success(),
-            "policy {i} {spec}: API server says {server_err:?}, fluxmedic says {err:?}"
+            "policy {i}:\n{text}\nAPI server says {server_err:?}, fluxmedic says {err:?}"
         );
-        if code != 0 {
-            assert!(err.contains("the API server would refuse"), "{err}");
+        match code {
+            0 => accepted += 1,
+            _ => {
+                assert!(err.contains("the API server would refuse"), "{err}");
+                refused += 1;
+            }
         }
     }
+    assert!(
+        accepted >= 6 && refused >= 20,
+        "{accepted} accepted, {refused} refused"
+    );
 }

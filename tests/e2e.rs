@@ -1355,7 +1355,7 @@ async fn a_rejected_action_is_not_asked_for_again() {
         ),
     )
     .await;
-    let _op = Operator::start(env, &ns, &[]);
+    let op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
     let rem = wait_remediation(
         &client,
@@ -1389,7 +1389,10 @@ async fn a_rejected_action_is_not_asked_for_again() {
     api.patch(&name, &PatchParams::default(), &Patch::Merge(&approve))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Passes that saw the approval (a watch event wakes one; the tick runs them anyway).
+    let passes = op.metric("fluxmedic_evaluations_total").await;
+    op.wait_metric("fluxmedic_evaluations_total", passes + 3.0)
+        .await;
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
     let listed = cli(env, &["get", "-n", &ns]);
     assert!(listed.contains(&format!("rejected {id}")), "{listed}");

@@ -440,19 +440,22 @@ impl World {
             }
             Ev::ApproveOnPolicy(i) => {
                 let n = self.records.len();
-                let id = self
-                    .records
-                    .values()
-                    .nth(i % n.max(1))
-                    .and_then(|r| r.status.as_ref()?.approval.as_ref())
-                    .map(|a| a.id.clone());
-                if let Some(id) = id {
+                let given = self.records.values().nth(i % n.max(1)).and_then(|r| {
+                    let id = r.status.as_ref()?.approval.as_ref()?.id.clone();
+                    let path = format!(
+                        "{}/{}",
+                        kube::ResourceExt::namespace(r).unwrap_or_default(),
+                        kube::ResourceExt::name_any(r)
+                    );
+                    Some((id, path))
+                });
+                if let Some((id, path)) = given {
                     for p in self.idx.policies.values_mut() {
                         let mut p2 = (**p).clone();
                         p2.metadata
                             .annotations
                             .get_or_insert_default()
-                            .insert(format!("{POLICY_APPROVAL_PREFIX}{id}"), "true".into());
+                            .insert(format!("{POLICY_APPROVAL_PREFIX}{id}"), path.clone());
                         *p = std::sync::Arc::new(p2);
                     }
                 }
@@ -755,7 +758,7 @@ fn check(
     // What a person approved, by the library's own reading of the record and the policy.
     let mut approved = rec.and_then(|r| {
         r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
-            policy.and_then(|p| p.decided(id))
+            policy.and_then(|p| p.decided(id, &r.path()))
         })
     });
     for e in effects {

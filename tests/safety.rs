@@ -1611,7 +1611,7 @@ async fn for_a_policy_of_the_operators_namespace_only_an_approval_there_counts()
     let how = rem["status"]["approval"]["how"].as_str().unwrap();
     assert!(
         how.contains(&format!("RemediationPolicy {op_ns}/platform"))
-            && how.contains(&format!("approve.fluxmedic.io/{id}=true")),
+            && how.contains(&format!("approve.fluxmedic.io/{id}=")),
         "{how}"
     );
     // The tenant approves its own record, with the right id: nothing happens.
@@ -1631,12 +1631,26 @@ async fn for_a_policy_of_the_operators_namespace_only_an_approval_there_counts()
     assert!(steps(&rem).is_empty(), "{}", rem["status"]);
     assert_eq!(phase(&rem), "AwaitingApproval");
     // The platform team approves it on the policy: acted on.
+    // Given for another record (a copy of this id in a forged status): counts for nothing.
     merge_patch_policy(
         &client,
         &op_ns,
         "platform",
         json!({"metadata": {"annotations": {
-        format!("approve.fluxmedic.io/{id}"): "true"}}}),
+        format!("approve.fluxmedic.io/{id}"): format!("{tenant}/another-record")}}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rem = remediation_for(&client, &tenant, "Kustomization/app")
+        .await
+        .unwrap();
+    assert!(steps(&rem).is_empty(), "{}", rem["status"]);
+    merge_patch_policy(
+        &client,
+        &op_ns,
+        "platform",
+        json!({"metadata": {"annotations": {
+        format!("approve.fluxmedic.io/{id}"): format!("{tenant}/{name}")}}}),
     )
     .await;
     wait_remediation(

@@ -1,8 +1,10 @@
-//! `diagnose --policy FILE`: a RemediationPolicy read from a file is checked exactly as the
-//! API server checks one on create: the CRD's schema (types, enums, bounds, and no field the
-//! schema does not declare, as kubectl's strict field validation refuses them), then its CEL
-//! rules (evaluated with kube-rs's client-side CEL validator, on the same generated schema the
-//! chart installs), then fluxmedic's own reading of it.
+//! `diagnose --policy FILE`: a RemediationPolicy read from a file is checked as `kubectl
+//! create` and the API server check one: the file read as kubectl reads YAML (YAML 1.1:
+//! unquoted `Off`, `yes`, `on` are booleans), nulls pruned, whole numbers taken as integers,
+//! metadata checked, then the CRD's schema (types, enums, bounds, and no field the schema does
+//! not declare, as kubectl's strict field validation refuses them), then its CEL rules
+//! (evaluated with kube-rs's client-side CEL validator, on the same generated schema the chart
+//! installs), then fluxmedic's own reading of it.
 
 use std::path::Path;
 
@@ -21,8 +23,13 @@ pub fn load_policy(path: Option<&Path>) -> Result<policy::Policy, String> {
         ),
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let doc: Value = serde_yaml_ng::from_str(&text)
+            let mut doc: Value = serde_yaml_ng::from_str(&text)
                 .map_err(|e| format!("{}: not YAML or JSON: {e}", p.display()))?;
+            as_kubectl_reads(&text, &mut doc);
+            // A create ignores the status (the status subresource writes it).
+            if let Some(m) = doc.as_object_mut() {
+                m.remove("status");
+            }
             check_policy(&doc).map_err(|errs| {
                 format!(
                     "{}: the API server would refuse this RemediationPolicy:\n  {}",
@@ -41,6 +48,122 @@ pub fn load_policy(path: Option<&Path>) -> Result<policy::Policy, String> {
         spec.targets.namespaces = vec!["*".into()];
     }
     policy::Policy::new(&ns, &name, spec).map_err(|e| format!("invalid policy: {e}"))
+}
+
+/// YAML 1.1's booleans, which kubectl's YAML reader (go-yaml v2) still resolves.
+const YAML11_BOOLS: [(&str, bool); 16] = [
+    ("y", true),
+    ("Y", true),
+    ("yes", true),
+    ("Yes", true),
+    ("YES", true),
+    ("on", true),
+    ("On", true),
+    ("ON", true),
+    ("n", false),
+    ("N", false),
+    ("no", false),
+    ("No", false),
+    ("NO", false),
+    ("off", false),
+    ("Off", false),
+    ("OFF", false),
+];
+
+/// `doc` as kubectl hands it to the API server: a YAML 1.1 boolean word written unquoted is a
+/// boolean (serde's YAML 1.2 reader keeps it a string; a word also written quoted somewhere in
+/// the file is left alone, as which occurrence is which is not known here); nulls are pruned
+/// as the API server prunes them; whole numbers written with a fraction are integers.
+pub fn as_kubectl_reads(text: &str, doc: &mut Value) {
+    let unquoted: Vec<(&str, bool)> = YAML11_BOOLS
+        .into_iter()
+        .filter(|(w, _)| {
+            let code = text.lines().map(|l| l.split(" #").next().unwrap_or(""));
+            let tokens: Vec<String> = code
+                .flat_map(|l| {
+                    l.split(|c: char| c.is_whitespace() || ":,[]{}-".contains(c))
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            tokens.iter().any(|t| t == w)
+                && !text.contains(&format!("\"{w}\""))
+                && !text.contains(&format!("'{w}'"))
+        })
+        .collect();
+    normalize(doc, &unquoted);
+}
+
+fn normalize(v: &mut Value, bools: &[(&str, bool)]) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(|x| normalize(x, bools));
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| normalize(x, bools)),
+        Value::String(s) => {
+            if let Some((_, b)) = bools.iter().find(|(w, _)| w == s) {
+                *v = Value::Bool(*b);
+            }
+        }
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                && !(n.is_i64() || n.is_u64())
+            {
+                *v = Value::from(f as i64);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// ObjectMeta's fields: kubectl's strict validation refuses any other.
+const OBJECT_META: [&str; 15] = [
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+fn check_metadata(meta: &Value, errs: &mut Vec<String>) {
+    let Some(m) = meta.as_object() else {
+        errs.push("metadata: must be an object".into());
+        return;
+    };
+    for k in m.keys().filter(|k| !OBJECT_META.contains(&k.as_str())) {
+        errs.push(format!("unknown field \"metadata.{k}\""));
+    }
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !p.starts_with('-')
+                    && !p.ends_with('-')
+            })
+    };
+    match (m.get("name").and_then(Value::as_str), m.get("generateName")) {
+        (Some(n), _) if !dns(n) => errs.push(format!(
+            "metadata.name: Invalid value: {n:?}: a lowercase RFC 1123 subdomain"
+        )),
+        (None, None) => {
+            errs.push("metadata.name: Required value: name or generateName is required".into())
+        }
+        _ => {}
+    }
 }
 
 /// Every reason the API server would refuse `doc` as a new RemediationPolicy.
@@ -63,9 +186,13 @@ pub fn check_policy(doc: &Value) -> Result<(), Vec<String>> {
             crd.spec.names.kind
         ));
     }
-    if doc.get("metadata").is_some_and(|m| !m.is_object()) {
-        errs.push("metadata: must be an object".into());
+    check_metadata(&doc["metadata"], &mut errs);
+    // A create ignores the status (the status subresource writes it).
+    let mut doc = doc.clone();
+    if let Some(m) = doc.as_object_mut() {
+        m.remove("status");
     }
+    let doc = &doc;
     walk(&schema, doc, "", &mut errs);
     if errs.is_empty()
         && let Err(cel) = kube::core::cel::Validator::new().validate(&schema, doc, None)

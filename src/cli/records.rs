@@ -9,7 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::api::{
-    APPROVE_ANNOTATION, POLICY_APPROVAL_PREFIX, REJECT_ANNOTATION, Remediation, RemediationPolicy,
+    APPROVE_ANNOTATION, POLICY_APPROVAL_PREFIX, POLICY_REJECTION_PREFIX, REJECT_ANNOTATION,
+    Remediation, RemediationPolicy,
 };
 
 /// Field manager of the writes a person makes through the CLI.
@@ -162,10 +163,14 @@ fn policy_row(p: &RemediationPolicy, now: i64) -> Vec<String> {
     ]
 }
 
-/// One line of at most 80 characters (a record's text is written by fluxmedic, but a table
-/// cell must not break the table).
+/// One line of at most 80 characters, without control characters (a record's text comes
+/// from Flux's messages and may have been edited: it must not break the table, nor reach the
+/// terminal as escape sequences).
 fn cell(s: &str) -> String {
-    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = printable(s)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     match one_line.char_indices().nth(79) {
         Some((at, _)) => format!("{}…", &one_line[..at]),
         None => one_line,
@@ -186,8 +191,11 @@ fn age(created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, no
 
 /// Approve or reject the action the Remediation `name` waits for, with exactly the one
 /// annotation that decides it where the deciding policy lets it count: on the Remediation
-/// for a policy of its own namespace, on the policy for one of the operator's namespace.
+/// for a policy of its own namespace, on the policy for one of the operator's namespace
+/// (naming this record, so the id copied into another record's status counts for nothing).
 /// `id`, when given, must be the pending request's (so a person decides what they read).
+/// What the status says is not trusted: names are checked, text is printed without control
+/// characters, and the operator counts the decision only for its own sealed request.
 pub async fn decide(
     client: Client,
     namespace: &str,
@@ -199,26 +207,34 @@ pub async fn decide(
     let rem = api.get(name).await?;
     let st = rem.status.clone().unwrap_or_default();
     let Some(req) = st.approval.filter(|_| st.phase.is_open()) else {
+        let why = st
+            .blocked
+            .map(|b| format!(": {}", printable(&b)))
+            .unwrap_or_default();
         anyhow::bail!(
-            "Remediation {namespace}/{name} waits for no approval (phase {:?}{})",
-            st.phase,
-            st.blocked.map(|b| format!(": {b}")).unwrap_or_default()
+            "Remediation {namespace}/{name} waits for no approval (phase {:?}{why})",
+            st.phase
         );
     };
     if let Some(want) = id.filter(|want| *want != req.id) {
         anyhow::bail!(
-            "Remediation {namespace}/{name} now waits for request {} ({}), not {want}: read it again",
-            req.id,
-            req.action
+            "Remediation {namespace}/{name} now waits for request {}, not {want}: read it again",
+            printable(&req.id)
         );
     }
-    if req.id.is_empty() || req.id.len() > 64 || !req.id.chars().all(|c| c.is_ascii_alphanumeric())
-    {
+    let id = &req.id;
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
         anyhow::bail!(
             "Remediation {namespace}/{name}: its request id {:?} is not one fluxmedic makes",
-            req.id
+            printable(id)
         );
     }
+    if req.rejected {
+        anyhow::bail!(
+            "Remediation {namespace}/{name}: request {id} was rejected; fluxmedic does not ask for that action again in this incident"
+        );
+    }
+    let action = printable(&req.action);
     let params = PatchParams {
         field_manager: Some(CLI_FIELD_MANAGER.into()),
         ..Default::default()
@@ -229,16 +245,22 @@ pub async fn decide(
     };
     match st.policy.as_deref().and_then(|p| p.split_once('/')) {
         Some((pns, pname)) if pns != namespace => {
-            let value = (decision == Decision::Approve).to_string();
-            let key = format!("{POLICY_APPROVAL_PREFIX}{}", req.id);
-            let patch = json!({"metadata": {"annotations": {key: value}}});
+            if !is_object_name(pns) || !is_object_name(pname) {
+                let named = printable(&format!("{pns}/{pname}"));
+                anyhow::bail!("Remediation {namespace}/{name}: {named:?} does not name a policy");
+            }
+            let prefix = match decision {
+                Decision::Approve => POLICY_APPROVAL_PREFIX,
+                Decision::Reject => POLICY_REJECTION_PREFIX,
+            };
+            let record = format!("{namespace}/{name}");
+            let patch = json!({"metadata": {"annotations": {format!("{prefix}{id}"): record}}});
             let policies: Api<RemediationPolicy> = Api::namespaced(client, pns);
             policies
                 .patch(pname, &params, &Patch::Merge(&patch))
                 .await?;
             Ok(format!(
-                "{verb} {} for Remediation {namespace}/{name} (request {}) on RemediationPolicy {pns}/{pname}, which decided it",
-                req.action, req.id
+                "{verb} {action} for Remediation {namespace}/{name} (request {id}) on RemediationPolicy {pns}/{pname}, which decided it"
             ))
         }
         _ => {
@@ -246,14 +268,40 @@ pub async fn decide(
                 Decision::Approve => APPROVE_ANNOTATION,
                 Decision::Reject => REJECT_ANNOTATION,
             };
-            let patch = json!({"metadata": {"annotations": {key: req.id}}});
+            let patch = json!({"metadata": {"annotations": {key: id}}});
             api.patch(name, &params, &Patch::Merge(&patch)).await?;
             Ok(format!(
-                "{verb} {} for Remediation {namespace}/{name} (request {})",
-                req.action, req.id
+                "{verb} {action} for Remediation {namespace}/{name} (request {id})"
             ))
         }
     }
+}
+
+/// `s` with every control character (escape sequences included) shown as `?`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A DNS-1123 subdomain, as Kubernetes object names are.
+fn is_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
 }
 
 #[cfg(test)]
@@ -272,6 +320,24 @@ mod tests {
         assert_eq!(lines[0], "NAME          MESSAGE");
         assert_eq!(lines[1], "a             two lines");
         assert_eq!(lines[2].chars().count(), "longer-name   ".len() + 80);
+    }
+
+    #[test]
+    fn names_and_text_from_a_record_are_checked_before_use() {
+        assert!(is_object_name("platform") && is_object_name("a.b-c"));
+        for bad in [
+            "",
+            "Platform",
+            "platform?dryRun=All",
+            "a/b",
+            "-a",
+            "a..b",
+            "a_b",
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+        assert_eq!(printable("ok\u{1b}[31mred"), "ok?[31mred");
+        assert_eq!(cell("a\u{7}b"), "a?b");
     }
 
     #[test]

@@ -404,7 +404,7 @@ pub fn decide(
         .filter(|_| !superseded)
         .map(|r| {
             let approved = r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
-                policy.and_then(|p| p.decided(id))
+                policy.and_then(|p| p.decided(id, &r.path()))
             });
             r.view(now, approved)
         })
@@ -456,7 +456,7 @@ pub fn decide(
         token,
         rejected: record.and_then(|r| {
             r.rejected_request(policy.map(|p| p.namespace.as_str()), &|id| {
-                policy.and_then(|p| p.decided(id))
+                policy.and_then(|p| p.decided(id, &r.path()))
             })
         }),
         nonce,

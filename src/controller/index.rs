@@ -486,6 +486,8 @@ fn bound_record(r: &mut Remediation) {
             }
         }
         st.conditions.truncate(MAX_EVIDENCE);
+        st.rejections.truncate(crate::incident::MAX_REJECTIONS + 1);
+        st.rejections.retain(|r| r.to_string().len() <= MAX_TEXT);
         for c in &mut st.conditions {
             cut(&mut c.message);
         }

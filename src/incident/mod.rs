@@ -236,6 +236,11 @@ impl Record {
         })
     }
 
+    /// `namespace/name`: what a decision on a policy names.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     pub fn id(&self) -> RecordId<'_> {
         RecordId {
             namespace: &self.namespace,
@@ -725,6 +730,15 @@ fn reject_request(status: &mut RemediationStatus, inp: &Input<'_>, out: &mut Vec
     };
     if !req.rejected && inp.rejected.as_deref() == Some(req.id.as_str()) {
         req.rejected = true;
+        if let Some(planned) = req.planned.clone() {
+            status.rejections.retain(|r| r != &planned);
+            status.rejections.push(planned);
+            let excess = status.rejections.len().saturating_sub(MAX_REJECTIONS);
+            status.rejections.drain(..excess);
+        }
+        let Some(req) = status.approval.as_ref() else {
+            return false;
+        };
         let note = format!("{}: {REJECTED}", req.action);
         out.push(event(
             Regarding::Record,
@@ -734,8 +748,11 @@ fn reject_request(status: &mut RemediationStatus, inp: &Input<'_>, out: &mut Vec
             note,
         ));
     }
-    req.rejected
+    status.approval.as_ref().is_some_and(|r| r.rejected)
 }
+
+/// Actions a person rejected that an incident remembers (the latest ones).
+pub const MAX_REJECTIONS: usize = 8;
 
 /// Under RequireApproval, the planned action's approval request: kept while the plan asks
 /// for exactly that action (whatever else holds it back meanwhile), made anew with a fresh id
@@ -755,11 +772,16 @@ fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<
     if status.approval.as_ref().is_some_and(asked) {
         return;
     }
+    // Rejected earlier in this incident (the plan went elsewhere and came back): still no.
+    let rejected = status
+        .rejections
+        .iter()
+        .any(|r| Action::from_record(Some(r), None).as_ref() == Some(a));
     let id = inp.nonce.to_string();
     let target_ns = inp.target.map(|t| t.key.namespace.as_str()).unwrap_or("");
     let how = match inp.policy.as_deref().and_then(|p| p.split_once('/')) {
         Some((ns, name)) if ns != target_ns => format!(
-            "a policy of the operator's namespace decided, so only there: annotate RemediationPolicy {ns}/{name} with {}{id}=true",
+            "a policy of the operator's namespace decided, so only there: annotate RemediationPolicy {ns}/{name} with {}{id}=<this Remediation's namespace/name> (`fluxmedic approve` writes it)",
             crate::api::POLICY_APPROVAL_PREFIX
         ),
         _ => format!("annotate this Remediation with {APPROVE_ANNOTATION}={id}"),
@@ -767,10 +789,12 @@ fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<
     status.approval = Some(crate::api::ApprovalRequest {
         action: a.to_string(),
         planned: Some(a.to_record()),
-        detail: String::new(),
+        // Also the text earlier versions read (they require it): a downgraded operator can
+        // still list the records, though it will not trust ones this version sealed.
+        detail: a.to_legacy_text(),
         id,
         how,
-        rejected: false,
+        rejected,
     });
 }
 

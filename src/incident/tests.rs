@@ -1091,9 +1091,10 @@ fn an_approval_approves_one_action_named_by_an_id_made_with_the_plan() {
     let req2 = written(&out).unwrap().approval.clone().unwrap();
     assert_eq!(req2.id, "another-id");
     assert_eq!(req2.planned.as_ref().unwrap()["type"], "Rollback");
-    assert!(
-        req2.detail.is_empty(),
-        "the JSON text form is no longer written"
+    // The text earlier versions read is written too, and reads back as the same action.
+    assert_eq!(
+        Action::from_record(None, Some(&req2.detail)),
+        Some(rollback())
     );
 
     // Approved and performed: the request is gone, the next action needs its own.
@@ -1394,8 +1395,13 @@ fn an_action_reads_back_from_its_record_and_from_the_text_earlier_versions_wrote
         };
         assert_eq!(
             Action::from_record(None, Some(&old.to_string())),
-            Some(a),
+            Some(a.clone()),
             "{old}"
+        );
+        assert_eq!(
+            a.to_legacy_text(),
+            old.to_string(),
+            "the text earlier versions read"
         );
     }
     for odd in [
@@ -1506,7 +1512,32 @@ fn a_rejection_ends_one_request_and_the_incident_asks_no_more() {
     let mut inp = input(Some(&rec), Some(&o), seen);
     inp.nonce = "yet-another-id";
     let st = written(&next(&inp)).unwrap().clone();
-    let req = st.approval.unwrap();
+    let req = st.approval.clone().unwrap();
     assert!(!req.rejected && req.id == "yet-another-id");
     assert_eq!(st.phase, Phase::AwaitingApproval);
+
+    // ... and back to the rejected one (a tenant flipping its HelmRelease between two
+    // identities, say): still rejected, under a new id, without asking anyone.
+    let rec = read(&sealed(Case::FailedRelease, Some(st), None));
+    let seen = Seen::Failing {
+        diagnosis: &d,
+        decision: &dec,
+    };
+    let mut inp = input(Some(&rec), Some(&o), seen);
+    inp.nonce = "third-id";
+    let out = next(&inp);
+    let st = written(&out).unwrap();
+    let req = st.approval.clone().unwrap();
+    assert!(req.rejected && req.id == "third-id", "{req:?}");
+    assert_eq!(st.phase, Phase::Detected);
+    let announced = |e: &Effect| {
+        matches!(
+            e,
+            Effect::Event {
+                reason: "ActionBlocked" | "ActionRejected",
+                ..
+            }
+        )
+    };
+    assert!(!out.iter().any(announced), "{out:?}");
 }

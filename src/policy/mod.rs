@@ -34,11 +34,12 @@ pub struct Policy {
     pub max_poll_interval: Duration,
     pub escalate_after: Duration,
     pub stale_threshold: Option<Duration>,
-    /// Approval ids given on this policy (`approve.fluxmedic.io/<id>: "true"`), for the
-    /// actions it decides outside its own namespace.
-    pub approvals: std::collections::BTreeSet<String>,
-    /// Request ids rejected on this policy (`approve.fluxmedic.io/<id>: "false"`).
-    pub rejections: std::collections::BTreeSet<String>,
+    /// Approvals given on this policy, for the actions it decides outside its own namespace:
+    /// request id -> the record (`namespace/name`) it was given for
+    /// (`approve.fluxmedic.io/<id>: <namespace>/<name>`).
+    pub approvals: std::collections::BTreeMap<String, String>,
+    /// Rejections given on this policy, the same way (`reject.fluxmedic.io/<id>`).
+    pub rejections: std::collections::BTreeMap<String, String>,
 }
 
 /// Why a policy cannot be used. Shown in the policy's status.
@@ -116,18 +117,17 @@ impl Policy {
         mut self,
         annotations: &std::collections::BTreeMap<String, String>,
     ) -> Self {
-        let ids = |value: &str| {
+        let given = |prefix: &str| {
             annotations
                 .iter()
-                .filter(|(_, v)| v.as_str() == value)
-                .filter_map(|(k, _)| k.strip_prefix(crate::api::POLICY_APPROVAL_PREFIX))
-                .filter(|id| id.len() <= 64)
+                .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?, v)))
+                .filter(|(id, record)| id.len() <= 64 && record.len() <= 320)
                 .take(MAX_APPROVALS)
-                .map(String::from)
+                .map(|(id, record)| (id.to_string(), record.clone()))
                 .collect()
         };
-        self.approvals = ids("true");
-        self.rejections = ids("false");
+        self.approvals = given(crate::api::POLICY_APPROVAL_PREFIX);
+        self.rejections = given(crate::api::POLICY_REJECTION_PREFIX);
         self
     }
 
@@ -135,10 +135,14 @@ impl Policy {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// What was decided on this policy about request `id`: rejected (`Some(false)`, which
-    /// wins), approved, or nothing.
-    pub fn decided(&self, id: &str) -> Option<bool> {
-        match (self.rejections.contains(id), self.approvals.contains(id)) {
+    /// What was decided on this policy about request `id` of the record `record`
+    /// (`namespace/name`): rejected (`Some(false)`, which wins), approved, or nothing. A
+    /// decision names the record it was given for: the same id on another record (a copy in a
+    /// forged status) counts for nothing.
+    pub fn decided(&self, id: &str, record: &str) -> Option<bool> {
+        let given =
+            |m: &std::collections::BTreeMap<String, String>| m.get(id).is_some_and(|r| r == record);
+        match (given(&self.rejections), given(&self.approvals)) {
             (true, _) => Some(false),
             (false, true) => Some(true),
             (false, false) => None,

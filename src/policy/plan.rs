@@ -88,6 +88,32 @@ impl Action {
         serde_json::from_value(from_external_tagging(v)?).ok()
     }
 
+    /// The JSON text earlier versions wrote and read (externally tagged, snake_case fields).
+    pub fn to_legacy_text(&self) -> String {
+        let serde_json::Value::Object(mut fields) = self.to_record() else {
+            return String::new();
+        };
+        let Some(serde_json::Value::String(name)) = fields.remove("type") else {
+            return String::new();
+        };
+        let snake = |k: &str| {
+            k.chars().fold(String::new(), |mut out, c| {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+                out
+            })
+        };
+        let fields: serde_json::Map<_, _> =
+            fields.into_iter().map(|(k, v)| (snake(&k), v)).collect();
+        let v = match fields.is_empty() {
+            true => serde_json::Value::String(name),
+            false => serde_json::json!({ name: fields }),
+        };
+        v.to_string()
+    }
+
     pub fn kind(&self) -> ActionKind {
         match self {
             Action::Reconcile
