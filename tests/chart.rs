@@ -1416,6 +1416,175 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
     }
 }
 
+/// The names the operator exports: every family its metrics code registers (from the `# TYPE`
+/// lines, so a family with no sample yet counts), with the suffixes its type gives samples.
+fn exported_names(metrics: &fluxmedic::telemetry::Metrics) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for line in metrics.render().lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            "info" => &["_info"],
+            _ => &[""],
+        };
+        out.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
+    out
+}
+
+/// The operator's metrics with one sample in every family (a family without one renders
+/// nothing, not even its name).
+fn every_family_sampled() -> fluxmedic::telemetry::Metrics {
+    use fluxmedic::telemetry::*;
+    let m = Metrics::default();
+    let cn = CaseNamespaceLabels {
+        case: "git-auth".into(),
+        namespace: "team-a".into(),
+    };
+    let ns = NamespaceLabels {
+        namespace: "team-a".into(),
+    };
+    m.incidents.get_or_create(&cn).inc();
+    m.escalations.get_or_create(&cn).inc();
+    m.open_incidents.get_or_create(&cn).set(1);
+    m.action("retry", "succeeded");
+    m.error("Conflict");
+    m.blocked
+        .get_or_create(&ReasonLabels {
+            reason: "cooldown".into(),
+        })
+        .inc();
+    m.time_to_recover
+        .get_or_create(&CaseLabels {
+            case: "git-auth".into(),
+        })
+        .observe(3.0);
+    m.circuit_breaker_open.get_or_create(&ns).set(1);
+    m.records_edited.get_or_create(&ns).inc();
+    m.flux_api_missing
+        .get_or_create(&KindLabels {
+            kind: "Bucket".into(),
+        })
+        .set(1);
+    m.notifications
+        .get_or_create(&OutcomeLabels {
+            outcome: "sent".into(),
+        })
+        .inc();
+    m.flux_controller_down
+        .get_or_create(&ControllerLabels {
+            controller: "source-controller".into(),
+        })
+        .set(0);
+    m
+}
+
+/// The chart's Grafana dashboard: a ConfigMap the kube-prometheus-stack sidecar loads, whose
+/// every query parses (promtool) and names only metrics the operator exports, with the panels
+/// an on-call person looks for.
+#[test]
+fn the_dashboard_queries_parse_and_name_only_what_the_operator_exports() {
+    let env = env();
+    let args = [
+        "template",
+        "fm",
+        CHART,
+        "-n",
+        "flux-system",
+        "--set",
+        "dashboard.enabled=true",
+    ];
+    let (ok, out) = helm(env, &args);
+    assert!(ok, "{out}");
+    let docs = documents(&out);
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "fm-fluxmedic-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dash: Value = serde_json::from_str(cm["data"]["fluxmedic.json"].as_str().unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let titles: Vec<&str> = panels
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Open incidents by case",
+        "Open incidents by namespace",
+        "Time to recovery",
+        "Actions by outcome",
+        "blocked reasons",
+        "Circuit breaker",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no panel for {want}: {titles:?}"
+        );
+    }
+    let mut exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = v["query"]["query"].as_str() {
+            let inner = q
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .unwrap();
+            exprs.push(inner.to_string());
+        }
+    }
+    assert!(exprs.len() >= 17, "{exprs:?}");
+    // Grafana's variables, as Grafana substitutes them.
+    let promql: Vec<String> = exprs
+        .iter()
+        .map(|e| {
+            e.replace("$__rate_interval", "5m")
+                .replace("$namespace", ".*")
+        })
+        .collect();
+    let exported = exported_names(&every_family_sampled());
+    for e in &promql {
+        let names = e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|t| t.starts_with("fluxmedic_") || t.starts_with("process_"));
+        for n in names {
+            assert!(
+                exported.contains(n),
+                "{n} in {e:?} is not exported: {exported:?}"
+            );
+        }
+    }
+    let rules: Vec<Value> = promql
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:panel_{i}"), "expr": e}))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yaml");
+    let text =
+        serde_yaml_ng::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]}));
+    std::fs::write(&file, text.unwrap()).unwrap();
+    let promtool = std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("promtool");
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Told to read a Flux namespace its ServiceAccount may not read (a wrong `fluxNamespace`, or
 /// RBAC trimmed by hand): fluxmedic says so in its log and `/readyz`, becomes ready anyway and
 /// goes on with the reconcile-request check alone.

@@ -188,7 +188,14 @@ pub async fn pass(ctx: &Arc<Context>) {
             open.insert(r.target.clone(), r.clone());
         }
     }
-    ctx.metrics.open_incidents.set(open.len() as i64);
+    ctx.metrics.open_incidents.clear();
+    for r in open.values() {
+        let labels = crate::telemetry::CaseNamespaceLabels {
+            case: r.case.to_string(),
+            namespace: r.target.namespace.clone(),
+        };
+        ctx.metrics.open_incidents.get_or_create(&labels).inc();
+    }
 
     let busy = ctx.busy_targets();
     let mut work = vec![];

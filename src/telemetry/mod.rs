@@ -70,7 +70,8 @@ pub struct Metrics {
     pub time_to_detect: Histogram,
     pub time_to_recover: Family<CaseLabels, Histogram>,
     pub failing_targets: Gauge,
-    pub open_incidents: Gauge,
+    /// Open incidents, by case and the namespace of the target.
+    pub open_incidents: Family<CaseNamespaceLabels, Gauge>,
     pub circuit_breaker_open: Family<NamespaceLabels, Gauge>,
     pub passes: Counter,
     pub leader: Gauge,
@@ -119,7 +120,7 @@ impl Default for Metrics {
             Histogram::new(latency_buckets()) as Histogram
         });
         let failing_targets = Gauge::default();
-        let open_incidents = Gauge::default();
+        let open_incidents = Family::<CaseNamespaceLabels, Gauge>::default();
         let circuit_breaker_open = Family::<NamespaceLabels, Gauge>::default();
         let passes = Counter::default();
         let leader = Gauge::default();
@@ -171,7 +172,7 @@ impl Default for Metrics {
         );
         registry.register(
             "open_incidents",
-            "Remediations open now",
+            "Remediations open now, by case and the namespace of the target",
             open_incidents.clone(),
         );
         registry.register(
