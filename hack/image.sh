@@ -31,13 +31,22 @@ grep -q "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" Dockerfile \
 tools=$(bash hack/testenv/build.sh --node | tail -n1)
 helm_bin=$tools/helm
 
-# fluxmedic, statically linked (the Dockerfile uses musl; no musl target is installed here, and
-# a static glibc binary needs no NSS modules for what fluxmedic resolves). Its own target dir,
-# outside the checkout, so the flags never invalidate the test build.
-log "building a static release fluxmedic"
-CARGO_TARGET_DIR=$cache/image-target RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --locked --release --target x86_64-unknown-linux-gnu --bin fluxmedic >&2
-bin=$cache/image-target/x86_64-unknown-linux-gnu/release/fluxmedic
+# fluxmedic, built as the Dockerfile's build stage builds it: the static musl target, with
+# musl-gcc for the C in ring (installed here when missing, as the Dockerfile installs it). Its
+# own target dir, outside the checkout, so the target never invalidates the test build.
+target=x86_64-unknown-linux-musl
+if ! command -v musl-gcc >/dev/null; then
+  log "installing musl-tools (the Dockerfile's build stage has them)"
+  { apt-get install -y --no-install-recommends musl-tools || { apt-get update && apt-get install -y --no-install-recommends musl-tools; }; } >&2
+fi
+rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
+log "building fluxmedic for $target"
+CARGO_TARGET_DIR=$cache/image-target FLUXMEDIC_REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+  cargo build --locked --release --target "$target" --bin fluxmedic >&2
+bin=$cache/image-target/$target/release/fluxmedic
+# What the Dockerfile's build stage runs, word for word, must be this build.
+grep -q 'cargo build --locked --release --target "$target" --bin fluxmedic' Dockerfile \
+  || { echo "the Dockerfile's build stage no longer builds as hack/image.sh does" >&2; exit 1; }
 
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' > "$work/passwd"
@@ -55,10 +64,20 @@ while read -r _ from src dst; do
   esac
 done < <(printf '%s' "$final" | grep '^COPY ')
 
+# The final stage's LABELs (continuation lines joined), its ARGs as the release sets them.
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+labels=()
+while IFS= read -r kv; do
+  labels+=(-label "$kv")
+done < <(printf '%s' "$final" | awk '/\\$/ {printf "%s", substr($0, 1, length($0) - 1); next} {print}' \
+  | sed -n 's/^LABEL //p' | grep -o '[a-z.]*="[^"]*"' \
+  | sed -e "s/\$VERSION/$version/" -e "s/\$REVISION/$revision/" -e 's/="\(.*\)"$/=\1/')
+[ "${#labels[@]}" -gt 0 ] || { echo "no LABEL in the Dockerfile's final stage" >&2; exit 1; }
+
 mkdir -p "$cache/images"
 out=$cache/images/fluxmedic-$version.tar
 "$tools/image-tool" -out "$out" -tag "$tag" -user "$user" -entrypoint "$entrypoint" -cmd "${cmd:-[]}" \
-  "${files[@]}" -file "$work/passwd=/etc/passwd:0644" -file "$work/group=/etc/group:0644" \
+  "${labels[@]}" "${files[@]}" -file "$work/passwd=/etc/passwd:0644" -file "$work/group=/etc/group:0644" \
   -file "$ca=/etc/ssl/certs/ca-certificates.crt:0644" -dir /tmp:1777 -dir /home/nonroot:0755
 log "wrote $tag to $out"
 echo "$out"

@@ -172,6 +172,20 @@ fn the_image_holds_what_the_dockerfile_final_stage_holds() {
     assert_eq!(Some(c["Entrypoint"].clone()), directive("ENTRYPOINT"));
     assert_eq!(Some(c["Cmd"].clone()), directive("CMD"));
     assert_eq!(config["os"], "linux");
+    // The final stage's OCI labels, its ARGs as a build of this version sets them.
+    let labels = &c["Labels"];
+    assert_eq!(
+        labels["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    for key in ["title", "source", "licenses", "revision"] {
+        let k = format!("org.opencontainers.image.{key}");
+        assert!(
+            labels[&k].as_str().is_some_and(|v| !v.is_empty()),
+            "{k}: {labels}"
+        );
+        assert!(final_stage.contains(&k), "{k} is the Dockerfile's");
+    }
     let rootfs = dir.path().join("rootfs");
     for dst in &copies {
         let p = rootfs.join(dst.trim_start_matches('/'));
@@ -687,6 +701,221 @@ async fn the_chart_runs_as_users_run_it() {
         "the chart's cluster RBAC outlived it: {:?}",
         chart_rbac().await
     );
+}
+
+/// The chart in a copy whose Remediation CRD is changed (its description names `version`):
+/// what a release with a new CRD looks like.
+fn chart_with_changed_crd(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = run({
+        let mut c = Command::new("cp");
+        c.args(["-r", CHART]).arg(dir.path().join("fluxmedic"));
+        c
+    });
+    assert!(ok, "{out}");
+    let crd = dir
+        .path()
+        .join("fluxmedic/crds/remediations.fluxmedic.io.yaml");
+    let text = std::fs::read_to_string(&crd).unwrap();
+    let changed = text.replacen(
+        "Remediation records one incident",
+        &format!("Remediation (chart {version}) records one incident"),
+        1,
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&crd, changed).unwrap();
+    dir
+}
+
+/// Flux installs fluxmedic as Flux users install add-ons, with the README's manifests: the
+/// chart from a chart repository on loopback, a HelmRelease in flux-system creating and
+/// replacing the CRDs; the pods run on the node. A new chart version with a changed CRD
+/// updates the CRD (Helm alone never would); deleting the HelmRelease uninstalls it, the
+/// pre-delete hook running as a Job on the node, and nothing of the chart's is left.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs the test node: FLUXMEDIC_TESTENV_NODE=1 and FLUXMEDIC_IMAGE_TAR"]
+async fn flux_installs_upgrades_and_removes_fluxmedic() {
+    let _ = NEEDS_NODE;
+    let _one_fluxmedic = ONE_FLUXMEDIC.lock().await;
+    let env = node_env();
+    let client = env.client().await;
+    let image = import_image(env);
+    let (repository, tag) = image.rsplit_once(':').unwrap();
+    let charts = ChartRepo::new(env, "fluxmedic-release");
+    charts.publish_dir(env, Path::new(CHART), "0.1.0");
+    let changed = chart_with_changed_crd("0.1.1");
+    charts.publish_dir(env, &changed.path().join("fluxmedic"), "0.1.1");
+
+    let api = env.var("FLUXMEDIC_API_URL");
+    let (host, port) = api.trim_start_matches("https://").rsplit_once(':').unwrap();
+    let values = json!({
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+        "rollback": {"enabled": true},
+        "helmController": {"serviceAccount": "flux-system/helm-controller"},
+        "logFormat": "text",
+        "extraEnv": [{"name": "KUBERNETES_SERVICE_HOST", "value": host},
+                     {"name": "KUBERNETES_SERVICE_PORT", "value": port}]});
+    // The README's manifests (a chart repository here; an OCI one is the same with type: oci).
+    apply(
+        &client,
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "HelmRepository",
+        "metadata": {"name": "fluxmedic", "namespace": NS},
+        "spec": {"interval": "1h", "url": charts.url}}),
+    )
+    .await;
+    let release = |version: &str| {
+        json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": "fluxmedic", "namespace": NS},
+            "spec": {"interval": "1h",
+                     "chart": {"spec": {"chart": "fluxmedic", "version": version,
+                                        "sourceRef": {"kind": "HelmRepository", "name": "fluxmedic"}}},
+                     "install": {"crds": "CreateReplace"}, "upgrade": {"crds": "CreateReplace"},
+                     "values": values}})
+    };
+    apply(&client, release("0.1.0")).await;
+    wait_ready(
+        &client,
+        NS,
+        "HelmRelease",
+        "fluxmedic",
+        Duration::from_secs(180),
+    )
+    .await;
+    deployment_rolled_out(&client, 1).await;
+    let leader = wait_for("the pod holds the Lease", MIN, || async {
+        lease_holder(&client)
+            .await
+            .ok_or_else(|| "no holder".to_string())
+    })
+    .await;
+    assert!(pod_names(&client).await.contains(&leader));
+
+    // It works: a tenant's release rolled back and held, awaiting its fix.
+    let app = namespace(&client, "fluxapp").await;
+    chart_repo(env, &client, &app).await;
+    helm_release(
+        &client,
+        &app,
+        "web",
+        "0.1.0",
+        json!({"suffix": "one"}),
+        "30s",
+    )
+    .await;
+    wait_ready(&client, &app, "HelmRelease", "web", Duration::from_secs(90)).await;
+    apply(&client, policy(&app, "auto", json!({"rules": [{"case": "failed-release", "mode": "Auto", "actions": ["Retry", "Rollback"]}],
+        "limits": {"pollInterval": "2s", "maxPollInterval": "4s", "cooldown": "3s", "maxAttempts": 3}}))).await;
+    break_and_wait_rolled_back(&client, &app, Duration::from_secs(180)).await;
+    let held = get(&client, &app, "HelmRelease", "web").await.unwrap();
+    assert_eq!(held["spec"]["suspend"], true, "held for its fix");
+
+    // The next chart version, with a changed CRD: CreateReplace updates it.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let description = || async {
+        let crd = crds.get("remediations.fluxmedic.io").await.unwrap();
+        let schema = crd.spec.versions[0].schema.clone().unwrap();
+        schema
+            .open_api_v3_schema
+            .unwrap()
+            .description
+            .unwrap_or_default()
+    };
+    assert!(!description().await.contains("(chart 0.1.1)"));
+    apply(&client, release("0.1.1")).await;
+    wait_for(
+        "the HelmRelease at 0.1.1",
+        Duration::from_secs(180),
+        || async {
+            let hr = get(&client, NS, "HelmRelease", "fluxmedic")
+                .await
+                .ok_or("gone")?;
+            let ready = condition(&hr, "Ready").is_some_and(|c| c["status"] == "True");
+            match hr["status"]["history"][0]["chartVersion"].as_str() {
+                Some("0.1.1") if ready => Ok(()),
+                v => Err(format!("{v:?} ready={ready}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        description().await.contains("(chart 0.1.1)"),
+        "the CRD was not updated"
+    );
+    deployment_rolled_out(&client, 1).await;
+
+    // Removed: helm-controller uninstalls with hooks; the hook Job stops the operator first.
+    let hrs: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NS,
+        &ar(
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            "helmreleases",
+        ),
+    );
+    let removed_at = jiff::Timestamp::now();
+    hrs.delete("fluxmedic", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the HelmRelease and its pods gone",
+        Duration::from_secs(180),
+        || async {
+            let hr = get(&client, NS, "HelmRelease", "fluxmedic").await;
+            let pods = fluxmedic_pods(&client).await.len();
+            if hr.is_none() && pods == 0 {
+                Ok(())
+            } else {
+                Err(format!("hr={} pods={pods}", hr.is_some()))
+            }
+        },
+    )
+    .await;
+    // The hook Job ran to completion (the job controller says so), then went (hook-succeeded),
+    // and resumed what fluxmedic held.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), NS);
+    let about_hook = "involvedObject.kind=Job,involvedObject.name=fluxmedic-release-holds";
+    let completed = events
+        .list(&ListParams::default().fields(about_hook))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("Completed"))
+        .filter_map(|e| {
+            let at = e.last_timestamp.or(e.first_timestamp).map(|t| t.0);
+            at.or(e.event_time.map(|t| t.0))
+        })
+        .any(|at| at.as_second() >= removed_at.as_second() - 1);
+    assert!(completed, "the pre-delete hook Job completed");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
+    assert!(
+        jobs.get_opt("fluxmedic-release-holds")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let hr = get(&client, &app, "HelmRelease", "web").await.unwrap();
+    assert_ne!(
+        hr["spec"]["suspend"], true,
+        "fluxmedic's hold outlived it: {}",
+        hr["metadata"]
+    );
+    let lp = ListParams::default().labels("app.kubernetes.io/instance=fluxmedic");
+    let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let crs: Api<ClusterRole> = Api::all(client.clone());
+    assert!(crbs.list(&lp).await.unwrap().items.is_empty());
+    assert!(crs.list(&lp).await.unwrap().items.is_empty());
+    assert!(
+        crds.get_opt("remediations.fluxmedic.io")
+            .await
+            .unwrap()
+            .is_some(),
+        "the CRDs stay (and with them every record), as Helm and Flux keep CRDs"
+    );
+    // Left as the other tests' `helm install` finds CRDs it made itself.
+    hand_crds_to_helm(&client).await;
 }
 
 /// The runbook: "if Flux system pods are crash-looping, escalate to the platform team

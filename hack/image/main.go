@@ -46,7 +46,7 @@ func parseMode(s string) (int64, error) {
 }
 
 func main() {
-	var files, dirs list
+	var files, dirs, labels list
 	out := flag.String("out", "", "docker-archive tarball to write")
 	tag := flag.String("tag", "", "image reference, e.g. fluxmedic.local/fluxmedic:dev")
 	user := flag.String("user", "", "USER of the image")
@@ -54,14 +54,15 @@ func main() {
 	cmd := flag.String("cmd", "[]", "CMD as a JSON array")
 	flag.Var(&files, "file", "SRC=DST:MODE (repeatable)")
 	flag.Var(&dirs, "dir", "DST:MODE (repeatable)")
+	flag.Var(&labels, "label", "KEY=VALUE, a LABEL of the image (repeatable)")
 	flag.Parse()
-	if err := run(*out, *tag, *user, *entrypoint, *cmd, files, dirs); err != nil {
+	if err := run(*out, *tag, *user, *entrypoint, *cmd, files, dirs, labels); err != nil {
 		fmt.Fprintln(os.Stderr, "image:", err)
 		os.Exit(1)
 	}
 }
 
-func run(out, tag, user, entrypoint, cmd string, files, dirs list) error {
+func run(out, tag, user, entrypoint, cmd string, files, dirs, labels list) error {
 	if out == "" || tag == "" {
 		return fmt.Errorf("-out and -tag are required")
 	}
@@ -75,6 +76,14 @@ func run(out, tag, user, entrypoint, cmd string, files, dirs list) error {
 	}
 	if err := json.Unmarshal([]byte(cmd), &args); err != nil {
 		return fmt.Errorf("-cmd: %w", err)
+	}
+	imageLabels := map[string]string{}
+	for _, l := range labels {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("-label %q: want KEY=VALUE", l)
+		}
+		imageLabels[k] = v
 	}
 	var entries []entry
 	for _, d := range dirs {
@@ -119,6 +128,7 @@ func run(out, tag, user, entrypoint, cmd string, files, dirs list) error {
 		Entrypoint: ep,
 		Cmd:        args,
 		Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+		Labels:     imageLabels,
 	}
 	img, err = mutate.ConfigFile(img, cf)
 	if err != nil {

@@ -339,6 +339,20 @@ impl ChartRepo {
             .join(format!("{name}.refused"))
     }
 
+    /// Package the chart in `dir` as it stands, at `version`, and re-index.
+    pub fn publish_dir(&self, env: &Env, dir: &Path, version: &str) {
+        run(Command::new(env.helm())
+            .arg("package")
+            .arg(dir)
+            .args(["--version", version, "-d"])
+            .arg(&self.dir));
+        run(Command::new(env.helm())
+            .args(["repo", "index"])
+            .arg(&self.dir)
+            .arg("--url")
+            .arg(&self.url));
+    }
+
     /// Package a chart made of `templates` (file name, content) at `version`, and re-index.
     pub fn publish(
         &self,
@@ -999,8 +1013,16 @@ pub async fn install_crds(client: &Client) {
 /// `helm`): a test running beside a `helm install` of the chart must not own them under
 /// another manager, or that install fails on the conflict. (`tests/crds.rs` keeps the chart's
 /// `crds/` equal to the generated ones.)
+/// Forced: after Flux installed them (`node::flux_installs_upgrades_and_removes_fluxmedic`),
+/// helm-controller owns their fields, and helm's own server-side apply would conflict with it.
 pub async fn install_crds_as_helm_does(client: &Client) {
-    apply_crds(client, &PatchParams::apply("helm")).await;
+    apply_crds(client, &PatchParams::apply("helm").force()).await;
+}
+
+/// The CRDs, taken over as `helm install` would own them (after Flux installed them, helm-
+/// controller owns their fields; the helm CLI's server-side apply would conflict with it).
+pub async fn hand_crds_to_helm(client: &Client) {
+    install_crds_as_helm_does(client).await;
 }
 
 async fn apply_crds(client: &Client, params: &PatchParams) {
