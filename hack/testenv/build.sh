@@ -37,7 +37,7 @@ export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
 gover=$(go env GOVERSION)
 cache=${FLUXMEDIC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fluxmedic/testenv}
 set_id=$(printf '%s\n' "$KUBERNETES_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$SC" "$KC" "$HC" "$NC" \
-  "$PROMETHEUS_VERSION" "$CONTAINERD_VERSION" "$RUNC_VERSION" "$CNI_PLUGINS_VERSION" "$CRI_TOOLS_VERSION" "$gover" | sha256sum | cut -c1-12)
+  "$PROMETHEUS_VERSION" "$ACTIONLINT_VERSION" "$CONTAINERD_VERSION" "$RUNC_VERSION" "$CNI_PLUGINS_VERSION" "$CRI_TOOLS_VERSION" "$gover" | sha256sum | cut -c1-12)
 set_dir=$cache/sets/$flux-$set_id
 bin=$set_dir/bin
 mkdir -p "$bin" "$set_dir/crds" "$cache/components"
@@ -150,6 +150,10 @@ build_promtool() { # dir version
   GOBIN=$1 go install -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$2"
 }
 
+build_actionlint() { # dir version
+  GOBIN=$1 go install -ldflags "-s -w" "github.com/rhysd/actionlint/cmd/actionlint@$2"
+}
+
 # ensure NAME VERSION BUILDER BINARY...: build the component unless cached, link it into the set.
 ensure() {
   local name=$1 version=$2 builder=$3; shift 3
@@ -180,6 +184,7 @@ else
 fi
 ensure helm "$HELM_VERSION" build_helm helm
 ensure promtool "$PROMETHEUS_VERSION" build_promtool promtool
+ensure actionlint "$ACTIONLINT_VERSION" build_actionlint actionlint
 registry_id=$(cat "$here"/../registry/go.mod "$here"/../registry/go.sum "$here"/../registry/main.go | sha256sum | cut -c1-12)
 ensure registry "$registry_id" build_registry registry
 bucket_id=$(cat "$here"/../bucket/go.mod "$here"/../bucket/go.sum "$here"/../bucket/main.go | sha256sum | cut -c1-12)
