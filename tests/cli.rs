@@ -194,3 +194,24 @@ fn crds_subcommand_prints_both_crds() {
     assert!(out.contains("name: remediationpolicies.fluxmedic.io"));
     assert!(out.contains("name: remediations.fluxmedic.io"));
 }
+
+/// `--exit-code` makes diagnose a pipeline gate: 3 while a Flux object fails, 0 when none
+/// does; without it the exit status says only whether the diagnosis could be made.
+#[test]
+fn diagnose_exit_code_gates_a_pipeline_on_failures() {
+    let (code, _, err) = fluxmedic(&["diagnose", "-f", DUMP, "--exit-code"], None);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = fluxmedic(&["diagnose", "-f", DUMP], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = fluxmedic(&["diagnose", "-f", "/dev/null", "--exit-code"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("healthy"), "{out}");
+    // An input that cannot be read is still 2, not taken for "failing".
+    let (code, _, _) = fluxmedic(&["diagnose", "-f", "-", "--exit-code"], Some("{{{"));
+    assert_eq!(code, 2);
+    // YAML output, as -o yaml elsewhere.
+    let (code, out, _) = fluxmedic(&["diagnose", "-f", DUMP, "-o", "yaml"], None);
+    assert_eq!(code, 0);
+    let rows: Vec<serde_json::Value> = serde_yaml_ng::from_str(&out).unwrap();
+    assert!(rows.iter().any(|r| r["name"] == "podinfo"), "{out}");
+}
