@@ -89,7 +89,12 @@ impl Baseline {
 
 /// Annotation fluxmedic sets on a HelmRelease it suspended, naming the Remediation that owns the suspension.
 pub const SUSPENDED_BY_ANNOTATION: &str = "fluxmedic.io/suspended-by";
-pub use crate::incident::seal::{HOLD_ANNOTATION, SEAL_ANNOTATION};
+/// Annotation on a Remediation: fluxmedic's seal over its identity and its creation intent
+/// (see `incident::seal`).
+pub const SEAL_ANNOTATION: &str = "fluxmedic.io/seal";
+/// Annotation on a HelmRelease fluxmedic suspended: `<generation>.<seal>`, the generation
+/// the suspension produced, sealed with the HelmRelease's identity and the owning record.
+pub const HOLD_ANNOTATION: &str = "fluxmedic.io/hold";
 
 const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')";
 const DURATION_MSG: &str = "must be a duration such as 30s, 5m or 1h30m";

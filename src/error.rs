@@ -14,7 +14,7 @@ pub enum Error {
     #[error("{0}")]
     Precondition(String),
     #[error(transparent)]
-    NotLeader(#[from] crate::controller::limiter::NotLeader),
+    NotLeader(#[from] crate::limiter::NotLeader),
     #[error("{0}")]
     Timeout(String),
 }

@@ -15,6 +15,7 @@ pub mod flux;
 pub mod helm;
 pub mod incident;
 pub mod input;
+pub mod limiter;
 pub mod policy;
 pub mod remedy;
 pub mod telemetry;

@@ -235,17 +235,26 @@ fn the_image_holds_what_the_dockerfile_final_stage_holds() {
     assert!(dockerfile.contains(&format!("helm.sh/helm/v4/cmd/helm@{pinned}")));
 }
 
+/// The default release's Deployment, rolled out.
 async fn deployment_rolled_out(client: &Client, replicas: i32) -> Deployment {
+    release_rolled_out(client, "fluxmedic", replicas).await
+}
+
+/// Release `release`'s Deployment (named from the release, as the chart names it) Available
+/// with `replicas` pods of that release running.
+async fn release_rolled_out(client: &Client, release: &str, replicas: i32) -> Deployment {
+    let name = match release.contains("fluxmedic") {
+        true => release.to_string(),
+        false => format!("{release}-fluxmedic"),
+    };
+    let selector = format!("app.kubernetes.io/name=fluxmedic,app.kubernetes.io/instance={release}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     wait_for(
         "the fluxmedic Deployment Available through its probes",
         Duration::from_secs(180),
         || async {
-            let d = deployments
-                .get("fluxmedic")
-                .await
-                .map_err(|e| e.to_string())?;
+            let d = deployments.get(&name).await.map_err(|e| e.to_string())?;
             let s = d.status.clone().unwrap_or_default();
             let available = s
                 .conditions
@@ -254,7 +263,7 @@ async fn deployment_rolled_out(client: &Client, replicas: i32) -> Deployment {
                 .any(|c| c.type_ == "Available" && c.status == "True");
             let gen_ = d.metadata.generation;
             let running = pods
-                .list(&ListParams::default().labels("app.kubernetes.io/name=fluxmedic"))
+                .list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(|e| e.to_string())?
                 .items;
@@ -292,13 +301,16 @@ async fn deployment_rolled_out(client: &Client, replicas: i32) -> Deployment {
 
 async fn fluxmedic_pods(client: &Client) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    pods.list(&ListParams::default().labels("app.kubernetes.io/name=fluxmedic"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
+    pods.list(
+        &ListParams::default()
+            .labels("app.kubernetes.io/name=fluxmedic,app.kubernetes.io/instance=fluxmedic"),
+    )
+    .await
+    .unwrap()
+    .items
+    .into_iter()
+    .filter(|p| p.metadata.deletion_timestamp.is_none())
+    .collect()
 }
 
 async fn pod_names(client: &Client) -> BTreeSet<String> {
@@ -310,9 +322,13 @@ async fn pod_names(client: &Client) -> BTreeSet<String> {
 }
 
 async fn lease_holder(client: &Client) -> Option<String> {
+    lease_holder_of(client, "fluxmedic-leader").await
+}
+
+async fn lease_holder_of(client: &Client, lease: &str) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     leases
-        .get_opt("fluxmedic-leader")
+        .get_opt(lease)
         .await
         .ok()
         .flatten()
@@ -763,15 +779,16 @@ async fn flux_installs_upgrades_and_removes_fluxmedic() {
         "spec": {"interval": "1h", "url": charts.url}}),
     )
     .await;
-    let release = |version: &str| {
+    let release_named = |name: &str, version: &str, values: &Value| {
         json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-            "metadata": {"name": "fluxmedic", "namespace": NS},
+            "metadata": {"name": name, "namespace": NS},
             "spec": {"interval": "1h",
                      "chart": {"spec": {"chart": "fluxmedic", "version": version,
                                         "sourceRef": {"kind": "HelmRepository", "name": "fluxmedic"}}},
                      "install": {"crds": "CreateReplace"}, "upgrade": {"crds": "CreateReplace"},
                      "values": values}})
     };
+    let release = |version: &str| release_named("fluxmedic", version, &values);
     apply(&client, release("0.1.0")).await;
     wait_ready(
         &client,
@@ -789,6 +806,40 @@ async fn flux_installs_upgrades_and_removes_fluxmedic() {
     })
     .await;
     assert!(pod_names(&client).await.contains(&leader));
+
+    // A second release beside it in flux-system, serving a Flux shard: nothing collides, its
+    // pod runs and holds its shard's own Lease.
+    let shard = "sharding.fluxcd.io/key=b";
+    let mut shard_values = values.clone();
+    shard_values["watchLabelSelector"] = json!(shard);
+    apply(&client, release_named("shard-b", "0.1.0", &shard_values)).await;
+    wait_ready(
+        &client,
+        NS,
+        "HelmRelease",
+        "shard-b",
+        Duration::from_secs(180),
+    )
+    .await;
+    release_rolled_out(&client, "shard-b", 1).await;
+    let shard_lease = format!(
+        "fluxmedic-leader-{}",
+        fluxmedic::incident::seal::shard_id(Some(shard)).unwrap()
+    );
+    let shard_leader = wait_for("the shard's pod holds its Lease", MIN, || async {
+        lease_holder_of(&client, &shard_lease)
+            .await
+            .ok_or_else(|| "no holder".to_string())
+    })
+    .await;
+    assert!(
+        shard_leader.starts_with("shard-b-fluxmedic-"),
+        "{shard_leader}"
+    );
+    assert_eq!(
+        lease_holder(&client).await.as_deref(),
+        Some(leader.as_str())
+    );
 
     // It works: a tenant's release rolled back and held, awaiting its fix.
     let app = namespace(&client, "fluxapp").await;
@@ -855,16 +906,19 @@ async fn flux_installs_upgrades_and_removes_fluxmedic() {
         ),
     );
     let removed_at = jiff::Timestamp::now();
-    hrs.delete("fluxmedic", &DeleteParams::default())
-        .await
-        .unwrap();
+    for name in ["fluxmedic", "shard-b"] {
+        hrs.delete(name, &DeleteParams::default()).await.unwrap();
+    }
     wait_for(
         "the HelmRelease and its pods gone",
         Duration::from_secs(180),
         || async {
             let hr = get(&client, NS, "HelmRelease", "fluxmedic").await;
-            let pods = fluxmedic_pods(&client).await.len();
-            if hr.is_none() && pods == 0 {
+            let shard_hr = get(&client, NS, "HelmRelease", "shard-b").await;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+            let lp = ListParams::default().labels("app.kubernetes.io/name=fluxmedic");
+            let pods = pods.list(&lp).await.map_err(|e| e.to_string())?.items.len();
+            if hr.is_none() && shard_hr.is_none() && pods == 0 {
                 Ok(())
             } else {
                 Err(format!("hr={} pods={pods}", hr.is_some()))
@@ -902,11 +956,13 @@ async fn flux_installs_upgrades_and_removes_fluxmedic() {
         "fluxmedic's hold outlived it: {}",
         hr["metadata"]
     );
-    let lp = ListParams::default().labels("app.kubernetes.io/instance=fluxmedic");
     let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
     let crs: Api<ClusterRole> = Api::all(client.clone());
-    assert!(crbs.list(&lp).await.unwrap().items.is_empty());
-    assert!(crs.list(&lp).await.unwrap().items.is_empty());
+    for instance in ["fluxmedic", "shard-b"] {
+        let lp = ListParams::default().labels(&format!("app.kubernetes.io/instance={instance}"));
+        assert!(crbs.list(&lp).await.unwrap().items.is_empty(), "{instance}");
+        assert!(crs.list(&lp).await.unwrap().items.is_empty(), "{instance}");
+    }
     assert!(
         crds.get_opt("remediations.fluxmedic.io")
             .await

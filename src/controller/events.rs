@@ -22,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::limiter::WriteLimiter;
+use crate::limiter::WriteLimiter;
 
 /// Publisher tasks; Events about one object always go to the same one.
 const PUBLISHERS: usize = 4;

@@ -123,7 +123,7 @@ impl LedgerStore {
         client: &Client,
         ns: &str,
         prefix: &str,
-        gate: &super::limiter::WriteLimiter,
+        gate: &crate::limiter::WriteLimiter,
     ) {
         if self.dirty.is_empty() {
             return;

@@ -7,7 +7,7 @@ pub mod events;
 pub mod index;
 pub mod leader;
 pub mod ledger;
-pub mod limiter;
+use crate::limiter;
 pub mod notify;
 pub mod probe;
 pub mod uninstall;

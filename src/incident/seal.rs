@@ -17,11 +17,7 @@ use serde::Serialize;
 
 use crate::{api::RemediationStatus, diagnose::Case, flux::ObjectKey};
 
-/// Annotation on a Remediation: the seal over its identity and its creation intent.
-pub const SEAL_ANNOTATION: &str = "fluxmedic.io/seal";
-/// Annotation on a HelmRelease fluxmedic suspended: `<generation>.<seal>`, the generation
-/// the suspension produced, sealed with the HelmRelease's identity and the owning record.
-pub const HOLD_ANNOTATION: &str = "fluxmedic.io/hold";
+pub use crate::api::{HOLD_ANNOTATION, SEAL_ANNOTATION};
 /// The Secret (in the operator's namespace) holding the seal key, under data key `key`.
 pub const KEY_SECRET: &str = "fluxmedic-seal-key";
 

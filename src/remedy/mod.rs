@@ -58,7 +58,7 @@ pub struct Actuator {
     pub config: Option<kube::Config>,
     pub helm_bin: PathBuf,
     /// Paces every write (None: unlimited, for one-shot CLI reads).
-    pub limiter: Option<std::sync::Arc<crate::controller::limiter::WriteLimiter>>,
+    pub limiter: Option<std::sync::Arc<crate::limiter::WriteLimiter>>,
     /// The served version of each Flux kind (discovered); the default one when absent.
     pub apis: std::sync::Arc<std::collections::HashMap<FluxKind, ApiResource>>,
 }
