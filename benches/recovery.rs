@@ -121,8 +121,73 @@ async fn maybe_operator(env: &Env, client: &Client, ns: &str, with: bool) -> Opt
     Some(Operator::start(env, ns, &[]))
 }
 
+/// Plain Flux with a webhook Receiver (notification-controller, type generic) on the
+/// GitRepository, and the push calling it as a forge would: the source fetches at once.
+async fn broken_commit_receiver(env: &'static Env, client: Client, cfg: &Cfg) -> Option<f64> {
+    let ns = namespace(&client, "ttr-commit-hook").await;
+    let base: u16 = env.var("FLUXMEDIC_PORT_BASE").parse().ok()?;
+    apply(
+        &client,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "webhook-token", "namespace": ns},
+        "stringData": {"token": "bench-webhook-token"}}),
+    )
+    .await;
+    apply(&client, json!({"apiVersion": "notification.toolkit.fluxcd.io/v1", "kind": "Receiver",
+        "metadata": {"name": "push", "namespace": ns},
+        "spec": {"type": "generic", "secretRef": {"name": "webhook-token"},
+                 "resources": [{"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "name": "repo"}]}})).await;
+    let path = wait_for("the Receiver's webhook path", MIN, || async {
+        let receivers: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &ns,
+            &ar(
+                "notification.toolkit.fluxcd.io",
+                "v1",
+                "Receiver",
+                "receivers",
+            ),
+        );
+        let r = receivers.get("push").await.map_err(|e| e.to_string())?;
+        let r = serde_json::to_value(r).unwrap();
+        r["status"]["webhookPath"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| r["status"].to_string())
+    })
+    .await;
+    let hook = format!("127.0.0.1:{}", base + 85);
+    broken_commit_in(env, client, &ns, false, cfg, Some((hook, path))).await
+}
+
 async fn broken_commit(env: &'static Env, client: Client, with: bool, cfg: &Cfg) -> Option<f64> {
     let ns = namespace(&client, if with { "ttr-commit-fm" } else { "ttr-commit" }).await;
+    broken_commit_in(env, client, &ns, with, cfg, None).await
+}
+
+/// POST to a webhook path on `host`, as a forge does on a push.
+async fn post(host: &str, path: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    let req = format!("POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+}
+
+async fn broken_commit_in(
+    env: &'static Env,
+    client: Client,
+    ns: &str,
+    with: bool,
+    cfg: &Cfg,
+    hook: Option<(String, String)>,
+) -> Option<f64> {
+    let ns = ns.to_string();
     let repo = Repo::new(env, &ns, false);
     let good = cm("greeting", "v1");
     repo.commit(
@@ -139,6 +204,9 @@ async fn broken_commit(env: &'static Env, client: Client, with: bool, cfg: &Cfg)
     break_app(&client, &ns, &repo, "broken").await;
     tokio::time::sleep(cfg.fix_after).await;
     let fix = repo.commit(&[("app/cm.yaml", Some(&cm("greeting", "v2")))], "fixed");
+    if let Some((host, path)) = &hook {
+        post(host, path).await;
+    }
     until(cfg.cap, || async {
         get(&client, &ns, "Kustomization", "app")
             .await
@@ -315,8 +383,9 @@ fn main() {
                 futures::future::join($f(env, client.clone(), false, &cfg), $f(env, client.clone(), true, &cfg))
             };
         }
-        let (commit, creds, retry, lock, casc) = futures::join!(
+        let (commit, hooked, creds, retry, lock, casc) = futures::join!(
             pair!(broken_commit),
+            broken_commit_receiver(env, client.clone(), &cfg),
             pair!(credentials),
             pair!(retries_exhausted),
             pair!(stale_lock),
@@ -344,5 +413,9 @@ fn main() {
             };
             println!("| {name} | {} | {} | {ratio} |", fmt(plain, cfg.cap), fmt(fm, cfg.cap));
         }
+        println!(
+            "\nBroken commit fixed, plain Flux with a webhook Receiver called on the push: {}",
+            fmt(hooked, cfg.cap)
+        );
     });
 }
