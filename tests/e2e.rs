@@ -1254,9 +1254,10 @@ async fn no_policy_means_record_only() {
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn require_approval_waits_for_a_person() {
-    let (env, client, ns, repo) = broken_kustomization_setup("approval", 1).await;
+/// A broken Kustomization under a RequireApproval policy, its operator running, and the
+/// Remediation waiting for approval (its record).
+async fn awaiting_approval(prefix: &str) -> (&'static Env, Client, String, Operator, Value) {
+    let (env, client, ns, repo) = broken_kustomization_setup(prefix, 1).await;
     apply(
         &client,
         policy(
@@ -1266,7 +1267,7 @@ async fn require_approval_waits_for_a_person() {
         ),
     )
     .await;
-    let _op = Operator::start(env, &ns, &[]);
+    let op = Operator::start(env, &ns, &[]);
     break_all(&client, &ns, &repo, 1).await;
     let rem = wait_remediation(
         &client,
@@ -1277,6 +1278,12 @@ async fn require_approval_waits_for_a_person() {
         |r| phase(r) == "AwaitingApproval",
     )
     .await;
+    (env, client, ns, op, rem)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_approval_waits_for_a_person() {
+    let (env, client, ns, _op, rem) = awaiting_approval("approval").await;
     assert!(steps(&rem).is_empty());
     assert!(!fluxmedic_touched(&client, &ns, "GitRepository", "repo").await);
     let name = rem["metadata"]["name"].as_str().unwrap().to_string();
@@ -1345,27 +1352,7 @@ fn cli(env: &Env, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejected_action_is_not_asked_for_again() {
-    let (env, client, ns, repo) = broken_kustomization_setup("reject", 1).await;
-    apply(
-        &client,
-        policy(
-            &ns,
-            "gated",
-            auto(json!([{"case": "invalid-manifests", "mode": "RequireApproval"}])),
-        ),
-    )
-    .await;
-    let op = Operator::start(env, &ns, &[]);
-    break_all(&client, &ns, &repo, 1).await;
-    let rem = wait_remediation(
-        &client,
-        &ns,
-        "Kustomization/app0",
-        "awaiting approval",
-        MIN,
-        |r| phase(r) == "AwaitingApproval",
-    )
-    .await;
+    let (env, client, ns, op, rem) = awaiting_approval("reject").await;
     let name = rem["metadata"]["name"].as_str().unwrap().to_string();
     let said = cli(env, &["reject", &name, "-n", &ns]);
     assert!(said.starts_with("rejected reconcile-source"), "{said}");
