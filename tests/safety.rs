@@ -1923,3 +1923,82 @@ async fn a_record_written_back_or_recreated_is_never_replayed() {
         "the ledger is persisted"
     );
 }
+
+/// A ledger flush cut short between two buckets (the Lease lost, an API error) must not
+/// claim records it did not write down: the next leader reads `persisted` and would take
+/// such a record, made by fluxmedic a moment before, for a copy re-created from a saved one,
+/// and freeze it. (Found as a node test's incident frozen right after a rolling upgrade.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_flush_cut_short_claims_nothing_it_did_not_write() {
+    use fluxmedic::{
+        controller::ledger::{BUCKETS, LedgerStore},
+        incident::stable_hash,
+        limiter::WriteLimiter,
+    };
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let (_env, client, ns) = setup("ledger").await;
+    let prefix = "fluxmedic-ledger-test";
+    let gate = WriteLimiter::new(100, 100);
+    let bucket = |uid: &str| (stable_hash(uid) % BUCKETS as u64) as usize;
+    // Two records in two buckets, neither of them bucket 0.
+    let uids: Vec<String> = (0..)
+        .map(|i| format!("uid-{i}"))
+        .filter(|u| bucket(u) != 0)
+        .take(40)
+        .collect();
+    let (a, b) = (
+        &uids[0],
+        uids.iter().find(|u| bucket(u) != bucket(&uids[0])).unwrap(),
+    );
+
+    let mut leader = LedgerStore::load(&client, &ns, prefix).await.unwrap();
+    let first = leader.next_sequence();
+    leader.note(a, first, false);
+    leader.flush(&client, &ns, prefix, &gate).await;
+    assert_eq!(
+        leader.ledger.persisted, first,
+        "all written: persisted raised"
+    );
+
+    // Record b is made and noted, and a's bucket changes too; b's bucket is changed by
+    // someone else meanwhile (a conflict), so only a's bucket is written this time.
+    let second = leader.next_sequence();
+    leader.note(b, second, false);
+    let third = leader.next_sequence();
+    leader.note(a, third, false);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let other = format!("{prefix}-{}", bucket(b));
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": other, "namespace": ns}, "data": {}}))
+            .unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    leader.flush(&client, &ns, prefix, &gate).await;
+
+    // The next leader: b is newer than anything claimed, so it is fluxmedic's, not a copy.
+    let next = LedgerStore::load(&client, &ns, prefix).await.unwrap();
+    assert!(
+        next.ledger.persisted < second,
+        "persisted {} claims record b (sequence {second}) that no bucket holds",
+        next.ledger.persisted
+    );
+    assert_eq!(
+        next.ledger.records.get(a.as_str()).map(|e| e.sequence),
+        Some(third)
+    );
+    assert!(!next.ledger.records.contains_key(b.as_str()));
+    // The next flush that writes everything raises it.
+    let mut leader = next;
+    leader.note(b, second, false);
+    leader.seen(third);
+    leader.flush(&client, &ns, prefix, &gate).await;
+    let again = LedgerStore::load(&client, &ns, prefix).await.unwrap();
+    assert!(
+        again.ledger.persisted >= third,
+        "{}",
+        again.ledger.persisted
+    );
+    assert_eq!(
+        again.ledger.records.get(b.as_str()).map(|e| e.sequence),
+        Some(second)
+    );
+}

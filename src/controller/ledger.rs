@@ -2,8 +2,11 @@
 //! operator's namespace, which only fluxmedic writes (tenants have no rights there, and the
 //! chart's admission policy holds fluxmedic's own identity to these names). Each holds, per
 //! record uid of its bucket, the sequence number fluxmedic last sealed there (`<n>`, `<n>c`
-//! once it closed the incident), and under `persisted` the highest sequence handed out when
-//! it was written. Written once per pass, only the buckets that changed; read when the
+//! once it closed the incident), and under `persisted` a sequence below which every record
+//! fluxmedic sealed is in the ledger. Written once per pass, only the buckets that changed,
+//! then (only when all of them were written) `persisted` raised in bucket 0: a pass cut short
+//! between two buckets (the Lease lost, an API error) never claims a record it did not write
+//! down, which the next leader would otherwise take for a copy and freeze. Read when the
 //! process starts and whenever it becomes the leader (another replica wrote it meanwhile).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -116,8 +119,25 @@ impl LedgerStore {
         Ok(store)
     }
 
-    /// Write the buckets that changed (each with `persisted` = the counter now). A bucket that
-    /// fails stays dirty for the next pass; `persisted` moves only when all were written.
+    /// The contents of bucket `k`, with `persisted` as given.
+    fn bucket_data(&self, k: usize, persisted: u64) -> BTreeMap<String, String> {
+        let mut data: BTreeMap<String, String> = self
+            .ledger
+            .records
+            .iter()
+            .filter(|(uid, _)| bucket(uid) == k)
+            .map(|(uid, e)| {
+                let v = format!("{}{}", e.sequence, if e.closed { "c" } else { "" });
+                (uid.clone(), v)
+            })
+            .collect();
+        data.insert(PERSISTED.into(), persisted.to_string());
+        data
+    }
+
+    /// Write the buckets that changed, keeping the `persisted` already on record; then, only
+    /// if every one was written, raise `persisted` to the counter (bucket 0). A bucket that
+    /// fails stays dirty for the next pass.
     pub async fn flush(
         &mut self,
         client: &Client,
@@ -128,76 +148,80 @@ impl LedgerStore {
         if self.dirty.is_empty() {
             return;
         }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let persisted = self.counter;
+        let raised = self.counter;
+        let old = self.ledger.persisted;
         let mut all = true;
         for k in std::mem::take(&mut self.dirty) {
-            let mut data: BTreeMap<String, String> = self
-                .ledger
-                .records
-                .iter()
-                .filter(|(uid, _)| bucket(uid) == k)
-                .map(|(uid, e)| {
-                    let v = format!("{}{}", e.sequence, if e.closed { "c" } else { "" });
-                    (uid.clone(), v)
-                })
-                .collect();
-            data.insert(PERSISTED.into(), persisted.to_string());
-            let cm = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(format!("{prefix}-{k}")),
-                    namespace: Some(ns.into()),
-                    resource_version: self.stored.get(&k).cloned().flatten(),
-                    labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_string(),
-                        "fluxmedic".to_string(),
-                    )])),
-                    ..Default::default()
-                },
-                data: Some(data),
-                ..Default::default()
-            };
-            let pp = PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            let name = format!("{prefix}-{k}");
-            // Only the leader writes it, and within the write budget.
-            if gate.acquire().await.is_err() {
+            if !self.write_bucket(client, ns, prefix, gate, k, old).await {
                 self.dirty.insert(k);
                 all = false;
-                continue;
-            }
-            let res = match self.stored.get(&k).cloned().flatten() {
-                Some(_) => api.replace(&name, &pp, &cm).await,
-                None => api.create(&pp, &cm).await,
-            };
-            match res {
-                Ok(written) => {
-                    self.stored.insert(k, written.metadata.resource_version);
-                }
-                Err(e) => {
-                    all = false;
-                    warn!(configmap = %name, error = %e, "cannot write the ledger; kept for the next pass");
-                    // A conflict: another replica wrote it (a leadership change): read it back.
-                    if let kube::Error::Api(s) = &e
-                        && s.code == 409
-                    {
-                        self.stored.insert(
-                            k,
-                            api.get_opt(&name)
-                                .await
-                                .ok()
-                                .flatten()
-                                .and_then(|c| c.metadata.resource_version),
-                        );
-                    }
-                    self.dirty.insert(k);
-                }
             }
         }
-        if all {
-            self.ledger.persisted = self.ledger.persisted.max(persisted);
+        if all && raised > old && self.write_bucket(client, ns, prefix, gate, 0, raised).await {
+            self.ledger.persisted = raised;
+        }
+    }
+
+    /// Write bucket `k` with `persisted`; whether it was written.
+    async fn write_bucket(
+        &mut self,
+        client: &Client,
+        ns: &str,
+        prefix: &str,
+        gate: &crate::limiter::WriteLimiter,
+        k: usize,
+        persisted: u64,
+    ) -> bool {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let name = format!("{prefix}-{k}");
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.into()),
+                resource_version: self.stored.get(&k).cloned().flatten(),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "fluxmedic".to_string(),
+                )])),
+                ..Default::default()
+            },
+            data: Some(self.bucket_data(k, persisted)),
+            ..Default::default()
+        };
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        // Only the leader writes it, and within the write budget.
+        if gate.acquire().await.is_err() {
+            return false;
+        }
+        let res = match self.stored.get(&k).cloned().flatten() {
+            Some(_) => api.replace(&name, &pp, &cm).await,
+            None => api.create(&pp, &cm).await,
+        };
+        match res {
+            Ok(written) => {
+                self.stored.insert(k, written.metadata.resource_version);
+                true
+            }
+            Err(e) => {
+                warn!(configmap = %name, error = %e, "cannot write the ledger; kept for the next pass");
+                // A conflict: another replica wrote it (a leadership change): read it back.
+                if let kube::Error::Api(s) = &e
+                    && s.code == 409
+                {
+                    self.stored.insert(
+                        k,
+                        api.get_opt(&name)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|c| c.metadata.resource_version),
+                    );
+                }
+                false
+            }
         }
     }
 }
