@@ -41,7 +41,8 @@ if ! command -v musl-gcc >/dev/null; then
 fi
 rustup target list --installed | grep -qx "$target" || rustup target add "$target" >&2
 log "building fluxmedic for $target"
-CARGO_TARGET_DIR=$cache/image-target FLUXMEDIC_REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+CARGO_TARGET_DIR=$cache/image-target FLUXMEDIC_REVISION=$revision \
   cargo build --locked --release --target "$target" --bin fluxmedic >&2
 bin=$cache/image-target/$target/release/fluxmedic
 # What the Dockerfile's build stage runs, word for word, must be this build.
@@ -65,7 +66,6 @@ while read -r _ from src dst; do
 done < <(printf '%s' "$final" | grep '^COPY ')
 
 # The final stage's LABELs (continuation lines joined), its ARGs as the release sets them.
-revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 labels=()
 while IFS= read -r kv; do
   labels+=(-label "$kv")

@@ -12,18 +12,9 @@ use support::*;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/fluxmedic");
 
-/// The name the chart gives a release's objects (its `fluxmedic.fullname`): the release's
-/// when it contains "fluxmedic", else "<release>-fluxmedic", at most 36 characters.
+/// The name the chart gives a release's objects.
 fn full(release: &str) -> String {
-    let name = match release.contains("fluxmedic") {
-        true => release.to_string(),
-        false => format!("{release}-fluxmedic"),
-    };
-    name.chars()
-        .take(36)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_string()
+    chart_fullname(release)
 }
 
 fn helm(env: &Env, args: &[&str]) -> (bool, String) {
@@ -1395,18 +1386,13 @@ fn the_chart_alerts_fire_on_what_the_operator_exports_and_stay_quiet_otherwise()
         serde_yaml_ng::to_string(&json!({"rule_files": [rules], "tests": tests})).unwrap(),
     )
     .unwrap();
-    let promtool = std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("promtool");
     for args in [vec!["check", "rules"], vec!["test", "rules"]] {
         let file = if args[0] == "check" {
             &rules
         } else {
             &test_file
         };
-        let out = Command::new(&promtool)
-            .args(&args)
-            .arg(file)
-            .output()
-            .unwrap();
+        let out = env.tool("promtool").args(&args).arg(file).output().unwrap();
         assert!(
             out.status.success(),
             "promtool {args:?}: {}{}",
@@ -1571,8 +1557,8 @@ fn the_dashboard_queries_parse_and_name_only_what_the_operator_exports() {
     let text =
         serde_yaml_ng::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]}));
     std::fs::write(&file, text.unwrap()).unwrap();
-    let promtool = std::path::Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("promtool");
-    let out = Command::new(&promtool)
+    let out = env
+        .tool("promtool")
         .args(["check", "rules"])
         .arg(&file)
         .output()

@@ -47,12 +47,6 @@ fn image_tar() -> String {
     std::env::var("FLUXMEDIC_IMAGE_TAR").expect("FLUXMEDIC_IMAGE_TAR: the image from hack/image.sh")
 }
 
-fn tool(env: &Env, name: &str) -> Command {
-    let mut c = Command::new(Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join(name));
-    c.env("KUBECONFIG", env.kubeconfig());
-    c
-}
-
 fn run(mut c: Command) -> (bool, String) {
     let out = c.output().expect("spawn");
     let text = format!(
@@ -127,7 +121,7 @@ fn import_image(env: &Env) -> String {
     let (dir, _) = unpack(&tar);
     let image = image_ref(dir.path());
     let (ok, out) = run({
-        let mut c = tool(env, "ctr");
+        let mut c = env.tool("ctr");
         c.args([
             "--address",
             env.var("FLUXMEDIC_NODE_CTR_ADDRESS"),
@@ -243,10 +237,7 @@ async fn deployment_rolled_out(client: &Client, replicas: i32) -> Deployment {
 /// Release `release`'s Deployment (named from the release, as the chart names it) Available
 /// with `replicas` pods of that release running.
 async fn release_rolled_out(client: &Client, release: &str, replicas: i32) -> Deployment {
-    let name = match release.contains("fluxmedic") {
-        true => release.to_string(),
-        false => format!("{release}-fluxmedic"),
-    };
+    let name = chart_fullname(release);
     let selector = format!("app.kubernetes.io/name=fluxmedic,app.kubernetes.io/instance={release}");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
@@ -369,7 +360,7 @@ fn pod_process(uid: &str) -> Option<(String, bool)> {
 
 fn logs(env: &Env, pod: &str) -> String {
     let (_, out) = run({
-        let mut c = tool(env, "kubectl");
+        let mut c = env.tool("kubectl");
         c.args(["logs", "-n", NS, pod, "-c", "fluxmedic"]);
         c
     });

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::{path::Path, process::Command};
 
 const WORKFLOW: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -15,8 +14,8 @@ const WORKFLOW: &str = concat!(
 #[test]
 fn the_release_workflow_is_valid_and_builds_signs_and_attests_both_artifacts() {
     let env = support::env();
-    let actionlint = Path::new(env.var("FLUXMEDIC_TESTENV_BIN")).join("actionlint");
-    let out = Command::new(&actionlint)
+    let out = env
+        .tool("actionlint")
         .arg("-no-color")
         .arg(WORKFLOW)
         .output()
@@ -53,7 +52,8 @@ fn the_release_workflow_is_valid_and_builds_signs_and_attests_both_artifacts() {
         text.replace("runs-on: ubuntu-24.04", "runs-onn: ubuntu-24.04"),
     )
     .unwrap();
-    let out = Command::new(&actionlint)
+    let out = env
+        .tool("actionlint")
         .arg("-no-color")
         .arg(&broken)
         .output()

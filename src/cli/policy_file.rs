@@ -144,19 +144,8 @@ fn check_metadata(meta: &Value, errs: &mut Vec<String>) {
     for k in m.keys().filter(|k| !OBJECT_META.contains(&k.as_str())) {
         errs.push(format!("unknown field \"metadata.{k}\""));
     }
-    let dns = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|p| {
-                !p.is_empty()
-                    && p.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !p.starts_with('-')
-                    && !p.ends_with('-')
-            })
-    };
     match (m.get("name").and_then(Value::as_str), m.get("generateName")) {
-        (Some(n), _) if !dns(n) => errs.push(format!(
+        (Some(n), _) if !super::records::is_object_name(n) => errs.push(format!(
             "metadata.name: Invalid value: {n:?}: a lowercase RFC 1123 subdomain"
         )),
         (None, None) => {

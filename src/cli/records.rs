@@ -291,7 +291,7 @@ fn printable(s: &str) -> String {
 }
 
 /// A DNS-1123 subdomain, as Kubernetes object names are.
-fn is_object_name(s: &str) -> bool {
+pub(super) fn is_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|part| {

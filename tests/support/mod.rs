@@ -125,11 +125,16 @@ impl Env {
     pub fn kubeconfig(&self) -> &str {
         self.var("KUBECONFIG")
     }
-    /// The control plane's kubectl, on this environment's kubeconfig.
-    pub fn kubectl(&self) -> Command {
-        let mut c = Command::new(Path::new(self.var("FLUXMEDIC_TESTENV_BIN")).join("kubectl"));
+    /// A tool the test control plane built (kubectl, promtool, actionlint, ctr, ...), on this
+    /// environment's kubeconfig.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(Path::new(self.var("FLUXMEDIC_TESTENV_BIN")).join(name));
         c.env("KUBECONFIG", self.kubeconfig());
         c
+    }
+    /// The control plane's kubectl, on this environment's kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        self.tool("kubectl")
     }
     pub fn fixture_url(&self) -> &str {
         self.var("FLUXMEDIC_FIXTURE_URL")
@@ -1632,4 +1637,18 @@ pub async fn break_root(client: &Client, ns: &str, repo: &Repo, dependents: &[&s
         request_reconcile(client, ns, "Kustomization", k).await;
         wait_failing(client, ns, "Kustomization", k, "DependencyNotReady", MIN).await;
     }
+}
+
+/// The name the chart gives a release's objects (its `fluxmedic.fullname`): the release's
+/// when it contains "fluxmedic", else "<release>-fluxmedic", at most 36 characters.
+pub fn chart_fullname(release: &str) -> String {
+    let name = match release.contains("fluxmedic") {
+        true => release.to_string(),
+        false => format!("{release}-fluxmedic"),
+    };
+    name.chars()
+        .take(36)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
 }
