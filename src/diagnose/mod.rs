@@ -584,8 +584,16 @@ fn diagnose_with(
         obj.condition("Ready").map(|c| c.reason.as_str()),
         Some("SourceNotReady" | "ArtifactFailed" | "DependencyNotReady" | "HealthCheckFailed")
     );
-    let (case, retryable) = if root != obj.key
-        && (cl.case == Case::DependencyCascade || cl.case == Case::Other && source_gate)
+    // Blocked on a parent that is working (Ready Unknown: Flux reconciling it, e.g. between
+    // two failed attempts) is the same incident as blocked on it failing: a root's passing
+    // state never turns its dependents' incidents into new ones.
+    let waits_on_parent = || {
+        parents(obj)
+            .iter()
+            .any(|p| snap.objects.get(p).is_some_and(|o| !o.is_ready()))
+    };
+    let (case, retryable) = if cl.case == Case::DependencyCascade && root != obj.key
+        || cl.case == Case::Other && source_gate && (root != obj.key || waits_on_parent())
     {
         (Case::DependencyCascade, true)
     } else {

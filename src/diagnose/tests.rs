@@ -514,6 +514,47 @@ fn only_failing_git_sources_with_unknown_secret_keys_are_inspected() {
     assert!(snap.uninspected_source_secrets().is_empty());
 }
 
+/// A source between two failed attempts (Ready Unknown while Flux reconciles it) does not
+/// change what its consumers' failure is: their incidents stay the same ones (a changed case
+/// would close each consumer's record and open another, for every retry of the root).
+#[test]
+fn consumers_keep_their_case_while_their_failing_source_is_between_attempts() {
+    let waiting = cond(
+        "Ready",
+        "False",
+        "ArtifactFailed",
+        "Source artifact not found, retrying in 30s",
+    );
+    let case_of_app = |source: Value| {
+        let snap = Snapshot::new(
+            [
+                git("repo", vec![source]),
+                ks("app", &[], "repo", vec![waiting.clone()]),
+            ],
+            0,
+        );
+        diagnose(&snap)
+            .get(&key(FluxKind::Kustomization, "app"))
+            .map(|d| d.case)
+    };
+    let failing = cond(
+        "Ready",
+        "False",
+        "GitOperationFailed",
+        "failed to checkout and determine revision: unable to clone 'http://127.0.0.1:1/repo.git': authentication required",
+    );
+    let between = cond(
+        "Ready",
+        "Unknown",
+        "Progressing",
+        "reconciliation in progress",
+    );
+    assert_eq!(case_of_app(failing), Some(Case::DependencyCascade));
+    assert_eq!(case_of_app(between), Some(Case::DependencyCascade));
+    // The source is Ready and the consumer still says it waits: its own problem now.
+    assert_eq!(case_of_app(ready()), Some(Case::Other));
+}
+
 #[test]
 fn waiting_on_a_source_that_is_working_is_not_an_incident_until_it_lasts() {
     let now = 1_800_000_000;
