@@ -5,7 +5,6 @@
 
 mod support;
 
-
 const WORKFLOW: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/.github/workflows/release.yaml"

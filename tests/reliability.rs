@@ -603,6 +603,7 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
                 .iter()
                 .filter(|r| r["status"]["diagnosis"].is_object())
                 .count();
+            assert_one_record_per_target(&r);
             if recorded == n + 1 {
                 Ok(r)
             } else {
@@ -682,6 +683,141 @@ async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
         max <= 3 * limit,
         "at most the limit plus its burst in any second: {max}"
     );
+}
+
+/// Fails at once, naming them, if a target has more than one Remediation: one incident, one
+/// record (a second one means an incident was closed and reopened, or its record lost).
+fn assert_one_record_per_target(records: &[Value]) {
+    let mut per: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for r in records {
+        let t = &r["spec"]["target"];
+        per.entry(format!(
+            "{}/{}",
+            t["kind"].as_str().unwrap_or(""),
+            t["name"].as_str().unwrap_or("")
+        ))
+        .or_default()
+        .push(r["metadata"]["name"].as_str().unwrap_or(""));
+    }
+    let twice: Vec<_> = per.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "targets with more than one record: {twice:?}"
+    );
+}
+
+/// A root held in retry must not churn its dependents' records, nor must a watch that relists
+/// (the operator's record watch is made to relist every 200 ms, as one that falls behind the
+/// API server's history does) or an operator restart: a source whose credentials the server
+/// rejects is asked to retry every second for the whole test while 30 consumers wait on it,
+/// and every target keeps exactly one Remediation, open, with the same root.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_held_in_retry_keeps_one_record_per_target_through_relists_and_restarts() {
+    let (env, client, ns) = setup("retryhold").await;
+    let repo = Repo::new(env, &ns, true);
+    repo.set_server_credentials(env, "bot", "right");
+    repo.commit(
+        &[("app/kustomization.yaml", Some("resources: []\n"))],
+        "initial",
+    );
+    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"username": "bot", "password": "wrong"}})).unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&Default::default(), &s)
+        .await
+        .unwrap();
+    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    let n = 30;
+    for i in 0..n {
+        kustomization(&client, &ns, &format!("app{i}"), "./app", &[]).await;
+    }
+    wait_failing(
+        &client,
+        &ns,
+        "GitRepository",
+        "repo",
+        "GitOperationFailed",
+        Duration::from_secs(60),
+    )
+    .await;
+    apply(&client, policy(&ns, "auto", json!({"rules": [{"case": "git-auth", "mode": "Auto"}, {"case": "dependency-cascade", "mode": "Auto"}]}))).await;
+    // The source in retry: a fresh reconcile request every second, for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let retries = {
+        let (client, ns, stop) = (client.clone(), ns.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut asked = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let at = jiff::Timestamp::now().to_string();
+                let _ = flux_api(&client, &ns, "GitRepository")
+                    .patch("repo", &Default::default(), &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": at}}})))
+                    .await;
+                asked += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            asked
+        })
+    };
+    let relisting = [("FLUXMEDIC_RELIST_EVERY", "Remediation:200")];
+    let every_target_recorded = |what: &'static str| {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move {
+            wait_for(what, Duration::from_secs(120), || async {
+                let r = remediations(&client, &ns).await;
+                assert_one_record_per_target(&r);
+                let recorded = r
+                    .iter()
+                    .filter(|r| r["status"]["diagnosis"].is_object())
+                    .count();
+                if recorded == n + 1 {
+                    Ok(r)
+                } else {
+                    Err(format!("{recorded}"))
+                }
+            })
+            .await
+        }
+    };
+    let mut op = Operator::start_with(env, &ns, &HELM_CONTROLLER_IDENTITY, &relisting);
+    let first = every_target_recorded("a Remediation per failing target").await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    op.kill();
+    let _op = Operator::start_with(env, &ns, &HELM_CONTROLLER_IDENTITY, &relisting);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let last = every_target_recorded("still one Remediation per target").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let asked = retries.await.unwrap();
+    assert!(
+        asked >= 30,
+        "the source was asked to retry throughout ({asked} times)"
+    );
+    let names = |rs: &[Value]| {
+        let mut v: Vec<(String, String)> = rs
+            .iter()
+            .map(|r| {
+                (
+                    r["metadata"]["name"].as_str().unwrap().to_string(),
+                    r["status"]["root"]["name"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&first),
+        names(&last),
+        "the same records, with the same roots, throughout"
+    );
+    for r in &last {
+        assert!(
+            r["metadata"]["labels"]["fluxmedic.io/open"] == "true",
+            "still open: {}",
+            r["metadata"]["name"]
+        );
+    }
 }
 
 /// Remediations stay within a cap: a target that fails and recovers four times keeps only

@@ -28,7 +28,7 @@ use crate::{
         SEAL_ANNOTATION, SEQUENCE_ANNOTATION, Step, TARGET_LABEL, TargetRef,
     },
     diagnose::{self, Case, Diagnosis, Report, Snapshot},
-    error::{Error, Result},
+    error::{Error, Result, Stage},
     flux::{FluxKind, FluxObject, ObjectKey},
     incident::{
         self, Count, Effect, Facts, Input, IntentAt, Outcome, Record, Regarding, Seen, Trust,
@@ -165,7 +165,7 @@ pub async fn pass(ctx: &Arc<Context>) {
             .values()
             .filter_map(|r| r.metadata.uid.as_deref())
             .collect();
-        store.keep_only(&present);
+        store.keep_only(&present, now);
         let read: HashMap<(String, String), Record> = remediations
             .iter()
             .filter_map(|(k, r)| {
@@ -320,11 +320,12 @@ fn in_turns<T>(items: Vec<T>, group: impl Fn(&T) -> String) -> Vec<T> {
 fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
     match res {
         Ok(()) => ctx.backoff_reset(key),
-        Err(Error::NotLeader(_)) => {}
+        Err(e) if matches!(e.cause(), Error::NotLeader(_)) => {}
         Err(e) => {
             ctx.metrics.error(e.category());
             let delay = ctx.backoff_fail(key, now, e.category());
-            warn!(target = %key, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
+            let step = e.step().map(|s| s.to_string()).unwrap_or_default();
+            warn!(target = %key, step, category = e.category(), error = %e, retry_in_s = delay, "remediation step failed");
         }
     }
 }
@@ -480,8 +481,7 @@ struct Cur {
 }
 
 fn need(cur: &Option<Cur>) -> Result<&Cur> {
-    cur.as_ref()
-        .ok_or_else(|| Error::Precondition("an effect without a record".into()))
+    cur.as_ref().ok_or(Error::NoRecord)
 }
 
 /// Perform `effects` in order (the only IO of an incident), with the crash points between them.
@@ -501,28 +501,40 @@ async fn execute(
                 status,
                 intent,
             } => {
-                let (name, uid) =
-                    create_record(ctx, key, case, since, intent.as_ref(), &status).await?;
+                let (name, uid) = create_record(ctx, key, case, since, intent.as_ref(), &status)
+                    .await
+                    .map_err(Error::at(Stage::CreateRecord))?;
                 info!(target = %key, case = %case, remediation = %name, "incident detected");
                 cur = Some(Cur { name, case, uid });
                 if intent.is_none() {
-                    write_status(ctx, key, need(&cur)?, &status).await?;
+                    write_status(ctx, key, need(&cur)?, &status)
+                        .await
+                        .map_err(Error::at(Stage::WriteRecord))?;
                 }
             }
             Effect::Write(status) => {
-                write_status(ctx, key, need(&cur)?, &status).await?;
+                write_status(ctx, key, need(&cur)?, &status)
+                    .await
+                    .map_err(Error::at(Stage::WriteRecord))?;
             }
             Effect::Close(status) => {
                 let c = need(&cur)?;
-                label_closed(ctx, key, &c.name).await?;
-                write_status(ctx, key, c, &status).await?;
+                label_closed(ctx, key, &c.name)
+                    .await
+                    .map_err(Error::at(Stage::CloseRecord))?;
+                write_status(ctx, key, c, &status)
+                    .await
+                    .map_err(Error::at(Stage::CloseRecord))?;
                 info!(target = %key, phase = ?status.phase, "incident closed");
             }
             Effect::ReleaseHold => {
                 let c = need(&cur)?;
                 if let Some(o) = &obj {
                     let uid = o.uid.clone().unwrap_or_default();
-                    ctx.actuator.release_hold(key, &uid, &c.name).await?;
+                    ctx.actuator
+                        .release_hold(key, &uid, &c.name)
+                        .await
+                        .map_err(Error::at(Stage::ReleaseHold))?;
                 }
             }
             Effect::Perform {
@@ -533,7 +545,9 @@ async fn execute(
             } => {
                 let c = need(&cur)?.clone();
                 if intent == IntentAt::Status {
-                    write_status(ctx, key, &c, &status).await?;
+                    write_status(ctx, key, &c, &status)
+                        .await
+                        .map_err(Error::at(Stage::WriteRecord))?;
                 }
                 if intent != IntentAt::Recorded {
                     crash_point(&format!("{}:after-intent", action.name()));
@@ -541,7 +555,9 @@ async fn execute(
                     info!(target = %key, action = %action, "finishing a step interrupted by a restart");
                 }
                 let Some(o) = obj.clone() else {
-                    return Err(Error::Precondition(format!("{key} is gone")));
+                    return Err(Error::at(Stage::Act(action.name()))(Error::TargetGone(
+                        key.clone(),
+                    )));
                 };
                 if matches!(action, Action::Rollback { .. }) {
                     spawn_rollback(ctx, snap.clone(), o, c, action, token, *status);
@@ -627,7 +643,7 @@ async fn record_outcome(
                     if let Err(e) = &result {
                         ctx.metrics.error(e.category());
                     }
-                    return Err(write);
+                    return Err(Error::at(Stage::RecordOutcome)(write));
                 }
             }
             Effect::Count(c) => count(ctx, &key.namespace, c),
@@ -650,7 +666,9 @@ async fn record_outcome(
             _ => {}
         }
     }
-    result.map(|_| ())
+    result
+        .map(|_| ())
+        .map_err(Error::at(Stage::Act(action.name())))
 }
 
 /// A rollback runs off the pass: the target is busy until it ends; its outcome is recorded
@@ -734,7 +752,7 @@ async fn perform(
             let h = obj
                 .helm
                 .as_ref()
-                .ok_or_else(|| Error::Precondition("not a HelmRelease".into()))?;
+                .ok_or_else(|| Error::NotHelmRelease(obj.key.clone()))?;
             // Suspended by this step already (a restart finishing it): keep that suspension.
             let generation = if obj.suspended
                 && obj
@@ -827,7 +845,12 @@ async fn resume_orphan(ctx: &Arc<Context>, o: &FluxObject) -> Result<()> {
         .unwrap_or_default();
     warn!(target = %o.key, owner, "resuming a HelmRelease fluxmedic suspended and no record holds");
     let uid = o.uid.clone().unwrap_or_default();
-    if ctx.actuator.release_hold(&o.key, &uid, &owner).await? {
+    if ctx
+        .actuator
+        .release_hold(&o.key, &uid, &owner)
+        .await
+        .map_err(Error::at(Stage::ResumeOrphanedHold))?
+    {
         ctx.metrics.action("resume-orphan", "succeeded");
     }
     Ok(())
@@ -1166,7 +1189,7 @@ async fn write_status(
         .await
         .note(&cur.uid, status.sequence, !status.phase.is_open());
     let k = (out.namespace().unwrap_or_default(), out.name_any());
-    super::index::put_remediation(&mut *ctx.index.write().await, Some(out.clone()), k);
+    ctx.index.write().await.wrote_record(out.clone(), k);
     Ok(out)
 }
 
@@ -1262,7 +1285,7 @@ async fn create_record(
         };
         let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
         ctx.limiter.acquire().await?;
-        let created = api
+        let created = match api
             .create(
                 &PostParams {
                     field_manager: Some(FIELD_MANAGER.into()),
@@ -1270,16 +1293,27 @@ async fn create_record(
                 },
                 &rem,
             )
-            .await?;
+            .await
+        {
+            Ok(c) => c,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                // The record exists and the index has not shown it yet: read it, so the next
+                // pass continues that incident instead of opening another.
+                if let Some(existing) = api.get_opt(&name).await? {
+                    let k = (key.namespace.clone(), name.clone());
+                    super::index::put_remediation(&mut *ctx.index.write().await, Some(existing), k);
+                }
+                return Err(Error::Kube(kube::Error::Api(s)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         let uid = created.metadata.uid.clone().unwrap_or_default();
         ctx.ledger.write().await.note(&uid, sequence, false);
         let k = (key.namespace.clone(), name.clone());
-        super::index::put_remediation(&mut *ctx.index.write().await, Some(created), k);
+        ctx.index.write().await.wrote_record(created, k);
         return Ok((name, uid));
     }
-    Err(Error::Precondition(format!(
-        "no free Remediation name for {key}: 16 records of this failure exist"
-    )))
+    Err(Error::NoFreeName(key.clone()))
 }
 
 /// Keep at most `history_limit` closed records per target (fluxmedic's own only).

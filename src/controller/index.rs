@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Secret},
@@ -62,6 +62,12 @@ pub struct Index {
     /// Flux controllers' Deployments in the Flux namespace, and its pods (read-only).
     pub flux_deployments: BTreeMap<Key, DeploymentState>,
     pub flux_pods: BTreeMap<Key, PodState>,
+    /// Per watch relisting now (by name): the objects its list showed so far, and for a
+    /// Remediation watch also the records the engine wrote meanwhile. A list taken before
+    /// such a write does not show it, and dropping the record until its watch event arrives
+    /// would let a pass take the target for one without a record (and forget its ledger
+    /// entry): one incident would get two records.
+    relisting: BTreeMap<String, BTreeSet<Key>>,
 }
 
 impl Index {
@@ -96,7 +102,21 @@ impl Index {
     pub fn all_synced(&self) -> bool {
         self.synced.len() >= self.expected_watches
     }
+
+    /// The engine wrote (created or updated) record `key`: store it as written and keep it
+    /// through a relist under way whose list predates the write.
+    pub fn wrote_record(&mut self, r: Remediation, key: Key) {
+        for (watch, seen) in self.relisting.iter_mut() {
+            if watch.split('@').next() == Some(RECORDS_WATCH) {
+                seen.insert(key.clone());
+            }
+        }
+        put_remediation(self, Some(r), key);
+    }
 }
+
+/// The name of the watch of fluxmedic's records (before `@scope`).
+pub const RECORDS_WATCH: &str = "Remediation";
 
 pub type SharedIndex = Arc<RwLock<Index>>;
 
@@ -210,7 +230,6 @@ async fn drive<K, S>(
     S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
-    let mut seen: Option<BTreeSet<Key>> = None;
     loop {
         let ev = match stream.try_next().await {
             Ok(Some(ev)) => ev,
@@ -226,10 +245,12 @@ async fn drive<K, S>(
         }
         let mut idx = feed.index.write().await;
         match ev {
-            watcher::Event::Init => seen = Some(BTreeSet::new()),
+            watcher::Event::Init => {
+                idx.relisting.insert(name.clone(), BTreeSet::new());
+            }
             watcher::Event::InitApply(o) | watcher::Event::Apply(o) => {
                 let key = (o.namespace().unwrap_or_default(), o.name_any());
-                if let Some(s) = seen.as_mut() {
+                if let Some(s) = idx.relisting.get_mut(&name) {
                     s.insert(key.clone());
                 }
                 apply(&mut idx, o, &key);
@@ -238,7 +259,7 @@ async fn drive<K, S>(
                 delete(&mut idx, &(o.namespace().unwrap_or_default(), o.name_any()))
             }
             watcher::Event::InitDone => {
-                if let Some(s) = seen.take() {
+                if let Some(s) = idx.relisting.remove(&name) {
                     relisted(&mut idx, &s);
                 }
                 debug!(watch = %name, "initial list done");
@@ -386,20 +407,43 @@ pub async fn watch_own<K>(
         + 'static,
 {
     let api: Api<K> = api_for(client, &scope);
-    let stream = watcher(api, watcher_config(labels.as_deref())).backoff(watch_backoff());
     let sc = scope.clone();
     let relisted = move |idx: &mut Index, seen: &BTreeSet<Key>| {
         field(idx).retain(|k, _| !in_scope(&sc, &k.0) || seen.contains(k));
     };
-    drive(
-        stream,
-        scope_name(name, &scope),
-        feed,
-        |idx, o, key| put(idx, Some(o), key.clone()),
-        |idx, key| put(idx, None, key.clone()),
-        relisted,
-    )
-    .await
+    let relist_every = forced_relist(name);
+    loop {
+        let stream =
+            watcher(api.clone(), watcher_config(labels.as_deref())).backoff(watch_backoff());
+        let stream = match relist_every {
+            Some(d) => stream.take_until(tokio::time::sleep(d)).left_stream(),
+            None => stream.right_stream(),
+        };
+        drive(
+            stream,
+            scope_name(name, &scope),
+            feed.clone(),
+            |idx, o, key| put(idx, Some(o), key.clone()),
+            |idx, key| put(idx, None, key.clone()),
+            relisted.clone(),
+        )
+        .await;
+        if relist_every.is_none() {
+            return;
+        }
+    }
+}
+
+/// Fault injection for the tests (unset in production): `FLUXMEDIC_RELIST_EVERY=<watch>:<ms>`
+/// restarts that watch every so often, each time with a fresh list, as a watch that falls
+/// behind the API server's history does.
+fn forced_relist(watch: &str) -> Option<std::time::Duration> {
+    let v = std::env::var("FLUXMEDIC_RELIST_EVERY").ok()?;
+    let (w, ms) = v.split_once(':')?;
+    (w == watch)
+        .then(|| ms.parse().ok())
+        .flatten()
+        .map(std::time::Duration::from_millis)
 }
 
 pub fn put_policy(idx: &mut Index, p: Option<RemediationPolicy>, key: (String, String)) {
@@ -518,9 +562,13 @@ mod tests {
     use super::*;
 
     fn rem(rv: &str) -> Remediation {
+        named("r", rv)
+    }
+
+    fn named(name: &str, rv: &str) -> Remediation {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation",
-            "metadata": {"name": "r", "namespace": "ns", "resourceVersion": rv,
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv,
                 "managedFields": [{"manager": "fluxmedic", "operation": "Apply", "fieldsType": "FieldsV1",
                                    "fieldsV1": {"f:status": {"f:phase": {}}}}]},
             "spec": {"target": {"kind": "Kustomization", "name": "app", "namespace": "ns"},
@@ -544,5 +592,75 @@ mod tests {
         );
         put_remediation(&mut idx, None, key.clone());
         assert!(idx.remediations.is_empty());
+    }
+
+    /// A relist's list is taken right after it starts; a record the engine creates while the
+    /// list's objects are being delivered is not in it, and its watch event comes only after
+    /// the relist ends. Dropping it meanwhile let a pass see the target without its record
+    /// and open a second one (a storm recorded every consumer twice).
+    #[tokio::test]
+    async fn a_relist_keeps_what_the_engine_wrote_during_it_and_drops_what_is_gone() {
+        let feed = Feed {
+            index: Arc::new(RwLock::new(Index::default())),
+            notify: Arc::new(Notify::new()),
+        };
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        {
+            let mut idx = feed.index.write().await;
+            put_remediation(&mut idx, Some(named("listed", "1")), key("listed"));
+            put_remediation(&mut idx, Some(named("deleted", "2")), key("deleted"));
+        }
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let task = tokio::spawn(watch_records_from(rx, feed.clone()));
+        let send = |ev: watcher::Event<Remediation>| tx.unbounded_send(Ok(ev)).unwrap();
+        send(watcher::Event::Init);
+        feed.notify.notified().await;
+        send(watcher::Event::InitApply(named("listed", "1")));
+        feed.notify.notified().await;
+        // Created by the engine after the list was taken, before the relist ends.
+        feed.index
+            .write()
+            .await
+            .wrote_record(named("created", "5"), key("created"));
+        send(watcher::Event::InitDone);
+        feed.notify.notified().await;
+        let idx = feed.index.read().await;
+        let names: Vec<&str> = idx.remediations.keys().map(|k| k.1.as_str()).collect();
+        assert_eq!(
+            names,
+            ["created", "listed"],
+            "the deleted one dropped, the new one kept"
+        );
+        assert!(
+            idx.relisting.is_empty(),
+            "nothing left over for the next relist"
+        );
+        drop(idx);
+        // Outside a relist the engine's writes leave nothing behind either.
+        feed.index
+            .write()
+            .await
+            .wrote_record(named("later", "6"), key("later"));
+        assert!(feed.index.read().await.relisting.is_empty());
+        drop(tx);
+        task.await.unwrap();
+    }
+
+    async fn watch_records_from(
+        rx: futures::channel::mpsc::UnboundedReceiver<
+            Result<watcher::Event<Remediation>, watcher::Error>,
+        >,
+        feed: Feed,
+    ) {
+        let sc: Scope = Some("ns".into());
+        drive(
+            rx,
+            scope_name(RECORDS_WATCH, &sc),
+            feed,
+            |idx, o, key| put_remediation(idx, Some(o), key.clone()),
+            |idx, key| put_remediation(idx, None, key.clone()),
+            |idx, seen| idx.remediations.retain(|k, _| seen.contains(k)),
+        )
+        .await
     }
 }

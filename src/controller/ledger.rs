@@ -9,7 +9,7 @@
 //! down, which the next leader would otherwise take for a copy and freeze. Read when the
 //! process starts and whenever it becomes the leader (another replica wrote it meanwhile).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -27,6 +27,8 @@ use crate::{
 /// and each stays far below the 1 MiB object limit (about 25,000 records each).
 pub const BUCKETS: usize = 16;
 const PERSISTED: &str = "persisted";
+/// How long a record must be missing from the index before its ledger entry is forgotten.
+pub const FORGET_AFTER: i64 = 600;
 
 /// The ledger in memory, the sequence counter, and what is not persisted yet.
 #[derive(Debug, Default)]
@@ -37,6 +39,8 @@ pub struct LedgerStore {
     dirty: BTreeSet<usize>,
     /// Each bucket's ConfigMap as last read or written (its resourceVersion): `None` = absent.
     stored: BTreeMap<usize, Option<String>>,
+    /// Records in the ledger the index does not show, since when (seconds).
+    missing: HashMap<String, i64>,
 }
 
 fn bucket(uid: &str) -> usize {
@@ -68,18 +72,28 @@ impl LedgerStore {
         }
     }
 
-    /// Forget records that no longer exist (deleted, by fluxmedic or anyone): a copy
-    /// re-created later is then nobody's.
-    pub fn keep_only(&mut self, present: &HashSet<&str>) {
-        let gone: Vec<String> = self
-            .ledger
-            .records
-            .keys()
-            .filter(|u| !present.contains(u.as_str()))
-            .cloned()
-            .collect();
+    /// Forget records that no longer exist (deleted, by fluxmedic or anyone) once they have
+    /// been missing from the index for [`FORGET_AFTER`] seconds: the index can miss a record
+    /// for a moment (a watch relisting, an event not yet delivered), and a record whose entry
+    /// was forgotten reads as nobody's. A copy re-created later is nobody's either way (its uid
+    /// is new).
+    pub fn keep_only(&mut self, present: &HashSet<&str>, now: i64) {
+        let records = &self.ledger.records;
+        self.missing
+            .retain(|u, _| records.contains_key(u) && !present.contains(u.as_str()));
+        let mut gone = vec![];
+        for uid in self.ledger.records.keys() {
+            if present.contains(uid.as_str()) {
+                continue;
+            }
+            let since = *self.missing.entry(uid.clone()).or_insert(now);
+            if now.saturating_sub(since) >= FORGET_AFTER {
+                gone.push(uid.clone());
+            }
+        }
         for uid in gone {
             self.ledger.records.remove(&uid);
+            self.missing.remove(&uid);
             self.dirty.insert(bucket(&uid));
         }
     }
@@ -249,8 +263,20 @@ mod tests {
         assert!(s.ledger.records["u1"].closed);
         s.note("", 50, false);
         assert_eq!(s.ledger.records.len(), 1, "no uid, nothing to bind");
-        s.keep_only(&HashSet::new());
-        assert!(s.ledger.records.is_empty());
+        s.dirty.clear();
+        s.keep_only(&HashSet::new(), 1000);
+        s.keep_only(&HashSet::new(), 1000 + FORGET_AFTER - 1);
+        assert_eq!(s.ledger.records.len(), 1, "missing for a moment: kept");
+        assert!(s.dirty.is_empty());
+        s.keep_only(&HashSet::from(["u1"]), 1000 + FORGET_AFTER);
+        s.keep_only(&HashSet::new(), 1000 + FORGET_AFTER + 1);
+        assert_eq!(
+            s.ledger.records.len(),
+            1,
+            "seen again: its clock starts over"
+        );
+        s.keep_only(&HashSet::new(), 1000 + 2 * FORGET_AFTER + 1);
+        assert!(s.ledger.records.is_empty(), "gone for good: forgotten");
         assert!(!s.dirty.is_empty(), "a forgotten record is written out");
     }
 }

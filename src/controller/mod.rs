@@ -434,7 +434,7 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
             client.clone(),
             scope.clone(),
             feed.clone(),
-            "Remediation",
+            index::RECORDS_WATCH,
             Some(ctx.opts.own_records()),
             index::put_remediation,
             |i| &mut i.remediations,

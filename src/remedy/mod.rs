@@ -89,14 +89,12 @@ impl Actuator {
     /// that ServiceAccount (fluxmedic's own rights only let it ask).
     fn client_as(&self, who: &ServiceAccountRef) -> Result<Client> {
         if !who.is_valid() {
-            return Err(Error::Precondition(format!(
-                "no valid identity to act as ({:?}/{:?}): a Helm action never runs with fluxmedic's own rights",
+            return Err(Error::NoIdentity(format!(
+                "{:?}/{:?}",
                 who.namespace, who.name
             )));
         }
-        let mut config = self.config.clone().ok_or_else(|| {
-            Error::Precondition("this command cannot act as another identity".into())
-        })?;
+        let mut config = self.config.clone().ok_or(Error::CannotImpersonate)?;
         config.auth_info.impersonate = Some(who.username());
         config.auth_info.impersonate_groups = None;
         config.auth_info.impersonate_uid = None;
@@ -109,9 +107,7 @@ impl Actuator {
     fn helm_kubeconfig(&self, release: &ReleaseRef) -> Result<tempfile::NamedTempFile> {
         // Checked again here, not only by the caller: this file is what helm acts as.
         self.client_as(&release.identity)?;
-        let config = self.config.as_ref().ok_or_else(|| {
-            Error::Precondition("this command cannot act as another identity".into())
-        })?;
+        let config = self.config.as_ref().ok_or(Error::CannotImpersonate)?;
         let kc = kubeconfig::impersonating(config, &release.identity, &release.storage_namespace);
         let failed =
             |e: &dyn std::fmt::Display| Error::Helm(format!("cannot write helm's kubeconfig: {e}"));
@@ -178,9 +174,7 @@ impl Actuator {
         hold: &str,
     ) -> Result<Option<i64>> {
         if resource_version.is_empty() {
-            return Err(Error::Precondition(format!(
-                "no resourceVersion for {key}: not suspended on an unversioned view"
-            )));
+            return Err(Error::Unversioned(key.clone()));
         }
         let patch = json!({"metadata": {"uid": uid, "resourceVersion": resource_version,
                                         "annotations": {SUSPENDED_BY_ANNOTATION: owner, HOLD_ANNOTATION: hold}},
@@ -228,7 +222,7 @@ impl Actuator {
             async move {
                 let patch: json_patch::Patch =
                     serde_json::from_value(serde_json::Value::Array(ops))
-                        .map_err(|e| Error::Precondition(format!("bad JSON patch: {e}")))?;
+                        .map_err(|e| Error::BadPatch(e.to_string()))?;
                 api.patch(&key.name, &pp(), &Patch::<()>::Json(patch))
                     .await
                     .map_err(Error::from)
@@ -314,7 +308,7 @@ impl Actuator {
         rel.mark_failed(format!(
             "Rollback to {to_version} stopped by fluxmedic: {why}"
         ))
-        .map_err(Error::Precondition)?;
+        .map_err(Error::Codec)?;
         let mut d = secret.data.take().unwrap_or_default();
         d.insert("release".into(), ByteString(encode(rel).await?));
         secret.data = Some(d);
@@ -372,10 +366,10 @@ impl Actuator {
             }
         }
         if !stored.iter().any(|r| r.version == to_version) {
-            return Err(Error::Precondition(format!(
-                "revision {to_version} of {}/{} is gone from Helm storage",
-                release.storage_namespace, release.name
-            )));
+            return Err(Error::RevisionGone {
+                release: format!("{}/{}", release.storage_namespace, release.name),
+                revision: to_version,
+            });
         }
         self.throttle().await?;
         let helm_timeout = timeout.max(Duration::from_secs(30));
@@ -450,10 +444,11 @@ impl Actuator {
         expected: &ReleaseRef,
     ) -> Result<UnlockOutcome> {
         if ns != expected.storage_namespace {
-            return Err(Error::Precondition(format!(
-                "{ns}/{secret_name} is not in release {}'s storage namespace {}",
-                expected.name, expected.storage_namespace
-            )));
+            return Err(Error::NotReleaseStorage {
+                secret: format!("{ns}/{secret_name}"),
+                release: expected.name.clone(),
+                why: format!("its storage namespace is {}", expected.storage_namespace),
+            });
         }
         let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
         let Some(mut secret) = api.get_opt(secret_name).await? else {
@@ -461,19 +456,25 @@ impl Actuator {
         };
         let labels = secret.metadata.labels.clone().unwrap_or_default();
         let stored = StoredRelease::from_metadata(secret_name, ns, &labels).ok_or_else(|| {
-            Error::Precondition(format!("{ns}/{secret_name} is not a Helm release Secret"))
+            Error::NotReleaseStorage {
+                secret: format!("{ns}/{secret_name}"),
+                release: expected.name.clone(),
+                why: "not a Helm release Secret".into(),
+            }
         })?;
         let data = secret_data(&secret);
         let mut rel = decode(secret_name, data).await?;
         let payload_ns = rel.namespace();
         if stored.release != expected.name || payload_ns.is_some_and(|n| n != expected.namespace) {
-            return Err(Error::Precondition(format!(
-                "{ns}/{secret_name} holds release {}/{}, not {}/{}: not touched",
-                payload_ns.unwrap_or("?"),
-                stored.release,
-                expected.namespace,
-                expected.name
-            )));
+            return Err(Error::NotReleaseStorage {
+                secret: format!("{ns}/{secret_name}"),
+                release: format!("{}/{}", expected.namespace, expected.name),
+                why: format!(
+                    "it holds release {}/{}",
+                    payload_ns.unwrap_or("?"),
+                    stored.release
+                ),
+            });
         }
         let status = rel.status().unwrap_or("unknown").to_string();
         if !stored.status.is_pending() || !helm::ReleaseStatus(status.clone()).is_pending() {
@@ -495,7 +496,7 @@ impl Actuator {
             info!(secret = secret_name, ns, "deleted stale pending release");
             return Ok(UnlockOutcome::Deleted);
         }
-        let previous = rel.mark_unlocked().map_err(Error::Precondition)?;
+        let previous = rel.mark_unlocked().map_err(Error::Codec)?;
         let mut d = secret.data.take().unwrap_or_default();
         d.insert("release".into(), ByteString(encode(rel).await?));
         secret.data = Some(d);
@@ -558,11 +559,11 @@ async fn decode(name: &str, data: BTreeMap<String, Vec<u8>>) -> Result<helm::Rel
     let _one = DECODING
         .acquire()
         .await
-        .map_err(|e| Error::Precondition(e.to_string()))?;
+        .map_err(|e| Error::Codec(e.to_string()))?;
     let name = name.to_string();
     tokio::task::spawn_blocking(move || helm::decode_secret(&name, &data))
         .await
-        .map_err(|e| Error::Precondition(format!("decoding stopped: {e}")))?
+        .map_err(|e| Error::Codec(format!("decoding stopped: {e}")))?
         .map_err(Error::from)
 }
 
@@ -571,11 +572,11 @@ async fn encode(rel: helm::Release) -> Result<Vec<u8>> {
     let _one = DECODING
         .acquire()
         .await
-        .map_err(|e| Error::Precondition(e.to_string()))?;
+        .map_err(|e| Error::Codec(e.to_string()))?;
     tokio::task::spawn_blocking(move || rel.encode())
         .await
-        .map_err(|e| Error::Precondition(format!("encoding stopped: {e}")))?
-        .map_err(Error::Precondition)
+        .map_err(|e| Error::Codec(format!("encoding stopped: {e}")))?
+        .map_err(Error::Codec)
 }
 
 fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
