@@ -1,7 +1,7 @@
 //! The whole pure pipeline under arbitrary input, as the operator runs it: watch events
 //! (Flux objects, Helm storage, policies, records, forged or edited ones among them) go into
 //! the index, each round takes a snapshot, diagnoses it, and decides every target
-//! (`engine::decide`: policy selection, plan, incident lifecycle); the effects are performed on
+//! (`incident::decide`: policy selection, plan, incident lifecycle); the effects are performed on
 //! an in-memory record store the way the engine does (sealed), action outcomes drawn at random.
 //!
 //! For every input: no panic, and every effect stays inside what today's policy allows:
@@ -18,14 +18,11 @@ use fluxmedic::{
         Remediation, RemediationPolicy, RemediationSpec, RemediationStatus, SEAL_ANNOTATION,
         SEQUENCE_ANNOTATION, SUSPENDED_BY_ANNOTATION, TargetRef,
     },
-    controller::{
-        engine::{Scene, decide},
-        index::{self, Index},
-    },
+    controller::index::{self, Index},
     diagnose::{self, Case},
     flux::{FluxKind, ObjectKey},
     incident::{
-        self, Effect, Outcome, Record, Trust,
+        self, Effect, Outcome, Record, Scene, Trust, decide,
         seal::{RecordId, Sealer},
     },
     policy::{self, Action, Policy},
@@ -503,20 +500,8 @@ impl World {
         st
     }
 
-    /// One evaluation pass: decide every target, check every effect, perform them.
-    fn pass(&mut self, outcomes: &mut impl Iterator<Item = bool>) -> Result<(), TestCaseError> {
-        // As the executor does: forget records that no longer exist.
-        let present: std::collections::HashSet<String> = self
-            .records
-            .values()
-            .filter_map(|r| r.metadata.uid.clone())
-            .collect();
-        self.ledger.records.retain(|uid, _| present.contains(uid));
-        for (k, r) in &self.records {
-            self.idx
-                .remediations
-                .insert(k.clone(), std::sync::Arc::new(r.clone()));
-        }
+    /// The snapshot and the policies as the operator sees them.
+    fn inputs(&self) -> (fluxmedic::diagnose::Snapshot, Vec<Policy>) {
         let mut snap = self.idx.snapshot(NOW);
         // As the operator is told where helm-controller's Deployment cannot be read.
         snap.helm_controller = Some(fluxmedic::flux::HelmControllerIdentity::Unrestricted {
@@ -525,7 +510,6 @@ impl World {
                 "helm-controller",
             ),
         });
-        let report = diagnose::diagnose(&snap);
         let policies: Vec<Policy> = self
             .idx
             .policies
@@ -540,6 +524,25 @@ impl World {
                 .map(|pol| pol.with_approvals(&p.metadata.annotations.clone().unwrap_or_default()))
             })
             .collect();
+        (snap, policies)
+    }
+
+    /// One evaluation pass: decide every target, check every effect, perform them.
+    fn pass(&mut self, outcomes: &mut impl Iterator<Item = bool>) -> Result<(), TestCaseError> {
+        // As the executor does: forget records that no longer exist.
+        let present: std::collections::HashSet<String> = self
+            .records
+            .values()
+            .filter_map(|r| r.metadata.uid.clone())
+            .collect();
+        self.ledger.records.retain(|uid, _| present.contains(uid));
+        for (k, r) in &self.records {
+            self.idx
+                .remediations
+                .insert(k.clone(), std::sync::Arc::new(r.clone()));
+        }
+        let (snap, policies) = self.inputs();
+        let report = diagnose::diagnose(&snap);
         let breakers = policy::Breakers::new(
             report.diagnoses.iter().map(|d| d.target.namespace.as_str()),
             &policies,
@@ -861,6 +864,56 @@ proptest! {
             world.pass(&mut outcomes)?;
             // A second pass on the same state: decisions are stable (no flapping writes).
             world.pass(&mut outcomes)?;
+        }
+    }
+
+    /// `fluxmedic diagnose` says what the operator would do: for every failing object of an
+    /// arbitrary snapshot and set of policies, the action it names is the one the operator's
+    /// first pass performs, and the reason it gives for waiting is the one the operator records.
+    #[test]
+    fn diagnose_answers_what_the_operator_would_do(events in prop::collection::vec(arb_event(), 1..24)) {
+        let mut world = World::new();
+        for ev in &events {
+            world.apply(ev);
+        }
+        let (snap, policies) = world.inputs();
+        let (report, rows) = fluxmedic::cli::evaluate(&snap, &policies, OPERATOR_NS, 1000);
+        prop_assert_eq!(rows.len(), report.diagnoses.len());
+        let breakers = policy::Breakers::new(
+            report.diagnoses.iter().map(|d| d.target.namespace.as_str()),
+            &policies,
+            OPERATOR_NS,
+            1000,
+        );
+        let scene = Scene {
+            snap: &snap,
+            report: &report,
+            policies: &policies,
+            operator_namespace: OPERATOR_NS,
+            breakers: &breakers,
+        };
+        for (d, row) in report.diagnoses.iter().zip(&rows) {
+            prop_assert_eq!(&row.name, &d.target.name);
+            let effects = decide(&scene, &d.target, Some(d), None, "token", "nonce");
+            let performed = effects.iter().find_map(|e| match e {
+                Effect::Perform { action, .. } => Some(action.to_string()),
+                _ => None,
+            });
+            let recorded = effects.iter().find_map(|e| match e {
+                Effect::Open { status, .. } => Some(status.blocked.clone().unwrap_or_default()),
+                _ => None,
+            });
+            match (&row.action, &row.blocked) {
+                (Some(a), None) => prop_assert_eq!(performed.as_ref(), Some(a), "{:?}", effects),
+                (_, Some(why)) => {
+                    prop_assert_eq!(performed, None, "{}: {}", d.target, why);
+                    // Off records nothing; otherwise the record says the same reason.
+                    if let Some(text) = recorded {
+                        prop_assert!(text.contains(why.as_str()), "{} recorded {:?}, diagnose says {:?}", d.target, text, why);
+                    }
+                }
+                (None, None) => prop_assert_eq!(performed, None),
+            }
         }
     }
 }

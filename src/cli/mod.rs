@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::{
     diagnose::{self, Case, Evidence, NativeState, Report, Snapshot},
-    policy::{self, IncidentView, PlanContext, Policy},
+    incident,
+    policy::{self, Policy},
 };
 
 /// One line of the report: what is wrong and what fluxmedic would do.
@@ -50,31 +51,27 @@ pub fn evaluate(
         operator_ns,
         breaker_default,
     );
+    let scene = incident::Scene {
+        snap,
+        report: &report,
+        policies,
+        operator_namespace: operator_ns,
+        breakers: &breakers,
+    };
     let rows = report
         .diagnoses
         .iter()
-        .map(|d| {
-            let obj = &snap.objects[&d.target];
-            let (p, _) = policy::select(policies, obj, operator_ns);
-            let ctx = PlanContext {
-                snapshot: snap,
-                failing_targets: breakers.failing(&d.target.namespace),
-                circuit_breaker: breakers.threshold(&d.target.namespace),
-                shared_root: report.shared_roots.iter().any(|(k, _)| k == &d.target),
-                operator_namespace: operator_ns,
-                controllers_down: &report.controllers_down,
-            };
-            let inc = IncidentView {
-                detected_at: snap.now,
-                ..Default::default()
-            };
-            let dec = policy::plan(d, obj, p, &inc, &ctx);
+        .filter_map(|d| {
+            // The operator's own planning, for a new incident of this failure.
+            let planned = incident::plan_target(&scene, &d.target, Some(d), None);
+            let p = planned.policy;
+            let dec = planned.decision?;
             let action = match (&dec.planned, &dec.blocked) {
                 (Some(a), None) => Some(a.to_string()),
                 (Some(a), Some(_)) => Some(format!("({a})")),
                 _ => None,
             };
-            Row {
+            Some(Row {
                 kind: d.target.kind.to_string(),
                 namespace: d.target.namespace.clone(),
                 name: d.target.name.clone(),
@@ -91,7 +88,7 @@ pub fn evaluate(
                 blocked: dec.blocked.map(|b| b.to_string()),
                 policy: p.map(Policy::id),
                 evidence: d.evidence.clone(),
-            }
+            })
         })
         .collect();
     (report, rows)

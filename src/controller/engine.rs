@@ -31,10 +31,9 @@ use crate::{
     error::{Error, Result, Stage},
     flux::{FluxKind, FluxObject, ObjectKey},
     incident::{
-        self, Count, Effect, Facts, Input, IntentAt, Outcome, Record, Regarding, Seen, Trust,
-        seal::RecordId,
+        self, Count, Effect, Facts, IntentAt, Outcome, Record, Regarding, Trust, seal::RecordId,
     },
-    policy::{self, Action, PlanContext, Policy, source_revision},
+    policy::{self, Action, Policy, source_revision},
     remedy::{UnlockOutcome, fresh_token},
     telemetry::{CaseLabels, ReasonLabels},
 };
@@ -341,8 +340,8 @@ async fn handle(
 ) -> Result<()> {
     let token = fresh_token();
     let nonce = fresh_nonce();
-    let effects = decide(
-        &Scene {
+    let effects = incident::decide(
+        &incident::Scene {
             snap,
             report,
             policies,
@@ -370,105 +369,6 @@ async fn handle(
         .map(|t| t.as_second())
         .unwrap_or(snap.now);
     execute(ctx, snap, &w.key, obj, cur, since, effects).await
-}
-
-/// What every target of a pass is decided against.
-#[derive(Clone, Copy)]
-pub struct Scene<'a> {
-    pub snap: &'a Snapshot,
-    pub report: &'a Report,
-    pub policies: &'a [Policy],
-    pub operator_namespace: &'a str,
-    /// The circuit breaker of each namespace.
-    pub breakers: &'a policy::Breakers,
-}
-
-/// The whole decision for one target, pure: its governing policy, today's plan, and what its
-/// incident's lifecycle makes of them. The engine performs the effects; the property tests
-/// drive this with arbitrary objects, policies and records.
-pub fn decide(
-    scene: &Scene<'_>,
-    key: &ObjectKey,
-    diagnosis: Option<&Diagnosis>,
-    record: Option<&Record>,
-    token: &str,
-    nonce: &str,
-) -> Vec<Effect> {
-    let snap = scene.snap;
-    let now = snap.now;
-    let obj = snap.objects.get(key).map(|o| &**o);
-    let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
-    // A new case is a new incident (its record supersedes this one): plan it as one. The old
-    // record's approval, attempts and cooldown were given for another case; an approval of a
-    // retry must never become the approval of an unlock. A record that holds a suspension or
-    // has a step to finish is still handled as itself.
-    let superseded = record.is_some_and(|r| {
-        diagnosis.is_some_and(|d| d.case != r.case)
-            && r.status.hold.is_none()
-            && r.status.frozen.is_none()
-            && r.interrupted().is_none()
-    });
-    let view = record
-        .filter(|_| !superseded)
-        .map(|r| {
-            let approved = r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
-                policy.and_then(|p| p.decided(id, &r.path()))
-            });
-            r.view(now, approved)
-        })
-        .unwrap_or_else(|| incident::new_incident_view(now));
-    let pctx = PlanContext {
-        snapshot: snap,
-        failing_targets: scene.breakers.failing(&key.namespace),
-        circuit_breaker: scene.breakers.threshold(&key.namespace),
-        shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
-        operator_namespace: scene.operator_namespace,
-        controllers_down: &scene.report.controllers_down,
-    };
-    let decision = match (diagnosis, obj) {
-        (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &pctx)),
-        _ => None,
-    };
-    let seen = match (diagnosis, &decision, obj) {
-        (Some(d), Some(dec), _) => Seen::Failing {
-            diagnosis: d,
-            decision: dec,
-        },
-        (_, _, None) => Seen::Gone,
-        (_, _, Some(o)) if o.is_ready() => Seen::Ready,
-        _ => Seen::Pending,
-    };
-    let recheck = match (record, diagnosis, obj) {
-        (Some(r), None, Some(o)) => r.interrupted().and_then(|(a, _)| {
-            a.and_then(|a| policy::recheck(&a, r.case, o, policy, &view, &pctx))
-        }),
-        _ => None,
-    };
-    incident::next(&Input {
-        record,
-        target: obj,
-        seen,
-        source_revision: obj.and_then(|o| source_revision(snap, o)),
-        secret: obj.and_then(|o| policy::observed_secret(snap, o)),
-        recheck,
-        escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
-        controller_down: obj.and_then(|o| {
-            scene
-                .report
-                .controllers_down
-                .get(crate::diagnose::controllers::controller_of(o.key.kind))
-                .map(String::as_str)
-        }),
-        policy: policy.map(Policy::id),
-        now,
-        token,
-        rejected: record.and_then(|r| {
-            r.rejected_request(policy.map(|p| p.namespace.as_str()), &|id| {
-                policy.and_then(|p| p.decided(id, &r.path()))
-            })
-        }),
-        nonce,
-    })
 }
 
 /// The record the effects are about: the target's open one, or the one an Open created.

@@ -31,9 +31,12 @@
 //! - Nothing is written while nothing changes: waits carry a due time, not a countdown.
 
 pub mod conditions;
+mod decide;
 pub mod seal;
 #[cfg(test)]
 mod tests;
+
+pub use decide::{Planned, Scene, decide, plan_target};
 
 use crate::{
     api::{
@@ -606,8 +609,18 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
         d.summary
     );
     let mut out = vec![];
-    let first = dec.act().filter(|_| !dec.escalate).cloned();
-    match first {
+    // Escalated at once when due (as on any later pass): a person is told; the first action
+    // is taken all the same, within the policy's limits.
+    let mut escalation = vec![];
+    escalate(
+        d.case,
+        &d.target,
+        &mut status,
+        dec.escalate,
+        &d.summary,
+        &mut escalation,
+    );
+    match dec.act().cloned() {
         Some(action) => {
             begin_step(&mut status, &action, inp.token, inp.now);
             let intent = status.steps.last().cloned();
@@ -617,6 +630,7 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
                 intent,
             });
             push_detected(&mut out, d, inp.now, since, note);
+            out.extend(escalation);
             out.push(Effect::Perform {
                 action,
                 token: inp.token.to_string(),
@@ -633,6 +647,7 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
                 intent: None,
             });
             push_detected(&mut out, d, inp.now, since, note);
+            out.extend(escalation);
             out.extend(waits);
         }
     }
@@ -800,7 +815,8 @@ fn request_approval(status: &mut RemediationStatus, dec: &Decision, inp: &Input<
 
 /// Escalate once, when due; holds and actions are not affected.
 fn escalate(
-    rec: &Record,
+    case: Case,
+    target: &ObjectKey,
     status: &mut RemediationStatus,
     due: bool,
     summary: &str,
@@ -810,7 +826,7 @@ fn escalate(
         return;
     }
     status.phase = Phase::Escalated;
-    out.push(Effect::Count(Count::Escalation(rec.case)));
+    out.push(Effect::Count(Count::Escalation(case)));
     out.push(event(
         Regarding::Target,
         true,
@@ -818,7 +834,7 @@ fn escalate(
         "Escalate",
         format!(
             "{} has been failing since {} ({summary}); a person is needed",
-            rec.target,
+            target,
             status.detected_at.clone().unwrap_or_default()
         ),
     ));
@@ -833,7 +849,7 @@ fn stuck(rec: &Record, inp: &Input<'_>) -> Vec<Effect> {
     };
     let mut status = rec.status.clone();
     let mut out = vec![];
-    escalate(rec, &mut status, true, why, &mut out);
+    escalate(rec.case, &rec.target, &mut status, true, why, &mut out);
     status.blocked = Some(Blocked::ControllerDown(why.to_string()).to_string());
     status.next_action_at = None;
     if let Some(d) = status.diagnosis.as_mut()
@@ -863,7 +879,14 @@ fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<
     status.policy = inp.policy.clone();
     status.mode = Some(dec.mode);
     let mut out = vec![];
-    escalate(rec, &mut status, dec.escalate, &d.summary, &mut out);
+    escalate(
+        rec.case,
+        &rec.target,
+        &mut status,
+        dec.escalate,
+        &d.summary,
+        &mut out,
+    );
     if let Some(action) = dec.act().cloned() {
         begin_step(&mut status, &action, inp.token, inp.now);
         out.push(Effect::Perform {
@@ -989,7 +1012,14 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
         .as_ref()
         .map(|d| d.summary.clone())
         .unwrap_or_default();
-    escalate(rec, &mut status, inp.escalate, &summary, &mut out);
+    escalate(
+        rec.case,
+        &rec.target,
+        &mut status,
+        inp.escalate,
+        &summary,
+        &mut out,
+    );
     if new_generation || new_revision {
         begin_step(&mut status, &Action::Resume, inp.token, inp.now);
         out.push(Effect::Perform {

@@ -340,6 +340,74 @@ fn a_new_failure_opens_one_record_and_acts_in_the_same_write() {
     assert!(fx.contains(&Effect::Count(Count::Incident(Case::FailedRelease))));
 }
 
+/// A failure due for escalation from the start (the policy's `escalateAfter: 0s`, Flux
+/// retrying without end) is escalated at once and still gets its first action, as it would on
+/// any later pass: escalating tells a person, it does not stop fluxmedic. (It used to skip the
+/// action and record "no runbook action" for that first pass only.)
+#[test]
+fn a_new_failure_due_for_escalation_is_escalated_and_acted_on_at_once() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let dec = Decision {
+        escalate: true,
+        ..acts(Action::RetryRelease { with_source: None })
+    };
+    let fx = next(&input(
+        None,
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(
+        matches!(
+            fx[0],
+            Effect::Open {
+                intent: Some(_),
+                ..
+            }
+        ),
+        "{fx:?}"
+    );
+    assert_eq!(performs(&fx).len(), 1, "the first action is taken");
+    let st = written(&fx).unwrap();
+    assert_eq!(st.phase, Phase::Escalated);
+    assert!(fx.contains(&Effect::Count(Count::Escalation(Case::FailedRelease))));
+    let escalated = fx
+        .iter()
+        .position(|e| matches!(e, Effect::Event { reason, .. } if *reason == "Escalated"))
+        .expect("a person is told");
+    assert!(
+        escalated > 0,
+        "told after the record exists, so the Event names it"
+    );
+    // Waiting instead: escalated, and the record says why it waits.
+    let dec = Decision {
+        escalate: true,
+        ..blocked(
+            Some(Action::RetryRelease { with_source: None }),
+            Blocked::AwaitingApproval,
+        )
+    };
+    let fx = next(&input(
+        None,
+        Some(&o),
+        Seen::Failing {
+            diagnosis: &d,
+            decision: &dec,
+        },
+    ));
+    assert!(performs(&fx).is_empty());
+    let st = written(&fx).unwrap();
+    assert_eq!(st.phase, Phase::Escalated);
+    assert!(
+        st.blocked.as_deref().unwrap().contains("approval"),
+        "{:?}",
+        st.blocked
+    );
+}
+
 #[test]
 fn a_new_failure_that_must_wait_records_why_and_off_records_nothing() {
     let o = hr(None, 3);

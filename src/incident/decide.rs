@@ -1,0 +1,144 @@
+//! The whole decision for one target, pure: its governing policy, today's plan, and what its
+//! incident's lifecycle makes of them. The engine performs the effects; `fluxmedic diagnose`
+//! shows the plan; both go through [`plan_target`], so the command line can never answer
+//! differently from the operator for the same snapshot, policies and records.
+
+use super::{Effect, Input, Record, Seen};
+use crate::{
+    diagnose::{Diagnosis, Report, Snapshot},
+    flux::ObjectKey,
+    policy::{self, Decision, IncidentView, PlanContext, Policy, source_revision},
+};
+
+/// What every target of a pass is decided against.
+#[derive(Clone, Copy)]
+pub struct Scene<'a> {
+    pub snap: &'a Snapshot,
+    pub report: &'a Report,
+    pub policies: &'a [Policy],
+    pub operator_namespace: &'a str,
+    /// The circuit breaker of each namespace.
+    pub breakers: &'a policy::Breakers,
+}
+
+/// One target's plan: the policy that governs it, the incident as the plan saw it, and the
+/// decision (`None` when the target is not failing or gone).
+pub struct Planned<'a> {
+    pub policy: Option<&'a Policy>,
+    pub view: IncidentView,
+    pub decision: Option<Decision>,
+    pub context: PlanContext<'a>,
+}
+
+/// Plan one target: its policy, its incident (a new one when `record` is absent or was for
+/// another case), and today's decision.
+pub fn plan_target<'a>(
+    scene: &Scene<'a>,
+    key: &ObjectKey,
+    diagnosis: Option<&Diagnosis>,
+    record: Option<&Record>,
+) -> Planned<'a> {
+    let snap = scene.snap;
+    let now = snap.now;
+    let obj = snap.objects.get(key).map(|o| &**o);
+    let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
+    // A new case is a new incident (its record supersedes this one): plan it as one. The old
+    // record's approval, attempts and cooldown were given for another case; an approval of a
+    // retry must never become the approval of an unlock. A record that holds a suspension or
+    // has a step to finish is still handled as itself.
+    let superseded = record.is_some_and(|r| {
+        diagnosis.is_some_and(|d| d.case != r.case)
+            && r.status.hold.is_none()
+            && r.status.frozen.is_none()
+            && r.interrupted().is_none()
+    });
+    let view = record
+        .filter(|_| !superseded)
+        .map(|r| {
+            let approved = r.approved_action(policy.map(|p| p.namespace.as_str()), &|id| {
+                policy.and_then(|p| p.decided(id, &r.path()))
+            });
+            r.view(now, approved)
+        })
+        .unwrap_or_else(|| super::new_incident_view(now));
+    let context = PlanContext {
+        snapshot: snap,
+        failing_targets: scene.breakers.failing(&key.namespace),
+        circuit_breaker: scene.breakers.threshold(&key.namespace),
+        shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
+        operator_namespace: scene.operator_namespace,
+        controllers_down: &scene.report.controllers_down,
+    };
+    let decision = match (diagnosis, obj) {
+        (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &context)),
+        _ => None,
+    };
+    Planned {
+        policy,
+        view,
+        decision,
+        context,
+    }
+}
+
+/// The effects for one target: [`plan_target`], then the incident's lifecycle
+/// ([`super::next`]). The property tests drive this with arbitrary objects, policies and
+/// records.
+pub fn decide(
+    scene: &Scene<'_>,
+    key: &ObjectKey,
+    diagnosis: Option<&Diagnosis>,
+    record: Option<&Record>,
+    token: &str,
+    nonce: &str,
+) -> Vec<Effect> {
+    let snap = scene.snap;
+    let now = snap.now;
+    let obj = snap.objects.get(key).map(|o| &**o);
+    let Planned {
+        policy,
+        view,
+        decision,
+        context,
+    } = plan_target(scene, key, diagnosis, record);
+    let seen = match (diagnosis, &decision, obj) {
+        (Some(d), Some(dec), _) => Seen::Failing {
+            diagnosis: d,
+            decision: dec,
+        },
+        (_, _, None) => Seen::Gone,
+        (_, _, Some(o)) if o.is_ready() => Seen::Ready,
+        _ => Seen::Pending,
+    };
+    let recheck = match (record, diagnosis, obj) {
+        (Some(r), None, Some(o)) => r.interrupted().and_then(|(a, _)| {
+            a.and_then(|a| policy::recheck(&a, r.case, o, policy, &view, &context))
+        }),
+        _ => None,
+    };
+    super::next(&Input {
+        record,
+        target: obj,
+        seen,
+        source_revision: obj.and_then(|o| source_revision(snap, o)),
+        secret: obj.and_then(|o| policy::observed_secret(snap, o)),
+        recheck,
+        escalate: policy.is_some_and(|p| policy::escalates(p, &view, now)),
+        controller_down: obj.and_then(|o| {
+            scene
+                .report
+                .controllers_down
+                .get(crate::diagnose::controllers::controller_of(o.key.kind))
+                .map(String::as_str)
+        }),
+        policy: policy.map(Policy::id),
+        now,
+        token,
+        rejected: record.and_then(|r| {
+            r.rejected_request(policy.map(|p| p.namespace.as_str()), &|id| {
+                policy.and_then(|p| p.decided(id, &r.path()))
+            })
+        }),
+        nonce,
+    })
+}
