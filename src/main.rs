@@ -64,86 +64,116 @@ impl KubeArgs {
 /// `fluxmedic diagnose --exit-code`: Flux objects are failing.
 const EXIT_FAILING: u8 = 3;
 
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// The operator's namespace (policies here may cover other namespaces).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
+    namespace: String,
+    /// Only act in these namespaces (comma-separated; default all).
+    #[arg(long, value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Where /metrics, /healthz and /readyz are served.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Targets evaluated and acted upon at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Circuit breaker threshold when no policy in the operator's namespace sets one.
+    #[arg(long, default_value_t = 20)]
+    circuit_breaker: u32,
+    /// Closed Remediations kept per target.
+    #[arg(long, default_value_t = 5)]
+    history_limit: usize,
+    /// Seconds between periodic re-evaluations.
+    #[arg(long, default_value_t = 5)]
+    tick_seconds: u64,
+    /// The helm binary used for rollbacks (Helm 4, as helm-controller v1.5+ uses).
+    #[arg(long, env = "FLUXMEDIC_HELM", default_value = "helm")]
+    helm: PathBuf,
+    /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
+    #[arg(long)]
+    log_json: bool,
+    /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
+    #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
+    log_level: String,
+    /// Run with others: hold the `fluxmedic-leader` Lease in --namespace to act.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Client-side limit on API writes per second (a storm cannot become a write storm).
+    #[arg(long, default_value_t = 20)]
+    max_writes_per_second: u32,
+    /// Serve one shard of a sharded Flux: only Flux objects matching this label selector
+    /// (as the shard's controllers run with `--watch-label-selector`); a Lease per shard.
+    #[arg(long)]
+    watch_label_selector: Option<String>,
+    /// Post occurrences as Flux events to notification-controller's event server (e.g.
+    /// http://notification-controller.flux-system.svc.cluster.local./), so Flux Alerts
+    /// show them.
+    #[arg(long)]
+    events_addr: Option<String>,
+    /// Seconds a reconcile request may stay unhandled (beyond the object's own timeout)
+    /// before its Flux controller counts as not working: escalated at once, and nothing is
+    /// done through it meanwhile.
+    #[arg(long, default_value_t = 120)]
+    controller_timeout_seconds: u64,
+    /// Do not check unreachable sources' hosts from here (DNS, TCP, TLS; no credentials
+    /// sent) for git-unreachable evidence: for clusters whose egress must stay quiet.
+    #[arg(long)]
+    no_source_probes: bool,
+    /// The namespace Flux's controllers run in as Deployments: their pods are watched
+    /// (read-only) so a crash-looping, unschedulable or scaled-down controller is escalated
+    /// at once. Empty: not watched (then only unhandled reconcile requests tell).
+    #[arg(long, default_value = "flux-system")]
+    flux_namespace: String,
+    /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
+    /// its own rights as this ServiceAccount (`namespace/name`, e.g.
+    /// flux-system/helm-controller). Helm actions then run as that ServiceAccount.
+    #[arg(long, conflicts_with = "helm_default_service_account")]
+    helm_controller_service_account: Option<String>,
+    /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
+    /// Flux's lockdown `--default-service-account=<name>`. Helm actions on a HelmRelease
+    /// without spec.serviceAccountName then run as that ServiceAccount of its namespace.
+    #[arg(long)]
+    helm_default_service_account: Option<String>,
+    /// Allow the DeletePendingRelease action (policies may ask for it only when this is
+    /// set; the chart sets it with deletePendingRelease.enabled, with the RBAC it needs).
+    #[arg(long)]
+    allow_delete_pending_release: bool,
+}
+
+#[derive(clap::Args)]
+struct ReleaseHoldsArgs {
+    #[command(flatten)]
+    kube: KubeArgs,
+    /// The operator's namespace (its seal key and Deployment).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
+    namespace: String,
+    /// Only these namespaces (comma-separated; default all), as the operator ran.
+    #[arg(long, value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// The operator's shard, as it ran.
+    #[arg(long)]
+    watch_label_selector: Option<String>,
+    /// Scale this Deployment (in --namespace) to 0 and wait for it first.
+    #[arg(long)]
+    stop_deployment: Option<String>,
+    /// Seconds to wait for the replicas to stop.
+    #[arg(long, default_value_t = 120)]
+    stop_timeout_seconds: u64,
+    /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
+    #[arg(long)]
+    log_json: bool,
+    /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
+    #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
+    log_level: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the operator (uses the kubeconfig or the in-cluster service account).
-    Run {
-        #[command(flatten)]
-        kube: KubeArgs,
-        /// The operator's namespace (policies here may cover other namespaces).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
-        namespace: String,
-        /// Only act in these namespaces (comma-separated; default all).
-        #[arg(long, value_delimiter = ',')]
-        watch_namespaces: Vec<String>,
-        /// Where /metrics, /healthz and /readyz are served.
-        #[arg(long, default_value = "0.0.0.0:8080")]
-        metrics_addr: SocketAddr,
-        /// Targets evaluated and acted upon at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Circuit breaker threshold when no policy in the operator's namespace sets one.
-        #[arg(long, default_value_t = 20)]
-        circuit_breaker: u32,
-        /// Closed Remediations kept per target.
-        #[arg(long, default_value_t = 5)]
-        history_limit: usize,
-        /// Seconds between periodic re-evaluations.
-        #[arg(long, default_value_t = 5)]
-        tick_seconds: u64,
-        /// The helm binary used for rollbacks (Helm 4, as helm-controller v1.5+ uses).
-        #[arg(long, env = "FLUXMEDIC_HELM", default_value = "helm")]
-        helm: PathBuf,
-        /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
-        #[arg(long)]
-        log_json: bool,
-        /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
-        #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
-        log_level: String,
-        /// Run with others: hold the `fluxmedic-leader` Lease in --namespace to act.
-        #[arg(long)]
-        leader_elect: bool,
-        /// Client-side limit on API writes per second (a storm cannot become a write storm).
-        #[arg(long, default_value_t = 20)]
-        max_writes_per_second: u32,
-        /// Serve one shard of a sharded Flux: only Flux objects matching this label selector
-        /// (as the shard's controllers run with `--watch-label-selector`); a Lease per shard.
-        #[arg(long)]
-        watch_label_selector: Option<String>,
-        /// Post occurrences as Flux events to notification-controller's event server (e.g.
-        /// http://notification-controller.flux-system.svc.cluster.local./), so Flux Alerts
-        /// show them.
-        #[arg(long)]
-        events_addr: Option<String>,
-        /// Seconds a reconcile request may stay unhandled (beyond the object's own timeout)
-        /// before its Flux controller counts as not working: escalated at once, and nothing is
-        /// done through it meanwhile.
-        #[arg(long, default_value_t = 120)]
-        controller_timeout_seconds: u64,
-        /// Do not check unreachable sources' hosts from here (DNS, TCP, TLS; no credentials
-        /// sent) for git-unreachable evidence: for clusters whose egress must stay quiet.
-        #[arg(long)]
-        no_source_probes: bool,
-        /// The namespace Flux's controllers run in as Deployments: their pods are watched
-        /// (read-only) so a crash-looping, unschedulable or scaled-down controller is escalated
-        /// at once. Empty: not watched (then only unhandled reconcile requests tell).
-        #[arg(long, default_value = "flux-system")]
-        flux_namespace: String,
-        /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
-        /// its own rights as this ServiceAccount (`namespace/name`, e.g.
-        /// flux-system/helm-controller). Helm actions then run as that ServiceAccount.
-        #[arg(long, conflicts_with = "helm_default_service_account")]
-        helm_controller_service_account: Option<String>,
-        /// Where helm-controller's Deployment cannot be read in --flux-namespace: it runs with
-        /// Flux's lockdown `--default-service-account=<name>`. Helm actions on a HelmRelease
-        /// without spec.serviceAccountName then run as that ServiceAccount of its namespace.
-        #[arg(long)]
-        helm_default_service_account: Option<String>,
-        /// Allow the DeletePendingRelease action (policies may ask for it only when this is
-        /// set; the chart sets it with deletePendingRelease.enabled, with the RBAC it needs).
-        #[arg(long)]
-        allow_delete_pending_release: bool,
-    },
+    Run(RunArgs),
     /// Diagnose Flux failures from a dump (or the live cluster) and show what fluxmedic would do.
     Diagnose {
         #[command(flatten)]
@@ -208,31 +238,7 @@ enum Command {
     /// Before uninstalling: stop the operator, then resume every HelmRelease fluxmedic holds
     /// suspended (only holds it sealed; a person's suspension is left alone). The chart's
     /// pre-delete hook runs this.
-    ReleaseHolds {
-        #[command(flatten)]
-        kube: KubeArgs,
-        /// The operator's namespace (its seal key and Deployment).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "flux-system")]
-        namespace: String,
-        /// Only these namespaces (comma-separated; default all), as the operator ran.
-        #[arg(long, value_delimiter = ',')]
-        watch_namespaces: Vec<String>,
-        /// The operator's shard, as it ran.
-        #[arg(long)]
-        watch_label_selector: Option<String>,
-        /// Scale this Deployment (in --namespace) to 0 and wait for it first.
-        #[arg(long)]
-        stop_deployment: Option<String>,
-        /// Seconds to wait for the replicas to stop.
-        #[arg(long, default_value_t = 120)]
-        stop_timeout_seconds: u64,
-        /// Log flat JSON lines (`level`, `ts`, `msg`, fields), as Flux's controllers do.
-        #[arg(long)]
-        log_json: bool,
-        /// Least severe messages logged (`RUST_LOG`, when set, decides instead).
-        #[arg(long, default_value = "info", value_parser = clap::builder::PossibleValuesParser::new(fluxmedic::telemetry::LOG_LEVELS))]
-        log_level: String,
-    },
+    ReleaseHolds(ReleaseHoldsArgs),
 }
 
 #[derive(clap::Args)]
@@ -408,6 +414,131 @@ fn write_stdout(text: &str) -> Result<(), (u8, String)> {
     }
 }
 
+/// `release-holds`: resume every HelmRelease fluxmedic holds (the chart's pre-delete hook).
+fn release_holds(rt: &tokio::runtime::Runtime, args: ReleaseHoldsArgs) -> ExitCode {
+    let ReleaseHoldsArgs {
+        kube,
+        namespace,
+        watch_namespaces,
+        watch_label_selector,
+        stop_deployment,
+        stop_timeout_seconds,
+        log_json,
+        log_level,
+    } = args;
+    fluxmedic::telemetry::init_logging(log_json, &log_level);
+    let opts = controller::uninstall::Options {
+        namespace,
+        watch_namespaces: watch_namespaces
+            .into_iter()
+            .filter(|n| !n.trim().is_empty())
+            .collect(),
+        watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+        deployment: stop_deployment.filter(|s| !s.trim().is_empty()),
+        stop_timeout: Duration::from_secs(stop_timeout_seconds.clamp(1, 3600)),
+    };
+    let res = rt.block_on(async {
+        let conn = cli::connect(kube.kubeconfig.as_deref(), kube.context.as_deref());
+        controller::uninstall::release_holds(conn.await?.client, &opts).await
+    });
+    match res {
+        Ok(r) if r.failed.is_empty() => {
+            println!(
+                "resumed {} HelmRelease(s) fluxmedic held: {:?}",
+                r.resumed.len(),
+                r.resumed
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(r) => fatal(
+            log_json,
+            1,
+            format!(
+                "could not resume: {:?} (resumed: {:?})",
+                r.failed, r.resumed
+            ),
+        ),
+        Err(e) => fatal(log_json, 1, format!("{e:#}")),
+    }
+}
+
+/// `run`: the operator.
+fn run(rt: &tokio::runtime::Runtime, args: RunArgs) -> ExitCode {
+    let RunArgs {
+        kube,
+        namespace,
+        watch_namespaces,
+        metrics_addr,
+        concurrency,
+        circuit_breaker,
+        history_limit,
+        tick_seconds,
+        helm,
+        log_json,
+        log_level,
+        leader_elect,
+        max_writes_per_second,
+        watch_label_selector,
+        events_addr,
+        controller_timeout_seconds,
+        no_source_probes,
+        flux_namespace,
+        helm_controller_service_account,
+        helm_default_service_account,
+        allow_delete_pending_release,
+    } = args;
+    fluxmedic::telemetry::init_logging(log_json, &log_level);
+    // notification-controller's event server speaks plain HTTP inside the cluster.
+    if let Some(a) = events_addr.as_deref().filter(|a| !a.trim().is_empty())
+        && !a.starts_with("http://")
+    {
+        return fatal(
+            log_json,
+            2,
+            format!(
+                "--events-addr must be an http:// URL (notification-controller's event server), got {a:?}"
+            ),
+        );
+    }
+    let helm_controller = match helm_identity_flags(
+        helm_controller_service_account,
+        helm_default_service_account,
+    ) {
+        Ok(h) => h,
+        Err(msg) => return fatal(log_json, 2, msg),
+    };
+    let opts = controller::Options {
+        helm_controller,
+        allow_delete_pending_release,
+        namespace,
+        watch_namespaces,
+        metrics_addr,
+        concurrency: concurrency.max(1),
+        circuit_breaker,
+        history_limit,
+        debounce: Duration::from_millis(100),
+        tick: Duration::from_secs(tick_seconds.max(1)),
+        helm_bin: helm,
+        leader_elect,
+        max_writes_per_second,
+        watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
+        events_addr: events_addr.filter(|s| !s.trim().is_empty()),
+        controller_timeout: Duration::from_secs(controller_timeout_seconds.max(1)),
+        source_probes: !no_source_probes,
+        flux_namespace: Some(flux_namespace.trim().to_string()).filter(|s| !s.is_empty()),
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
+    };
+    let res = rt.block_on(async {
+        let config = cli::config(kube.kubeconfig.as_deref(), kube.context.as_deref());
+        controller::run(config.await?, opts).await
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fatal(log_json, 1, format!("{e:#}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -466,125 +597,8 @@ fn main() -> ExitCode {
             exit(rt.block_on(decide(decision, cli::Decision::Approve)))
         }
         Command::Reject { decision } => exit(rt.block_on(decide(decision, cli::Decision::Reject))),
-        Command::ReleaseHolds {
-            kube,
-            namespace,
-            watch_namespaces,
-            watch_label_selector,
-            stop_deployment,
-            stop_timeout_seconds,
-            log_json,
-            log_level,
-        } => {
-            fluxmedic::telemetry::init_logging(log_json, &log_level);
-            let opts = controller::uninstall::Options {
-                namespace,
-                watch_namespaces: watch_namespaces
-                    .into_iter()
-                    .filter(|n| !n.trim().is_empty())
-                    .collect(),
-                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
-                deployment: stop_deployment.filter(|s| !s.trim().is_empty()),
-                stop_timeout: Duration::from_secs(stop_timeout_seconds.clamp(1, 3600)),
-            };
-            let res = rt.block_on(async {
-                let conn = cli::connect(kube.kubeconfig.as_deref(), kube.context.as_deref());
-                controller::uninstall::release_holds(conn.await?.client, &opts).await
-            });
-            match res {
-                Ok(r) if r.failed.is_empty() => {
-                    println!(
-                        "resumed {} HelmRelease(s) fluxmedic held: {:?}",
-                        r.resumed.len(),
-                        r.resumed
-                    );
-                    ExitCode::SUCCESS
-                }
-                Ok(r) => fatal(
-                    log_json,
-                    1,
-                    format!(
-                        "could not resume: {:?} (resumed: {:?})",
-                        r.failed, r.resumed
-                    ),
-                ),
-                Err(e) => fatal(log_json, 1, format!("{e:#}")),
-            }
-        }
-        Command::Run {
-            kube,
-            namespace,
-            watch_namespaces,
-            metrics_addr,
-            concurrency,
-            circuit_breaker,
-            history_limit,
-            tick_seconds,
-            helm,
-            log_json,
-            log_level,
-            leader_elect,
-            max_writes_per_second,
-            watch_label_selector,
-            events_addr,
-            controller_timeout_seconds,
-            no_source_probes,
-            flux_namespace,
-            helm_controller_service_account,
-            helm_default_service_account,
-            allow_delete_pending_release,
-        } => {
-            fluxmedic::telemetry::init_logging(log_json, &log_level);
-            // notification-controller's event server speaks plain HTTP inside the cluster.
-            if let Some(a) = events_addr.as_deref().filter(|a| !a.trim().is_empty())
-                && !a.starts_with("http://")
-            {
-                return fatal(
-                    log_json,
-                    2,
-                    format!(
-                        "--events-addr must be an http:// URL (notification-controller's event server), got {a:?}"
-                    ),
-                );
-            }
-            let helm_controller = match helm_identity_flags(
-                helm_controller_service_account,
-                helm_default_service_account,
-            ) {
-                Ok(h) => h,
-                Err(msg) => return fatal(log_json, 2, msg),
-            };
-            let opts = controller::Options {
-                helm_controller,
-                allow_delete_pending_release,
-                namespace,
-                watch_namespaces,
-                metrics_addr,
-                concurrency: concurrency.max(1),
-                circuit_breaker,
-                history_limit,
-                debounce: Duration::from_millis(100),
-                tick: Duration::from_secs(tick_seconds.max(1)),
-                helm_bin: helm,
-                leader_elect,
-                max_writes_per_second,
-                watch_label_selector: watch_label_selector.filter(|s| !s.trim().is_empty()),
-                events_addr: events_addr.filter(|s| !s.trim().is_empty()),
-                controller_timeout: Duration::from_secs(controller_timeout_seconds.max(1)),
-                source_probes: !no_source_probes,
-                flux_namespace: Some(flux_namespace.trim().to_string()).filter(|s| !s.is_empty()),
-                identity: std::env::var("POD_NAME")
-                    .unwrap_or_else(|_| format!("fluxmedic-{}", std::process::id())),
-            };
-            let res = rt.block_on(async {
-                let config = cli::config(kube.kubeconfig.as_deref(), kube.context.as_deref());
-                controller::run(config.await?, opts).await
-            });
-            match res {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fatal(log_json, 1, format!("{e:#}")),
-            }
-        }
+        Command::ReleaseHolds(args) => release_holds(&rt, args),
+        Command::Run(args) => run(&rt, args),
     }
 }
 

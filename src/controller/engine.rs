@@ -102,38 +102,10 @@ pub async fn pass(ctx: &Arc<Context>) {
             idx.remediations.clone(),
         )
     };
-    let mut snap = enrich_secrets(ctx, snap).await;
-    snap.request_bound = Some(ctx.opts.controller_timeout);
-    snap.shard_selector = ctx.opts.watch_label_selector.clone();
-    snap.helm_controller = ctx.opts.helm_controller.clone();
-    snap.allow_delete_pending_release = ctx.opts.allow_delete_pending_release;
-    if ctx.opts.source_probes {
-        snap.probes = probe_sources(ctx, &snap);
-    }
+    let snap = prepare(ctx, snap).await;
     let (policies, policy_updates) = check_policies(ctx, &raw_policies, &snap);
     let report = diagnose::diagnose(&snap);
-    for c in [
-        "source-controller",
-        "kustomize-controller",
-        "helm-controller",
-    ] {
-        let down = report.controllers_down.get(c);
-        let gauge =
-            ctx.metrics
-                .flux_controller_down
-                .get_or_create(&crate::telemetry::ControllerLabels {
-                    controller: c.to_string(),
-                });
-        if gauge.get() != down.is_some() as i64 {
-            match down {
-                Some(why) => {
-                    warn!(controller = c, reason = %why, "a Flux controller is not working")
-                }
-                None => info!(controller = c, "the Flux controller handles requests again"),
-            }
-        }
-        gauge.set(down.is_some() as i64);
-    }
+    report_controllers(ctx, &report);
     // Objects outside the watched namespaces still count as roots, not as failures of ours.
     let breakers = policy::Breakers::new(
         report
@@ -145,117 +117,24 @@ pub async fn pass(ctx: &Arc<Context>) {
         &ctx.opts.namespace,
         ctx.opts.circuit_breaker,
     );
-    let failing: usize = breakers.failing.values().sum();
-    ctx.metrics.failing_targets.set(failing as i64);
-    ctx.metrics.circuit_breaker_open.clear();
-    for ns in breakers.open() {
-        ctx.metrics
-            .circuit_breaker_open
-            .get_or_create(&crate::telemetry::NamespaceLabels {
-                namespace: ns.to_string(),
-            })
-            .set(1);
-    }
-
-    // Records, read through their seals. Foreign ones are ignored entirely.
-    let records: HashMap<(String, String), Record> = {
-        let mut store = ctx.ledger.write().await;
-        let present: HashSet<&str> = remediations
-            .values()
-            .filter_map(|r| r.metadata.uid.as_deref())
-            .collect();
-        store.keep_only(&present, now);
-        let read: HashMap<(String, String), Record> = remediations
-            .iter()
-            .filter_map(|(k, r)| {
-                Record::read(r, &ctx.sealer, &store.ledger).map(|rec| (k.clone(), rec))
-            })
-            .filter(|(_, r)| r.trust != Trust::Foreign)
-            .collect();
-        for r in read.values().filter(|r| r.trust == Trust::Ours) {
-            store.seen(r.sequence);
-        }
-        read
-    };
-    let mut open: HashMap<ObjectKey, Record> = HashMap::new();
-    for r in records.values().filter(|r| r.is_open()) {
-        // Two open records for one target cannot come from fluxmedic; keep the newest.
-        let newer = open
-            .get(&r.target)
-            .is_none_or(|o| o.status.detected_at < r.status.detected_at);
-        if newer {
-            open.insert(r.target.clone(), r.clone());
-        }
-    }
-    ctx.metrics.open_incidents.clear();
-    for r in open.values() {
-        let labels = crate::telemetry::CaseNamespaceLabels {
-            case: r.case.to_string(),
-            namespace: r.target.namespace.clone(),
-        };
-        ctx.metrics.open_incidents.get_or_create(&labels).inc();
-    }
-
+    let failing = report_breakers(ctx, &breakers);
+    let records = read_records(ctx, &remediations, now).await;
     let busy = ctx.busy_targets();
-    let mut work = vec![];
-    for d in &report.diagnoses {
-        if !ctx.in_scope(&d.target.namespace) || busy.contains(&d.target) {
-            continue;
-        }
-        let record = open.remove(&d.target);
-        work.push(Work {
-            key: d.target.clone(),
-            diagnosis: Some(d.clone()),
-            record,
-        });
-    }
-    // Open records whose target no longer fails: closed when Ready or gone, holds kept.
-    for (key, rec) in open {
-        if !busy.contains(&key) {
-            work.push(Work {
-                key,
-                diagnosis: None,
-                record: Some(rec),
-            });
-        }
-    }
-    // Suspensions fluxmedic made that no open record holds any more.
-    let mut orphans = vec![];
-    for o in snap
-        .objects
-        .values()
-        .filter(|o| o.key.kind == FluxKind::HelmRelease && ctx.in_scope(&o.key.namespace))
-    {
-        let owner = o
-            .reconcile_annotations
-            .get(crate::api::SUSPENDED_BY_ANNOTATION)
-            .and_then(|n| records.get(&(o.key.namespace.clone(), n.clone())));
-        if !busy.contains(&o.key) && incident::orphaned_hold(o, owner, &ctx.sealer) {
-            orphans.push(o.clone());
-        }
-    }
-
+    let work = work_of(ctx, &report, &records, &busy);
+    let orphans = orphans_of(ctx, &snap, &records, &busy);
     let items = work.len() + orphans.len();
-    let report = Arc::new(report);
-    let snap = Arc::new(snap);
-    let policies = Arc::new(policies);
-    let breakers = Arc::new(breakers);
+    let scene = Arc::new((report, snap, policies, breakers));
     let ctx2 = ctx.clone();
     futures::stream::iter(fair(work))
         .for_each_concurrent(ctx.opts.concurrency, |w| {
-            let (ctx, report, snap, policies, breakers) = (
-                ctx2.clone(),
-                report.clone(),
-                snap.clone(),
-                policies.clone(),
-                breakers.clone(),
-            );
+            let (ctx, scene) = (ctx2.clone(), scene.clone());
             async move {
                 let key = w.key.clone();
                 if !ctx.backoff_ready(&key, now) {
                     return;
                 }
-                let res = handle(&ctx, &snap, &report, &policies, w, &breakers).await;
+                let (report, snap, policies, breakers) = &*scene;
+                let res = handle(&ctx, snap, report, policies, w, breakers).await;
                 settle_backoff(&ctx, &key, now, res);
             }
         })
@@ -289,6 +168,159 @@ pub async fn pass(ctx: &Arc<Context>) {
     ctx.metrics
         .pass_duration
         .observe(started.elapsed().as_secs_f64());
+}
+
+/// The snapshot as the operator sees it: Secrets' keys fetched where needed, its own settings,
+/// its reachability probes.
+async fn prepare(ctx: &Arc<Context>, snap: Snapshot) -> Arc<Snapshot> {
+    let mut snap = enrich_secrets(ctx, snap).await;
+    snap.request_bound = Some(ctx.opts.controller_timeout);
+    snap.shard_selector = ctx.opts.watch_label_selector.clone();
+    snap.helm_controller = ctx.opts.helm_controller.clone();
+    snap.allow_delete_pending_release = ctx.opts.allow_delete_pending_release;
+    if ctx.opts.source_probes {
+        snap.probes = probe_sources(ctx, &snap);
+    }
+    Arc::new(snap)
+}
+
+/// The Flux controllers' state: a gauge each, and a log line when it changes.
+fn report_controllers(ctx: &Context, report: &Report) {
+    for c in [
+        "source-controller",
+        "kustomize-controller",
+        "helm-controller",
+    ] {
+        let down = report.controllers_down.get(c);
+        let gauge =
+            ctx.metrics
+                .flux_controller_down
+                .get_or_create(&crate::telemetry::ControllerLabels {
+                    controller: c.to_string(),
+                });
+        if gauge.get() != down.is_some() as i64 {
+            match down {
+                Some(why) => {
+                    warn!(controller = c, reason = %why, "a Flux controller is not working")
+                }
+                None => info!(controller = c, "the Flux controller handles requests again"),
+            }
+        }
+        gauge.set(down.is_some() as i64);
+    }
+}
+
+/// The failing targets and the open circuit breakers as metrics; returns how many fail.
+fn report_breakers(ctx: &Context, breakers: &policy::Breakers) -> usize {
+    let failing: usize = breakers.failing.values().sum();
+    ctx.metrics.failing_targets.set(failing as i64);
+    ctx.metrics.circuit_breaker_open.clear();
+    for ns in breakers.open() {
+        ctx.metrics
+            .circuit_breaker_open
+            .get_or_create(&crate::telemetry::NamespaceLabels {
+                namespace: ns.to_string(),
+            })
+            .set(1);
+    }
+    failing
+}
+
+/// Records, read through their seals and the ledger. Foreign ones are left out entirely.
+async fn read_records(
+    ctx: &Context,
+    remediations: &BTreeMap<(String, String), Arc<Remediation>>,
+    now: i64,
+) -> HashMap<(String, String), Record> {
+    let mut store = ctx.ledger.write().await;
+    let present: HashSet<&str> = remediations
+        .values()
+        .filter_map(|r| r.metadata.uid.as_deref())
+        .collect();
+    store.keep_only(&present, now);
+    let read: HashMap<(String, String), Record> = remediations
+        .iter()
+        .filter_map(|(k, r)| {
+            Record::read(r, &ctx.sealer, &store.ledger).map(|rec| (k.clone(), rec))
+        })
+        .filter(|(_, r)| r.trust != Trust::Foreign)
+        .collect();
+    for r in read.values().filter(|r| r.trust == Trust::Ours) {
+        store.seen(r.sequence);
+    }
+    read
+}
+
+/// This pass's work: every failing target in scope with its open record, then every open
+/// record whose target no longer fails (closed when Ready or gone, holds kept). Busy targets
+/// (a rollback running) wait for the next pass.
+fn work_of(
+    ctx: &Context,
+    report: &Report,
+    records: &HashMap<(String, String), Record>,
+    busy: &HashSet<ObjectKey>,
+) -> Vec<Work> {
+    let mut open: HashMap<ObjectKey, Record> = HashMap::new();
+    for r in records.values().filter(|r| r.is_open()) {
+        // Two open records for one target cannot come from fluxmedic; keep the newest.
+        let newer = open
+            .get(&r.target)
+            .is_none_or(|o| o.status.detected_at < r.status.detected_at);
+        if newer {
+            open.insert(r.target.clone(), r.clone());
+        }
+    }
+    ctx.metrics.open_incidents.clear();
+    for r in open.values() {
+        let labels = crate::telemetry::CaseNamespaceLabels {
+            case: r.case.to_string(),
+            namespace: r.target.namespace.clone(),
+        };
+        ctx.metrics.open_incidents.get_or_create(&labels).inc();
+    }
+    let mut work = vec![];
+    for d in &report.diagnoses {
+        if !ctx.in_scope(&d.target.namespace) || busy.contains(&d.target) {
+            continue;
+        }
+        let record = open.remove(&d.target);
+        work.push(Work {
+            key: d.target.clone(),
+            diagnosis: Some(d.clone()),
+            record,
+        });
+    }
+    for (key, rec) in open {
+        if !busy.contains(&key) {
+            work.push(Work {
+                key,
+                diagnosis: None,
+                record: Some(rec),
+            });
+        }
+    }
+    work
+}
+
+/// Suspensions fluxmedic made that no open record holds any more.
+fn orphans_of(
+    ctx: &Context,
+    snap: &Snapshot,
+    records: &HashMap<(String, String), Record>,
+    busy: &HashSet<ObjectKey>,
+) -> Vec<Arc<FluxObject>> {
+    snap.objects
+        .values()
+        .filter(|o| o.key.kind == FluxKind::HelmRelease && ctx.in_scope(&o.key.namespace))
+        .filter(|o| {
+            let owner = o
+                .reconcile_annotations
+                .get(crate::api::SUSPENDED_BY_ANNOTATION)
+                .and_then(|n| records.get(&(o.key.namespace.clone(), n.clone())));
+            !busy.contains(&o.key) && incident::orphaned_hold(o, owner, &ctx.sealer)
+        })
+        .cloned()
+        .collect()
 }
 
 /// The pass's work in turns: each namespace's first target, then each one's second, and so

@@ -297,6 +297,36 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
             "cannot list Remediations ({e}); install the CRDs: fluxmedic crds | kubectl apply -f -"
         );
     }
+    // Which Flux kinds the cluster serves, in which version: a missing one is not watched.
+    let served = discovery::discover(&client).await;
+    let ctx = context(client.clone(), config, opts, &served).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    spawn_watches(&ctx, &served, &mut tasks).await;
+    serve_metrics(&ctx, &mut tasks).await?;
+    let leading = elect(&ctx, &mut tasks).await?;
+    let outcome: anyhow::Result<()> = tokio::select! {
+        _ = engine_loop(ctx.clone(), leading) => Ok(()),
+        _ = shutdown_signal() => {
+            info!("shutting down");
+            Ok(())
+        }
+        Some(r) = tasks.join_next() => {
+            // A watch, the leader election or the metrics server died: exit non-zero so
+            // Kubernetes restarts the process rather than leaving it half-blind.
+            Err(anyhow::anyhow!("a component of the operator stopped: {r:?}"))
+        }
+    };
+    shut_down(&ctx).await;
+    outcome
+}
+
+/// Everything the engine and the watches share: the client, limits, the seal key, the ledger.
+async fn context(
+    client: Client,
+    config: kube::Config,
+    opts: Options,
+    served: &discovery::Served,
+) -> anyhow::Result<Arc<Context>> {
     let reporter = Reporter {
         controller: "fluxmedic".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -321,8 +351,6 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
     let ledger = ledger::LedgerStore::load(&client, &opts.namespace, &opts.ledger_prefix())
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the ledger in {}: {e}", opts.namespace))?;
-    // Which Flux kinds the cluster serves, in which version: a missing one is not watched.
-    let served = discovery::discover(&client).await;
     let (stop, _) = tokio::sync::watch::channel(false);
     let notifier = opts
         .events_addr
@@ -367,6 +395,17 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
         .map(|(k, why)| (k.to_string(), why.clone()))
         .collect();
 
+    Ok(ctx)
+}
+
+/// The watches feeding the index: Flux kinds, Secrets' metadata, fluxmedic's own records and
+/// policies, and the Flux controllers' workloads where visible.
+async fn spawn_watches(
+    ctx: &Arc<Context>,
+    served: &discovery::Served,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let client = ctx.client.clone();
     // Watch the whole cluster, or only the watched namespaces (plus, for policies, the
     // operator's namespace): the chart's namespace mode grants Roles only.
     let scopes: Vec<index::Scope> = if ctx.opts.watch_namespaces.is_empty() {
@@ -409,7 +448,6 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
     ctx.index.write().await.expected_watches = scopes.len() * (kinds.len() + 2)
         + policy_scopes.len()
         + if flux_ns.is_some() { 2 } else { 0 };
-    let mut tasks = tokio::task::JoinSet::new();
     let feed = index::Feed {
         index: ctx.index.clone(),
         notify: ctx.notify.clone(),
@@ -459,7 +497,12 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
             |i| &mut i.policies,
         ));
     }
+}
 
+async fn serve_metrics(
+    ctx: &Arc<Context>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
@@ -473,93 +516,95 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
         }
     });
 
-    // Leader election: every replica watches (a warm standby), only the Lease holder acts.
-    // The gate closes the moment the Lease is seen held by another replica or expires
-    // unrenewed, so a pass in progress stops writing at once.
-    let leading = if ctx.opts.leader_elect {
-        let (rx, task) = leader::elect(
-            client.clone(),
-            &ctx.opts.namespace,
-            &ctx.opts.identity,
-            &ctx.opts.lease_name(),
-        )
-        .await?;
-        tasks.spawn(task);
-        // The gate follows the election directly, not between passes: a pass in progress
-        // is cut off at its next write.
-        let (gate_ctx, mut gate_rx) = (ctx.clone(), rx.clone());
-        gate_ctx.limiter.set_allowed(false);
-        gate_ctx.policy_limiter.set_allowed(false);
-        tasks.spawn(async move {
-            loop {
-                let lead = *gate_rx.borrow_and_update();
-                gate_ctx.limiter.set_allowed(lead);
-                gate_ctx.policy_limiter.set_allowed(lead);
-                // Helm jobs stop when the Lease is lost (a standby takes over from the record).
-                gate_ctx.stop.send_replace(!lead);
-                if gate_rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-        Some(rx)
-    } else {
-        None
-    };
-    let engine_ctx = ctx.clone();
-    let engine = async move {
-        let mut was_leader = false;
+    Ok(())
+}
+
+/// Leader election: every replica watches (a warm standby), only the Lease holder acts.
+/// The gate closes the moment the Lease is seen held by another replica or expires
+/// unrenewed, so a pass in progress stops writing at once. `None`: no election, always acts.
+async fn elect(
+    ctx: &Arc<Context>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Option<tokio::sync::watch::Receiver<bool>>> {
+    if !ctx.opts.leader_elect {
+        return Ok(None);
+    }
+    let (rx, task) = leader::elect(
+        ctx.client.clone(),
+        &ctx.opts.namespace,
+        &ctx.opts.identity,
+        &ctx.opts.lease_name(),
+    )
+    .await?;
+    tasks.spawn(task);
+    // The gate follows the election directly, not between passes: a pass in progress
+    // is cut off at its next write.
+    let (gate_ctx, mut gate_rx) = (ctx.clone(), rx.clone());
+    gate_ctx.limiter.set_allowed(false);
+    gate_ctx.policy_limiter.set_allowed(false);
+    tasks.spawn(async move {
         loop {
-            let is_leader = leading.as_ref().is_none_or(|rx| *rx.borrow());
-            if is_leader != was_leader {
-                info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
-                engine_ctx.metrics.leader.set(is_leader as i64);
-                was_leader = is_leader;
-                // The replica that led until now wrote the ledger: take up its latest word.
-                if is_leader {
-                    match ledger::LedgerStore::load(
-                        &engine_ctx.client,
-                        &engine_ctx.opts.namespace,
-                        &engine_ctx.opts.ledger_prefix(),
-                    )
-                    .await
-                    {
-                        Ok(l) => *engine_ctx.ledger.write().await = l,
-                        Err(e) => {
-                            warn!(error = %e, "cannot read the ledger; keeping what this replica knows")
-                        }
+            let lead = *gate_rx.borrow_and_update();
+            gate_ctx.limiter.set_allowed(lead);
+            gate_ctx.policy_limiter.set_allowed(lead);
+            // Helm jobs stop when the Lease is lost (a standby takes over from the record).
+            gate_ctx.stop.send_replace(!lead);
+            if gate_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Some(rx))
+}
+
+/// A pass on every change (debounced), at least every tick, while leading.
+async fn engine_loop(
+    engine_ctx: Arc<Context>,
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
+) {
+    let mut was_leader = false;
+    loop {
+        let is_leader = leading.as_ref().is_none_or(|rx| *rx.borrow());
+        if is_leader != was_leader {
+            info!(identity = %engine_ctx.opts.identity, leader = is_leader, "leadership changed");
+            engine_ctx.metrics.leader.set(is_leader as i64);
+            was_leader = is_leader;
+            // The replica that led until now wrote the ledger: take up its latest word.
+            if is_leader {
+                match ledger::LedgerStore::load(
+                    &engine_ctx.client,
+                    &engine_ctx.opts.namespace,
+                    &engine_ctx.opts.ledger_prefix(),
+                )
+                .await
+                {
+                    Ok(l) => *engine_ctx.ledger.write().await = l,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the ledger; keeping what this replica knows")
                     }
                 }
             }
-            if is_leader && engine_ctx.index.read().await.all_synced() {
-                tokio::time::sleep(engine_ctx.opts.debounce).await;
-                engine::pass(&engine_ctx).await;
-            }
-            let mut lead_rx = leading.clone();
-            tokio::select! {
-                _ = engine_ctx.notify.notified() => {}
-                _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
-                _ = async {
-                    match lead_rx.as_mut() {
-                        Some(rx) => { let _ = rx.changed().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
         }
-    };
-    let outcome: anyhow::Result<()> = tokio::select! {
-        _ = engine => Ok(()),
-        _ = shutdown_signal() => {
-            info!("shutting down");
-            Ok(())
+        if is_leader && engine_ctx.index.read().await.all_synced() {
+            tokio::time::sleep(engine_ctx.opts.debounce).await;
+            engine::pass(&engine_ctx).await;
         }
-        Some(r) = tasks.join_next() => {
-            // A watch, the leader election or the metrics server died: exit non-zero so
-            // Kubernetes restarts the process rather than leaving it half-blind.
-            Err(anyhow::anyhow!("a component of the operator stopped: {r:?}"))
+        let mut lead_rx = leading.clone();
+        tokio::select! {
+            _ = engine_ctx.notify.notified() => {}
+            _ = tokio::time::sleep(engine_ctx.opts.tick) => {}
+            _ = async {
+                match lead_rx.as_mut() {
+                    Some(rx) => { let _ = rx.changed().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
         }
-    };
+    }
+}
+
+/// Stop the Helm jobs (they clear their locks and record the outcome) and flush the Events.
+async fn shut_down(ctx: &Context) {
     // Helm jobs: stop them, and wait for them to clear their locks and record the outcome.
     ctx.stop.send_replace(true);
     let jobs: Vec<_> = ctx
@@ -582,7 +627,6 @@ pub async fn run(config: kube::Config, opts: Options) -> anyhow::Result<()> {
             "Events not written before shutdown"
         );
     }
-    outcome
 }
 
 async fn shutdown_signal() {

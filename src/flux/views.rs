@@ -286,6 +286,34 @@ fn retries(action: &Option<ReleaseAction>) -> i64 {
 
 /// Read one Flux object from its JSON form (as the API server or `kubectl get -o json` returns it).
 pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
+    let kind = read_kind(value)?;
+    if value.get("metadata").and_then(|m| m.get("name")).is_none() {
+        return Err(ParseError::Missing("metadata.name"));
+    }
+    let meta: Meta = field(value, "metadata")?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_string());
+    let name = meta.name.clone();
+    let mut out = base_object(kind, &namespace, meta);
+    let mut refs = Refs {
+        kind,
+        namespace: &namespace,
+        unknown_source: None,
+    };
+    match kind {
+        FluxKind::Kustomization => read_kustomization(value, &mut out, &mut refs)?,
+        FluxKind::HelmRelease => read_helmrelease(value, &name, &mut out, &mut refs)?,
+        _ => read_source(value, kind, &mut out, &mut refs)?,
+    }
+    out.unknown_source = refs.unknown_source;
+    bound(&mut out);
+    Ok(out)
+}
+
+/// The object's kind, when it is a Flux kind in a version fluxmedic reads.
+fn read_kind(value: &Value) -> Result<FluxKind, ParseError> {
     let obj = value.as_object().ok_or(ParseError::NotAnObject)?;
     let kind_str = obj
         .get("kind")
@@ -303,21 +331,18 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
             api_version: api_version.to_string(),
         });
     }
-    if obj.get("metadata").and_then(|m| m.get("name")).is_none() {
-        return Err(ParseError::Missing("metadata.name"));
-    }
-    let meta: Meta = field(value, "metadata")?;
-    let namespace = meta
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_string());
+    Ok(kind)
+}
+
+/// What every kind has: identity, labels, the annotations fluxmedic reads.
+fn base_object(kind: FluxKind, namespace: &str, meta: Meta) -> FluxObject {
     let reconcile_annotations = meta
         .annotations
         .into_iter()
         .filter(|(k, _)| k.starts_with("reconcile.fluxcd.io/") || k.starts_with("fluxmedic.io/"))
         .collect();
-    let mut out = FluxObject {
-        key: ObjectKey::new(kind, namespace.clone(), meta.name.clone()),
+    FluxObject {
+        key: ObjectKey::new(kind, namespace, meta.name),
         uid: meta.uid,
         generation: meta.generation,
         resource_version: meta.resource_version,
@@ -338,175 +363,201 @@ pub fn from_value(value: &Value) -> Result<FluxObject, ParseError> {
         retry_interval: None,
         timeout: None,
         helm: None,
-    };
-    let dep_keys = |deps: Vec<NamedRef>| {
+    }
+}
+
+/// References from one object, resolved in its namespace.
+struct Refs<'a> {
+    kind: FluxKind,
+    namespace: &'a str,
+    /// A sourceRef of a kind fluxmedic does not know, kept as text.
+    unknown_source: Option<String>,
+}
+
+impl Refs<'_> {
+    fn dependencies(&self, deps: Vec<NamedRef>) -> Vec<ObjectKey> {
         deps.into_iter()
             .map(|d| {
                 ObjectKey::new(
-                    kind,
-                    d.namespace.unwrap_or_else(|| namespace.clone()),
+                    self.kind,
+                    d.namespace.unwrap_or_else(|| self.namespace.to_string()),
                     d.name,
                 )
             })
-            .collect::<Vec<_>>()
-    };
-    // A sourceRef of a kind fluxmedic does not know is kept as text, never guessed to be
-    // the default kind (an ExternalArtifact named like a GitRepository is not that repository).
-    let mut unknown_source = None;
-    let mut source_key = |r: NamedRef, default_kind: FluxKind| -> Option<ObjectKey> {
+            .collect()
+    }
+
+    /// A sourceRef of a kind fluxmedic does not know is kept as text, never guessed to be
+    /// the default kind (an ExternalArtifact named like a GitRepository is not that repository).
+    fn source(&mut self, r: NamedRef, default_kind: FluxKind) -> Option<ObjectKey> {
         let k = match r.kind.as_deref() {
             None | Some("") => default_kind,
             Some(other) => match FluxKind::from_kind(other) {
                 Some(k) => k,
                 None => {
-                    unknown_source = Some(format!("{other}/{}", r.name));
+                    self.unknown_source = Some(format!("{other}/{}", r.name));
                     return None;
                 }
             },
         };
         Some(ObjectKey::new(
             k,
-            r.namespace.unwrap_or_else(|| namespace.clone()),
+            r.namespace.unwrap_or_else(|| self.namespace.to_string()),
             r.name,
         ))
-    };
-    match kind {
-        FluxKind::Kustomization => {
-            let spec: KustomizationSpec = field(value, "spec")?;
-            let status: CommonStatus = field(value, "status")?;
-            out.depends_on = dep_keys(spec.depends_on);
-            out.source_ref = spec
-                .source_ref
-                .and_then(|r| source_key(r, FluxKind::GitRepository));
-            out.suspended = spec.suspend;
-            out.interval = duration_field(spec.interval, "spec.interval")?;
-            out.retry_interval = duration_field(spec.retry_interval, "spec.retryInterval")?;
-            out.timeout = duration_field(spec.timeout, "spec.timeout")?;
-            out.conditions = status.conditions;
-            out.observed_generation = status.observed_generation;
-            out.last_attempted_revision = status.last_attempted_revision;
-            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
-        }
-        FluxKind::HelmRelease => {
-            let spec: HelmReleaseSpec = field(value, "spec")?;
-            let status: HelmReleaseStatus = field(value, "status")?;
-            out.depends_on = dep_keys(spec.depends_on);
-            out.source_ref = if let Some(r) = spec.chart_ref {
-                source_key(r, FluxKind::OCIRepository)
-            } else if let Some((ns, name)) =
-                status.helm_chart.as_deref().and_then(|s| s.split_once('/'))
-            {
-                Some(ObjectKey::new(FluxKind::HelmChart, ns, name))
-            } else {
-                spec.chart
-                    .as_ref()
-                    .and_then(|c| c.spec.source_ref.as_ref())
-                    .map(|r| {
-                        let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
-                        ObjectKey::new(
-                            FluxKind::HelmChart,
-                            ns,
-                            format!("{}-{}", namespace, meta.name),
-                        )
-                    })
-            };
-            out.suspended = spec.suspend;
-            out.interval = duration_field(spec.interval, "spec.interval")?;
-            let timeout = duration_field(spec.timeout, "spec.timeout")?;
-            out.timeout = timeout;
-            let action_timeout = |a: &Option<ReleaseAction>, path: &str| {
-                duration_field(a.as_ref().and_then(|a| a.timeout.clone()), path)
-            };
-            let install_timeout = action_timeout(&spec.install, "spec.install.timeout")?;
-            let upgrade_timeout = action_timeout(&spec.upgrade, "spec.upgrade.timeout")?;
-            // Exactly as helm-controller derives them (GetReleaseName + ShortenName,
-            // GetStorageNamespace, GetReleaseNamespace): from the spec, never from the status,
-            // which only serves to cross-check.
-            let release_name = super::shorten_release_name(&match (
-                spec.release_name.as_deref().filter(|r| !r.is_empty()),
-                spec.target_namespace.as_deref().filter(|t| !t.is_empty()),
-            ) {
-                (Some(r), _) => r.to_string(),
-                (None, Some(t)) => format!("{t}-{}", meta.name),
-                (None, None) => meta.name.clone(),
-            });
-            let storage_namespace = spec
-                .storage_namespace
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| namespace.clone());
-            let release_namespace = spec
-                .target_namespace
-                .clone()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| namespace.clone());
-            let base = timeout.unwrap_or(Duration::from_secs(300));
-            out.helm = Some(HelmReleaseInfo {
-                release_name,
-                storage_namespace,
-                release_namespace,
-                status_storage_namespace: status.storage_namespace.filter(|s| !s.is_empty()),
-                remote: spec.kube_config.is_some_and(|v| !v.is_null()),
-                service_account: spec.service_account_name.filter(|s| !s.is_empty()),
-                timeout: base
-                    .max(install_timeout.unwrap_or(base))
-                    .max(upgrade_timeout.unwrap_or(base)),
-                install_retries: retries(&spec.install),
-                upgrade_retries: retries(&spec.upgrade),
-                install_strategy: strategy(&spec.install),
-                upgrade_strategy: strategy(&spec.upgrade),
-                failures: status.failures,
-                install_failures: status.install_failures,
-                upgrade_failures: status.upgrade_failures,
-                last_attempted_release_action: status.last_attempted_release_action,
-                last_attempted_revision: status.last_attempted_revision.clone(),
-                last_attempted_config_digest: status.last_attempted_config_digest,
-                last_attempted_generation: status.last_attempted_generation,
-                history: status.history,
-                last_handled_reconcile_at: status.last_handled_reconcile_at.clone(),
-                last_handled_force_at: status.last_handled_force_at,
-                last_handled_reset_at: status.last_handled_reset_at,
-                helm_chart: status.helm_chart,
-            });
-            out.conditions = status.conditions;
-            out.observed_generation = status.observed_generation;
-            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
-            out.last_attempted_revision = status.last_attempted_revision;
-        }
-        _ => {
-            let spec: SourceSpec = field(value, "spec")?;
-            let status: CommonStatus = field(value, "status")?;
-            out.url = match (kind, spec.endpoint) {
-                // A Bucket's address, as its client reaches it (what fluxmedic's own
-                // reachability check needs).
-                (FluxKind::Bucket, Some(e)) if !e.is_empty() && spec.url.is_none() => {
-                    let scheme = if spec.insecure == Some(Value::Bool(true)) {
-                        "http"
-                    } else {
-                        "https"
-                    };
-                    Some(format!("{scheme}://{e}"))
-                }
-                _ => spec.url,
-            };
-            out.secret_ref = spec.secret_ref.map(|s| s.name);
-            out.suspended = spec.suspend;
-            out.interval = duration_field(spec.interval, "spec.interval")?;
-            out.timeout = duration_field(spec.timeout, "spec.timeout")?;
-            if kind == FluxKind::HelmChart {
-                out.source_ref = spec
-                    .source_ref
-                    .and_then(|r| source_key(r, FluxKind::HelmRepository));
-            }
-            out.conditions = status.conditions;
-            out.observed_generation = status.observed_generation;
-            out.artifact_revision = status.artifact.and_then(|a| a.revision);
-            out.last_handled_reconcile_at = status.last_handled_reconcile_at;
-        }
     }
-    out.unknown_source = unknown_source;
-    bound(&mut out);
-    Ok(out)
+}
+
+fn read_kustomization(
+    value: &Value,
+    out: &mut FluxObject,
+    refs: &mut Refs<'_>,
+) -> Result<(), ParseError> {
+    let spec: KustomizationSpec = field(value, "spec")?;
+    let status: CommonStatus = field(value, "status")?;
+    out.depends_on = refs.dependencies(spec.depends_on);
+    out.source_ref = spec
+        .source_ref
+        .and_then(|r| refs.source(r, FluxKind::GitRepository));
+    out.suspended = spec.suspend;
+    out.interval = duration_field(spec.interval, "spec.interval")?;
+    out.retry_interval = duration_field(spec.retry_interval, "spec.retryInterval")?;
+    out.timeout = duration_field(spec.timeout, "spec.timeout")?;
+    out.conditions = status.conditions;
+    out.observed_generation = status.observed_generation;
+    out.last_attempted_revision = status.last_attempted_revision;
+    out.last_handled_reconcile_at = status.last_handled_reconcile_at;
+    Ok(())
+}
+
+fn read_helmrelease(
+    value: &Value,
+    name: &str,
+    out: &mut FluxObject,
+    refs: &mut Refs<'_>,
+) -> Result<(), ParseError> {
+    let mut spec: HelmReleaseSpec = field(value, "spec")?;
+    let mut status: HelmReleaseStatus = field(value, "status")?;
+    let namespace = refs.namespace.to_string();
+    out.depends_on = refs.dependencies(std::mem::take(&mut spec.depends_on));
+    out.source_ref = if let Some(r) = spec.chart_ref.take() {
+        refs.source(r, FluxKind::OCIRepository)
+    } else if let Some((ns, chart)) = status.helm_chart.as_deref().and_then(|s| s.split_once('/')) {
+        Some(ObjectKey::new(FluxKind::HelmChart, ns, chart))
+    } else {
+        spec.chart
+            .as_ref()
+            .and_then(|c| c.spec.source_ref.as_ref())
+            .map(|r| {
+                let ns = r.namespace.clone().unwrap_or_else(|| namespace.clone());
+                ObjectKey::new(FluxKind::HelmChart, ns, format!("{namespace}-{name}"))
+            })
+    };
+    out.suspended = spec.suspend;
+    out.interval = duration_field(spec.interval.clone(), "spec.interval")?;
+    out.timeout = duration_field(spec.timeout.clone(), "spec.timeout")?;
+    out.conditions = std::mem::take(&mut status.conditions);
+    out.observed_generation = status.observed_generation;
+    out.last_handled_reconcile_at = status.last_handled_reconcile_at.clone();
+    out.last_attempted_revision = status.last_attempted_revision.clone();
+    out.helm = Some(helm_info(spec, status, &namespace, name, out.timeout)?);
+    Ok(())
+}
+
+/// Where a HelmRelease's release lives and how helm-controller retries it.
+fn helm_info(
+    spec: HelmReleaseSpec,
+    status: HelmReleaseStatus,
+    namespace: &str,
+    name: &str,
+    timeout: Option<Duration>,
+) -> Result<HelmReleaseInfo, ParseError> {
+    let action_timeout = |a: &Option<ReleaseAction>, path: &str| {
+        duration_field(a.as_ref().and_then(|a| a.timeout.clone()), path)
+    };
+    let install_timeout = action_timeout(&spec.install, "spec.install.timeout")?;
+    let upgrade_timeout = action_timeout(&spec.upgrade, "spec.upgrade.timeout")?;
+    // Exactly as helm-controller derives them (GetReleaseName + ShortenName,
+    // GetStorageNamespace, GetReleaseNamespace): from the spec, never from the status,
+    // which only serves to cross-check.
+    let release_name = super::shorten_release_name(&match (
+        spec.release_name.as_deref().filter(|r| !r.is_empty()),
+        spec.target_namespace.as_deref().filter(|t| !t.is_empty()),
+    ) {
+        (Some(r), _) => r.to_string(),
+        (None, Some(t)) => format!("{t}-{name}"),
+        (None, None) => name.to_string(),
+    });
+    let or_own = |s: &Option<String>| {
+        s.clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| namespace.to_string())
+    };
+    let base = timeout.unwrap_or(Duration::from_secs(300));
+    Ok(HelmReleaseInfo {
+        release_name,
+        storage_namespace: or_own(&spec.storage_namespace),
+        release_namespace: or_own(&spec.target_namespace),
+        status_storage_namespace: status.storage_namespace.filter(|s| !s.is_empty()),
+        remote: spec.kube_config.is_some_and(|v| !v.is_null()),
+        service_account: spec.service_account_name.filter(|s| !s.is_empty()),
+        timeout: base
+            .max(install_timeout.unwrap_or(base))
+            .max(upgrade_timeout.unwrap_or(base)),
+        install_retries: retries(&spec.install),
+        upgrade_retries: retries(&spec.upgrade),
+        install_strategy: strategy(&spec.install),
+        upgrade_strategy: strategy(&spec.upgrade),
+        failures: status.failures,
+        install_failures: status.install_failures,
+        upgrade_failures: status.upgrade_failures,
+        last_attempted_release_action: status.last_attempted_release_action,
+        last_attempted_revision: status.last_attempted_revision,
+        last_attempted_config_digest: status.last_attempted_config_digest,
+        last_attempted_generation: status.last_attempted_generation,
+        history: status.history,
+        last_handled_reconcile_at: status.last_handled_reconcile_at,
+        last_handled_force_at: status.last_handled_force_at,
+        last_handled_reset_at: status.last_handled_reset_at,
+        helm_chart: status.helm_chart,
+    })
+}
+
+fn read_source(
+    value: &Value,
+    kind: FluxKind,
+    out: &mut FluxObject,
+    refs: &mut Refs<'_>,
+) -> Result<(), ParseError> {
+    let spec: SourceSpec = field(value, "spec")?;
+    let status: CommonStatus = field(value, "status")?;
+    out.url = match (kind, spec.endpoint) {
+        // A Bucket's address, as its client reaches it (what fluxmedic's own
+        // reachability check needs).
+        (FluxKind::Bucket, Some(e)) if !e.is_empty() && spec.url.is_none() => {
+            let scheme = if spec.insecure == Some(Value::Bool(true)) {
+                "http"
+            } else {
+                "https"
+            };
+            Some(format!("{scheme}://{e}"))
+        }
+        _ => spec.url,
+    };
+    out.secret_ref = spec.secret_ref.map(|s| s.name);
+    out.suspended = spec.suspend;
+    out.interval = duration_field(spec.interval, "spec.interval")?;
+    out.timeout = duration_field(spec.timeout, "spec.timeout")?;
+    if kind == FluxKind::HelmChart {
+        out.source_ref = spec
+            .source_ref
+            .and_then(|r| refs.source(r, FluxKind::HelmRepository));
+    }
+    out.conditions = status.conditions;
+    out.observed_generation = status.observed_generation;
+    out.artifact_revision = status.artifact.and_then(|a| a.revision);
+    out.last_handled_reconcile_at = status.last_handled_reconcile_at;
+    Ok(())
 }
 
 /// Most of each list a Flux object carries that fluxmedic keeps: far above what Flux writes

@@ -676,219 +676,272 @@ fn runbook(
     inc: &IncidentView,
     ctx: &PlanContext<'_>,
 ) -> Result<Action, Blocked> {
+    let plan = match d.case {
+        Case::FailedRelease => failed_release,
+        Case::InvalidManifests => invalid_manifests,
+        Case::GitAuth | Case::GitUnreachable => git_source,
+        Case::DependencyCascade => dependency_cascade,
+        Case::StaleLock => stale_lock,
+        Case::Other => return Err(Blocked::NoRunbook),
+    };
+    plan(d, target, policy, inc, ctx)
+}
+
+/// A failed release: finish an interrupted rollback, leave Flux's own retries to it, retry
+/// within the policy's attempts, then roll back (when allowed) or say why not.
+fn failed_release(
+    d: &Diagnosis,
+    target: &FluxObject,
+    policy: &Policy,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Result<Action, Blocked> {
     let snap = ctx.snapshot;
-    match d.case {
-        Case::FailedRelease => {
-            // A rollback a crash interrupted is finished as recorded while the release it
-            // names is still this HelmRelease's, nothing but its own suspend changed the
-            // HelmRelease, and it goes to the last good revision (the rollback itself may have
-            // landed, which makes the latest revision good again).
-            if let Some(Action::Rollback {
-                to_version,
-                release,
-            }) = &inc.interrupted
-                && policy.allows(d.case, ActionKind::Rollback)
-                && suspended_at_most_by_us(target)
-                && verified_release(snap, target, Some(*to_version)).as_ref() == Ok(release)
-                // Only to the last good revision (the one before it, if the rollback landed):
-                // a record restored from an older incident names an older one.
-                && snap
-                    .history_of(target)
-                    .and_then(|h| h.last_good())
-                    .is_some_and(|g| g.version == *to_version)
-            {
-                return Ok(inc.interrupted.clone().unwrap_or(Action::Resume));
-            }
-            let max = i64::from(policy.spec.limits.max_attempts);
-            match d.native {
-                NativeState::Retrying => {
-                    return Err(Blocked::FluxRemediating(
-                        "helm-controller will retry the release by itself".into(),
-                    ));
-                }
-                NativeState::RetryingForever => {
-                    let attempts = crate::diagnose::flux_attempts(target);
-                    if d.retryable && attempts < max {
-                        return Err(Blocked::FluxRemediating(format!(
-                            "helm-controller retries it without a limit (RetryOnFailure): {attempts} failed attempt(s) of the {max} the policy allows before escalating"
-                        )));
-                    }
-                    // Flux would go on forever: a retry cannot help, or it has tried as often
-                    // as the policy allows. A retry of ours adds nothing; a rollback (with its
-                    // hold, which also stops the loop) may, and a person is called.
-                    return match plan_rollback(snap, target, policy, d.case) {
-                        Some(Ok(a)) => Ok(a),
-                        Some(Err(b)) => Err(b),
-                        None if !d.retryable => Err(Blocked::RetryCannotHelp(format!(
-                            "helm-controller retries it without a limit (RetryOnFailure), {attempts} time(s) so far, and a retry cannot help: fix the release input in Git, or allow Rollback"
-                        ))),
-                        None => Err(Blocked::MaxAttempts),
-                    };
-                }
-                NativeState::Remediated => {
-                    return Err(Blocked::RetryCannotHelp(
-                        "helm-controller rolled back to the last good release; the failing upgrade needs a fix in Git".into(),
-                    ));
-                }
-                NativeState::Exhausted => {}
-            }
-            // An interrupted retry already counted its attempt.
-            let retry_left = inc.attempts < policy.spec.limits.max_attempts
-                || matches!(inc.interrupted, Some(Action::RetryRelease { .. }));
-            if d.retryable && retry_left && policy.allows(d.case, ActionKind::Retry) {
-                let with_source = policy.rule(d.case).is_some_and(|r| r.with_source);
-                return Ok(Action::RetryRelease {
-                    with_source: target.source_ref.clone().filter(|_| with_source),
-                });
-            }
-            let rollback = plan_rollback(snap, target, policy, d.case);
-            if let Some(Ok(a)) = rollback {
-                return Ok(a);
-            }
-            let rollback_refused = rollback.and_then(Result::err);
-            let no_rollback_target = d
-                .evidence
-                .iter()
-                .any(|e| e.reason == "MissingRollbackTarget");
-            if !d.retryable {
-                Err(rollback_refused.unwrap_or_else(|| {
-                    Blocked::RetryCannotHelp(if no_rollback_target {
-                        "helm-controller has no revision left to roll back to (MissingRollbackTarget: the history was pruned, or no release ever succeeded); fix the release in Git, or roll back or reinstall by hand".into()
-                    } else {
-                        "the release input is invalid; fix it in Git".into()
-                    })
-                }))
-            } else if !retry_left {
-                Err(rollback_refused.unwrap_or(Blocked::MaxAttempts))
-            } else {
-                Err(Blocked::ActionNotAllowed(ActionKind::Retry))
-            }
+    // A rollback a crash interrupted is finished as recorded while the release it
+    // names is still this HelmRelease's, nothing but its own suspend changed the
+    // HelmRelease, and it goes to the last good revision (the rollback itself may have
+    // landed, which makes the latest revision good again).
+    if let Some(Action::Rollback {
+        to_version,
+        release,
+    }) = &inc.interrupted
+        && policy.allows(d.case, ActionKind::Rollback)
+        && suspended_at_most_by_us(target)
+        && verified_release(snap, target, Some(*to_version)).as_ref() == Ok(release)
+        // Only to the last good revision (the one before it, if the rollback landed):
+        // a record restored from an older incident names an older one.
+        && snap
+            .history_of(target)
+            .and_then(|h| h.last_good())
+            .is_some_and(|g| g.version == *to_version)
+    {
+        return Ok(inc.interrupted.clone().unwrap_or(Action::Resume));
+    }
+    let max = i64::from(policy.spec.limits.max_attempts);
+    match d.native {
+        NativeState::Retrying => {
+            return Err(Blocked::FluxRemediating(
+                "helm-controller will retry the release by itself".into(),
+            ));
         }
-        Case::InvalidManifests => {
-            let Some(source) = target.source_ref.clone() else {
-                return Err(Blocked::RetryCannotHelp(
-                    "the manifests are invalid and there is no source to poll".into(),
-                ));
-            };
-            let rev = source_revision(snap, target);
-            if inc.observed_revision.is_some() && rev != inc.observed_revision {
-                return Ok(Action::Reconcile);
-            }
-            if snap.objects.get(&source).is_some_and(|s| s.suspended) {
-                return Err(Blocked::AwaitingFix(format!(
-                    "{source} is suspended: Flux fetches nothing from it until it is resumed"
-                )));
-            }
-            Ok(Action::ReconcileSource { source })
-        }
-        Case::GitAuth | Case::GitUnreachable => {
-            // A chart whose repository fails the same way: the repository's incident acts
-            // (and reconciles the chart with it); a second request from here adds nothing.
-            if !d.is_root() && snap.objects.contains_key(&d.root) {
-                return Err(Blocked::BlockedByRoot(d.root.clone()));
-            }
-            let now = observed_secret(snap, target);
-            let changed = inc.observed_secret.is_some() && now != inc.observed_secret;
-            if changed {
-                let consumers = consumers(snap, &target.key)
-                    .into_iter()
-                    .filter(|c| policy.may_write(&c.namespace, ctx.operator_namespace))
-                    .filter(|c| snap.objects.get(c).is_none_or(|o| !o.suspended))
-                    .collect();
-                Ok(Action::ReconcileSourceAndConsumers {
-                    source: target.key.clone(),
-                    consumers,
-                })
-            } else if d.case == Case::GitUnreachable {
-                Ok(Action::ReconcileSource {
-                    source: target.key.clone(),
-                })
-            } else {
-                Err(Blocked::RetryCannotHelp(
-                    match (snap.credentials_of(target), target.key.kind) {
-                        (Some(secret), _) => format!(
-                            "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
-                            target.key.namespace
-                        ),
-                        (None, FluxKind::HelmChart) => "the chart's HelmRepository references no credentials Secret; add one (spec.secretRef)".into(),
-                        (None, _) => {
-                            "the source references no credentials Secret; add one (spec.secretRef)"
-                                .into()
-                        }
-                    },
-                ))
-            }
-        }
-        Case::DependencyCascade => {
-            if !d.is_root() {
-                if snap.objects.contains_key(&d.root) {
-                    return Err(Blocked::BlockedByRoot(d.root.clone()));
-                }
-                return Err(Blocked::RetryCannotHelp(format!(
-                    "dependency {} does not exist",
-                    d.root
-                )));
-            }
-            // No ancestor is failing; act only once every one of them is caught up the way
-            // kustomize-controller checks it (one merely progressing, or Ready on an older
-            // revision of the shared source, would make the reconcile fail again).
-            if let Some(p) = crate::diagnose::parents(target).into_iter().find(|p| {
-                snap.objects
-                    .get(p)
-                    .is_some_and(|o| !caught_up(snap, o, target))
-            }) {
+        NativeState::RetryingForever => {
+            let attempts = crate::diagnose::flux_attempts(target);
+            if d.retryable && attempts < max {
                 return Err(Blocked::FluxRemediating(format!(
-                    "waiting for {p} to become Ready on its source's current revision"
+                    "helm-controller retries it without a limit (RetryOnFailure): {attempts} failed attempt(s) of the {max} the policy allows before escalating"
                 )));
             }
-            // Every ancestor is Ready again: ask Flux to look now instead of in 30s.
-            Ok(Action::Reconcile)
-        }
-        Case::StaleLock => {
-            if target.is_running_helm_action() {
-                return Err(Blocked::FluxRemediating(
-                    "helm-controller is running a release action".into(),
-                ));
-            }
-            let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
-            let Some(history) = snap.history_of(target) else {
-                return Err(Blocked::NotStale("no release in Helm storage".into()));
-            };
-            let release = verified_release(snap, target, history.latest().map(|l| l.version))?;
-            // An unlock a crash interrupted is finished as recorded (the release may already
-            // be unlocked; the unlock re-checks, and the reconcile is still owed).
-            if let Some(
-                a @ Action::UnlockRelease {
-                    release: recorded, ..
-                },
-            ) = &inc.interrupted
-                && recorded == &release
-            {
-                return Ok(a.clone());
-            }
-            // The policy's threshold, else the release's timeout, never below Helm's default.
-            let threshold = policy
-                .stale_threshold
-                .unwrap_or(crate::helm::stale_after(h.timeout));
-            let delete = policy.allows(d.case, ActionKind::DeletePendingRelease);
-            if delete && !snap.allow_delete_pending_release {
-                return Err(Blocked::ActionNotEnabled(ActionKind::DeletePendingRelease));
-            }
-            match history.stale_pending(snap.now, threshold) {
-                Some(p) => Ok(Action::UnlockRelease {
-                    namespace: p.namespace.clone(),
-                    secret: p.secret_name.clone(),
-                    version: p.version,
-                    delete,
-                    release,
-                }),
-                None => Err(Blocked::NotStale(format!(
-                    "the latest release is not pending, or was written less than {} ago",
-                    crate::flux::format_duration(threshold)
+            // Flux would go on forever: a retry cannot help, or it has tried as often
+            // as the policy allows. A retry of ours adds nothing; a rollback (with its
+            // hold, which also stops the loop) may, and a person is called.
+            return match plan_rollback(snap, target, policy, d.case) {
+                Some(Ok(a)) => Ok(a),
+                Some(Err(b)) => Err(b),
+                None if !d.retryable => Err(Blocked::RetryCannotHelp(format!(
+                    "helm-controller retries it without a limit (RetryOnFailure), {attempts} time(s) so far, and a retry cannot help: fix the release input in Git, or allow Rollback"
                 ))),
-            }
+                None => Err(Blocked::MaxAttempts),
+            };
         }
-        Case::Other => Err(Blocked::NoRunbook),
+        NativeState::Remediated => {
+            return Err(Blocked::RetryCannotHelp(
+                "helm-controller rolled back to the last good release; the failing upgrade needs a fix in Git".into(),
+            ));
+        }
+        NativeState::Exhausted => {}
+    }
+    // An interrupted retry already counted its attempt.
+    let retry_left = inc.attempts < policy.spec.limits.max_attempts
+        || matches!(inc.interrupted, Some(Action::RetryRelease { .. }));
+    if d.retryable && retry_left && policy.allows(d.case, ActionKind::Retry) {
+        let with_source = policy.rule(d.case).is_some_and(|r| r.with_source);
+        return Ok(Action::RetryRelease {
+            with_source: target.source_ref.clone().filter(|_| with_source),
+        });
+    }
+    let rollback = plan_rollback(snap, target, policy, d.case);
+    if let Some(Ok(a)) = rollback {
+        return Ok(a);
+    }
+    let rollback_refused = rollback.and_then(Result::err);
+    let no_rollback_target = d
+        .evidence
+        .iter()
+        .any(|e| e.reason == "MissingRollbackTarget");
+    if !d.retryable {
+        Err(rollback_refused.unwrap_or_else(|| {
+            Blocked::RetryCannotHelp(if no_rollback_target {
+                "helm-controller has no revision left to roll back to (MissingRollbackTarget: the history was pruned, or no release ever succeeded); fix the release in Git, or roll back or reinstall by hand".into()
+            } else {
+                "the release input is invalid; fix it in Git".into()
+            })
+        }))
+    } else if !retry_left {
+        Err(rollback_refused.unwrap_or(Blocked::MaxAttempts))
+    } else {
+        Err(Blocked::ActionNotAllowed(ActionKind::Retry))
+    }
+}
+
+/// Invalid manifests: the fix comes from Git; poll the source, reconcile once it moved.
+fn invalid_manifests(
+    _d: &Diagnosis,
+    target: &FluxObject,
+    _policy: &Policy,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Result<Action, Blocked> {
+    let snap = ctx.snapshot;
+    let Some(source) = target.source_ref.clone() else {
+        return Err(Blocked::RetryCannotHelp(
+            "the manifests are invalid and there is no source to poll".into(),
+        ));
+    };
+    let rev = source_revision(snap, target);
+    if inc.observed_revision.is_some() && rev != inc.observed_revision {
+        return Ok(Action::Reconcile);
+    }
+    if snap.objects.get(&source).is_some_and(|s| s.suspended) {
+        return Err(Blocked::AwaitingFix(format!(
+            "{source} is suspended: Flux fetches nothing from it until it is resumed"
+        )));
+    }
+    Ok(Action::ReconcileSource { source })
+}
+
+/// A source that cannot fetch: act once its credentials Secret changed (the source and its
+/// consumers), poll an unreachable one, otherwise say what to fix.
+fn git_source(
+    d: &Diagnosis,
+    target: &FluxObject,
+    policy: &Policy,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Result<Action, Blocked> {
+    let snap = ctx.snapshot;
+    // A chart whose repository fails the same way: the repository's incident acts
+    // (and reconciles the chart with it); a second request from here adds nothing.
+    if !d.is_root() && snap.objects.contains_key(&d.root) {
+        return Err(Blocked::BlockedByRoot(d.root.clone()));
+    }
+    let now = observed_secret(snap, target);
+    let changed = inc.observed_secret.is_some() && now != inc.observed_secret;
+    if changed {
+        let consumers = consumers(snap, &target.key)
+            .into_iter()
+            .filter(|c| policy.may_write(&c.namespace, ctx.operator_namespace))
+            .filter(|c| snap.objects.get(c).is_none_or(|o| !o.suspended))
+            .collect();
+        Ok(Action::ReconcileSourceAndConsumers {
+            source: target.key.clone(),
+            consumers,
+        })
+    } else if d.case == Case::GitUnreachable {
+        Ok(Action::ReconcileSource {
+            source: target.key.clone(),
+        })
+    } else {
+        Err(Blocked::RetryCannotHelp(
+            match (snap.credentials_of(target), target.key.kind) {
+                (Some(secret), _) => format!(
+                    "fix the credentials in Secret {}/{secret}; fluxmedic reconciles as soon as it changes",
+                    target.key.namespace
+                ),
+                (None, FluxKind::HelmChart) => "the chart's HelmRepository references no credentials Secret; add one (spec.secretRef)".into(),
+                (None, _) => {
+                    "the source references no credentials Secret; add one (spec.secretRef)"
+                        .into()
+                }
+            },
+        ))
+    }
+}
+
+/// A dependent: wait for its root, then reconcile once every parent has caught up.
+fn dependency_cascade(
+    d: &Diagnosis,
+    target: &FluxObject,
+    _policy: &Policy,
+    _inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Result<Action, Blocked> {
+    let snap = ctx.snapshot;
+    if !d.is_root() {
+        if snap.objects.contains_key(&d.root) {
+            return Err(Blocked::BlockedByRoot(d.root.clone()));
+        }
+        return Err(Blocked::RetryCannotHelp(format!(
+            "dependency {} does not exist",
+            d.root
+        )));
+    }
+    // No ancestor is failing; act only once every one of them is caught up the way
+    // kustomize-controller checks it (one merely progressing, or Ready on an older
+    // revision of the shared source, would make the reconcile fail again).
+    if let Some(p) = crate::diagnose::parents(target).into_iter().find(|p| {
+        snap.objects
+            .get(p)
+            .is_some_and(|o| !caught_up(snap, o, target))
+    }) {
+        return Err(Blocked::FluxRemediating(format!(
+            "waiting for {p} to become Ready on its source's current revision"
+        )));
+    }
+    // Every ancestor is Ready again: ask Flux to look now instead of in 30s.
+    Ok(Action::Reconcile)
+}
+
+/// A stale Helm lock: unlock (or delete) the pending release once it is older than the
+/// threshold and verifiably this HelmRelease's.
+fn stale_lock(
+    d: &Diagnosis,
+    target: &FluxObject,
+    policy: &Policy,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Result<Action, Blocked> {
+    let snap = ctx.snapshot;
+    if target.is_running_helm_action() {
+        return Err(Blocked::FluxRemediating(
+            "helm-controller is running a release action".into(),
+        ));
+    }
+    let h = target.helm.as_ref().ok_or(Blocked::NoRunbook)?;
+    let Some(history) = snap.history_of(target) else {
+        return Err(Blocked::NotStale("no release in Helm storage".into()));
+    };
+    let release = verified_release(snap, target, history.latest().map(|l| l.version))?;
+    // An unlock a crash interrupted is finished as recorded (the release may already
+    // be unlocked; the unlock re-checks, and the reconcile is still owed).
+    if let Some(
+        a @ Action::UnlockRelease {
+            release: recorded, ..
+        },
+    ) = &inc.interrupted
+        && recorded == &release
+    {
+        return Ok(a.clone());
+    }
+    // The policy's threshold, else the release's timeout, never below Helm's default.
+    let threshold = policy
+        .stale_threshold
+        .unwrap_or(crate::helm::stale_after(h.timeout));
+    let delete = policy.allows(d.case, ActionKind::DeletePendingRelease);
+    if delete && !snap.allow_delete_pending_release {
+        return Err(Blocked::ActionNotEnabled(ActionKind::DeletePendingRelease));
+    }
+    match history.stale_pending(snap.now, threshold) {
+        Some(p) => Ok(Action::UnlockRelease {
+            namespace: p.namespace.clone(),
+            secret: p.secret_name.clone(),
+            version: p.version,
+            delete,
+            release,
+        }),
+        None => Err(Blocked::NotStale(format!(
+            "the latest release is not pending, or was written less than {} ago",
+            crate::flux::format_duration(threshold)
+        ))),
     }
 }
 
