@@ -525,8 +525,51 @@ pub fn next(inp: &Input<'_>) -> Vec<Effect> {
     out
 }
 
+/// An incident's state, derived once from its record: which of the lifecycle's rules apply.
+/// The rules are the table in [`lifecycle`]: state × what is seen → effects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum State<'a> {
+    /// No record: a failure seen now opens one.
+    New,
+    /// Not fluxmedic's record: ignored entirely.
+    Foreign,
+    /// fluxmedic's record, changed since by someone else: frozen now, never acted from.
+    Edited,
+    /// Frozen: closed when the target recovers or is gone, nothing else.
+    Frozen,
+    /// A step a crash interrupted (its action when readable, its token): finished first.
+    Interrupted {
+        action: Option<Action>,
+        token: String,
+    },
+    /// A release held suspended after a rollback: kept until the fix lands.
+    Held(&'a Hold),
+    /// Open with nothing pending: follows what is seen.
+    Open,
+}
+
+impl<'a> State<'a> {
+    pub fn of(record: Option<&'a Record>) -> State<'a> {
+        let Some(rec) = record else {
+            return State::New;
+        };
+        match rec.trust {
+            Trust::Foreign => State::Foreign,
+            _ if rec.status.frozen.is_some() => State::Frozen,
+            Trust::Edited => State::Edited,
+            Trust::Ours => match (rec.interrupted(), &rec.status.hold) {
+                (Some((action, token)), _) => State::Interrupted { action, token },
+                (None, Some(hold)) => State::Held(hold),
+                (None, None) => State::Open,
+            },
+        }
+    }
+}
+
 fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
-    let Some(rec) = inp.record else {
+    let state = State::of(inp.record);
+    let (Some(rec), seen) = (inp.record, inp.seen) else {
+        // No record.
         return match inp.seen {
             Seen::Failing {
                 diagnosis,
@@ -535,41 +578,33 @@ fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
             _ => vec![],
         };
     };
-    match rec.trust {
-        Trust::Foreign => return vec![],
-        Trust::Edited if rec.status.frozen.is_none() => return freeze(rec),
-        _ => {}
-    }
-    if rec.status.frozen.is_some() {
-        return match inp.seen {
-            Seen::Ready | Seen::Gone => close(rec, inp, Closing::Recovered),
-            _ => vec![],
-        };
-    }
-    if let Some((action, token)) = rec.interrupted() {
-        return finish_interrupted(rec, inp, action, token);
-    }
-    if let Some(hold) = &rec.status.hold {
-        return held(rec, inp, hold);
-    }
-    match inp.seen {
-        Seen::Ready | Seen::Gone => close(rec, inp, Closing::Recovered),
-        Seen::Pending => stuck(rec, inp),
-        Seen::Failing { diagnosis, .. } if diagnosis.case != rec.case => {
-            let mut out = close(rec, inp, Closing::Superseded);
-            if let Seen::Failing {
+    match (state, seen) {
+        (State::New, _) | (State::Foreign, _) => vec![],
+        (State::Edited, _) => freeze(rec),
+        (State::Frozen, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered),
+        (State::Frozen, _) => vec![],
+        (State::Interrupted { action, token }, _) => finish_interrupted(rec, inp, action, token),
+        (State::Held(hold), _) => held(rec, inp, hold),
+        (State::Open, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered),
+        (State::Open, Seen::Pending) => stuck(rec, inp),
+        (
+            State::Open,
+            Seen::Failing {
                 diagnosis,
                 decision,
-            } = inp.seen
-            {
-                out.extend(open(inp, diagnosis, decision));
-            }
+            },
+        ) if diagnosis.case != rec.case => {
+            let mut out = close(rec, inp, Closing::Superseded);
+            out.extend(open(inp, diagnosis, decision));
             out
         }
-        Seen::Failing {
-            diagnosis,
-            decision,
-        } => failing(rec, inp, diagnosis, decision),
+        (
+            State::Open,
+            Seen::Failing {
+                diagnosis,
+                decision,
+            },
+        ) => failing(rec, inp, diagnosis, decision),
     }
 }
 
@@ -1071,6 +1106,22 @@ fn close(rec: &Record, inp: &Input<'_>, why: Closing) -> Vec<Effect> {
         (_, true) => "the target no longer exists".into(),
         _ => "the target is Ready".into(),
     });
+    if why == Closing::Superseded {
+        // Not a recovery: the target still fails, as another case (the next record's). No
+        // time to recovery is counted for it.
+        let note = match inp.seen {
+            Seen::Failing { diagnosis, .. } => format!(
+                "{}: the failure is now {}; a new Remediation records it",
+                rec.target, diagnosis.case
+            ),
+            _ => format!("{}: the failure changed", rec.target),
+        };
+        status.time_to_recovery_seconds = None;
+        return vec![
+            Effect::Close(Box::new(status)),
+            event(Regarding::Record, false, "Superseded", "Close", note),
+        ];
+    }
     let note = format!("{} recovered after {ttr}s ({:?})", rec.target, status.phase);
     vec![
         Effect::Close(Box::new(status)),

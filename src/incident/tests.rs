@@ -1609,3 +1609,156 @@ fn a_rejection_ends_one_request_and_the_incident_asks_no_more() {
     };
     assert!(!out.iter().any(announced), "{out:?}");
 }
+
+// ------------------------------------------------------------------ the state table
+
+/// A record in each state the lifecycle knows (`None`: no record yet).
+fn in_state(state: &str) -> Option<Record> {
+    let case = Case::FailedRelease;
+    let rem = match state {
+        "new" => return None,
+        "foreign" => {
+            let mut r = sealed(case, Some(open_status(Phase::Detected)), None);
+            r.metadata.annotations = None;
+            r.status.as_mut().unwrap().seal = None;
+            r
+        }
+        "edited" => {
+            let mut r = sealed(case, Some(open_status(Phase::Detected)), None);
+            r.status.as_mut().unwrap().attempts = 7;
+            r
+        }
+        "frozen" => {
+            let mut st = open_status(Phase::Detected);
+            st.frozen = Some(FROZEN.into());
+            sealed(case, Some(st), None)
+        }
+        "interrupted" => {
+            let mut st = open_status(Phase::Remediating);
+            begin_step(
+                &mut st,
+                &Action::RetryRelease { with_source: None },
+                "recorded-token",
+                NOW - 60,
+            );
+            sealed(case, Some(st), None)
+        }
+        "held" => sealed(case, Some(holding(Phase::Remediating)), None),
+        "open" => sealed(case, Some(open_status(Phase::Detected)), None),
+        other => panic!("no state {other}"),
+    };
+    Some(read(&rem))
+}
+
+/// What a list of effects does, in short: `open`, `write`, `close`, `freeze`, `release-hold`,
+/// `perform:<action>`, `event:<reason>` (counts left out).
+fn shape(effects: &[Effect]) -> String {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Open { .. } => Some("open".to_string()),
+            Effect::Write(s) if s.frozen.is_some() => Some("freeze".into()),
+            Effect::Write(_) => Some("write".into()),
+            Effect::Close(_) => Some("close".into()),
+            Effect::ReleaseHold => Some("release-hold".into()),
+            Effect::Perform { action, .. } => Some(format!("perform:{}", action.name())),
+            Effect::Event { reason, .. } => Some(format!("event:{reason}")),
+            Effect::Count(_) => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The lifecycle's rules as one table, state × what is seen → effects, in the manner of
+/// helm-controller's `TestAtomicRelease_actionForState`. Today's plan for the failing columns
+/// is a retry that may go ahead; the target is the held release's own suspended HelmRelease
+/// for `held`, a plain failing one otherwise.
+#[test]
+fn the_lifecycle_table() {
+    let retry = Action::RetryRelease { with_source: None };
+    let same = diag(Case::FailedRelease);
+    let other = diag(Case::StaleLock);
+    let dec = acts(retry.clone());
+    let plain = hr(None, 3);
+    let suspended = hr(Some("hr-web-00000001"), 4);
+    #[rustfmt::skip]
+    let table: &[(&str, &str, &str)] = &[
+        // state        seen              effects
+        ("new",         "failing",        "open event:FailureDetected perform:retry"),
+        ("new",         "failing-other",  "open event:FailureDetected perform:retry"),
+        ("new",         "pending",        ""),
+        ("new",         "ready",          ""),
+        ("new",         "gone",           ""),
+        ("foreign",     "failing",        ""),
+        ("foreign",     "ready",          ""),
+        ("edited",      "failing",        "event:RecordEdited freeze"),
+        ("edited",      "ready",          "event:RecordEdited freeze"),
+        ("frozen",      "failing",        ""),
+        ("frozen",      "pending",        ""),
+        ("frozen",      "ready",          "close event:Recovered"),
+        ("frozen",      "gone",           "close event:Recovered"),
+        ("interrupted", "failing",        "perform:retry"),
+        ("interrupted", "ready",          "perform:retry"),
+        ("interrupted", "gone",           "write"),
+        ("held",        "failing",        "write"),
+        ("held",        "failing-other",  "write"),
+        ("held",        "gone",           "close event:Recovered"),
+        ("open",        "failing",        "perform:retry"),
+        ("open",        "failing-other",  "close event:Superseded open event:FailureDetected perform:retry"),
+        ("open",        "pending",        ""),
+        ("open",        "ready",          "close event:Recovered"),
+        ("open",        "gone",           "close event:Recovered"),
+    ];
+    let mut wrong = vec![];
+    for (state, seen, want) in table {
+        let rec = in_state(state);
+        let target = match (*state, *seen) {
+            (_, "gone") => None,
+            ("held", _) => Some(&suspended),
+            _ => Some(&plain),
+        };
+        let seen = match *seen {
+            "failing" => Seen::Failing {
+                diagnosis: &same,
+                decision: &dec,
+            },
+            "failing-other" => Seen::Failing {
+                diagnosis: &other,
+                decision: &dec,
+            },
+            "pending" => Seen::Pending,
+            "ready" => Seen::Ready,
+            "gone" => Seen::Gone,
+            s => panic!("no column {s}"),
+        };
+        let got = shape(&next(&input(rec.as_ref(), target, seen)));
+        if got != *want {
+            wrong.push(format!("{state} × {seen:?}: want {want:?}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "rows that differ:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn each_record_is_read_into_exactly_one_state() {
+    let kind = |s: &str| match State::of(in_state(s).as_ref()) {
+        State::New => "new",
+        State::Foreign => "foreign",
+        State::Edited => "edited",
+        State::Frozen => "frozen",
+        State::Interrupted { .. } => "interrupted",
+        State::Held(_) => "held",
+        State::Open => "open",
+    };
+    for s in [
+        "new",
+        "foreign",
+        "edited",
+        "frozen",
+        "interrupted",
+        "held",
+        "open",
+    ] {
+        assert_eq!(kind(s), s);
+    }
+}
