@@ -406,6 +406,7 @@ impl std::fmt::Display for TargetRef {
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetName"}"#,
     printcolumn = r#"{"name":"Case","type":"string","jsonPath":".spec.case"}"#,
     printcolumn = r#"{"name":"Action","type":"string","jsonPath":".status.action"}"#,
+    printcolumn = r#"{"name":"Planned","type":"string","priority":1,"jsonPath":".status.planned"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -554,6 +555,13 @@ pub struct RemediationStatus {
     /// Why nothing is being done right now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Why, as a stable word (`awaiting-approval`, `cooldown`, `blocked-by-root`, ...): the
+    /// `reason` label of `fluxmedic_actions_blocked_total`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_reason: Option<String>,
+    /// The action fluxmedic would take while it waits (see `blocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<String>,
     /// The action waiting for approval, with the id an approval must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalRequest>,

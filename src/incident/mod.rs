@@ -510,6 +510,8 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
     status.last_action_at = Some(rfc3339(now));
     status.action = Some(action.name().into());
     status.blocked = None;
+    status.blocked_reason = None;
+    status.planned = None;
     // An approval approves one action: the next one needs its own.
     status.approval = None;
     status.next_action_at = None;
@@ -675,7 +677,7 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
         }
         None => {
             let mut waits = vec![];
-            wait(&mut status, None, dec, inp, &mut waits);
+            wait(&mut status, Waited::Not, dec, inp, &mut waits);
             out.push(Effect::Open {
                 case: d.case,
                 status: Box::new(status),
@@ -705,9 +707,28 @@ fn push_detected(out: &mut Vec<Effect>, d: &Diagnosis, now: i64, since: i64, not
 
 /// A planned action that is not taken: the phase, the reason and when the next action is due.
 /// Counts and announces the reason when it changes.
+/// What an incident was waiting for before this pass.
+#[derive(Clone, Copy)]
+enum Waited<'a> {
+    Not,
+    Reason(&'a str),
+    /// A record written before `blockedReason` existed: only its text.
+    Text(&'a str),
+}
+
+impl<'a> Waited<'a> {
+    fn of(status: &'a RemediationStatus) -> Self {
+        match (&status.blocked_reason, &status.blocked) {
+            (Some(r), _) => Waited::Reason(r),
+            (None, Some(t)) => Waited::Text(t),
+            (None, None) => Waited::Not,
+        }
+    }
+}
+
 fn wait(
     status: &mut RemediationStatus,
-    prev: Option<&str>,
+    prev: Waited<'_>,
     dec: &Decision,
     inp: &Input<'_>,
     out: &mut Vec<Effect>,
@@ -738,14 +759,18 @@ fn wait(
             _ => status.phase,
         };
     }
-    if dec.planned.is_some() && status.action.is_none() {
-        status.action = dec.planned.as_ref().map(|a| format!("{}?", a.name()));
-    }
+    status.planned = dec.planned.as_ref().map(|a| a.name().to_string());
     status.next_action_at = blocked.until().map(rfc3339);
-    // A new reason (not merely the same one again) is counted and, for some, announced. The
-    // text is "planned <action>; <reason>[: how to approve]": the reason is in it.
-    let reason = blocked.to_string();
-    let reason_changed = prev.is_none_or(|b| !b.contains(&reason) && b != text);
+    // A new reason (not merely the same one again) is counted and, for some, announced.
+    let label = blocked.label();
+    let reason_changed = match prev {
+        Waited::Reason(before) => before != label,
+        // Written before the reason had its own field: read from the text, which is
+        // "planned <action>; <reason>[: how to approve]".
+        Waited::Text(before) => !before.contains(&blocked.to_string()) && before != text,
+        Waited::Not => true,
+    };
+    status.blocked_reason = Some(label.to_string());
     if reason_changed {
         out.push(Effect::Count(Count::Blocked(blocked.label())));
         if matches!(
@@ -885,7 +910,9 @@ fn stuck(rec: &Record, inp: &Input<'_>) -> Vec<Effect> {
     let mut status = rec.status.clone();
     let mut out = vec![];
     escalate(rec.case, &rec.target, &mut status, true, why, &mut out);
-    status.blocked = Some(Blocked::ControllerDown(why.to_string()).to_string());
+    let blocked = Blocked::ControllerDown(why.to_string());
+    status.blocked = Some(blocked.to_string());
+    status.blocked_reason = Some(blocked.label().to_string());
     status.next_action_at = None;
     if let Some(d) = status.diagnosis.as_mut()
         && !d.evidence.iter().any(|e| e.source == "controller")
@@ -932,8 +959,7 @@ fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<
         });
         return out;
     }
-    let prev = rec.status.blocked.clone();
-    wait(&mut status, prev.as_deref(), dec, inp, &mut out);
+    wait(&mut status, Waited::of(&rec.status), dec, inp, &mut out);
     write_if_changed(rec, status, &mut out);
     out
 }
@@ -1021,6 +1047,8 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
         // A person resumed it (or suspended it anew under their own name): the hold is over.
         status.hold = None;
         status.blocked = None;
+        status.blocked_reason = None;
+        status.planned = None;
         status.message = Some(format!(
             "{} was resumed or re-suspended by someone else; fluxmedic no longer holds it",
             rec.target
@@ -1073,6 +1101,8 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
         "awaiting a fix: rolled back and suspended; resumes when the HelmRelease spec or its chart changes"
             .into(),
     );
+    status.blocked_reason = Some(Blocked::AwaitingFix(String::new()).label().to_string());
+    status.planned = None;
     write_if_changed(rec, status, &mut out);
     out
 }
@@ -1096,6 +1126,8 @@ fn close(rec: &Record, inp: &Input<'_>, why: Closing) -> Vec<Effect> {
     };
     status.closed_at = Some(rfc3339(inp.now));
     status.blocked = None;
+    status.blocked_reason = None;
+    status.planned = None;
     status.next_action_at = None;
     let detected = parse_ts(status.detected_at.as_deref()).unwrap_or(inp.now);
     let ttr = inp.now.saturating_sub(detected).max(0);

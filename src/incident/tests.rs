@@ -1022,6 +1022,67 @@ fn a_new_reason_under_the_same_planned_action_is_counted() {
     );
 }
 
+/// The reason is kept as a word beside the text (`blockedReason`), and the planned action
+/// apart from the last one taken (`planned`, where the action column used to say `retry?`): a
+/// cooldown whose due time moved is the same reason, not counted again. A record written
+/// before those fields is judged by its text, so an upgrade does not announce anything anew.
+#[test]
+fn the_reason_and_the_planned_action_are_fields_not_text() {
+    let o = hr(None, 3);
+    let d = diag(Case::FailedRelease);
+    let retry = Action::RetryRelease { with_source: None };
+    let cooling = |until| blocked(Some(retry.clone()), Blocked::Cooldown { until });
+    let pass = |rec: &Record, dec: &Decision| {
+        next(&input(
+            Some(rec),
+            Some(&o),
+            Seen::Failing {
+                diagnosis: &d,
+                decision: dec,
+            },
+        ))
+    };
+    let first = cooling(NOW + 60);
+    let rec = read(&sealed(
+        Case::FailedRelease,
+        Some(open_status(Phase::Remediating)),
+        None,
+    ));
+    let fx = pass(&rec, &first);
+    let st = written(&fx).unwrap().clone();
+    assert_eq!(st.blocked_reason.as_deref(), Some("cooldown"));
+    assert_eq!(st.planned.as_deref(), Some("retry"));
+    assert_eq!(st.action, None, "nothing was taken yet");
+    let rec = read(&sealed(Case::FailedRelease, Some(st), None));
+    let fx = pass(&rec, &cooling(NOW + 120));
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Count(Count::Blocked(_)))),
+        "the same reason with another due time: {fx:?}"
+    );
+    // Written by an earlier version: its text only.
+    let mut legacy = open_status(Phase::Remediating);
+    legacy.blocked = Some(format!(
+        "planned {retry}; {}",
+        Blocked::Cooldown { until: NOW + 60 }
+    ));
+    let rec = read(&sealed(Case::FailedRelease, Some(legacy), None));
+    let fx = pass(&rec, &first);
+    assert!(
+        !fx.iter()
+            .any(|e| matches!(e, Effect::Count(Count::Blocked(_)))),
+        "{fx:?}"
+    );
+    // Acting clears both.
+    let fx = pass(&rec, &acts(retry.clone()));
+    let st = written(&fx).unwrap();
+    assert_eq!(
+        (st.blocked_reason.as_deref(), st.planned.as_deref()),
+        (None, None)
+    );
+    assert_eq!(st.action.as_deref(), Some("retry"));
+}
+
 #[test]
 fn a_target_frozen_mid_reconcile_by_a_controller_that_stopped_is_escalated() {
     let o = hr(None, 3);
