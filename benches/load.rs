@@ -1,11 +1,16 @@
 //! Fleet-scale load harness against the real test control plane (`task bench:load`):
 //!
 //! 1. create FLUXMEDIC_LOAD_OBJECTS Flux objects (default 10,000: 50% Kustomizations, 40%
-//!    HelmReleases, 10% GitRepositories), suspended so Flux's controllers leave the status that
-//!    the harness writes alone;
+//!    HelmReleases, 10% GitRepositories), labelled `fluxmedic.test/unreconciled`, which the
+//!    test control plane's Flux controllers do not watch (as objects of another shard): they
+//!    leave the status the harness writes alone, and fluxmedic acts on them as on any object
+//!    (suspended ones it would only record);
 //! 2. start `fluxmedic run` (release build) and report start-up until the first full evaluation,
 //!    resident memory, idle CPU and API requests per idle minute (from the API server's audit
 //!    log, which records only fluxmedic's identity);
+//!    The harness acknowledges fluxmedic's reconcile requests on them as Flux's controllers
+//!    would (`status.lastHandledReconcileAt`), so that fluxmedic does not take the controllers
+//!    for stopped;
 //! 3. flip FLUXMEDIC_LOAD_TRICKLE Kustomizations (default 100) to a failing condition one every
 //!    FLUXMEDIC_LOAD_TRICKLE_MS (default 250), then FLUXMEDIC_LOAD_FLIP others (default 1,000) at once, and report for each,
 //!    per object, the time from the status write to the Remediation being visible, to its
@@ -129,6 +134,49 @@ fn audit_requests(
     (ids.len(), by_verb)
 }
 
+/// The label the test control plane's Flux controllers do not watch (hack/testenv/up.sh).
+const UNRECONCILED: &str = "fluxmedic.test/unreconciled";
+
+/// Acknowledge every reconcile request on the objects of `api` the way Flux's controllers do:
+/// `status.lastHandledReconcileAt` set to the request's value.
+async fn acknowledge_requests(api: Api<DynamicObject>) {
+    let mut s = watcher(api.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    while let Ok(Some(o)) = s.try_next().await {
+        let asked = o
+            .annotations()
+            .get("reconcile.fluxcd.io/requestedAt")
+            .cloned();
+        let handled = o.data["status"]["lastHandledReconcileAt"].as_str();
+        if let Some(at) = asked.filter(|a| Some(a.as_str()) != handled) {
+            let st = json!({"status": {"lastHandledReconcileAt": at}});
+            let _ = api
+                .patch_status(&o.name_any(), &PatchParams::default(), &Patch::Merge(st))
+                .await;
+        }
+    }
+}
+
+/// The API server's mutating requests so far, all clients (`apiserver_request_total`).
+fn apiserver_writes(env: &Env) -> f64 {
+    let out = Command::new("kubectl")
+        .args(["get", "--raw", "/metrics"])
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 async fn create_all(client: &Client, ns: &str, n: usize) {
     let n_git = n / 10;
     let n_ks = n / 2;
@@ -137,8 +185,8 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
     let mut jobs: Vec<(String, serde_json::Value, serde_json::Value)> = vec![];
     for i in 0..n_git {
         jobs.push(("GitRepository".into(),
-            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": format!("repo-{i}"), "namespace": ns},
-                   "spec": {"url": "http://127.0.0.1:1/x.git", "interval": "1h", "suspend": true}}),
+            json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository", "metadata": {"name": format!("repo-{i}"), "namespace": ns, "labels": {UNRECONCILED: "true"}},
+                   "spec": {"url": "http://127.0.0.1:1/x.git", "interval": "1h"}}),
             json!({"conditions": ready, "artifact": {"revision": "main@sha1:0", "path": "x", "url": "http://x", "digest": "sha256:0", "lastUpdateTime": "2026-01-01T00:00:00Z"}})));
     }
     for i in 0..n_ks {
@@ -148,14 +196,14 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
             json!([])
         };
         jobs.push(("Kustomization".into(),
-            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("ks-{i}"), "namespace": ns, "labels": {"team": format!("t{}", i % 20)}},
-                   "spec": {"interval": "10m", "path": "./", "prune": true, "suspend": true, "dependsOn": deps, "sourceRef": {"kind": "GitRepository", "name": format!("repo-{}", i % n_git.max(1))}}}),
+            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {"name": format!("ks-{i}"), "namespace": ns, "labels": {"team": format!("t{}", i % 20), UNRECONCILED: "true"}},
+                   "spec": {"interval": "10m", "path": "./", "prune": true, "dependsOn": deps, "sourceRef": {"kind": "GitRepository", "name": format!("repo-{}", i % n_git.max(1))}}}),
             json!({"conditions": ready, "observedGeneration": 1})));
     }
     for i in 0..n_hr {
         jobs.push(("HelmRelease".into(),
-            json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": format!("hr-{i}"), "namespace": ns},
-                   "spec": {"interval": "10m", "suspend": true, "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}),
+            json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease", "metadata": {"name": format!("hr-{i}"), "namespace": ns, "labels": {UNRECONCILED: "true"}},
+                   "spec": {"interval": "10m", "chart": {"spec": {"chart": "web", "sourceRef": {"kind": "HelmRepository", "name": "charts"}}}}}),
             json!({"conditions": ready, "observedGeneration": 1})));
     }
     futures::stream::iter(jobs)
@@ -207,7 +255,7 @@ async fn main() {
     create_all(&client, &ns, n).await;
     eprintln!("created {n} objects in {:?}", t.elapsed());
     apply(&client, policy(&ns, "load", json!({"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
-        "circuitBreaker": {"maxFailingTargets": 100000}, "limits": {"pollInterval": "1h", "maxPollInterval": "1h"}}))).await;
+        "circuitBreaker": {"maxFailingTargets": 100000}, "limits": {"pollInterval": "10m", "maxPollInterval": "30m"}}))).await;
 
     // Operator as its own audited identity.
     let kc = audited_kubeconfig(env, &ns);
@@ -301,6 +349,15 @@ async fn main() {
         format!("API requests started in an idle {idle_s} s (audit log)"),
         format!("{reqs} {verbs:?}"),
     ));
+
+    // The harness plays the controllers' part fluxmedic checks: a reconcile request on one of
+    // its objects is acknowledged (status.lastHandledReconcileAt), as source-controller and
+    // kustomize-controller do first thing; otherwise fluxmedic rightly finds the controller
+    // not handling requests and stops acting ("a person is needed").
+    let acks: Vec<_> = ["GitRepository", "Kustomization"]
+        .into_iter()
+        .map(|kind| tokio::spawn(acknowledge_requests(flux_api(&client, &ns, kind))))
+        .collect();
 
     // Flip objects to failing; watch Remediations.
     let seen: Arc<Mutex<HashMap<String, FirstSeen>>> = Arc::default();
@@ -420,13 +477,26 @@ async fn main() {
     let storm_names: Vec<String> = (0..flip).map(|i| format!("ks-{}", i * 5)).collect();
     let t_flip = Instant::now();
     let cpu_before = cpu_seconds(env, pid);
-    eprintln!("storm starts at {}", jiff::Timestamp::now());
+    let storm_from = jiff::Timestamp::now();
+    let api_writes_before = apiserver_writes(env);
+    eprintln!("storm starts at {storm_from}");
     futures::stream::iter(storm_names.clone())
         .for_each_concurrent(16, |name| fail(api.clone(), written.clone(), name))
         .await;
     let flip_write = t_flip.elapsed();
-    let l = wait_and_measure(storm_names, Duration::from_secs(300)).await;
+    let l = wait_and_measure(storm_names.clone(), Duration::from_secs(300)).await;
     let storm_wall = t_flip.elapsed().as_secs_f64();
+    let storm_to = jiff::Timestamp::now();
+    let api_writes = apiserver_writes(env) - api_writes_before;
+    // The last incident recorded (its Remediation visible), from the first flip.
+    let recorded_in = {
+        let s = seen.lock().unwrap();
+        storm_names
+            .iter()
+            .filter_map(|n| s.get(n).and_then(|e| e[0]))
+            .map(|t| t.saturating_duration_since(t_flip).as_secs_f64())
+            .fold(0.0, f64::max)
+    };
     let cpu: Vec<String> = cpu_seconds(env, pid)
         .into_iter()
         .zip(cpu_before)
@@ -435,11 +505,36 @@ async fn main() {
         .map(|(name, used)| format!("{name} {used:.1}"))
         .collect();
     watch.abort();
+    for a in &acks {
+        a.abort();
+    }
     rows.push((
         format!("status writes of {flip} flips (16 concurrent)"),
         format!("{:.2} s", flip_write.as_secs_f64()),
     ));
+    let recorded = l[0].len();
     report(&mut rows, &format!("{flip} flipped at once"), flip, l);
+    tokio::time::sleep(Duration::from_secs(2)).await; // audit log flush
+    let (ours, verbs) = audit_requests(env.var("FLUXMEDIC_AUDIT_LOG"), storm_from, storm_to);
+    let ours_writes: usize = ["create", "update", "patch", "delete"]
+        .iter()
+        .map(|v| verbs.get(*v).copied().unwrap_or(0))
+        .sum();
+    rows.push((
+        "fluxmedic's writes during the storm (audit log), per incident".into(),
+        format!(
+            "{ours_writes} ({:.1} per incident; {ours} requests in all: {verbs:?})",
+            ours_writes as f64 / recorded.max(1) as f64
+        ),
+    ));
+    rows.push((
+        "incidents recorded per second during the storm, beside the API server's write rate".into(),
+        format!(
+            "{:.0}/s ({recorded} in {recorded_in:.1} s); API server {:.0} writes/s over the storm's {storm_wall:.1} s (all clients, apiserver_request_total)",
+            recorded as f64 / recorded_in.max(0.001),
+            api_writes / storm_wall.max(0.001)
+        ),
+    ));
     rows.push((
         format!(
             "CPU seconds used during the storm ({storm_wall:.1} s wall, {} cores)",

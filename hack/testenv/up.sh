@@ -196,15 +196,19 @@ common=(--enable-leader-election=false --log-encoding=console --watch-all-namesp
 # With a notification-controller, Flux's controllers post their events to it, as in a cluster.
 flux_events=()
 [ -x "$bin/notification-controller" ] && flux_events=(--events-addr="http://127.0.0.1:$P_NC_E/")
+# Objects labelled fluxmedic.test/unreconciled are no controller's (the load harness writes their
+# status itself and lets fluxmedic act on them), as objects of another shard are.
 start source-controller env KUBECONFIG="$KUBECONFIG" "$bin/source-controller" "${common[@]}" "${flux_events[@]}" \
+  --watch-label-selector='!fluxmedic.test/unreconciled' \
   --storage-path="$dir/artifacts" --storage-addr="127.0.0.1:$P_STORAGE" --storage-adv-addr="127.0.0.1:$P_STORAGE" \
   --metrics-addr="127.0.0.1:$P_SC_M" --health-addr="127.0.0.1:$P_SC_H"
 start kustomize-controller env KUBECONFIG="$KUBECONFIG" "$bin/kustomize-controller" "${common[@]}" "${flux_events[@]}" \
+  --watch-label-selector='!fluxmedic.test/unreconciled' \
   --metrics-addr="127.0.0.1:$P_KC_M" --health-addr="127.0.0.1:$P_KC_H"
 # HelmReleases labelled fluxmedic.test/lockdown belong to a helm-controller a test starts under
 # Flux's lockdown (--default-service-account), as a shard of its own.
 start helm-controller env KUBECONFIG="$dir/helm-controller.kubeconfig" "$bin/helm-controller" "${common[@]}" "${flux_events[@]}" \
-  --watch-label-selector='!fluxmedic.test/lockdown' \
+  --watch-label-selector='!fluxmedic.test/lockdown,!fluxmedic.test/unreconciled' \
   --metrics-addr="127.0.0.1:$P_HC_M" --health-addr="127.0.0.1:$P_HC_H"
 if [ -x "$bin/notification-controller" ]; then
   start notification-controller env KUBECONFIG="$KUBECONFIG" "$bin/notification-controller" "${common[@]}" \
