@@ -220,6 +220,14 @@ impl Snapshot {
             .is_some_and(|o| o.is_failing() || self.stale_lock_of(o).is_some())
     }
 
+    /// Flux is reconciling it and it is not Ready yet (Ready Unknown).
+    fn in_progress(&self, key: &ObjectKey) -> bool {
+        self.objects
+            .get(key)
+            .and_then(|o| o.condition("Ready"))
+            .is_some_and(|c| c.status == "Unknown")
+    }
+
     /// A pending latest release that helm-controller is not working on and that has gone
     /// unwritten longer than [`crate::helm::stale_after`] the release's timeout.
     pub fn stale_lock_of(&self, obj: &FluxObject) -> Option<&StoredRelease> {
@@ -534,6 +542,13 @@ impl RootFinder<'_> {
             return vec![];
         };
         visiting.insert(key.clone());
+        // Blocked on its sources or dependencies: one of them between two failed attempts
+        // (Ready Unknown while Flux reconciles it) is still what blocks it, so a root's passing
+        // state does not move its dependents' root (nor rewrite their records).
+        let gated = matches!(
+            obj.condition("Ready").filter(|c| c.is_false()).map(|c| c.reason.as_str()),
+            Some(r) if SOURCE_GATES.contains(&r)
+        );
         let mut result = vec![];
         for p in parents(obj) {
             if visiting.contains(&p) {
@@ -550,7 +565,7 @@ impl RootFinder<'_> {
                 result = vec![p];
                 break;
             }
-            if self.snap.failing(&p) {
+            if self.snap.failing(&p) || gated && self.snap.in_progress(&p) {
                 let mut c = vec![p.clone()];
                 c.extend(self.chain(&p, visiting));
                 result = c;
@@ -562,6 +577,14 @@ impl RootFinder<'_> {
         result
     }
 }
+
+/// The Ready reasons with which a Flux object says it waits on its sources or dependencies.
+const SOURCE_GATES: [&str; 4] = [
+    "SourceNotReady",
+    "ArtifactFailed",
+    "DependencyNotReady",
+    "HealthCheckFailed",
+];
 
 /// Diagnose one object within its snapshot; `None` if it is not failing.
 pub fn diagnose_object(snap: &Snapshot, obj: &FluxObject) -> Option<Diagnosis> {
@@ -582,7 +605,7 @@ fn diagnose_with(
     let root = chain.last().cloned().unwrap_or_else(|| obj.key.clone());
     let source_gate = matches!(
         obj.condition("Ready").map(|c| c.reason.as_str()),
-        Some("SourceNotReady" | "ArtifactFailed" | "DependencyNotReady" | "HealthCheckFailed")
+        Some(r) if SOURCE_GATES.contains(&r)
     );
     // Blocked on a parent that is working (Ready Unknown: Flux reconciling it, e.g. between
     // two failed attempts) is the same incident as blocked on it failing: a root's passing
@@ -601,7 +624,7 @@ fn diagnose_with(
     };
     if root != obj.key {
         let state = if snap.objects.contains_key(&root) {
-            "is failing"
+            "is not ready"
         } else {
             "does not exist"
         };

@@ -549,8 +549,23 @@ fn consumers_keep_their_case_while_their_failing_source_is_between_attempts() {
         "Progressing",
         "reconciliation in progress",
     );
-    assert_eq!(case_of_app(failing), Some(Case::DependencyCascade));
-    assert_eq!(case_of_app(between), Some(Case::DependencyCascade));
+    assert_eq!(case_of_app(failing.clone()), Some(Case::DependencyCascade));
+    assert_eq!(case_of_app(between.clone()), Some(Case::DependencyCascade));
+    // And the same root: the record is not rewritten for the moment in between.
+    let root_of_app = |source: Value| {
+        let snap = Snapshot::new(
+            [
+                git("repo", vec![source]),
+                ks("app", &[], "repo", vec![waiting.clone()]),
+            ],
+            0,
+        );
+        let d = diagnose(&snap);
+        let d = d.get(&key(FluxKind::Kustomization, "app")).unwrap();
+        (d.root.clone(), d.evidence.clone())
+    };
+    assert_eq!(root_of_app(failing), root_of_app(between));
+    assert_eq!(root_of_app(ready()).0, key(FluxKind::Kustomization, "app"));
     // The source is Ready and the consumer still says it waits: its own problem now.
     assert_eq!(case_of_app(ready()), Some(Case::Other));
 }
