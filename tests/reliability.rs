@@ -508,23 +508,29 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
-    let (env, client, ns) = setup("storm").await;
-    // One shared source whose credentials the server rejects, and 200 consumers.
-    let repo = Repo::new(env, &ns, true);
+/// GitRepository `repo` with an `app/` path, whose credentials (Secret `creds`) the Git server
+/// rejects: a shared source failing with git-auth for as long as the test lasts.
+async fn rejected_source(env: &'static Env, client: &Client, ns: &str) -> Repo {
+    let repo = Repo::new(env, ns, true);
     repo.set_server_credentials(env, "bot", "right");
     repo.commit(
         &[("app/kustomization.yaml", Some("resources: []\n"))],
         "initial",
     );
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let s: Secret = serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"username": "bot", "password": "wrong"}})).unwrap();
-    secrets
-        .create(&kube::api::PostParams::default(), &s)
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&Default::default(), &s)
         .await
         .unwrap();
-    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    git_repository(client, ns, "repo", &repo.url, Some("creds")).await;
+    repo
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_of_200_failures_acts_on_the_root_only_with_bounded_writes() {
+    let (env, client, ns) = setup("storm").await;
+    // One shared source whose credentials the server rejects, and 200 consumers.
+    let _repo = rejected_source(env, &client, &ns).await;
     let n = 200;
     futures::future::join_all((0..n).map(|i| {
         let (client, ns) = (client.clone(), ns.clone());
@@ -714,18 +720,7 @@ fn assert_one_record_per_target(records: &[Value]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_source_held_in_retry_keeps_one_record_per_target_through_relists_and_restarts() {
     let (env, client, ns) = setup("retryhold").await;
-    let repo = Repo::new(env, &ns, true);
-    repo.set_server_credentials(env, "bot", "right");
-    repo.commit(
-        &[("app/kustomization.yaml", Some("resources: []\n"))],
-        "initial",
-    );
-    let s: Secret = serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"username": "bot", "password": "wrong"}})).unwrap();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&Default::default(), &s)
-        .await
-        .unwrap();
-    git_repository(&client, &ns, "repo", &repo.url, Some("creds")).await;
+    let _repo = rejected_source(env, &client, &ns).await;
     let n = 30;
     for i in 0..n {
         kustomization(&client, &ns, &format!("app{i}"), "./app", &[]).await;
