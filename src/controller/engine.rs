@@ -1,8 +1,9 @@
 //! The evaluation pass: snapshot -> diagnose -> plan -> [`incident::next`] -> effects.
 //!
 //! Every decision is pure (diagnose, plan, the incident lifecycle); this module reads the
-//! index, performs the effects the lifecycle returns, in order, and nothing else. Helm runs
-//! off the pass, as a job per target with a hard timeout.
+//! index and hands the effects the lifecycle returns to the [`executor`], which performs
+//! them in order through the API. Helm runs off the pass, as a job per target with a hard
+//! timeout.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -11,43 +12,26 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::events::{Event, EventType},
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::Context;
 use crate::{
-    api::{
-        BASELINE_ANNOTATION, FIELD_MANAGER, INTENT_ANNOTATION, OPEN_LABEL, Remediation,
-        RemediationPolicy, RemediationPolicyStatus, RemediationSpec, RemediationStatus,
-        SEAL_ANNOTATION, SEQUENCE_ANNOTATION, Step, TARGET_LABEL, TargetRef,
-    },
-    diagnose::{self, Case, Diagnosis, Report, Snapshot},
+    api::{FIELD_MANAGER, Remediation, RemediationPolicy, RemediationPolicyStatus},
+    diagnose::{self, Diagnosis, Report, Snapshot},
     error::{Error, Result, Stage},
+    executor::{self, Cur, Executor},
     flux::{FluxKind, FluxObject, ObjectKey},
-    incident::{
-        self, Count, Effect, Facts, IntentAt, Outcome, Record, Regarding, Trust, seal::RecordId,
-    },
-    policy::{self, Action, Policy, source_revision},
-    remedy::{UnlockOutcome, fresh_token},
-    telemetry::{CaseLabels, ReasonLabels},
+    incident::{self, Record, Trust},
+    policy::{self, Action, Policy},
+    remedy::fresh_token,
 };
 
 pub use crate::incident::stable_hash;
-
-/// Fault injection for the crash-safety tests: `FLUXMEDIC_CRASH_AT=<point>` aborts the
-/// process (no cleanup, like SIGKILL) when a step reaches that point. Unset in production.
-fn crash_point(point: &str) {
-    if std::env::var("FLUXMEDIC_CRASH_AT").is_ok_and(|p| p == point) {
-        eprintln!("FLUXMEDIC_CRASH_AT={point}: aborting");
-        std::process::abort();
-    }
-}
 
 /// A random id for an approval request (64 bits, hex): nobody can write an approval for a
 /// request before it exists.
@@ -62,25 +46,6 @@ fn fresh_nonce() -> String {
 
 fn now_s() -> i64 {
     jiff::Timestamp::now().as_second()
-}
-
-pub fn target_label(key: &ObjectKey) -> String {
-    format!("{:016x}", stable_hash(&key.to_string()))
-}
-
-fn object_ref(obj: &FluxObject) -> ObjectReference {
-    ObjectReference {
-        api_version: Some(format!(
-            "{}/{}",
-            obj.key.kind.group(),
-            obj.key.kind.version()
-        )),
-        kind: Some(obj.key.kind.as_str().into()),
-        name: Some(obj.key.name.clone()),
-        namespace: Some(obj.key.namespace.clone()),
-        uid: obj.uid.clone(),
-        ..Default::default()
-    }
 }
 
 /// One target to evaluate: its diagnosis (if failing) and its open record (if any).
@@ -247,6 +212,7 @@ async fn read_records(
         .collect();
     for r in read.values().filter(|r| r.trust == Trust::Ours) {
         store.seen(r.sequence);
+        store.confirm(r);
     }
     read
 }
@@ -361,7 +327,7 @@ fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
     }
 }
 
-/// Plan one target and perform what its incident's lifecycle says.
+/// Plan one target and have the executor perform what its incident's lifecycle says.
 async fn handle(
     ctx: &Arc<Context>,
     snap: &Arc<Snapshot>,
@@ -389,241 +355,44 @@ async fn handle(
     if effects.is_empty() {
         return Ok(());
     }
-    let obj = snap.objects.get(&w.key).cloned();
+    let target = executor::Target::of(snap, &w.key);
     let cur = w.record.as_ref().map(|r| Cur {
         name: r.name.clone(),
         case: r.case,
         uid: r.uid.clone(),
     });
-    let since = obj
-        .as_deref()
-        .and_then(|o| o.failing_since())
-        .map(|t| t.as_second())
-        .unwrap_or(snap.now);
-    execute(ctx, snap, &w.key, obj, cur, since, effects).await
-}
-
-/// The record the effects are about: the target's open one, or the one an Open created.
-#[derive(Clone)]
-struct Cur {
-    name: String,
-    case: Case,
-    /// The record object's uid: every status seal is bound to it.
-    uid: String,
-}
-
-fn need(cur: &Option<Cur>) -> Result<&Cur> {
-    cur.as_ref().ok_or(Error::NoRecord)
-}
-
-/// Perform `effects` in order (the only IO of an incident), with the crash points between them.
-async fn execute(
-    ctx: &Arc<Context>,
-    snap: &Arc<Snapshot>,
-    key: &ObjectKey,
-    obj: Option<Arc<FluxObject>>,
-    mut cur: Option<Cur>,
-    since: i64,
-    effects: Vec<Effect>,
-) -> Result<()> {
-    for effect in effects {
-        match effect {
-            Effect::Open {
-                case,
-                status,
-                intent,
-            } => {
-                let (name, uid) = create_record(ctx, key, case, since, intent.as_ref(), &status)
-                    .await
-                    .map_err(Error::at(Stage::CreateRecord))?;
-                info!(target = %key, case = %case, remediation = %name, "incident detected");
-                cur = Some(Cur { name, case, uid });
-                if intent.is_none() {
-                    write_status(ctx, key, need(&cur)?, &status)
-                        .await
-                        .map_err(Error::at(Stage::WriteRecord))?;
-                }
-            }
-            Effect::Write(status) => {
-                write_status(ctx, key, need(&cur)?, &status)
-                    .await
-                    .map_err(Error::at(Stage::WriteRecord))?;
-            }
-            Effect::Close(status) => {
-                let c = need(&cur)?;
-                label_closed(ctx, key, &c.name)
-                    .await
-                    .map_err(Error::at(Stage::CloseRecord))?;
-                write_status(ctx, key, c, &status)
-                    .await
-                    .map_err(Error::at(Stage::CloseRecord))?;
-                info!(target = %key, phase = ?status.phase, "incident closed");
-            }
-            Effect::ReleaseHold => {
-                let c = need(&cur)?;
-                if let Some(o) = &obj {
-                    let uid = o.uid.clone().unwrap_or_default();
-                    ctx.actuator
-                        .release_hold(key, &uid, &c.name)
-                        .await
-                        .map_err(Error::at(Stage::ReleaseHold))?;
-                }
-            }
-            Effect::Perform {
-                action,
-                token,
-                status,
-                intent,
-            } => {
-                let c = need(&cur)?.clone();
-                if intent == IntentAt::Status {
-                    write_status(ctx, key, &c, &status)
-                        .await
-                        .map_err(Error::at(Stage::WriteRecord))?;
-                }
-                if intent != IntentAt::Recorded {
-                    crash_point(&format!("{}:after-intent", action.name()));
-                } else {
-                    info!(target = %key, action = %action, "finishing a step interrupted by a restart");
-                }
-                let Some(o) = obj.clone() else {
-                    return Err(Error::at(Stage::Act(action.name()))(Error::TargetGone(
-                        key.clone(),
-                    )));
-                };
-                if matches!(action, Action::Rollback { .. }) {
-                    spawn_rollback(ctx, snap.clone(), o, c, action, token, *status);
-                    return Ok(());
-                }
-                return act(ctx, snap, &o, &c, action, &token, *status).await;
-            }
-            Effect::Event {
-                regarding,
-                warning,
-                reason,
-                action,
-                note,
-            } => {
-                let rem = cur.as_ref().map(|c| rem_ref(key, &c.name));
-                announce(
-                    ctx,
-                    obj.as_deref(),
-                    rem,
-                    regarding,
-                    warning,
-                    reason,
-                    action,
-                    note,
-                );
-            }
-            Effect::Count(c) => count(ctx, &key.namespace, c),
-        }
-    }
-    Ok(())
-}
-
-/// Perform an action, then record its outcome (one write) and announce it.
-async fn act(
-    ctx: &Arc<Context>,
-    snap: &Snapshot,
-    obj: &Arc<FluxObject>,
-    cur: &Cur,
-    action: Action,
-    token: &str,
-    status: RemediationStatus,
-) -> Result<()> {
-    let result = perform(ctx, snap, obj, cur, &action, token).await;
-    crash_point(&format!("{}:after-act", action.name()));
-    record_outcome(ctx, snap, obj, cur, &action, status, result).await
-}
-
-async fn record_outcome(
-    ctx: &Context,
-    snap: &Snapshot,
-    obj: &FluxObject,
-    cur: &Cur,
-    action: &Action,
-    status: RemediationStatus,
-    result: Result<Done>,
-) -> Result<()> {
-    if let Err(Error::NotLeader(_)) = &result {
-        // No longer the leader: the new one finishes the step from its recorded intent.
-        return result.map(|_| ());
-    }
-    let outcome = match &result {
-        Ok(done) => Outcome::Done {
-            message: done.message.clone(),
-            generation: done.generation,
-        },
-        Err(e) => Outcome::Failed {
-            message: e.to_string(),
-            category: e.category(),
-        },
+    let shard = ctx.opts.shard();
+    let exec = Executor {
+        port: &**ctx,
+        sealer: &ctx.sealer,
+        shard: shard.as_deref(),
     };
-    let facts = Facts {
-        source_revision: source_revision(snap, obj),
-        secret: policy::observed_secret(snap, obj),
-        generation: obj.generation,
+    let Some(pending) = exec.execute(&target, cur, effects).await? else {
+        return Ok(());
     };
-    let key = &obj.key;
-    for effect in incident::settle(status, action, &outcome, &facts, now_s()) {
-        match effect {
-            Effect::Write(status) => {
-                if let Err(write) = write_status(ctx, key, cur, &status).await {
-                    // The outcome did not reach the status: the step stays Running there and
-                    // is finished again with its token. An action error is still counted.
-                    if let Err(e) = &result {
-                        ctx.metrics.error(e.category());
-                    }
-                    return Err(Error::at(Stage::RecordOutcome)(write));
-                }
-            }
-            Effect::Count(c) => count(ctx, &key.namespace, c),
-            Effect::Event {
-                regarding,
-                warning,
-                reason,
-                action,
-                note,
-            } => announce(
-                ctx,
-                Some(obj),
-                Some(rem_ref(key, &cur.name)),
-                regarding,
-                warning,
-                reason,
-                action,
-                note,
-            ),
-            _ => {}
-        }
+    if matches!(pending.action, Action::Rollback { .. }) {
+        spawn_rollback(ctx, pending);
+        return Ok(());
     }
-    result
-        .map(|_| ())
-        .map_err(Error::at(Stage::Act(action.name())))
+    exec.run(pending).await
 }
 
 /// A rollback runs off the pass: the target is busy until it ends; its outcome is recorded
 /// by the job. Shutdown (and a lost Lease) stop it; helm's lock is cleared on the way out.
-fn spawn_rollback(
-    ctx: &Arc<Context>,
-    snap: Arc<Snapshot>,
-    obj: Arc<FluxObject>,
-    cur: Cur,
-    action: Action,
-    token: String,
-    status: RemediationStatus,
-) {
-    let key = obj.key.clone();
+fn spawn_rollback(ctx: &Arc<Context>, pending: executor::Pending) {
+    let key = pending.obj.key.clone();
     let job_ctx = ctx.clone();
     let job_key = key.clone();
     let handle = tokio::spawn(async move {
         let ctx = job_ctx;
-        let result = perform(&ctx, &snap, &obj, &cur, &action, &token).await;
-        crash_point(&format!("{}:after-act", action.name()));
-        let res = record_outcome(&ctx, &snap, &obj, &cur, &action, status, result).await;
-        let now = now_s();
-        settle_backoff(&ctx, &job_key, now, res);
+        let shard = ctx.opts.shard();
+        let exec = Executor {
+            port: &*ctx,
+            sealer: &ctx.sealer,
+            shard: shard.as_deref(),
+        };
+        let res = exec.run(pending).await;
+        settle_backoff(&ctx, &job_key, now_s(), res);
         ctx.jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -636,137 +405,6 @@ fn spawn_rollback(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(key, handle);
-}
-
-async fn perform(
-    ctx: &Context,
-    snap: &Snapshot,
-    obj: &FluxObject,
-    cur: &Cur,
-    action: &Action,
-    token: &str,
-) -> Result<Done> {
-    let a = &ctx.actuator;
-    let key = &obj.key;
-    let uid = obj.uid.clone().unwrap_or_default();
-    match action {
-        Action::Reconcile => {
-            a.request_reconcile(key, token, false, false).await?;
-            Ok(format!("requested reconcile of {key}").into())
-        }
-        Action::ReconcileSource { source } => {
-            a.request_reconcile(source, token, false, false).await?;
-            Ok(format!("requested reconcile of {source}").into())
-        }
-        Action::ReconcileSourceAndConsumers { source, consumers } => {
-            a.request_reconcile(source, token, false, false).await?;
-            crash_point("reconcile-source-and-consumers:after-source");
-            for c in consumers {
-                a.request_reconcile(c, token, false, false).await?;
-            }
-            Ok(format!(
-                "requested reconcile of {source} and {} consumer(s)",
-                consumers.len()
-            )
-            .into())
-        }
-        Action::RetryRelease { with_source } => {
-            if let Some(s) = with_source {
-                a.request_reconcile(s, token, false, false).await?;
-            }
-            a.request_reconcile(key, token, true, true).await?;
-            Ok(format!("requested retry of {key} (requestedAt+resetAt+forceAt={token})").into())
-        }
-        Action::Rollback {
-            to_version,
-            release,
-        } => {
-            let h = obj
-                .helm
-                .as_ref()
-                .ok_or_else(|| Error::NotHelmRelease(obj.key.clone()))?;
-            // Suspended by this step already (a restart finishing it): keep that suspension.
-            let generation = if obj.suspended
-                && obj
-                    .reconcile_annotations
-                    .get(crate::api::SUSPENDED_BY_ANNOTATION)
-                    == Some(&cur.name)
-            {
-                obj.generation
-            } else {
-                let next_gen = obj.generation.unwrap_or(0).saturating_add(1);
-                let hold = ctx.sealer.seal_hold(key, &uid, &cur.name, next_gen);
-                let rv = obj.resource_version.as_deref().unwrap_or_default();
-                a.suspend(key, &uid, rv, &cur.name, &hold).await?
-            };
-            crash_point("rollback:after-suspend");
-            match a
-                .helm_rollback(release, *to_version, h.timeout, ctx.stop.subscribe())
-                .await
-            {
-                Ok(msg) => Ok(Done {
-                    message: format!("suspended {key}; {msg}; stays suspended until the fix lands"),
-                    generation,
-                }),
-                Err(e) => {
-                    // Never leave it suspended because of a failed step.
-                    if let Err(undo) = a.release_hold(key, &uid, &cur.name).await {
-                        warn!(target = %key, error = %undo, "cannot resume after a failed rollback; the next pass resumes it");
-                    }
-                    Err(e)
-                }
-            }
-        }
-        Action::Resume => {
-            let resumed = a.release_hold(key, &uid, &cur.name).await?;
-            Ok(if resumed {
-                format!("resumed {key}: the fix landed")
-            } else {
-                format!("{key} was already resumed by someone else")
-            }
-            .into())
-        }
-        Action::UnlockRelease {
-            namespace,
-            secret,
-            delete,
-            release,
-            ..
-        } => {
-            let outcome = a.unlock(namespace, secret, *delete, release).await?;
-            crash_point(&format!("{}:after-unlock", action.name()));
-            a.request_reconcile(key, token, false, false).await?;
-            let _ = snap;
-            Ok(Done::from(match outcome {
-                UnlockOutcome::Unlocked { previous } => format!(
-                    "marked {namespace}/{secret} failed (was {previous}); requested reconcile"
-                ),
-                UnlockOutcome::Deleted => {
-                    format!("deleted stale {namespace}/{secret}; requested reconcile")
-                }
-                UnlockOutcome::AlreadyUnlocked { status } => {
-                    format!("{namespace}/{secret} was already {status}; requested reconcile")
-                }
-                UnlockOutcome::Gone => format!("{namespace}/{secret} is gone; requested reconcile"),
-            }))
-        }
-    }
-}
-
-/// What a performed action reports: the message for the record and, for a suspend, the
-/// HelmRelease's generation after it (from the patch response, so no `get` is needed).
-struct Done {
-    message: String,
-    generation: Option<i64>,
-}
-
-impl From<String> for Done {
-    fn from(message: String) -> Self {
-        Done {
-            message,
-            generation: None,
-        }
-    }
 }
 
 async fn resume_orphan(ctx: &Arc<Context>, o: &FluxObject) -> Result<()> {
@@ -786,51 +424,6 @@ async fn resume_orphan(ctx: &Arc<Context>, o: &FluxObject) -> Result<()> {
         ctx.metrics.action("resume-orphan", "succeeded");
     }
     Ok(())
-}
-
-/// Count `c`, for a target in namespace `ns`.
-fn count(ctx: &Context, ns: &str, c: Count) {
-    let m = &ctx.metrics;
-    match c {
-        Count::Incident(case) => {
-            m.incidents
-                .get_or_create(&crate::telemetry::CaseNamespaceLabels {
-                    case: case.to_string(),
-                    namespace: ns.to_string(),
-                })
-                .inc();
-        }
-        Count::Detected(s) => m.time_to_detect.observe(s as f64),
-        Count::Escalation(case) => {
-            m.escalations
-                .get_or_create(&crate::telemetry::CaseNamespaceLabels {
-                    case: case.to_string(),
-                    namespace: ns.to_string(),
-                })
-                .inc();
-        }
-        Count::Blocked(reason) => {
-            m.blocked
-                .get_or_create(&ReasonLabels {
-                    reason: reason.into(),
-                })
-                .inc();
-        }
-        Count::Recovered { case, seconds } => m
-            .time_to_recover
-            .get_or_create(&CaseLabels {
-                case: case.to_string(),
-            })
-            .observe(seconds as f64),
-        Count::Action { name, ok } => m.action(name, if ok { "succeeded" } else { "failed" }),
-        Count::RecordEdited => {
-            m.records_edited
-                .get_or_create(&crate::telemetry::NamespaceLabels {
-                    namespace: ns.to_string(),
-                })
-                .inc();
-        }
-    }
 }
 
 /// Most overridden targets listed in a policy's status.
@@ -1019,233 +612,6 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
         }
     }
     snap
-}
-
-fn rem_ref(key: &ObjectKey, name: &str) -> ObjectReference {
-    let mut r = Remediation::new(
-        name,
-        RemediationSpec {
-            target: TargetRef::from_key(key),
-            target_name: String::new(),
-            case: Case::Other,
-        },
-    );
-    r.metadata.namespace = Some(key.namespace.clone());
-    r.object_ref(&())
-}
-
-/// One Event about the target (where `flux events` and `kubectl describe` look), naming the
-/// Remediation as its related object; about the Remediation itself once the target is gone.
-/// One write per occurrence; queued, never awaited.
-#[allow(clippy::too_many_arguments)]
-fn announce(
-    ctx: &Context,
-    target: Option<&FluxObject>,
-    rem: Option<ObjectReference>,
-    regarding: Regarding,
-    warning: bool,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let ev = |secondary| Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note.clone()),
-        action: action.into(),
-        secondary,
-    };
-    // The same occurrence into Flux's own alerting, about the Flux object.
-    if let (Some(n), Some(o)) = (&ctx.notifier, target) {
-        let api_version = ctx
-            .actuator
-            .apis
-            .get(&o.key.kind)
-            .map(|r| r.api_version.clone())
-            .unwrap_or_else(|| format!("{}/{}", o.key.kind.group(), o.key.kind.version()));
-        let record = rem.as_ref().and_then(|r| r.name.clone());
-        n.send(super::notify::FluxEvent::about(
-            o,
-            &api_version,
-            warning,
-            reason,
-            &note,
-            record.as_deref(),
-            Some(&ctx.opts.identity),
-        ));
-    }
-    match (regarding, target, rem) {
-        (Regarding::Target, Some(o), rem) => ctx.events.send(ev(rem), object_ref(o)),
-        (_, _, Some(rem)) => ctx.events.send(ev(None), rem),
-        (_, Some(o), None) => ctx.events.send(ev(None), object_ref(o)),
-        _ => {}
-    }
-}
-
-/// Seal and write a record's status (server-side apply of the status subresource).
-async fn write_status(
-    ctx: &Context,
-    key: &ObjectKey,
-    cur: &Cur,
-    status: &RemediationStatus,
-) -> Result<Remediation> {
-    let mut status = status.clone();
-    status.sequence = ctx.ledger.write().await.next_sequence();
-    status.seal = Some(ctx.sealer.seal_status(
-        RecordId {
-            namespace: &key.namespace,
-            name: &cur.name,
-            target: key,
-            case: cur.case,
-        },
-        &cur.uid,
-        &status,
-    ));
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let patch =
-        json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "Remediation", "status": status});
-    ctx.limiter.acquire().await?;
-    let out = api
-        .patch_status(
-            &cur.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
-    ctx.ledger
-        .write()
-        .await
-        .note(&cur.uid, status.sequence, !status.phase.is_open());
-    let k = (out.namespace().unwrap_or_default(), out.name_any());
-    ctx.index.write().await.wrote_record(out.clone(), k);
-    Ok(out)
-}
-
-/// Label first: a closed phase then always comes with open=false.
-async fn label_closed(ctx: &Context, key: &ObjectKey, name: &str) -> Result<()> {
-    let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    ctx.limiter.acquire().await?;
-    api.patch(
-        name,
-        &PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        },
-        &Patch::Merge(json!({"metadata": {"labels": {OPEN_LABEL: "false"}}})),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Create a new incident's record, sealed, under the first free deterministic name (a name
-/// held by a closed record, or by a record that is not fluxmedic's, is never reused, so a
-/// closed record is never reopened). `intent` is its first step when an action follows at
-/// once. A 409 means the create raced the watch: the next pass meets the record.
-async fn create_record(
-    ctx: &Context,
-    key: &ObjectKey,
-    case: Case,
-    since: i64,
-    intent: Option<&Step>,
-    status: &RemediationStatus,
-) -> Result<(String, String)> {
-    let intent_json = intent.map(incident::intent_json).unwrap_or_default();
-    let baseline = if intent.is_some() {
-        incident::baseline_json(status)
-    } else {
-        String::new()
-    };
-    for n in 0..16 {
-        let name = incident::record_name(key, since, case, n);
-        if ctx
-            .index
-            .read()
-            .await
-            .remediations
-            .contains_key(&(key.namespace.clone(), name.clone()))
-        {
-            continue;
-        }
-        let sequence = ctx.ledger.write().await.next_sequence();
-        let mut annotations = BTreeMap::from([
-            (
-                SEAL_ANNOTATION.to_string(),
-                ctx.sealer.seal_creation(
-                    RecordId {
-                        namespace: &key.namespace,
-                        name: &name,
-                        target: key,
-                        case,
-                    },
-                    &incident::creation_payload(&intent_json, &baseline, sequence),
-                ),
-            ),
-            (SEQUENCE_ANNOTATION.to_string(), sequence.to_string()),
-        ]);
-        if intent.is_some() {
-            annotations.insert(INTENT_ANNOTATION.into(), intent_json.clone());
-            annotations.insert(BASELINE_ANNOTATION.into(), baseline.clone());
-        }
-        let rem = Remediation {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(key.namespace.clone()),
-                labels: Some({
-                    let mut l = BTreeMap::from([
-                        (TARGET_LABEL.to_string(), target_label(key)),
-                        (OPEN_LABEL.to_string(), "true".to_string()),
-                        ("fluxmedic.io/case".to_string(), case.to_string()),
-                    ]);
-                    if let Some(shard) = ctx.opts.shard() {
-                        l.insert(crate::api::SHARD_LABEL.to_string(), shard);
-                    }
-                    l
-                }),
-                annotations: Some(annotations),
-                ..Default::default()
-            },
-            spec: RemediationSpec {
-                target: TargetRef::from_key(key),
-                target_name: format!("{}/{}", key.kind, key.name),
-                case,
-            },
-            status: None,
-        };
-        let api: Api<Remediation> = Api::namespaced(ctx.client.clone(), &key.namespace);
-        ctx.limiter.acquire().await?;
-        let created = match api
-            .create(
-                &PostParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..Default::default()
-                },
-                &rem,
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                // The record exists and the index has not shown it yet: read it, so the next
-                // pass continues that incident instead of opening another.
-                if let Some(existing) = api.get_opt(&name).await? {
-                    let k = (key.namespace.clone(), name.clone());
-                    super::index::put_remediation(&mut *ctx.index.write().await, Some(existing), k);
-                }
-                return Err(Error::Kube(kube::Error::Api(s)));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let uid = created.metadata.uid.clone().unwrap_or_default();
-        ctx.ledger.write().await.note(&uid, sequence, false);
-        let k = (key.namespace.clone(), name.clone());
-        ctx.index.write().await.wrote_record(created, k);
-        return Ok((name, uid));
-    }
-    Err(Error::NoFreeName(key.clone()))
 }
 
 /// Keep at most `history_limit` closed records per target (fluxmedic's own only).

@@ -62,13 +62,15 @@ impl LedgerStore {
 
     /// fluxmedic sealed `sequence` on record `uid` (closing the incident if `closed`).
     pub fn note(&mut self, uid: &str, sequence: u64, closed: bool) {
-        if uid.is_empty() {
-            return;
-        }
-        let e = self.ledger.records.entry(uid.to_string()).or_default();
-        if sequence >= e.sequence {
-            *e = LedgerEntry { sequence, closed };
+        if self.ledger.note(uid, sequence, closed) {
             self.dirty.insert(bucket(uid));
+        }
+    }
+
+    /// See [`Ledger::confirm`].
+    pub fn confirm(&mut self, record: &crate::incident::Record) {
+        if self.ledger.confirm(record) {
+            self.dirty.insert(bucket(&record.uid));
         }
     }
 
@@ -261,6 +263,12 @@ mod tests {
         );
         s.note("u1", 43, true);
         assert!(s.ledger.records["u1"].closed);
+        s.dirty.clear();
+        s.note("u1", 43, true);
+        assert!(
+            s.dirty.is_empty(),
+            "the same word again (each pass confirms what it read) writes nothing out"
+        );
         s.note("", 50, false);
         assert_eq!(s.ledger.records.len(), 1, "no uid, nothing to bind");
         s.dirty.clear();

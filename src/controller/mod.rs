@@ -9,6 +9,7 @@ pub mod leader;
 pub mod ledger;
 use crate::limiter;
 pub mod notify;
+mod port;
 pub mod probe;
 pub mod uninstall;
 

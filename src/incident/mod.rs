@@ -148,6 +148,31 @@ pub struct LedgerEntry {
     pub closed: bool,
 }
 
+impl Ledger {
+    /// fluxmedic sealed `sequence` on record `uid` (closing the incident if `closed`); an
+    /// older word than the one noted is ignored. Whether the entry changed.
+    pub fn note(&mut self, uid: &str, sequence: u64, closed: bool) -> bool {
+        if uid.is_empty() {
+            return false;
+        }
+        let e = self.records.entry(uid.to_string()).or_default();
+        let new = LedgerEntry { sequence, closed };
+        if sequence < e.sequence || *e == new {
+            return false;
+        }
+        *e = new;
+        true
+    }
+
+    /// Note what a pass read as fluxmedic's own latest word on `record`: a status sealed
+    /// after the ledger was last persisted, whose note a crash lost, is known again before
+    /// the ledger is persisted next (else it would then read as an earlier word, edited).
+    pub fn confirm(&mut self, record: &Record) -> bool {
+        record.trust == Trust::Ours
+            && self.note(&record.uid, record.sequence, !record.status.phase.is_open())
+    }
+}
+
 /// Why a record fluxmedic made is not read as it stands.
 pub const REPLAYED: &str = "this Remediation holds an earlier state than the one fluxmedic last wrote (a status written back, removed, or the record re-created from a copy)";
 
@@ -418,6 +443,8 @@ pub enum Count {
         ok: bool,
     },
     RecordEdited,
+    /// An action failed with this category (counted where its outcome could not be written).
+    Error(&'static str),
 }
 
 /// One thing the engine does, in order. Effects after [`Effect::Open`] are about the record
