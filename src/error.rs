@@ -50,9 +50,6 @@ pub enum Error {
     /// The lifecycle asked for a record write with no record (a defect of the lifecycle).
     #[error("an effect without a record")]
     NoRecord,
-    /// The lifecycle listed an effect after its action (a defect: nothing after it runs).
-    #[error("an effect after the action")]
-    EffectAfterAction,
     /// An action's outcome folded into an effect it cannot have (a defect of the lifecycle).
     #[error("an outcome cannot {0}")]
     UnexpectedEffect(&'static str),
@@ -151,7 +148,6 @@ impl Error {
             | Error::Codec(_)
             | Error::NoFreeName(_)
             | Error::NoRecord
-            | Error::EffectAfterAction
             | Error::UnexpectedEffect(_)
             | Error::At { .. } => "PreconditionFailed",
         }

@@ -25,7 +25,7 @@ use fluxmedic::{
         memory::{Call, Memory, State},
     },
     flux::{FluxKind, ObjectKey},
-    incident::{self, Effect, Record, Scene, Trust, decide, seal::Sealer},
+    incident::{self, Effect, Record, Scene, Transition, Trust, decide, seal::Sealer},
     policy::{self, Action, Policy},
 };
 use futures::executor::block_on;
@@ -537,6 +537,7 @@ impl World {
             let effects = decide(&scene, &key, d.as_ref(), rec.as_ref(), "token", &nonce);
             check(&scene, &key, rec.as_ref(), &effects)?;
             count_kinds(&effects);
+            changes += usize::from(effects.action.is_some());
             changes += effects
                 .iter()
                 .filter(|e| {
@@ -545,7 +546,6 @@ impl World {
                         Effect::Open { .. }
                             | Effect::Write(_)
                             | Effect::Close(_)
-                            | Effect::Perform { .. }
                             | Effect::ReleaseHold
                     )
                 })
@@ -591,7 +591,7 @@ impl World {
         snap: &diagnose::Snapshot,
         key: &ObjectKey,
         rec: Option<&Record>,
-        effects: Vec<Effect>,
+        effects: Transition,
         outcomes: &mut impl Iterator<Item = bool>,
     ) {
         let ok = outcomes.next().unwrap_or(true);
@@ -688,10 +688,12 @@ fn is_action(c: &Call) -> bool {
 }
 
 /// What the campaign exercised.
-fn count_kinds(effects: &[Effect]) {
-    for e in effects {
+fn count_kinds(t: &Transition) {
+    if let Some(a) = &t.action {
+        *STATS.lock().unwrap().entry(a.action.name()).or_default() += 1;
+    }
+    for e in &t.effects {
         let kind = match e {
-            Effect::Perform { action, .. } => action.name(),
             Effect::Open { .. } => "open",
             Effect::Close(_) => "close",
             Effect::ReleaseHold => "release-hold",
@@ -708,7 +710,7 @@ fn check(
     scene: &Scene<'_>,
     key: &ObjectKey,
     rec: Option<&Record>,
-    effects: &[Effect],
+    t: &Transition,
 ) -> Result<(), TestCaseError> {
     let obj = scene.snap.objects.get(key);
     let policy = obj.and_then(|o| policy::select(scene.policies, o, scene.operator_namespace).0);
@@ -719,68 +721,11 @@ fn check(
             policy.and_then(|p| p.decided(id, &r.path()))
         })
     });
-    for e in effects {
+    for e in &t.effects {
         match e {
             Effect::Open { case: c, .. } => {
                 case = Some(*c);
                 approved = None;
-            }
-            Effect::Perform { action, .. } => {
-                prop_assert!(
-                    rec.is_none_or(|r| r.trust == Trust::Ours && r.status.frozen.is_none()),
-                    "acted from an untrusted record"
-                );
-                if matches!(action, Action::Resume) {
-                    // Releasing fluxmedic's own hold needs no policy; only its own suspension.
-                    let o = obj.expect("a target to resume");
-                    prop_assert!(
-                        rec.is_some_and(|r| o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION)
-                            == Some(&r.name))
-                    );
-                    continue;
-                }
-                let p = policy
-                    .ok_or_else(|| TestCaseError::fail(format!("{action} without a policy")))?;
-                let c = case.expect("a case");
-                let mode = p.mode(c);
-                prop_assert!(
-                    mode == Mode::Auto
-                        || mode == Mode::RequireApproval && approved.as_ref() == Some(action),
-                    "{action} in mode {mode:?} under {}\nrecord {:#?}\neffects {:#?}",
-                    p.id(),
-                    rec,
-                    effects
-                );
-                prop_assert!(p.allows(c, action.kind()), "{action} not allowed for {c}");
-                for ns in action.writes(key) {
-                    prop_assert!(
-                        p.may_write(ns, scene.operator_namespace),
-                        "{action} writes {ns} under {}",
-                        p.id()
-                    );
-                }
-                if let Action::UnlockRelease { release, .. } | Action::Rollback { release, .. } =
-                    action
-                    && let Some(o) = obj
-                {
-                    let revision = match action {
-                        Action::UnlockRelease { version, .. } => Some(*version),
-                        Action::Rollback { to_version, .. } => Some(*to_version),
-                        _ => None,
-                    };
-                    prop_assert_eq!(
-                        Ok(release.clone()),
-                        policy::verified_release(scene.snap, o, revision)
-                    );
-                    // Never as fluxmedic: always as the identity helm-controller uses.
-                    prop_assert!(
-                        !release.identity.name.is_empty(),
-                        "{action} without an identity"
-                    );
-                    if let Action::UnlockRelease { namespace, .. } = action {
-                        prop_assert_eq!(namespace, &release.storage_namespace);
-                    }
-                }
             }
             Effect::ReleaseHold => {
                 let o = obj.expect("a target to release");
@@ -791,6 +736,64 @@ fn check(
                 );
             }
             _ => {}
+        }
+    }
+    let Some(act) = &t.action else {
+        return Ok(());
+    };
+    let action = &act.action;
+    let effects = &t.effects;
+    prop_assert!(
+        rec.is_none_or(|r| r.trust == Trust::Ours && r.status.frozen.is_none()),
+        "acted from an untrusted record"
+    );
+    if matches!(action, Action::Resume) {
+        // Releasing fluxmedic's own hold needs no policy; only its own suspension.
+        let o = obj.expect("a target to resume");
+        prop_assert!(
+            rec.is_some_and(
+                |r| o.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&r.name)
+            )
+        );
+        return Ok(());
+    }
+    let p = policy.ok_or_else(|| TestCaseError::fail(format!("{action} without a policy")))?;
+    let c = case.expect("a case");
+    let mode = p.mode(c);
+    prop_assert!(
+        mode == Mode::Auto || mode == Mode::RequireApproval && approved.as_ref() == Some(action),
+        "{action} in mode {mode:?} under {}\nrecord {:#?}\neffects {:#?}",
+        p.id(),
+        rec,
+        effects
+    );
+    prop_assert!(p.allows(c, action.kind()), "{action} not allowed for {c}");
+    for ns in action.writes(key) {
+        prop_assert!(
+            p.may_write(ns, scene.operator_namespace),
+            "{action} writes {ns} under {}",
+            p.id()
+        );
+    }
+    if let Action::UnlockRelease { release, .. } | Action::Rollback { release, .. } = action
+        && let Some(o) = obj
+    {
+        let revision = match action {
+            Action::UnlockRelease { version, .. } => Some(*version),
+            Action::Rollback { to_version, .. } => Some(*to_version),
+            _ => None,
+        };
+        prop_assert_eq!(
+            Ok(release.clone()),
+            policy::verified_release(scene.snap, o, revision)
+        );
+        // Never as fluxmedic: always as the identity helm-controller uses.
+        prop_assert!(
+            !release.identity.name.is_empty(),
+            "{action} without an identity"
+        );
+        if let Action::UnlockRelease { namespace, .. } = action {
+            prop_assert_eq!(namespace, &release.storage_namespace);
         }
     }
     Ok(())
@@ -867,10 +870,7 @@ proptest! {
         for (d, row) in report.diagnoses.iter().zip(&rows) {
             prop_assert_eq!(&row.name, &d.target.name);
             let effects = decide(&scene, &d.target, Some(d), None, "token", "nonce");
-            let performed = effects.iter().find_map(|e| match e {
-                Effect::Perform { action, .. } => Some(action.to_string()),
-                _ => None,
-            });
+            let performed = effects.action.as_ref().map(|a| a.action.to_string());
             let recorded = effects.iter().find_map(|e| match e {
                 Effect::Open { status, .. } => Some(status.blocked.clone().unwrap_or_default()),
                 _ => None,

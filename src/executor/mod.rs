@@ -1,7 +1,7 @@
-//! The executor: performs an incident's effects, in order, through a [`Port`] — the small
-//! part of the Kubernetes API fluxmedic writes through. It decides nothing: every effect
-//! says what to write, and the action an effect list ends with is handed back as a
-//! [`Pending`] step for the caller to run now or off the pass.
+//! The executor: performs an incident's transition, in order, through a [`Port`] — the
+//! small part of the Kubernetes API fluxmedic writes through. It decides nothing: every
+//! effect says what to write, and the action a transition ends with (last by its type) is
+//! handed back as a [`Pending`] step for the caller to run now or off the pass.
 //!
 //! The port has two implementations: the operator's (kube, in `controller`) and
 //! [`memory::Memory`], an in-memory API server the unit and property tests drive the same
@@ -24,7 +24,7 @@ use crate::{
     error::{Error, Result, Stage},
     flux::{FluxObject, ObjectKey},
     incident::{
-        self, Count, Effect, Facts, IntentAt, Outcome, Regarding,
+        self, Act, Count, Effect, Facts, IntentAt, Outcome, Regarding, Transition,
         seal::{RecordId, Sealer},
     },
     policy::{self, Action, ReleaseRef},
@@ -176,35 +176,24 @@ fn need(cur: &Option<Cur>) -> Result<&Cur> {
 }
 
 impl<P: Port> Executor<'_, P> {
-    /// Perform `effects` in order. An action must be the last effect: it is returned,
-    /// intent recorded, for the caller to [`run`](Self::run); anything after it is refused
-    /// (never silently dropped).
+    /// Perform a transition's effects in order, then record its action's intent and hand
+    /// the action back for the caller to [`run`](Self::run).
     pub async fn execute(
         &self,
         t: &Target,
         mut cur: Option<Cur>,
-        effects: Vec<Effect>,
+        transition: Transition,
     ) -> Result<Option<Pending>> {
-        let action_at = effects
-            .iter()
-            .position(|e| matches!(e, Effect::Perform { .. }));
-        if action_at.is_some_and(|i| i + 1 != effects.len()) {
-            // Checked before anything is written: a defect of the lifecycle changes nothing.
-            return Err(Error::EffectAfterAction);
+        for effect in transition.effects {
+            self.one(t, &mut cur, effect).await?;
         }
-        let mut pending = None;
-        for effect in effects {
-            pending = self.one(t, &mut cur, effect).await?;
+        match transition.action {
+            Some(act) => self.begin(t, need(&cur)?.clone(), act).await.map(Some),
+            None => Ok(None),
         }
-        Ok(pending)
     }
 
-    async fn one(
-        &self,
-        t: &Target,
-        cur: &mut Option<Cur>,
-        effect: Effect,
-    ) -> Result<Option<Pending>> {
+    async fn one(&self, t: &Target, cur: &mut Option<Cur>, effect: Effect) -> Result<()> {
         let key = &t.key;
         match effect {
             Effect::Open {
@@ -250,16 +239,6 @@ impl<P: Port> Executor<'_, P> {
                         .map_err(Error::at(Stage::ReleaseHold))?;
                 }
             }
-            Effect::Perform {
-                action,
-                token,
-                status,
-                intent,
-            } => {
-                return self
-                    .begin(t, need(cur)?.clone(), action, token, *status, intent)
-                    .await;
-            }
             Effect::Event {
                 regarding,
                 warning,
@@ -278,19 +257,17 @@ impl<P: Port> Executor<'_, P> {
             }),
             Effect::Count(c) => self.port.count(&key.namespace, c),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// Record the intent of an action (unless already recorded) and hand it back.
-    async fn begin(
-        &self,
-        t: &Target,
-        cur: Cur,
-        action: Action,
-        token: String,
-        status: RemediationStatus,
-        intent: IntentAt,
-    ) -> Result<Option<Pending>> {
+    async fn begin(&self, t: &Target, cur: Cur, act: Act) -> Result<Pending> {
+        let Act {
+            action,
+            token,
+            status,
+            intent,
+        } = act;
         if intent == IntentAt::Status {
             self.write_status(&t.key, &cur, &status)
                 .await
@@ -307,14 +284,14 @@ impl<P: Port> Executor<'_, P> {
                 t.key.clone(),
             )));
         };
-        Ok(Some(Pending {
+        Ok(Pending {
             obj,
             cur,
             action,
             token,
-            status,
+            status: *status,
             facts: t.facts.clone(),
-        }))
+        })
     }
 
     /// Perform a pending action, then record its outcome (one write) and announce it.
@@ -616,7 +593,6 @@ fn effect_name(e: &Effect) -> &'static str {
     match e {
         Effect::Open { .. } => "open",
         Effect::Write(_) => "write",
-        Effect::Perform { .. } => "perform",
         Effect::ReleaseHold => "release-hold",
         Effect::Close(_) => "close",
         Effect::Event { .. } => "event",

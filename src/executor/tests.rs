@@ -15,7 +15,7 @@ use crate::{
     diagnose::Case,
     error::Error,
     flux::{self as views, FluxKind, FluxObject, ObjectKey},
-    incident::{self, Effect, Facts, IntentAt, seal::Sealer},
+    incident::{self, Act, Effect, Facts, IntentAt, Transition, seal::Sealer},
     policy::{Action, ReleaseRef},
 };
 
@@ -71,25 +71,32 @@ fn running(action: &Action) -> RemediationStatus {
 }
 
 /// A new incident acting at once: the create carries the intent.
-fn open_and_act(action: Action) -> Vec<Effect> {
+fn open_and_act(action: Action) -> Transition {
     let st = running(&action);
-    vec![
-        Effect::Open {
-            case: Case::FailedRelease,
-            status: Box::new(st.clone()),
-            intent: st.steps.last().cloned(),
-        },
-        Effect::Perform {
-            action,
-            token: TOKEN.into(),
-            status: Box::new(st),
-            intent: IntentAt::Create,
-        },
-    ]
+    let open = Effect::Open {
+        case: Case::FailedRelease,
+        status: Box::new(st.clone()),
+        intent: st.steps.last().cloned(),
+    };
+    Transition::acting(vec![open], act(action, st, IntentAt::Create))
+}
+
+fn act(action: Action, status: RemediationStatus, intent: IntentAt) -> Act {
+    Act {
+        action,
+        token: TOKEN.into(),
+        status: Box::new(status),
+        intent,
+    }
+}
+
+/// Only `act`.
+fn only(act: Act) -> Transition {
+    Transition::acting(vec![], act)
 }
 
 /// Execute `effects`, then run the action they end with, as the engine does.
-fn drive(m: &Memory, t: &Target, cur: Option<Cur>, effects: Vec<Effect>) -> Result<(), Error> {
+fn drive(m: &Memory, t: &Target, cur: Option<Cur>, tr: Transition) -> Result<(), Error> {
     let sealer = sealer();
     let exec = Executor {
         port: m,
@@ -97,7 +104,7 @@ fn drive(m: &Memory, t: &Target, cur: Option<Cur>, effects: Vec<Effect>) -> Resu
         shard: None,
     };
     block_on(async {
-        match exec.execute(t, cur, effects).await? {
+        match exec.execute(t, cur, tr).await? {
             Some(p) => exec.run(p).await,
             None => Ok(()),
         }
@@ -111,7 +118,7 @@ fn with_record(m: &Memory, obj: &FluxObject) -> Cur {
         status: Box::default(),
         intent: None,
     };
-    drive(m, &target(obj), None, vec![open]).unwrap();
+    drive(m, &target(obj), None, vec![open].into()).unwrap();
     let s = m.state();
     let (k, r) = s.records.iter().next().unwrap();
     Cur {
@@ -173,13 +180,8 @@ fn an_open_record_writes_its_intent_to_the_status_before_the_action() {
     let cur = with_record(&m, &hr);
     m.state().calls.clear();
     let st = running(&Action::Reconcile);
-    let act = Effect::Perform {
-        action: Action::Reconcile,
-        token: TOKEN.into(),
-        status: Box::new(st),
-        intent: IntentAt::Status,
-    };
-    drive(&m, &target(&hr), Some(cur.clone()), vec![act]).unwrap();
+    let tr = only(act(Action::Reconcile, st, IntentAt::Status));
+    drive(&m, &target(&hr), Some(cur.clone()), tr).unwrap();
     let reconcile = Call::Reconcile {
         key: key("web"),
         token: TOKEN.into(),
@@ -195,13 +197,9 @@ fn a_failed_intent_write_performs_no_action() {
     let m = server(std::slice::from_ref(&hr), Faults::default());
     let cur = with_record(&m, &hr);
     m.state().faults.fail = Some(|c| matches!(c, Call::Status(_)));
-    let act = Effect::Perform {
-        action: Action::Reconcile,
-        token: TOKEN.into(),
-        status: Box::new(running(&Action::Reconcile)),
-        intent: IntentAt::Status,
-    };
-    let err = drive(&m, &target(&hr), Some(cur), vec![act]).unwrap_err();
+    let st = running(&Action::Reconcile);
+    let tr = only(act(Action::Reconcile, st, IntentAt::Status));
+    let err = drive(&m, &target(&hr), Some(cur), tr).unwrap_err();
     assert_eq!(err.step(), Some(crate::error::Stage::WriteRecord));
     let s = m.state();
     assert!(
@@ -304,13 +302,9 @@ fn a_rollback_resumed_after_a_restart_does_not_suspend_again() {
         to_version: 1,
         release: ReleaseRef::default(),
     };
-    let act = Effect::Perform {
-        action: rollback.clone(),
-        token: TOKEN.into(),
-        status: Box::new(running(&rollback)),
-        intent: IntentAt::Recorded,
-    };
-    drive(&m, &target(&hr), Some(cur), vec![act]).unwrap();
+    let st = running(&rollback);
+    let tr = only(act(rollback, st, IntentAt::Recorded));
+    drive(&m, &target(&hr), Some(cur), tr).unwrap();
     let s = m.state();
     assert!(
         !s.calls
@@ -326,17 +320,6 @@ fn a_rollback_resumed_after_a_restart_does_not_suspend_again() {
 }
 
 #[test]
-fn an_effect_after_the_action_is_refused_before_anything_is_written() {
-    let hr = helmrelease("web");
-    let m = server(std::slice::from_ref(&hr), Faults::default());
-    let mut effects = open_and_act(Action::Reconcile);
-    effects.push(Effect::Write(Box::default()));
-    let err = drive(&m, &target(&hr), None, effects).unwrap_err();
-    assert!(matches!(err, Error::EffectAfterAction), "{err}");
-    assert!(m.state().calls.is_empty());
-}
-
-#[test]
 fn closing_labels_the_record_before_writing_its_closed_status() {
     let hr = helmrelease("web");
     let m = server(std::slice::from_ref(&hr), Faults::default());
@@ -347,7 +330,7 @@ fn closing_labels_the_record_before_writing_its_closed_status() {
         ..Default::default()
     };
     let close = Effect::Close(Box::new(closed));
-    assert!(drive(&m, &target(&hr), Some(cur.clone()), vec![close]).is_err());
+    assert!(drive(&m, &target(&hr), Some(cur.clone()), vec![close].into()).is_err());
     // The status write failed: the record reads closed by its label, and the next pass
     // writes the status again (it is still open by its phase).
     let s = m.state();
@@ -396,13 +379,13 @@ fn a_crash_after_any_write_is_finished_from_the_record() {
             case: rec.case,
             uid: rec.uid.clone(),
         };
-        let finish = Effect::Perform {
+        let finish = Act {
             action: action.clone(),
             token,
             status: Box::new(rec.status.clone()),
             intent: IntentAt::Recorded,
         };
-        drive(&m, &target(&hr), Some(cur), vec![finish]).unwrap();
+        drive(&m, &target(&hr), Some(cur), only(finish)).unwrap();
         let s = m.state();
         let tokens: std::collections::BTreeSet<_> = s
             .done()

@@ -18,10 +18,9 @@ pub const STALLED: &str = "Stalled";
 pub fn present_all(effects: &mut [Effect], now: i64) {
     for e in effects {
         match e {
-            Effect::Open { status, .. }
-            | Effect::Write(status)
-            | Effect::Perform { status, .. }
-            | Effect::Close(status) => present(status, now),
+            Effect::Open { status, .. } | Effect::Write(status) | Effect::Close(status) => {
+                present(status, now)
+            }
             Effect::ReleaseHold | Effect::Event { .. } | Effect::Count(_) => {}
         }
     }

@@ -3,7 +3,7 @@
 //! shows the plan; both go through [`plan_target`], so the command line can never answer
 //! differently from the operator for the same snapshot, policies and records.
 
-use super::{Effect, Input, Record, Seen};
+use super::{Input, Record, Seen, Transition};
 use crate::{
     diagnose::{Diagnosis, Report, Snapshot},
     flux::ObjectKey,
@@ -91,7 +91,7 @@ pub fn decide(
     record: Option<&Record>,
     token: &str,
     nonce: &str,
-) -> Vec<Effect> {
+) -> Transition {
     let snap = scene.snap;
     let now = snap.now;
     let obj = snap.objects.get(key).map(|o| &**o);

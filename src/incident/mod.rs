@@ -461,14 +461,6 @@ pub enum Effect {
     },
     /// Write the status (the engine seals it).
     Write(Box<RemediationStatus>),
-    /// Perform `action` with `token`, its intent recorded as `intent` says; `status` holds
-    /// the Running step. The engine folds the outcome with [`settle`].
-    Perform {
-        action: Action,
-        token: String,
-        status: Box<RemediationStatus>,
-        intent: IntentAt,
-    },
     /// Resume the HelmRelease this record suspended (only if it still carries this record's
     /// suspension).
     ReleaseHold,
@@ -482,6 +474,69 @@ pub enum Effect {
         note: String,
     },
     Count(Count),
+}
+
+/// What to do about one target: effects in order, then at most one action. The action is
+/// last by construction: nothing can be listed after it, so nothing after it is dropped.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transition {
+    pub effects: Vec<Effect>,
+    pub action: Option<Act>,
+}
+
+/// Perform `action` with `token`, its intent recorded as `intent` says; `status` holds the
+/// Running step. The executor folds the outcome with [`settle`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Act {
+    pub action: Action,
+    pub token: String,
+    pub status: Box<RemediationStatus>,
+    pub intent: IntentAt,
+}
+
+impl Transition {
+    /// `effects`, then `act`.
+    pub fn acting(effects: Vec<Effect>, act: Act) -> Transition {
+        Transition {
+            effects,
+            action: Some(act),
+        }
+    }
+
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.effects.is_empty() && self.action.is_none()
+    }
+
+    /// `first`'s effects (which cannot act), then this transition.
+    fn after(mut self, mut first: Vec<Effect>) -> Transition {
+        first.append(&mut self.effects);
+        self.effects = first;
+        self
+    }
+}
+
+impl From<Vec<Effect>> for Transition {
+    fn from(effects: Vec<Effect>) -> Self {
+        Transition {
+            effects,
+            action: None,
+        }
+    }
+}
+
+/// The effects before the action.
+impl std::ops::Deref for Transition {
+    type Target = [Effect];
+    fn deref(&self) -> &[Effect] {
+        &self.effects
+    }
+}
+
+impl PartialEq<Vec<Effect>> for Transition {
+    fn eq(&self, other: &Vec<Effect>) -> bool {
+        self.action.is_none() && &self.effects == other
+    }
 }
 
 fn event(
@@ -548,9 +603,12 @@ pub fn begin_step(status: &mut RemediationStatus, action: &Action, token: &str, 
 }
 
 /// What to do about one target now.
-pub fn next(inp: &Input<'_>) -> Vec<Effect> {
+pub fn next(inp: &Input<'_>) -> Transition {
     let mut out = lifecycle(inp);
-    conditions::present_all(&mut out, inp.now);
+    conditions::present_all(&mut out.effects, inp.now);
+    if let Some(act) = out.action.as_mut() {
+        conditions::present(&mut act.status, inp.now);
+    }
     out
 }
 
@@ -595,7 +653,7 @@ impl<'a> State<'a> {
     }
 }
 
-fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
+fn lifecycle(inp: &Input<'_>) -> Transition {
     let state = State::of(inp.record);
     let (Some(rec), seen) = (inp.record, inp.seen) else {
         // No record.
@@ -604,18 +662,18 @@ fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
                 diagnosis,
                 decision,
             } => open(inp, diagnosis, decision),
-            _ => vec![],
+            _ => Transition::default(),
         };
     };
     match (state, seen) {
-        (State::New, _) | (State::Foreign, _) => vec![],
-        (State::Edited, _) => freeze(rec),
-        (State::Frozen, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered),
-        (State::Frozen, _) => vec![],
+        (State::New, _) | (State::Foreign, _) => Transition::default(),
+        (State::Edited, _) => freeze(rec).into(),
+        (State::Frozen, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered).into(),
+        (State::Frozen, _) => Transition::default(),
         (State::Interrupted { action, token }, _) => finish_interrupted(rec, inp, action, token),
         (State::Held(hold), _) => held(rec, inp, hold),
-        (State::Open, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered),
-        (State::Open, Seen::Pending) => stuck(rec, inp),
+        (State::Open, Seen::Ready | Seen::Gone) => close(rec, inp, Closing::Recovered).into(),
+        (State::Open, Seen::Pending) => stuck(rec, inp).into(),
         (
             State::Open,
             Seen::Failing {
@@ -623,9 +681,7 @@ fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
                 decision,
             },
         ) if diagnosis.case != rec.case => {
-            let mut out = close(rec, inp, Closing::Superseded);
-            out.extend(open(inp, diagnosis, decision));
-            out
+            open(inp, diagnosis, decision).after(close(rec, inp, Closing::Superseded))
         }
         (
             State::Open,
@@ -638,9 +694,9 @@ fn lifecycle(inp: &Input<'_>) -> Vec<Effect> {
 }
 
 /// A new incident: its record, and the first action when the plan acts at once.
-fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
+fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Transition {
     if dec.mode == Mode::Off {
-        return vec![];
+        return Transition::default();
     }
     let since = inp
         .target
@@ -695,12 +751,15 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
             });
             push_detected(&mut out, d, inp.now, since, note);
             out.extend(escalation);
-            out.push(Effect::Perform {
-                action,
-                token: inp.token.to_string(),
-                status: Box::new(status),
-                intent: IntentAt::Create,
-            });
+            Transition::acting(
+                out,
+                Act {
+                    action,
+                    token: inp.token.to_string(),
+                    status: Box::new(status),
+                    intent: IntentAt::Create,
+                },
+            )
         }
         None => {
             let mut waits = vec![];
@@ -713,9 +772,9 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
             push_detected(&mut out, d, inp.now, since, note);
             out.extend(escalation);
             out.extend(waits);
+            out.into()
         }
     }
-    out
 }
 
 fn push_detected(out: &mut Vec<Effect>, d: &Diagnosis, now: i64, since: i64, note: String) {
@@ -961,7 +1020,7 @@ fn write_if_changed(rec: &Record, status: RemediationStatus, out: &mut Vec<Effec
     }
 }
 
-fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<Effect> {
+fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Transition {
     let mut status = rec.status.clone();
     status.diagnosis = Some(diagnosis_record(d));
     status.root = (!d.is_root()).then(|| TargetRef::from_key(&d.root));
@@ -978,17 +1037,17 @@ fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Vec<
     );
     if let Some(action) = dec.act().cloned() {
         begin_step(&mut status, &action, inp.token, inp.now);
-        out.push(Effect::Perform {
+        let act = Act {
             action,
             token: inp.token.to_string(),
             status: Box::new(status),
             intent: IntentAt::Status,
-        });
-        return out;
+        };
+        return Transition::acting(out, act);
     }
     wait(&mut status, Waited::of(&rec.status), dec, inp, &mut out);
     write_if_changed(rec, status, &mut out);
-    out
+    out.into()
 }
 
 /// A step a crash interrupted: finished with its recorded token if today's plan derives the
@@ -999,7 +1058,7 @@ fn finish_interrupted(
     inp: &Input<'_>,
     action: Option<Action>,
     token: String,
-) -> Vec<Effect> {
+) -> Transition {
     let ours_suspended = inp.target.is_some_and(|t| {
         t.suspended && t.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rec.name)
     });
@@ -1029,12 +1088,15 @@ fn finish_interrupted(
         },
     };
     match verdict {
-        Ok(action) => vec![Effect::Perform {
-            action,
-            token,
-            status: Box::new(rec.status.clone()),
-            intent: IntentAt::Recorded,
-        }],
+        Ok(action) => Transition::acting(
+            vec![],
+            Act {
+                action,
+                token,
+                status: Box::new(rec.status.clone()),
+                intent: IntentAt::Recorded,
+            },
+        ),
         Err(why) => {
             let mut status = rec.status.clone();
             let was_rollback = status
@@ -1057,15 +1119,15 @@ fn finish_interrupted(
                 ok: false,
             }));
             out.push(Effect::Write(Box::new(status)));
-            out
+            out.into()
         }
     }
 }
 
 /// fluxmedic holds the HelmRelease suspended after a rollback.
-fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
+fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Transition {
     let Some(t) = inp.target else {
-        return close(rec, inp, Closing::Recovered);
+        return close(rec, inp, Closing::Recovered).into();
     };
     let ours =
         t.suspended && t.reconcile_annotations.get(SUSPENDED_BY_ANNOTATION) == Some(&rec.name);
@@ -1092,7 +1154,8 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
                 format!("{} is no longer held by {}", rec.target, rec.name),
             ),
             Effect::Write(Box::new(status)),
-        ];
+        ]
+        .into();
     }
     let new_generation = t.generation.is_some_and(|g| g > hold.generation);
     let new_revision = hold.revision.is_some() && inp.source_revision != hold.revision;
@@ -1112,13 +1175,13 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
     );
     if new_generation || new_revision {
         begin_step(&mut status, &Action::Resume, inp.token, inp.now);
-        out.push(Effect::Perform {
+        let act = Act {
             action: Action::Resume,
             token: inp.token.to_string(),
             status: Box::new(status),
             intent: IntentAt::Status,
-        });
-        return out;
+        };
+        return Transition::acting(out, act);
     }
     if status.phase != Phase::Escalated {
         status.phase = Phase::AwaitingFix;
@@ -1131,7 +1194,7 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Vec<Effect> {
     status.blocked_reason = Some(Blocked::AwaitingFix(String::new()).label().to_string());
     status.planned = None;
     write_if_changed(rec, status, &mut out);
-    out
+    out.into()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

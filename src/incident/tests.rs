@@ -186,25 +186,24 @@ fn input<'a>(
     }
 }
 
-fn performs(effects: &[Effect]) -> Vec<(Action, String, IntentAt)> {
-    effects
+fn performs(t: &Transition) -> Vec<(Action, String, IntentAt)> {
+    t.action
         .iter()
-        .filter_map(|e| match e {
-            Effect::Perform {
-                action,
-                token,
-                intent,
-                ..
-            } => Some((action.clone(), token.clone(), *intent)),
-            _ => None,
-        })
+        .map(|a| (a.action.clone(), a.token.clone(), a.intent))
         .collect()
 }
 
-fn written(effects: &[Effect]) -> Option<&RemediationStatus> {
+fn written(t: &Transition) -> Option<&RemediationStatus> {
+    match &t.action {
+        Some(a) => Some(&a.status),
+        None => written_by(&t.effects),
+    }
+}
+
+/// The last status among `effects` (what `settle` returns).
+fn written_by(effects: &[Effect]) -> Option<&RemediationStatus> {
     effects.iter().rev().find_map(|e| match e {
         Effect::Write(s) | Effect::Close(s) => Some(&**s),
-        Effect::Perform { status, .. } => Some(&**status),
         Effect::Open { status, .. } => Some(&**status),
         _ => None,
     })
@@ -789,7 +788,7 @@ fn settling_a_rollback_records_the_hold_and_a_resume_ends_it() {
         &facts,
         NOW + 5,
     );
-    let after = written(&fx).unwrap();
+    let after = written_by(&fx).unwrap();
     assert_eq!(after.phase, Phase::AwaitingFix);
     assert_eq!(after.hold.as_ref().unwrap().generation, 4);
     assert_eq!(after.steps.last().unwrap().outcome, StepOutcome::Succeeded);
@@ -804,7 +803,7 @@ fn settling_a_rollback_records_the_hold_and_a_resume_ends_it() {
         &facts,
         NOW + 5,
     );
-    let after = written(&fx).unwrap();
+    let after = written_by(&fx).unwrap();
     assert!(after.hold.is_none(), "a failed rollback holds nothing");
     assert_eq!(after.steps.last().unwrap().outcome, StepOutcome::Failed);
     assert!(fx.iter().any(|e| matches!(
@@ -828,7 +827,7 @@ fn settling_a_rollback_records_the_hold_and_a_resume_ends_it() {
         &facts,
         NOW + 1,
     );
-    let after = written(&fx).unwrap();
+    let after = written_by(&fx).unwrap();
     assert!(after.hold.is_none());
     assert_eq!(after.phase, Phase::Remediating);
 }
@@ -1405,7 +1404,7 @@ fn every_status_the_lifecycle_writes_carries_its_conditions() {
         &Facts::default(),
         NOW,
     );
-    let st = written(&settled).unwrap();
+    let st = written_by(&settled).unwrap();
     assert!(st.conditions[0].status == "False");
     let rec = read(&sealed(Case::FailedRelease, Some(st.clone()), None));
     let closed = next(&input(Some(&rec), Some(&o), Seen::Ready));
@@ -1713,8 +1712,8 @@ fn in_state(state: &str) -> Option<Record> {
 
 /// What a list of effects does, in short: `open`, `write`, `close`, `freeze`, `release-hold`,
 /// `perform:<action>`, `event:<reason>` (counts left out).
-fn shape(effects: &[Effect]) -> String {
-    effects
+fn shape(t: &Transition) -> String {
+    t.effects
         .iter()
         .filter_map(|e| match e {
             Effect::Open { .. } => Some("open".to_string()),
@@ -1722,10 +1721,14 @@ fn shape(effects: &[Effect]) -> String {
             Effect::Write(_) => Some("write".into()),
             Effect::Close(_) => Some("close".into()),
             Effect::ReleaseHold => Some("release-hold".into()),
-            Effect::Perform { action, .. } => Some(format!("perform:{}", action.name())),
             Effect::Event { reason, .. } => Some(format!("event:{reason}")),
             Effect::Count(_) => None,
         })
+        .chain(
+            t.action
+                .iter()
+                .map(|a| format!("perform:{}", a.action.name())),
+        )
         .collect::<Vec<_>>()
         .join(" ")
 }
