@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use fluxmedic::remedy::REQUESTED_AT;
 use fluxmedic::{
     api::{
         APPROVE_ANNOTATION, INTENT_ANNOTATION, Mode, POLICY_APPROVAL_PREFIX, Remediation,
@@ -1054,4 +1055,93 @@ fn a_status_written_back_after_a_crash_lost_the_ledger_is_still_a_replay() {
         "{:?}",
         new[0]
     );
+}
+
+/// What a one-step incident writes, counted on the in-memory API server as the load
+/// harness's incidents run: a Kustomization whose manifests do not build, under a policy that
+/// polls its source at once, the poll acknowledged by Flux, then the fix landing. A guard on
+/// the write budget: an added write fails it. Today: the create (carrying the intent), the
+/// poll, its outcome, and one more status write on the next pass recording the wait (the
+/// cooldown and the next poll); nothing while Flux handles the request; the close (label,
+/// then status). Events: detected, acted, recovered.
+#[test]
+fn the_writes_of_a_one_step_incident() {
+    let mut world = World::new();
+    let mut outcomes = std::iter::repeat(true);
+    world.apply(&Ev::Policy(
+        json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "p", "namespace": "apps"},
+        "spec": {"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
+                 "limits": {"pollInterval": "10m", "maxPollInterval": "30m"}}}),
+    ));
+    let repo = |handled: Option<&str>| {
+        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+        "metadata": {"name": "repo", "namespace": "apps", "uid": "uid-repo", "generation": 1, "resourceVersion": "1",
+                     "annotations": handled.map(|t| json!({REQUESTED_AT: t})).unwrap_or(json!({}))},
+        "spec": {"interval": "1h", "url": "http://127.0.0.1/x.git"},
+        "status": {"observedGeneration": 1, "lastHandledReconcileAt": handled,
+                   "artifact": {"revision": "main@sha1:0"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "stored artifact",
+                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let ks = |ready: bool| {
+        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+        "metadata": {"name": "app", "namespace": "apps", "uid": "uid-app", "generation": 1, "resourceVersion": "1"},
+        "spec": {"interval": "1h", "path": "./", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "repo"}},
+        "status": {"observedGeneration": 1, "lastAttemptedRevision": "main@sha1:0",
+                   "conditions": [if ready {
+                       json!({"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "Applied revision: main@sha1:1", "lastTransitionTime": "2026-01-01T00:00:00Z"})
+                   } else {
+                       json!({"type": "Ready", "status": "False", "reason": "BuildFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                              "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"})
+                   }]}})
+    };
+    world.apply(&Ev::Flux(repo(None)));
+    world.apply(&Ev::Flux(ks(false)));
+    let passes = |world: &mut World, outcomes: &mut dyn Iterator<Item = bool>| {
+        for _ in 0..3 {
+            world.pass(&mut &mut *outcomes).unwrap();
+        }
+        world.api.state().done().len()
+    };
+    let kinds = |world: &World| -> Vec<String> {
+        world
+            .api
+            .state()
+            .done()
+            .iter()
+            .map(|c| {
+                format!("{c:?}")
+                    .split([' ', '('])
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let opened = passes(&mut world, &mut outcomes);
+    assert_eq!(kinds(&world), ["Create", "Reconcile", "Status", "Status"]);
+    // Flux handles the request: nothing to write.
+    let token = world.api.state().objects[&ObjectKey::new(FluxKind::GitRepository, "apps", "repo")]
+        .reconcile_annotations
+        .get(REQUESTED_AT)
+        .cloned();
+    world.apply(&Ev::Flux(repo(token.as_deref())));
+    assert_eq!(
+        passes(&mut world, &mut outcomes),
+        opened,
+        "{:?}",
+        kinds(&world)
+    );
+    world.apply(&Ev::Flux(ks(true)));
+    passes(&mut world, &mut outcomes);
+    assert_eq!(kinds(&world)[opened..], ["LabelClosed", "Status"]);
+    let events: Vec<String> = world
+        .api
+        .state()
+        .events
+        .iter()
+        .map(|e| e.0.clone())
+        .collect();
+    assert_eq!(events, ["FailureDetected", "ActionSucceeded", "Recovered"]);
 }
