@@ -1060,10 +1060,10 @@ fn a_status_written_back_after_a_crash_lost_the_ledger_is_still_a_replay() {
 /// What a one-step incident writes, counted on the in-memory API server as the load
 /// harness's incidents run: a Kustomization whose manifests do not build, under a policy that
 /// polls its source at once, the poll acknowledged by Flux, then the fix landing. A guard on
-/// the write budget: an added write fails it. Today: the create (carrying the intent), the
-/// poll, its outcome, and one more status write on the next pass recording the wait (the
-/// cooldown and the next poll); nothing while Flux handles the request; the close (label,
-/// then status). Events: detected, acted, recovered.
+/// the write budget: an added write fails it. The create (carrying the intent), the poll,
+/// its outcome (carrying the wait the next pass would have written: the cooldown and the
+/// next poll); nothing while Flux handles the request; the close (label, then status).
+/// Events: detected, acted, recovered.
 #[test]
 fn the_writes_of_a_one_step_incident() {
     let mut world = World::new();
@@ -1120,7 +1120,7 @@ fn the_writes_of_a_one_step_incident() {
             .collect()
     };
     let opened = passes(&mut world, &mut outcomes);
-    assert_eq!(kinds(&world), ["Create", "Reconcile", "Status", "Status"]);
+    assert_eq!(kinds(&world), ["Create", "Reconcile", "Status"]);
     // Flux handles the request: nothing to write.
     let token = world.api.state().objects[&ObjectKey::new(FluxKind::GitRepository, "apps", "repo")]
         .reconcile_annotations

@@ -27,7 +27,7 @@ use crate::{
         self, Act, Count, Effect, Facts, IntentAt, Outcome, Regarding, Transition,
         seal::{RecordId, Sealer},
     },
-    policy::{self, Action, ReleaseRef},
+    policy::{Action, ReleaseRef},
     remedy::UnlockOutcome,
 };
 
@@ -140,11 +140,7 @@ impl Target {
         let obj = snap.objects.get(key).cloned();
         let facts = obj
             .as_deref()
-            .map(|o| Facts {
-                source_revision: policy::source_revision(snap, o),
-                secret: policy::observed_secret(snap, o),
-                generation: o.generation,
-            })
+            .map(|o| Facts::of(snap, o))
             .unwrap_or_default();
         let since = obj
             .as_deref()
@@ -169,6 +165,8 @@ pub struct Pending {
     pub token: String,
     pub status: RemediationStatus,
     pub facts: Facts,
+    /// Folded into a successful outcome ([`incident::Act::waiting`]).
+    pub waiting: Option<incident::Waiting>,
 }
 
 fn need(cur: &Option<Cur>) -> Result<&Cur> {
@@ -267,6 +265,7 @@ impl<P: Port> Executor<'_, P> {
             token,
             status,
             intent,
+            waiting,
         } = act;
         if intent == IntentAt::Status {
             self.write_status(&t.key, &cur, &status)
@@ -291,6 +290,7 @@ impl<P: Port> Executor<'_, P> {
             token,
             status: *status,
             facts: t.facts.clone(),
+            waiting: waiting.map(|w| *w),
         })
     }
 
@@ -318,7 +318,10 @@ impl<P: Port> Executor<'_, P> {
             },
         };
         let key = &p.obj.key;
-        for effect in incident::settle(p.status, &p.action, &outcome, &p.facts, self.port.now()) {
+        let now = self.port.now();
+        let settled =
+            incident::settle_waiting(p.status, &p.action, &outcome, &p.facts, now, p.waiting);
+        for effect in settled {
             match effect {
                 Effect::Write(status) => {
                     if let Err(write) = self.write_status(key, &p.cur, &status).await {

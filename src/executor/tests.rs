@@ -87,6 +87,7 @@ fn act(action: Action, status: RemediationStatus, intent: IntentAt) -> Act {
         token: TOKEN.into(),
         status: Box::new(status),
         intent,
+        waiting: None,
     }
 }
 
@@ -384,6 +385,7 @@ fn a_crash_after_any_write_is_finished_from_the_record() {
             token,
             status: Box::new(rec.status.clone()),
             intent: IntentAt::Recorded,
+            waiting: None,
         };
         drive(&m, &target(&hr), Some(cur), only(finish)).unwrap();
         let s = m.state();

@@ -81,10 +81,72 @@ pub fn plan_target<'a>(
     }
 }
 
-/// The effects for one target: [`plan_target`], then the incident's lifecycle
-/// ([`super::next`]). The property tests drive this with arbitrary objects, policies and
-/// records.
+/// The transition of one target: [`plan_target`], then the incident's lifecycle
+/// ([`super::next`]); an action carries what the pass after it would record while waiting
+/// ([`Act::waiting`](super::Act)), so a successful one-step action costs one status write.
+/// The property tests drive this with arbitrary objects, policies and records.
 pub fn decide(
+    scene: &Scene<'_>,
+    key: &ObjectKey,
+    diagnosis: Option<&Diagnosis>,
+    record: Option<&Record>,
+    token: &str,
+    nonce: &str,
+) -> Transition {
+    let mut t = transition(scene, key, diagnosis, record, token, nonce);
+    if let (Some(act), Some(d)) = (t.action.as_mut(), diagnosis) {
+        act.waiting = waiting_after(scene, key, d, record, act, nonce).map(Box::new);
+    }
+    t
+}
+
+/// What the pass after `act` succeeded would do, on the same snapshot: a wait is folded
+/// into the outcome. Not for a rollback (the snapshot does not show its suspension yet).
+fn waiting_after(
+    scene: &Scene<'_>,
+    key: &ObjectKey,
+    d: &Diagnosis,
+    record: Option<&Record>,
+    act: &super::Act,
+    nonce: &str,
+) -> Option<super::Waiting> {
+    if matches!(act.action, crate::policy::Action::Rollback { .. }) {
+        return None;
+    }
+    let snap = scene.snap;
+    let facts = snap
+        .objects
+        .get(key)
+        .map(|o| super::Facts::of(snap, o))
+        .unwrap_or_default();
+    let done = super::Outcome::Done {
+        message: String::new(),
+        generation: None,
+    };
+    let after = super::settle((*act.status).clone(), &act.action, &done, &facts, snap.now);
+    let status = after.into_iter().find_map(|e| match e {
+        super::Effect::Write(s) => Some(*s),
+        _ => None,
+    })?;
+    let rec = Record {
+        name: record.map(|r| r.name.clone()).unwrap_or_default(),
+        namespace: key.namespace.clone(),
+        target: key.clone(),
+        case: d.case,
+        stored: Some(status.clone()),
+        status,
+        approval: None,
+        rejection: None,
+        trust: super::Trust::Ours,
+        uid: record.map(|r| r.uid.clone()).unwrap_or_default(),
+        sequence: 0,
+        closed: false,
+    };
+    let next = transition(scene, key, Some(d), Some(&rec), "", nonce);
+    super::Waiting::of(next)
+}
+
+fn transition(
     scene: &Scene<'_>,
     key: &ObjectKey,
     diagnosis: Option<&Diagnosis>,

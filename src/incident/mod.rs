@@ -492,6 +492,58 @@ pub struct Act {
     pub token: String,
     pub status: Box<RemediationStatus>,
     pub intent: IntentAt,
+    /// What the next pass would record once the action succeeded (its cooldown, the next
+    /// step planned), folded into the outcome's write so that pass has nothing to write.
+    pub waiting: Option<Box<Waiting>>,
+}
+
+/// The part of a status the pass after a successful action works out (see [`Act::waiting`]),
+/// and what that pass would count and announce on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub phase: Phase,
+    pub blocked: Option<String>,
+    pub blocked_reason: Option<String>,
+    pub planned: Option<String>,
+    pub next_action_at: Option<String>,
+    pub effects: Vec<Effect>,
+}
+
+impl Waiting {
+    /// From the transition the pass after the action would make: only a wait (one status
+    /// write, no action, no record opened or closed, no hold released) is folded.
+    pub fn of(next: Transition) -> Option<Waiting> {
+        if next.action.is_some() {
+            return None;
+        }
+        let mut status = None;
+        let mut effects = vec![];
+        for e in next.effects {
+            match e {
+                Effect::Write(s) if status.is_none() => status = Some(s),
+                e @ (Effect::Count(_) | Effect::Event { .. }) => effects.push(e),
+                _ => return None,
+            }
+        }
+        let s = status?;
+        Some(Waiting {
+            phase: s.phase,
+            blocked: s.blocked,
+            blocked_reason: s.blocked_reason,
+            planned: s.planned,
+            next_action_at: s.next_action_at,
+            effects,
+        })
+    }
+
+    fn apply(self, status: &mut RemediationStatus, out: &mut Vec<Effect>) {
+        status.phase = self.phase;
+        status.blocked = self.blocked;
+        status.blocked_reason = self.blocked_reason;
+        status.planned = self.planned;
+        status.next_action_at = self.next_action_at;
+        out.extend(self.effects);
+    }
 }
 
 impl Transition {
@@ -758,6 +810,7 @@ fn open(inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Transition {
                     token: inp.token.to_string(),
                     status: Box::new(status),
                     intent: IntentAt::Create,
+                    waiting: None,
                 },
             )
         }
@@ -1042,6 +1095,7 @@ fn failing(rec: &Record, inp: &Input<'_>, d: &Diagnosis, dec: &Decision) -> Tran
             token: inp.token.to_string(),
             status: Box::new(status),
             intent: IntentAt::Status,
+            waiting: None,
         };
         return Transition::acting(out, act);
     }
@@ -1095,6 +1149,7 @@ fn finish_interrupted(
                 token,
                 status: Box::new(rec.status.clone()),
                 intent: IntentAt::Recorded,
+                waiting: None,
             },
         ),
         Err(why) => {
@@ -1180,6 +1235,7 @@ fn held(rec: &Record, inp: &Input<'_>, hold: &Hold) -> Transition {
             token: inp.token.to_string(),
             status: Box::new(status),
             intent: IntentAt::Status,
+            waiting: None,
         };
         return Transition::acting(out, act);
     }
@@ -1325,6 +1381,17 @@ pub struct Facts {
     pub generation: Option<i64>,
 }
 
+impl Facts {
+    /// What `snap` says of `obj`.
+    pub fn of(snap: &crate::diagnose::Snapshot, obj: &FluxObject) -> Facts {
+        Facts {
+            source_revision: crate::policy::source_revision(snap, obj),
+            secret: crate::policy::observed_secret(snap, obj),
+            generation: obj.generation,
+        }
+    }
+}
+
 /// Fold an action's outcome into `status` (which holds its Running step): the record to
 /// write and what to announce.
 pub fn settle(
@@ -1334,7 +1401,26 @@ pub fn settle(
     facts: &Facts,
     now: i64,
 ) -> Vec<Effect> {
+    settle_waiting(status, action, outcome, facts, now, None)
+}
+
+/// [`settle`], and on success what the next pass would record meanwhile ([`Act::waiting`]).
+pub fn settle_waiting(
+    status: RemediationStatus,
+    action: &Action,
+    outcome: &Outcome,
+    facts: &Facts,
+    now: i64,
+    waiting: Option<Waiting>,
+) -> Vec<Effect> {
     let mut out = fold_outcome(status, action, outcome, facts, now);
+    if let (Outcome::Done { .. }, Some(w), Some(Effect::Write(st))) =
+        (outcome, waiting, out.first_mut())
+    {
+        let mut extra = vec![];
+        w.apply(st, &mut extra);
+        out.extend(extra);
+    }
     conditions::present_all(&mut out, now);
     out
 }

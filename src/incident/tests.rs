@@ -769,6 +769,55 @@ fn a_hold_ends_only_when_the_fix_lands_or_a_person_resumes() {
     assert!(written(&fx).unwrap().hold.is_none());
 }
 
+/// The wait the pass after a successful action would record rides on its outcome; a failed
+/// action's outcome carries none of it (the next pass decides anew).
+#[test]
+fn the_wait_after_an_action_is_folded_into_a_successful_outcome_only() {
+    let mut st = open_status(Phase::Remediating);
+    begin_step(&mut st, &Action::Reconcile, "t", NOW);
+    let waiting = || super::Waiting {
+        phase: Phase::Remediating,
+        blocked: Some("planned reconcile; cooldown".into()),
+        blocked_reason: Some("cooldown".into()),
+        planned: Some("reconcile".into()),
+        next_action_at: Some(rfc3339(NOW + 600)),
+        effects: vec![Effect::Count(Count::Blocked("cooldown"))],
+    };
+    let done = Outcome::Done {
+        message: "ok".into(),
+        generation: None,
+    };
+    let fx = super::settle_waiting(
+        st.clone(),
+        &Action::Reconcile,
+        &done,
+        &Facts::default(),
+        NOW + 1,
+        Some(waiting()),
+    );
+    let after = written_by(&fx).unwrap();
+    assert_eq!(after.blocked_reason.as_deref(), Some("cooldown"));
+    assert_eq!(after.next_action_at, Some(rfc3339(NOW + 600)));
+    assert_eq!(after.steps.last().unwrap().outcome, StepOutcome::Succeeded);
+    assert!(fx.contains(&Effect::Count(Count::Blocked("cooldown"))));
+    let failed = Outcome::Failed {
+        message: "boom".into(),
+        category: "Conflict",
+    };
+    let fx = super::settle_waiting(
+        st.clone(),
+        &Action::Reconcile,
+        &failed,
+        &Facts::default(),
+        NOW + 1,
+        Some(waiting()),
+    );
+    assert_eq!(
+        fx,
+        settle(st, &Action::Reconcile, &failed, &Facts::default(), NOW + 1)
+    );
+}
+
 #[test]
 fn settling_a_rollback_records_the_hold_and_a_resume_ends_it() {
     let mut st = open_status(Phase::Remediating);
