@@ -93,6 +93,29 @@ fn clear_leftovers(env: &Env) {
     let started = Instant::now();
     let mut ok = true;
     for ns in &stale {
+        // A HelmRelease a test's own helm-controller served (`safety`'s lockdown shard) keeps
+        // its finalizer once that controller is gone: nobody else will ever remove it.
+        let orphans = kubectl(&[
+            "get",
+            "helmreleases",
+            "-n",
+            ns,
+            "-l",
+            "fluxmedic.test/lockdown",
+            "-o",
+            "name",
+        ]);
+        for hr in String::from_utf8_lossy(&orphans.stdout).lines() {
+            kubectl(&[
+                "patch",
+                "-n",
+                ns,
+                hr,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
         let out = kubectl(&[
             "delete",
             "-n",
