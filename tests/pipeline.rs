@@ -535,7 +535,9 @@ impl World {
         for (key, d, rec) in work {
             let nonce = format!("{:016x}", self.nonces);
             self.nonces += 1;
-            let effects = decide(&scene, &key, d.as_ref(), rec.as_ref(), "token", &nonce);
+            // A timestamp, as the engine's tokens are (Flux's controllers and fluxmedic read them so).
+            let token = incident::rfc3339(NOW);
+            let effects = decide(&scene, &key, d.as_ref(), rec.as_ref(), &token, &nonce);
             check(&scene, &key, rec.as_ref(), &effects)?;
             count_kinds(&effects);
             changes += usize::from(effects.action.is_some());

@@ -355,6 +355,7 @@ async fn handle(
     if effects.is_empty() {
         return Ok(());
     }
+    log_rewrites(&w, &effects);
     let target = executor::Target::of(snap, &w.key);
     let cur = w.record.as_ref().map(|r| Cur {
         name: r.name.clone(),
@@ -375,6 +376,30 @@ async fn handle(
         return Ok(());
     }
     exec.run(pending).await
+}
+
+/// At debug level: which fields of a stored status a write changes (where write budget goes).
+fn log_rewrites(w: &Work, t: &incident::Transition) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let Some(stored) = w.record.as_ref().and_then(|r| r.stored.as_ref()) else {
+        return;
+    };
+    let old = serde_json::to_value(stored).unwrap_or_default();
+    for e in t.iter() {
+        if let incident::Effect::Write(st) = e {
+            let new = serde_json::to_value(st).unwrap_or_default();
+            let changed: Vec<&str> = new
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| old.get(k.as_str()) != Some(v) && *k != "seal" && *k != "sequence")
+                .map(|(k, _)| k.as_str())
+                .collect();
+            debug!(target = %w.key, ?changed, "status rewritten");
+        }
+    }
 }
 
 /// A rollback runs off the pass: the target is busy until it ends; its outcome is recorded

@@ -659,6 +659,31 @@ fn suspended_at_most_by_us(target: &FluxObject) -> bool {
             && matches!((target.generation, target.observed_generation), (Some(g), Some(o)) if g == o + 1)
 }
 
+/// How long fluxmedic waits between polls: the policy's interval, doubled per poll so far,
+/// up to its maximum.
+fn poll_wait(policy: &Policy, inc: &IncidentView) -> Duration {
+    let factor = 1u32.checked_shl(inc.polls.min(16)).unwrap_or(u32::MAX);
+    policy
+        .poll_interval
+        .saturating_mul(factor)
+        .min(policy.max_poll_interval)
+}
+
+/// When this incident's cooldown after its last action ends (none for the step a crash
+/// interrupted: it was already counted and waited for).
+fn cooldown_until(a: &Action, inc: &IncidentView, policy: &Policy, resuming: bool) -> Option<i64> {
+    let last = inc.last_action_at.filter(|_| !resuming)?;
+    let wait = if a.is_poll() {
+        poll_wait(policy, inc)
+    } else if matches!(a, Action::Resume | Action::Reconcile) {
+        // follow-ups after a fix landed or a root recovered: no cooldown beyond a beat
+        Duration::from_secs(2)
+    } else {
+        policy.cooldown
+    };
+    Some(last.saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX)))
+}
+
 fn not_current(target: &FluxObject) -> Blocked {
     Blocked::FluxRemediating(format!(
         "{} changed (generation {}) since helm-controller last reconciled it (generation {}): it acts on the change first",
@@ -1055,8 +1080,12 @@ fn gate(
     }
     // The previous request on an object this goes through is not handled yet: a new token
     // adds nothing (Flux takes the latest anyway) and would hide how long it has waited.
+    // While this incident's own cooldown runs, that is the reason it waits: its own request
+    // being handled meanwhile must not flip the record's reason (and cost a write) twice.
     let resuming = inc.interrupted.as_ref() == Some(a);
+    let cooling = cooldown_until(a, inc, policy, resuming).is_some_and(|until| now < until);
     if !resuming
+        && !cooling
         && let Some(k) = a.acts_through(&target.key).into_iter().find(|k| {
             ctx.snapshot
                 .objects
@@ -1083,18 +1112,11 @@ fn gate(
             threshold: ctx.circuit_breaker,
         });
     }
-    let poll_wait = || {
-        let factor = 1u32.checked_shl(inc.polls.min(16)).unwrap_or(u32::MAX);
-        policy
-            .poll_interval
-            .saturating_mul(factor)
-            .min(policy.max_poll_interval)
-    };
     // Polling a source for a fixing commit only helps while fluxmedic would poll more often
     // than source-controller fetches by itself; after that, leave it to Flux.
     if let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, case)
         && let Some(every) = ctx.snapshot.objects.get(source).and_then(|s| s.interval)
-        && every <= poll_wait()
+        && every <= poll_wait(policy, inc)
     {
         return Some(Blocked::AwaitingFix(format!(
             "{source} fetches every {} by itself, as often as fluxmedic would poll; fluxmedic reconciles {} once the fix is fetched",
@@ -1102,21 +1124,10 @@ fn gate(
             target.key
         )));
     }
-    // The step a crash interrupted was already counted and waited for (`resuming`).
-    if let Some(last) = inc.last_action_at.filter(|_| !resuming) {
-        let wait = if a.is_poll() {
-            poll_wait()
-        } else if matches!(a, Action::Resume | Action::Reconcile) {
-            // follow-ups after a fix landed or a root recovered: no cooldown beyond a beat
-            Duration::from_secs(2)
-        } else {
-            policy.cooldown
-        };
-        let wait = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
-        let until = last.saturating_add(wait);
-        if now < until {
-            return Some(Blocked::Cooldown { until });
-        }
+    if let Some(until) = cooldown_until(a, inc, policy, resuming)
+        && now < until
+    {
+        return Some(Blocked::Cooldown { until });
     }
     // A rollback is what comes after the retries ran out, so it has its own count: as many
     // rollbacks as the policy allows attempts, and no more (one that keeps failing is not run
