@@ -124,6 +124,14 @@ impl Memory {
     }
 }
 
+/// The last admitted request failed a precondition: it did not go through.
+fn refused(s: &mut State, code: u16, reason: &str) -> Error {
+    if let Some(last) = s.calls.last_mut() {
+        last.1 = false;
+    }
+    api_error(code, reason)
+}
+
 fn api_error(code: u16, reason: &str) -> Error {
     Error::Kube(kube::Error::Api(Box::new(kube::core::Status {
         code,
@@ -163,7 +171,7 @@ impl Port for Memory {
         let ns = rem.metadata.namespace.clone().unwrap_or_default();
         let mut s = self.admit(Call::Create(name.clone()))?;
         if s.record(&ns, &name).is_some() {
-            return Err(api_error(409, "AlreadyExists"));
+            return Err(refused(&mut s, 409, "AlreadyExists"));
         }
         s.next_uid += 1;
         rem.metadata.uid = Some(format!("uid-{name}-{}", s.next_uid));
@@ -178,20 +186,18 @@ impl Port for Memory {
         status: &RemediationStatus,
     ) -> Result<Remediation> {
         let mut s = self.admit(Call::Status(name.to_string()))?;
-        let r = s
-            .records
-            .get_mut(&(ns.to_string(), name.to_string()))
-            .ok_or_else(|| api_error(404, "NotFound"))?;
+        let Some(r) = s.records.get_mut(&(ns.to_string(), name.to_string())) else {
+            return Err(refused(&mut s, 404, "NotFound"));
+        };
         r.status = Some(status.clone());
         Ok(r.clone())
     }
 
     async fn label_closed(&self, ns: &str, name: &str) -> Result<()> {
         let mut s = self.admit(Call::LabelClosed(name.to_string()))?;
-        let r = s
-            .records
-            .get_mut(&(ns.to_string(), name.to_string()))
-            .ok_or_else(|| api_error(404, "NotFound"))?;
+        let Some(r) = s.records.get_mut(&(ns.to_string(), name.to_string())) else {
+            return Err(refused(&mut s, 404, "NotFound"));
+        };
         r.metadata
             .labels
             .get_or_insert_default()
@@ -212,10 +218,9 @@ impl Port for Memory {
             force,
         };
         let mut s = self.admit(call)?;
-        let o = s
-            .objects
-            .get_mut(key)
-            .ok_or_else(|| api_error(404, "NotFound"))?;
+        let Some(o) = s.objects.get_mut(key) else {
+            return Err(refused(&mut s, 404, "NotFound"));
+        };
         let a = &mut o.reconcile_annotations;
         a.insert(REQUESTED_AT.into(), token.into());
         if reset {
@@ -235,19 +240,22 @@ impl Port for Memory {
         owner: &str,
         hold: &str,
     ) -> Result<Option<i64>> {
+        if resource_version.is_empty() {
+            // Refused before any request, as the operator's port does.
+            return Err(Error::Unversioned(key.clone()));
+        }
         let call = Call::Suspend {
             key: key.clone(),
             owner: owner.into(),
         };
         let mut s = self.admit(call)?;
-        let o = s
-            .objects
-            .get_mut(key)
-            .ok_or_else(|| api_error(404, "NotFound"))?;
+        let Some(o) = s.objects.get_mut(key) else {
+            return Err(refused(&mut s, 404, "NotFound"));
+        };
         // The patch's preconditions, as the API server checks them.
         if o.uid.as_deref() != Some(uid) || o.resource_version.as_deref() != Some(resource_version)
         {
-            return Err(api_error(409, "Conflict"));
+            return Err(refused(&mut s, 409, "Conflict"));
         }
         o.suspended = true;
         let a = &mut o.reconcile_annotations;
@@ -263,8 +271,9 @@ impl Port for Memory {
             owner: owner.into(),
         };
         let mut s = self.admit(call)?;
+        // The JSON patch of a gone object: 404, as the API server answers.
         let Some(o) = s.objects.get_mut(key) else {
-            return Ok(false);
+            return Err(refused(&mut s, 404, "NotFound"));
         };
         let ours = o.uid.as_deref() == Some(uid)
             && o.suspended

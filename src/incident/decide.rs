@@ -101,7 +101,8 @@ pub fn decide(
 }
 
 /// What the pass after `act` succeeded would do, on the same snapshot: a wait is folded
-/// into the outcome. Not for a rollback (the snapshot does not show its suspension yet).
+/// into the outcome. Not for a rollback or a resume (the snapshot does not show the
+/// suspension they change yet).
 fn waiting_after(
     scene: &Scene<'_>,
     key: &ObjectKey,
@@ -110,7 +111,10 @@ fn waiting_after(
     act: &super::Act,
     nonce: &str,
 ) -> Option<super::Waiting> {
-    if matches!(act.action, crate::policy::Action::Rollback { .. }) {
+    if matches!(
+        act.action,
+        crate::policy::Action::Rollback { .. } | crate::policy::Action::Resume
+    ) {
         return None;
     }
     let snap = scene.snap;

@@ -167,8 +167,16 @@ impl Ledger {
     /// Note what a pass read as fluxmedic's own latest word on `record`: a status sealed
     /// after the ledger was last persisted, whose note a crash lost, is known again before
     /// the ledger is persisted next (else it would then read as an earlier word, edited).
+    /// Only a word newer than the one noted: never a change at the same sequence (after a
+    /// crash two sealed statuses can share one, and a tenant could write back the other to
+    /// reopen a closed incident or close an open one).
     pub fn confirm(&mut self, record: &Record) -> bool {
+        let newer = self
+            .records
+            .get(&record.uid)
+            .is_none_or(|e| record.sequence > e.sequence);
         record.trust == Trust::Ours
+            && newer
             && self.note(&record.uid, record.sequence, !record.status.phase.is_open())
     }
 }
@@ -526,6 +534,10 @@ impl Waiting {
             }
         }
         let s = status?;
+        // A request for approval is the next pass's own (a fresh id, its Event): not folded.
+        if s.approval.is_some() {
+            return None;
+        }
         Some(Waiting {
             phase: s.phase,
             blocked: s.blocked,

@@ -769,6 +769,59 @@ fn a_hold_ends_only_when_the_fix_lands_or_a_person_resumes() {
     assert!(written(&fx).unwrap().hold.is_none());
 }
 
+/// A pass confirms in the ledger a word of fluxmedic's it reads that is newer than the noted
+/// one (a note a crash lost), and never changes a word at the same sequence: after a crash two
+/// sealed statuses can share one, and writing back the other must not reopen a closed incident
+/// (or close an open one).
+#[test]
+fn the_ledger_confirms_only_a_newer_word() {
+    let mut st = open_status(Phase::Remediating);
+    st.sequence = 101;
+    let rem = sealed(Case::FailedRelease, Some(st), None);
+    let mut ledger = Ledger::default();
+    ledger.note(UID, 90, false);
+    let rec = Record::read(&rem, &sealer(), &ledger).unwrap();
+    assert_eq!(rec.trust, Trust::Ours);
+    assert!(ledger.confirm(&rec), "a lost note is noted again");
+    assert_eq!(ledger.records[UID].sequence, 101);
+    // fluxmedic closed it at the same sequence 101 (its counter restarted below it).
+    ledger.records.insert(
+        UID.into(),
+        LedgerEntry {
+            sequence: 101,
+            closed: true,
+        },
+    );
+    let replayed = Record::read(&rem, &sealer(), &ledger).unwrap();
+    assert!(
+        !ledger.confirm(&replayed),
+        "the same sequence changes nothing"
+    );
+    assert!(ledger.records[UID].closed, "still closed");
+    assert!(!Record::read(&rem, &sealer(), &ledger).unwrap().is_open());
+}
+
+/// A wait that asks a person for approval is not folded into an outcome: the request (its id,
+/// its Event) is the next pass's own, so the id a person is told is the one the record holds.
+#[test]
+fn a_request_for_approval_is_never_folded_into_an_outcome() {
+    let mut st = open_status(Phase::AwaitingApproval);
+    st.blocked_reason = Some("awaiting-approval".into());
+    st.approval = Some(crate::api::ApprovalRequest {
+        action: "retry".into(),
+        planned: None,
+        detail: String::new(),
+        id: "n1".into(),
+        how: "fluxmedic approve".into(),
+        rejected: false,
+    });
+    let next = Transition::from(vec![Effect::Write(Box::new(st.clone()))]);
+    assert_eq!(super::Waiting::of(next), None);
+    st.approval = None;
+    let next = Transition::from(vec![Effect::Write(Box::new(st))]);
+    assert!(super::Waiting::of(next).is_some());
+}
+
 /// The wait the pass after a successful action would record rides on its outcome; a failed
 /// action's outcome carries none of it (the next pass decides anew).
 #[test]
