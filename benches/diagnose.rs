@@ -10,6 +10,8 @@ use fluxmedic::{
 };
 use serde_json::json;
 
+const NO_POLLERS: &fluxmedic::policy::Pollers = &fluxmedic::policy::Pollers::new();
+
 /// `n` Kustomizations over `n/50` GitRepositories: every 10th source fails (auth), every
 /// 20th Kustomization has a broken build, chains of dependsOn of length 3.
 fn fleet(n: usize) -> Snapshot {
@@ -101,6 +103,7 @@ fn bench(c: &mut Criterion) {
                     shared_root: false,
                     operator_namespace: "flux-system",
                     controllers_down: &report.controllers_down,
+                    pollers: NO_POLLERS,
                 };
                 std::hint::black_box(policy::plan(
                     d,

@@ -510,6 +510,7 @@ impl World {
             OPERATOR_NS,
             1000,
         );
+        let pollers = fluxmedic::incident::pollers(&snap, &records);
         let mut open: BTreeMap<ObjectKey, Record> = BTreeMap::new();
         for r in records.into_iter().filter(|r| r.is_open()) {
             open.insert(r.target.clone(), r);
@@ -526,6 +527,7 @@ impl World {
             policies: &policies,
             operator_namespace: OPERATOR_NS,
             breakers: &breakers,
+            pollers: &pollers,
         };
         self.api.state().objects = snap
             .objects
@@ -869,6 +871,7 @@ proptest! {
             policies: &policies,
             operator_namespace: OPERATOR_NS,
             breakers: &breakers,
+            pollers: &Default::default(),
         };
         for (d, row) in report.diagnoses.iter().zip(&rows) {
             prop_assert_eq!(&row.name, &d.target.name);
@@ -1066,49 +1069,58 @@ fn a_status_written_back_after_a_crash_lost_the_ledger_is_still_a_replay() {
 /// its outcome (carrying the wait the next pass would have written: the cooldown and the
 /// next poll); nothing while Flux handles the request; the close (label, then status).
 /// Events: detected, acted, recovered.
-#[test]
-fn the_writes_of_a_one_step_incident() {
+/// A GitRepository `repo` in `apps`, with `handled` as the last request it handled.
+fn shared_repo(handled: Option<&str>) -> serde_json::Value {
+    json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
+    "metadata": {"name": "repo", "namespace": "apps", "uid": "uid-repo", "generation": 1, "resourceVersion": "1",
+                 "annotations": handled.map(|t| json!({REQUESTED_AT: t})).unwrap_or(json!({}))},
+    "spec": {"interval": "1h", "url": "http://127.0.0.1/x.git"},
+    "status": {"observedGeneration": 1, "lastHandledReconcileAt": handled,
+               "artifact": {"revision": "main@sha1:0"},
+               "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "stored artifact",
+                               "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+}
+
+/// A Kustomization `name` of `repo`, Ready or failing its build.
+fn repo_consumer(name: &str, ready: bool) -> serde_json::Value {
+    json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+    "metadata": {"name": name, "namespace": "apps", "uid": format!("uid-{name}"), "generation": 1, "resourceVersion": "1"},
+    "spec": {"interval": "1h", "path": "./", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "repo"}},
+    "status": {"observedGeneration": 1, "lastAttemptedRevision": "main@sha1:0",
+               "conditions": [if ready {
+                   json!({"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "Applied revision: main@sha1:1", "lastTransitionTime": "2026-01-01T00:00:00Z"})
+               } else {
+                   json!({"type": "Ready", "status": "False", "reason": "BuildFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                          "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"})
+               }]}})
+}
+
+/// A world with an Auto policy for invalid manifests (polls 10m apart: the clock does not
+/// move here) and `repo`.
+fn polling_world() -> World {
     let mut world = World::new();
-    let mut outcomes = std::iter::repeat(true);
     world.apply(&Ev::Policy(
         json!({"apiVersion": "fluxmedic.io/v1alpha1", "kind": "RemediationPolicy",
         "metadata": {"name": "p", "namespace": "apps"},
         "spec": {"rules": [{"case": "invalid-manifests", "mode": "Auto"}],
                  "limits": {"pollInterval": "10m", "maxPollInterval": "30m"}}}),
     ));
-    let repo = |handled: Option<&str>| {
-        json!({"apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
-        "metadata": {"name": "repo", "namespace": "apps", "uid": "uid-repo", "generation": 1, "resourceVersion": "1",
-                     "annotations": handled.map(|t| json!({REQUESTED_AT: t})).unwrap_or(json!({}))},
-        "spec": {"interval": "1h", "url": "http://127.0.0.1/x.git"},
-        "status": {"observedGeneration": 1, "lastHandledReconcileAt": handled,
-                   "artifact": {"revision": "main@sha1:0"},
-                   "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded", "message": "stored artifact",
-                                   "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
-    };
-    let ks = |ready: bool| {
-        json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
-        "metadata": {"name": "app", "namespace": "apps", "uid": "uid-app", "generation": 1, "resourceVersion": "1"},
-        "spec": {"interval": "1h", "path": "./", "prune": true, "sourceRef": {"kind": "GitRepository", "name": "repo"}},
-        "status": {"observedGeneration": 1, "lastAttemptedRevision": "main@sha1:0",
-                   "conditions": [if ready {
-                       json!({"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "message": "Applied revision: main@sha1:1", "lastTransitionTime": "2026-01-01T00:00:00Z"})
-                   } else {
-                       json!({"type": "Ready", "status": "False", "reason": "BuildFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
-                              "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"})
-                   }]}})
-    };
-    world.apply(&Ev::Flux(repo(None)));
-    world.apply(&Ev::Flux(ks(false)));
-    let passes = |world: &mut World, outcomes: &mut dyn Iterator<Item = bool>| {
+    world.apply(&Ev::Flux(shared_repo(None)));
+    world
+}
+
+impl World {
+    /// Three passes; how many calls the API took so far.
+    fn passes(&mut self) -> usize {
         for _ in 0..3 {
-            world.pass(&mut &mut *outcomes).unwrap();
+            self.pass(&mut std::iter::repeat(true)).unwrap();
         }
-        world.api.state().done().len()
-    };
-    let kinds = |world: &World| -> Vec<String> {
-        world
-            .api
+        self.api.state().done().len()
+    }
+
+    /// The kinds of the calls the API took, in order.
+    fn call_kinds(&self) -> Vec<String> {
+        self.api
             .state()
             .done()
             .iter()
@@ -1120,24 +1132,31 @@ fn the_writes_of_a_one_step_incident() {
                     .to_string()
             })
             .collect()
-    };
-    let opened = passes(&mut world, &mut outcomes);
-    assert_eq!(kinds(&world), ["Create", "Reconcile", "Status"]);
+    }
+
+    /// Flux handles the latest reconcile request on `repo`.
+    fn handle_repo_request(&mut self) {
+        let token = self.api.state().objects
+            [&ObjectKey::new(FluxKind::GitRepository, "apps", "repo")]
+            .reconcile_annotations
+            .get(REQUESTED_AT)
+            .cloned();
+        self.apply(&Ev::Flux(shared_repo(token.as_deref())));
+    }
+}
+
+#[test]
+fn the_writes_of_a_one_step_incident() {
+    let mut world = polling_world();
+    world.apply(&Ev::Flux(repo_consumer("app", false)));
+    let opened = world.passes();
+    assert_eq!(world.call_kinds(), ["Create", "Reconcile", "Status"]);
     // Flux handles the request: nothing to write.
-    let token = world.api.state().objects[&ObjectKey::new(FluxKind::GitRepository, "apps", "repo")]
-        .reconcile_annotations
-        .get(REQUESTED_AT)
-        .cloned();
-    world.apply(&Ev::Flux(repo(token.as_deref())));
-    assert_eq!(
-        passes(&mut world, &mut outcomes),
-        opened,
-        "{:?}",
-        kinds(&world)
-    );
-    world.apply(&Ev::Flux(ks(true)));
-    passes(&mut world, &mut outcomes);
-    assert_eq!(kinds(&world)[opened..], ["LabelClosed", "Status"]);
+    world.handle_repo_request();
+    assert_eq!(world.passes(), opened, "{:?}", world.call_kinds());
+    world.apply(&Ev::Flux(repo_consumer("app", true)));
+    world.passes();
+    assert_eq!(world.call_kinds()[opened..], ["LabelClosed", "Status"]);
     let events: Vec<String> = world
         .api
         .state()
@@ -1146,4 +1165,42 @@ fn the_writes_of_a_one_step_incident() {
         .map(|e| e.0.clone())
         .collect();
     assert_eq!(events, ["FailureDetected", "ActionSucceeded", "Recovered"]);
+}
+
+/// Consumers of one source that fail one after another: the first incident polls the source,
+/// the others wait on its polling (a record, no poll, nothing rewritten at its next polls),
+/// and poll themselves once it ends.
+#[test]
+fn a_source_its_consumers_share_is_polled_once() {
+    let mut world = polling_world();
+    world.apply(&Ev::Flux(repo_consumer("app", false)));
+    let opened = world.passes();
+    world.handle_repo_request();
+    world.apply(&Ev::Flux(repo_consumer("web", false)));
+    let waiting = world.passes();
+    assert_eq!(world.call_kinds()[opened..], ["Create", "Status"]);
+    let web = world
+        .read_records()
+        .into_iter()
+        .find(|r| r.target.name == "web")
+        .unwrap();
+    let blocked = web.status.blocked.clone().unwrap_or_default();
+    assert!(
+        blocked.contains("polled for a fix by the incident of Kustomization/apps/app"),
+        "{blocked}"
+    );
+    // Another consumer, same source: waits the same way; nothing else is written.
+    world.apply(&Ev::Flux(repo_consumer("api", false)));
+    let third = world.passes();
+    assert_eq!(world.call_kinds()[waiting..], ["Create", "Status"]);
+    // The polling incident ends (its target recovered by another route): the next consumer
+    // in line polls by itself.
+    world.apply(&Ev::Flux(repo_consumer("app", true)));
+    world.passes();
+    let after: Vec<String> = world.call_kinds()[third..].to_vec();
+    assert_eq!(
+        after.iter().filter(|k| *k == "Reconcile").count(),
+        1,
+        "one poll of the shared source, not one per waiting consumer: {after:?}"
+    );
 }

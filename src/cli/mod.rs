@@ -57,6 +57,8 @@ pub fn evaluate(
         policies,
         operator_namespace: operator_ns,
         breakers: &breakers,
+        // A new incident's plan, as the rows say: no open incident polls for it.
+        pollers: &policy::Pollers::new(),
     };
     let rows = report
         .diagnoses

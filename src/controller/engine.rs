@@ -88,18 +88,24 @@ pub async fn pass(ctx: &Arc<Context>) {
     let work = work_of(ctx, &report, &records, &busy);
     let orphans = orphans_of(ctx, &snap, &records, &busy);
     let items = work.len() + orphans.len();
-    let scene = Arc::new((report, snap, policies, breakers));
+    let pollers = incident::pollers(&snap, records.values());
+    let pass = Arc::new(Pass {
+        report,
+        snap,
+        policies,
+        breakers,
+        pollers,
+    });
     let ctx2 = ctx.clone();
     futures::stream::iter(fair(work))
         .for_each_concurrent(ctx.opts.concurrency, |w| {
-            let (ctx, scene) = (ctx2.clone(), scene.clone());
+            let (ctx, pass) = (ctx2.clone(), pass.clone());
             async move {
                 let key = w.key.clone();
                 if !ctx.backoff_ready(&key, now) {
                     return;
                 }
-                let (report, snap, policies, breakers) = &*scene;
-                let res = handle(&ctx, snap, report, policies, w, breakers).await;
+                let res = handle(&ctx, &pass, w).await;
                 settle_backoff(&ctx, &key, now, res);
             }
         })
@@ -328,23 +334,27 @@ fn settle_backoff(ctx: &Context, key: &ObjectKey, now: i64, res: Result<()>) {
 }
 
 /// Plan one target and have the executor perform what its incident's lifecycle says.
-async fn handle(
-    ctx: &Arc<Context>,
-    snap: &Arc<Snapshot>,
-    report: &Report,
-    policies: &[Policy],
-    w: Work,
-    breakers: &policy::Breakers,
-) -> Result<()> {
+/// What every target of a pass is decided against (see [`incident::Scene`]).
+struct Pass {
+    report: Report,
+    snap: Arc<Snapshot>,
+    policies: Vec<Policy>,
+    breakers: policy::Breakers,
+    pollers: policy::Pollers,
+}
+
+async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work) -> Result<()> {
     let token = fresh_token();
     let nonce = fresh_nonce();
+    let snap = &pass.snap;
     let effects = incident::decide(
         &incident::Scene {
             snap,
-            report,
-            policies,
+            report: &pass.report,
+            policies: &pass.policies,
             operator_namespace: &ctx.opts.namespace,
-            breakers,
+            breakers: &pass.breakers,
+            pollers: &pass.pollers,
         },
         &w.key,
         w.diagnosis.as_ref(),

@@ -3,6 +3,8 @@
 //! shows the plan; both go through [`plan_target`], so the command line can never answer
 //! differently from the operator for the same snapshot, policies and records.
 
+use std::collections::BTreeMap;
+
 use super::{Input, Record, Seen, Transition};
 use crate::{
     diagnose::{Diagnosis, Report, Snapshot},
@@ -19,6 +21,53 @@ pub struct Scene<'a> {
     pub operator_namespace: &'a str,
     /// The circuit breaker of each namespace.
     pub breakers: &'a policy::Breakers,
+    /// The sources open incidents poll ([`pollers`]).
+    pub pollers: &'a policy::Pollers,
+}
+
+/// Which incident polls each source for a fix, per namespace ([`policy::Pollers`]): of the
+/// open incidents whose plan is to poll the source, one polling now (in its backoff) if there
+/// is one, else the next in line (waiting on a poller that stopped), the first by target
+/// either way, so every pass names the same one. Only records fluxmedic's seal verifies and
+/// that are not frozen count: a record a tenant wrote or edited cannot make another incident
+/// wait.
+pub fn pollers<'r>(
+    snap: &Snapshot,
+    records: impl IntoIterator<Item = &'r Record>,
+) -> policy::Pollers {
+    let cooldown = policy::Blocked::Cooldown { until: 0 }.label();
+    let awaiting = policy::Blocked::AwaitingFix(String::new()).label();
+    // (namespace, source) → (polling now, target), the least by that order
+    let mut best: BTreeMap<(String, ObjectKey), (bool, ObjectKey)> = BTreeMap::new();
+    for r in records {
+        let s = &r.status;
+        let reason = s.blocked_reason.as_deref();
+        if !(r.is_open()
+            && r.trust == super::Trust::Ours
+            && s.frozen.is_none()
+            && r.case == crate::diagnose::Case::InvalidManifests
+            && s.planned.as_deref() == Some("reconcile-source")
+            && (reason == Some(cooldown) || reason == Some(awaiting)))
+        {
+            continue;
+        }
+        let Some(source) = snap
+            .objects
+            .get(&r.target)
+            .and_then(|o| o.source_ref.clone())
+        else {
+            continue;
+        };
+        let rank = (reason != Some(cooldown), r.target.clone());
+        best.entry((r.target.namespace.clone(), source))
+            .and_modify(|b| {
+                if rank < *b {
+                    *b = rank.clone();
+                }
+            })
+            .or_insert(rank);
+    }
+    best.into_iter().map(|(k, (_, t))| (k, t)).collect()
 }
 
 /// One target's plan: the policy that governs it, the incident as the plan saw it, and the
@@ -68,6 +117,7 @@ pub fn plan_target<'a>(
         shared_root: scene.report.shared_roots.iter().any(|(k, _)| k == key),
         operator_namespace: scene.operator_namespace,
         controllers_down: &scene.report.controllers_down,
+        pollers: scene.pollers,
     };
     let decision = match (diagnosis, obj) {
         (Some(d), Some(o)) => Some(policy::plan(d, o, policy, &view, &context)),
@@ -207,4 +257,93 @@ fn transition(
         }),
         nonce,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{api::RemediationStatus, diagnose::Case, flux, incident::Trust};
+
+    fn consumer(ns: &str, name: &str) -> flux::FluxObject {
+        flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo", "namespace": "shared"}}}))
+        .unwrap()
+    }
+
+    /// A record of `target`'s incident, as the lifecycle reads it.
+    fn record(target: &flux::FluxObject, reason: &str, trust: Trust) -> Record {
+        let status = RemediationStatus {
+            phase: crate::api::Phase::Detected,
+            planned: Some("reconcile-source".into()),
+            blocked_reason: Some(reason.into()),
+            polls: 1,
+            ..Default::default()
+        };
+        Record {
+            name: format!("ks-{}", target.key.name),
+            namespace: target.key.namespace.clone(),
+            target: target.key.clone(),
+            case: Case::InvalidManifests,
+            stored: Some(status.clone()),
+            status,
+            approval: None,
+            rejection: None,
+            trust,
+            uid: "uid".into(),
+            sequence: 1,
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn one_incident_polls_a_source_per_namespace_and_only_records_fluxmedic_wrote_count() {
+        let (a, b, c, other) = (
+            consumer("apps", "a"),
+            consumer("apps", "b"),
+            consumer("apps", "c"),
+            consumer("tenant-2", "x"),
+        );
+        let source = a.source_ref.clone().unwrap();
+        let snap = Snapshot::new([a.clone(), b.clone(), c.clone(), other.clone()], 0);
+        let key = |ns: &str| (ns.to_string(), source.clone());
+        // One polling now (b) beats one waiting in line (a), even with a smaller name.
+        let records = [
+            record(&a, "awaiting-fix", Trust::Ours),
+            record(&b, "cooldown", Trust::Ours),
+        ];
+        let p = pollers(&snap, &records);
+        assert_eq!(p.get(&key("apps")), Some(&b.key));
+        // Another namespace's incidents poll for themselves: tenant-2's poller is not apps'.
+        assert_eq!(p.get(&key("tenant-2")), None);
+        // With no one polling, the first waiting in line polls.
+        let p = pollers(
+            &snap,
+            &[
+                record(&c, "awaiting-fix", Trust::Ours),
+                record(&a, "awaiting-fix", Trust::Ours),
+            ],
+        );
+        assert_eq!(p.get(&key("apps")), Some(&a.key));
+        // A record a tenant wrote (no seal) or edited cannot make anyone wait; nor can a
+        // frozen, closed or otherwise blocked one.
+        let mut frozen = record(&a, "cooldown", Trust::Ours);
+        frozen.status.frozen = Some("edited".into());
+        let mut closed = record(&a, "cooldown", Trust::Ours);
+        closed.closed = true;
+        for r in [
+            record(&a, "cooldown", Trust::Foreign),
+            record(&a, "cooldown", Trust::Edited),
+            frozen,
+            closed,
+            record(&a, "awaiting-approval", Trust::Ours),
+        ] {
+            assert!(pollers(&snap, [&r]).is_empty(), "{r:?}");
+        }
+        // A record whose target is gone (no source to name) counts for nothing either.
+        let gone = Snapshot::new([b.clone()], 0);
+        assert!(pollers(&gone, &[record(&a, "cooldown", Trust::Ours)]).is_empty());
+    }
 }

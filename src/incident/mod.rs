@@ -36,7 +36,7 @@ pub mod seal;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{Planned, Scene, decide, plan_target};
+pub use decide::{Planned, Scene, decide, plan_target, pollers};
 
 use crate::{
     api::{

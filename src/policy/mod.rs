@@ -9,8 +9,8 @@ use std::{cmp::Ordering, time::Duration};
 use kube::core::{Selector, SelectorExt};
 
 pub use plan::{
-    Action, Blocked, Decision, IncidentView, PlanContext, ReleaseRef, consumers, escalates,
-    observed_secret, plan, recheck, source_revision, verified_release,
+    Action, Blocked, Decision, IncidentView, PlanContext, Pollers, ReleaseRef, consumers,
+    escalates, observed_secret, plan, recheck, source_revision, verified_release,
 };
 
 use crate::{

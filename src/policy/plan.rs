@@ -411,7 +411,14 @@ pub struct PlanContext<'a> {
     pub operator_namespace: &'a str,
     /// Flux controllers not processing their objects ([`crate::diagnose::Report`]).
     pub controllers_down: &'a std::collections::BTreeMap<String, String>,
+    /// The sources an open incident of fluxmedic's polls for a fix, each with that
+    /// incident's target ([`crate::incident::pollers`]).
+    pub pollers: &'a Pollers,
 }
+
+/// (Namespace, source) → the target in that namespace whose incident polls the source for a
+/// fix for all of that namespace's incidents on it.
+pub type Pollers = std::collections::BTreeMap<(String, ObjectKey), ObjectKey>;
 
 /// The outcome of planning.
 #[derive(Clone, Debug, PartialEq)]
@@ -682,6 +689,32 @@ fn cooldown_until(a: &Action, inc: &IncidentView, policy: &Policy, resuming: boo
         policy.cooldown
     };
     Some(last.saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX)))
+}
+
+/// A source the consumers of one namespace share is polled for a fix by one incident for
+/// all of them ([`Pollers`]): the others wait on its polling. The reason names no time, so a
+/// waiting record is not rewritten at each of the other's polls; once that incident stops
+/// polling, the next in line polls. (Not across namespaces: another tenant's policy, its
+/// backoff or mode, never slows this one's polls.)
+fn polled_by_another(
+    a: &Action,
+    case: Case,
+    target: &FluxObject,
+    inc: &IncidentView,
+    ctx: &PlanContext<'_>,
+) -> Option<Blocked> {
+    let (Action::ReconcileSource { source }, Case::InvalidManifests) = (a, case) else {
+        return None;
+    };
+    let poller = ctx
+        .pollers
+        .get(&(target.key.namespace.clone(), source.clone()))?;
+    (*poller != target.key && inc.interrupted.is_none()).then(|| {
+        Blocked::AwaitingFix(format!(
+            "{source} is polled for a fix by the incident of {poller}; fluxmedic reconciles {} once the fix is fetched",
+            target.key
+        ))
+    })
 }
 
 fn not_current(target: &FluxObject) -> Blocked {
@@ -1077,6 +1110,9 @@ fn gate(
             .get(crate::diagnose::controllers::controller_of(k.kind))
     }) {
         return Some(Blocked::ControllerDown(why.clone()));
+    }
+    if let Some(b) = polled_by_another(a, case, target, inc, ctx) {
+        return Some(b);
     }
     // The previous request on an object this goes through is not handled yet: a new token
     // adds nothing (Flux takes the latest anyway) and would hide how long it has waited.

@@ -9,6 +9,7 @@ use crate::{
 };
 
 const NOW: i64 = 1_000_000;
+const NO_POLLERS: &Pollers = &Pollers::new();
 
 fn cond(t: &str, s: &str, r: &str, m: &str) -> serde_json::Value {
     json!({"type": t, "status": s, "reason": r, "message": m})
@@ -267,6 +268,7 @@ fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
         shared_root: false,
         operator_namespace: "fluxmedic",
         controllers_down: &report.controllers_down,
+        pollers: NO_POLLERS,
     };
     let dec = plan(&d, &s.snap.objects[&s.target], p, &s.inc, &ctx);
     (d, dec)
@@ -561,6 +563,53 @@ fn polling_stops_once_flux_fetches_as_often() {
 }
 
 #[test]
+fn a_consumer_waits_on_the_incident_that_polls_its_source() {
+    let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
+    let s = scenario(Case::InvalidManifests);
+    let source = s.snap.objects[&s.target].source_ref.clone().unwrap();
+    let report = diagnose::diagnose(&s.snap);
+    let d = report.get(&s.target).unwrap();
+    let with = |poller: ObjectKey, inc: &IncidentView| {
+        let pollers = Pollers::from([(("apps".to_string(), source.clone()), poller)]);
+        let ctx = PlanContext {
+            snapshot: &s.snap,
+            failing_targets: 1,
+            circuit_breaker: 20,
+            shared_root: false,
+            operator_namespace: "fluxmedic",
+            controllers_down: &report.controllers_down,
+            pollers: &pollers,
+        };
+        plan(d, &s.snap.objects[&s.target], Some(&p), inc, &ctx)
+    };
+    let other = ObjectKey::new(flux::FluxKind::Kustomization, "apps", "other");
+    let dec = with(other.clone(), &s.inc);
+    // The poll stays planned (the record says what it waits to do) and the reason names who
+    // polls, without a time: stable while the other incident polls on.
+    assert!(
+        matches!(dec.planned, Some(Action::ReconcileSource { .. })),
+        "{dec:?}"
+    );
+    let why = dec.blocked.unwrap().to_string();
+    assert!(
+        why.contains("polled for a fix by the incident of Kustomization/apps/other"),
+        "{why}"
+    );
+    // The poller itself polls.
+    assert!(with(s.target.clone(), &s.inc).blocked.is_none());
+    // A poll a crash interrupted is finished as recorded.
+    let mut interrupted = s.inc.clone();
+    interrupted.interrupted = Some(Action::ReconcileSource {
+        source: source.clone(),
+    });
+    assert!(with(other.clone(), &interrupted).blocked.is_none());
+    // A fetched fix is acted upon at once, whoever polled for it.
+    let mut fetched = s.inc.clone();
+    fetched.observed_revision = Some("main@sha1:old".into());
+    assert_eq!(with(other, &fetched).act(), Some(&Action::Reconcile));
+}
+
+#[test]
 fn polling_backs_off() {
     let p = all_cases(Mode::Auto, &[ActionKind::Reconcile]);
     let mut s = scenario(Case::InvalidManifests);
@@ -594,6 +643,7 @@ fn circuit_breaker_limits_action_to_shared_roots() {
         shared_root: shared,
         operator_namespace: "fluxmedic",
         controllers_down: &report.controllers_down,
+        pollers: NO_POLLERS,
     };
     let blocked = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx(false));
     assert_eq!(
@@ -892,6 +942,7 @@ fn decide_as(s: &Scenario, p: &Policy, operator_ns: &str) -> Decision {
         shared_root: false,
         operator_namespace: operator_ns,
         controllers_down: &report.controllers_down,
+        pollers: NO_POLLERS,
     };
     plan(&d, &s.snap.objects[&s.target], Some(p), &s.inc, &ctx)
 }
@@ -1295,6 +1346,7 @@ fn nothing_goes_through_a_controller_that_is_not_working_and_it_escalates_at_onc
         shared_root: false,
         operator_namespace: "fluxmedic",
         controllers_down: &down,
+        pollers: NO_POLLERS,
     };
     let dec = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx);
     assert!(
