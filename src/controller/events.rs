@@ -29,6 +29,90 @@ const PUBLISHERS: usize = 4;
 /// Events waiting per publisher (client-go's broadcaster queues 1,000 in all).
 const QUEUE: usize = 256;
 
+/// A backlog from which Events about one object are merged (see [`coalesce`]).
+const BACKLOG: usize = 64;
+/// The API server's limit on an Event's note (events.k8s.io/v1).
+const NOTE_MAX: usize = 1024;
+
+/// Events as they will be written, each with how many queued Events it stands for. While a
+/// publisher keeps up, that is each Event as it came. Behind by [`BACKLOG`] or more (a storm,
+/// when the API server's write capacity is what every incident waits on), the Events about
+/// one object from one incident (one regarding, one related record) are merged into one, in
+/// the place of the first: the latest reason and action, Warning if any was, and every note
+/// in order behind its reason (`FailureDetected: …; ActionSucceeded: …`), cut at the API
+/// server's 1 KiB. Nothing is lost that Flux's alerting reads: each occurrence still went to
+/// notification-controller as it happened. (client-go's event correlator merges similar
+/// Events under pressure for the same reason.)
+fn coalesce(queued: Vec<(Event, ObjectReference)>) -> Vec<(Event, ObjectReference, usize)> {
+    let mut out: Vec<(Event, ObjectReference, usize)> = Vec::with_capacity(queued.len());
+    if queued.len() < BACKLOG {
+        return queued
+            .into_iter()
+            .map(|(mut e, r)| {
+                e.note = e.note.map(|n| cut(n, NOTE_MAX));
+                (e, r, 1)
+            })
+            .collect();
+    }
+    let mut at: std::collections::HashMap<(String, Option<String>), usize> = Default::default();
+    for (ev, regarding) in queued {
+        let key = (
+            reference_key(&regarding),
+            ev.secondary.as_ref().map(reference_key),
+        );
+        let Some(&i) = at.get(&key) else {
+            at.insert(key, out.len());
+            let mut ev = ev;
+            ev.note = ev.note.map(|n| cut(n, NOTE_MAX));
+            out.push((ev, regarding, 1));
+            continue;
+        };
+        let merged = &mut out[i];
+        if merged.2 == 1 {
+            merged.0.note = Some(labelled(&merged.0));
+        }
+        let note = format!(
+            "{}; {}",
+            merged.0.note.take().unwrap_or_default(),
+            labelled(&ev)
+        );
+        merged.0.note = Some(cut(note, NOTE_MAX));
+        merged.0.reason = ev.reason;
+        merged.0.action = ev.action;
+        if ev.type_ == kube::runtime::events::EventType::Warning {
+            merged.0.type_ = ev.type_;
+        }
+        merged.2 += 1;
+    }
+    out
+}
+
+fn reference_key(r: &ObjectReference) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        r.kind.as_deref().unwrap_or_default(),
+        r.namespace.as_deref().unwrap_or_default(),
+        r.name.as_deref().unwrap_or_default(),
+        r.uid.as_deref().unwrap_or_default()
+    )
+}
+
+fn labelled(ev: &Event) -> String {
+    format!("{}: {}", ev.reason, ev.note.as_deref().unwrap_or_default())
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 pub struct EventQueue {
     shards: Vec<mpsc::Sender<(Event, ObjectReference)>>,
     /// Queued or being written.
@@ -46,16 +130,23 @@ impl EventQueue {
                 let (recorder, limiter, pending) =
                     (recorder.clone(), limiter.clone(), pending.clone());
                 tokio::spawn(async move {
-                    while let Some((ev, regarding)) = rx.recv().await {
-                        if limiter.acquire().await.is_err() {
-                            // No longer the leader: the new one records what it does.
-                            pending.fetch_sub(1, Ordering::SeqCst);
-                            continue;
+                    while let Some(first) = rx.recv().await {
+                        let mut queued = vec![first];
+                        while queued.len() < QUEUE {
+                            match rx.try_recv() {
+                                Ok(next) => queued.push(next),
+                                Err(_) => break,
+                            }
                         }
-                        if let Err(e) = recorder.publish(&ev, &regarding).await {
-                            warn!(error = %e, reason = %ev.reason, "cannot publish Event");
+                        for (ev, regarding, n) in coalesce(queued) {
+                            if limiter.acquire().await.is_ok()
+                                && let Err(e) = recorder.publish(&ev, &regarding).await
+                            {
+                                warn!(error = %e, reason = %ev.reason, "cannot publish Event");
+                            }
+                            // (Not the leader any more: the new one records what it does.)
+                            pending.fetch_sub(n, Ordering::SeqCst);
                         }
-                        pending.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
                 tx
@@ -176,6 +267,71 @@ mod tests {
         )
     }
 
+    fn warning(reason: &str, note: &str) -> Event {
+        Event {
+            type_: EventType::Warning,
+            note: Some(note.into()),
+            ..ev(reason)
+        }
+    }
+
+    #[test]
+    fn a_backlog_merges_the_events_of_one_incident_and_nothing_else() {
+        // Below the backlog: every Event as it came.
+        let few: Vec<_> = (0..BACKLOG - 1).map(|_| (ev("R"), about("a"))).collect();
+        assert_eq!(coalesce(few).len(), BACKLOG - 1);
+        // A storm: each object's FailureDetected and ActionSucceeded queued together.
+        let mut queued = vec![];
+        for i in 0..BACKLOG {
+            queued.push((ev("FailureDetected"), about(&format!("k{i}"))));
+        }
+        for i in 0..BACKLOG {
+            queued.push((warning("ActionFailed", "no"), about(&format!("k{i}"))));
+        }
+        // Another incident's record as the related object: never merged with the first's.
+        let mut other = warning("FailureDetected", "other incident");
+        other.secondary = Some(about("remediation-2"));
+        queued.push((other, about("k0")));
+        let out = coalesce(queued);
+        assert_eq!(out.len(), BACKLOG + 1);
+        assert_eq!(
+            out.iter().map(|o| o.2).sum::<usize>(),
+            2 * BACKLOG + 1,
+            "every queued Event accounted for"
+        );
+        let (first, regarding, n) = &out[0];
+        assert_eq!((regarding.name.as_deref(), *n), (Some("k0"), 2));
+        assert_eq!(first.reason, "ActionFailed", "the latest reason");
+        assert_eq!(first.type_, EventType::Warning, "a warning stays one");
+        assert_eq!(
+            first.note.as_deref(),
+            Some("FailureDetected: FailureDetected; ActionFailed: no"),
+            "every note, in order, behind its reason"
+        );
+        assert_eq!(out[BACKLOG].0.note.as_deref(), Some("other incident"));
+        // Names are in order of first appearance: per-object order is kept.
+        let names: Vec<_> = out[..BACKLOG]
+            .iter()
+            .map(|o| o.1.name.clone().unwrap())
+            .collect();
+        let expected: Vec<_> = (0..BACKLOG).map(|i| format!("k{i}")).collect();
+        assert_eq!(names, expected);
+    }
+
+    #[test]
+    fn a_merged_note_stays_within_the_api_servers_limit_on_a_character_boundary() {
+        let long = "é".repeat(700); // 1,400 bytes
+        let queued: Vec<_> = (0..BACKLOG)
+            .map(|i| (warning("R", &long), about(if i < 2 { "a" } else { "b" })))
+            .collect();
+        let out = coalesce(queued);
+        for (e, _, _) in &out {
+            let note = e.note.as_deref().unwrap();
+            assert!(note.len() <= NOTE_MAX, "{}", note.len());
+        }
+        assert_eq!(out[0].2, 2);
+    }
+
     #[tokio::test]
     async fn every_event_is_written_in_order_per_object() {
         let seen = Arc::new(Mutex::new(vec![]));
@@ -221,6 +377,13 @@ mod tests {
         assert!(!q.flush(Duration::from_millis(100)).await);
         gate.add_permits(n);
         assert!(q.flush(Duration::from_secs(10)).await);
-        assert_eq!(seen.lock().unwrap().len(), QUEUE + 1);
+        // The stuck one, then the backlog of QUEUE about the same object as one merged Event.
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(
+            seen[1].1,
+            format!("R{}", QUEUE),
+            "the latest reason of the backlog"
+        );
     }
 }
