@@ -14,8 +14,9 @@
 //! 3. flip FLUXMEDIC_LOAD_TRICKLE Kustomizations (default 100) to a failing condition one every
 //!    FLUXMEDIC_LOAD_TRICKLE_MS (default 250), then FLUXMEDIC_LOAD_FLIP others (default 1,000) at once, and report for each,
 //!    per object, the time from the status write to the Remediation being visible, to its
-//!    first step's intent being recorded (written before the action) and to that step's outcome
-//!    (written after the action), p50/p99; the operator runs with FLUXMEDIC_LOAD_WRITES writes/s
+//!    first step's intent being recorded (written before the action), to that step's outcome
+//!    (written after the action) and to the incident being handled (that outcome, or its
+//!    record waiting on the incident that polls the source it shares), p50/p99; the operator runs with FLUXMEDIC_LOAD_WRITES writes/s
 //!    (default 20, the product default) and FLUXMEDIC_LOAD_CONCURRENCY (default 16);
 //! 4. time `fluxmedic diagnose` on a dump file and on the live API server against the runbook's
 //!    manual `kubectl get` commands.
@@ -43,11 +44,15 @@ use serde_json::json;
 use support::*;
 
 /// When the harness first saw a target's Remediation, its first step recorded (the intent,
-/// written before the action) and that step's outcome (written after the action).
-type FirstSeen = [Option<Instant>; 3];
+/// written before the action), that step's outcome (written after the action), and the
+/// incident handled: that outcome, or the record waiting on the incident that polls its
+/// source for all of the namespace's incidents on it (such an incident takes no step of its
+/// own).
+type FirstSeen = [Option<Instant>; 4];
 
-/// Latencies from the status writes: [to the Remediation, to the intent, to the outcome].
-type Latencies = [Vec<f64>; 3];
+/// Latencies from the status writes: [to the Remediation, to the intent, to the outcome, to
+/// handled].
+type Latencies = [Vec<f64>; 4];
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -382,6 +387,11 @@ async fn main() {
             }
             if first.is_some_and(|st| st.outcome != fluxmedic::api::StepOutcome::Running) {
                 e[2].get_or_insert(now);
+                e[3].get_or_insert(now);
+            }
+            let blocked = r.status.as_ref().and_then(|s| s.blocked.as_deref());
+            if blocked.is_some_and(|b| b.contains("is polled for a fix by the incident of")) {
+                e[3].get_or_insert(now);
             }
         }
     });
@@ -410,7 +420,7 @@ async fn main() {
                     let s = seen.lock().unwrap();
                     names
                         .iter()
-                        .filter(|n| s.get(*n).is_some_and(|e| e[2].is_some()))
+                        .filter(|n| s.get(*n).is_some_and(|e| e[3].is_some()))
                         .count()
                 };
                 if done >= names.len() || Instant::now() > deadline {
@@ -439,6 +449,7 @@ async fn main() {
             "Remediation visible",
             "intent recorded (before the action)",
             "outcome recorded (after the action)",
+            "handled (that outcome, or waiting on the incident polling its source)",
         ]) {
             rows.push((
                 format!(

@@ -510,7 +510,16 @@ impl World {
             OPERATOR_NS,
             1000,
         );
-        let pollers = fluxmedic::incident::pollers(&snap, &records);
+        let none = policy::Pollers::new();
+        let bare = Scene {
+            snap: &snap,
+            report: &report,
+            policies: &policies,
+            operator_namespace: OPERATOR_NS,
+            breakers: &breakers,
+            pollers: &none,
+        };
+        let pollers = fluxmedic::incident::pollers(&bare, &records);
         let mut open: BTreeMap<ObjectKey, Record> = BTreeMap::new();
         for r in records.into_iter().filter(|r| r.is_open()) {
             open.insert(r.target.clone(), r);
@@ -522,12 +531,8 @@ impl World {
             .collect();
         work.extend(open.into_iter().map(|(k, r)| (k, None, Some(r))));
         let scene = Scene {
-            snap: &snap,
-            report: &report,
-            policies: &policies,
-            operator_namespace: OPERATOR_NS,
-            breakers: &breakers,
             pollers: &pollers,
+            ..bare
         };
         self.api.state().objects = snap
             .objects
@@ -865,13 +870,20 @@ proptest! {
             OPERATOR_NS,
             1000,
         );
-        let scene = Scene {
+        let none = policy::Pollers::new();
+        let bare = Scene {
             snap: &snap,
             report: &report,
             policies: &policies,
             operator_namespace: OPERATOR_NS,
             breakers: &breakers,
-            pollers: &Default::default(),
+            pollers: &none,
+        };
+        // The operator's pass: every failure new, the pollers named from them.
+        let pollers = fluxmedic::incident::pollers(&bare, []);
+        let scene = Scene {
+            pollers: &pollers,
+            ..bare
         };
         for (d, row) in report.diagnoses.iter().zip(&rows) {
             prop_assert_eq!(&row.name, &d.target.name);
@@ -1202,5 +1214,30 @@ fn a_source_its_consumers_share_is_polled_once() {
         after.iter().filter(|k| *k == "Reconcile").count(),
         1,
         "one poll of the shared source, not one per waiting consumer: {after:?}"
+    );
+}
+
+/// Consumers of one source failing in the same pass: one of them polls it.
+#[test]
+fn consumers_failing_together_poll_their_source_once() {
+    let mut world = polling_world();
+    for name in ["app", "web", "api"] {
+        world.apply(&Ev::Flux(repo_consumer(name, false)));
+    }
+    world.passes();
+    let mut kinds = world.call_kinds();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "Create",
+            "Create",
+            "Create",
+            "Reconcile",
+            "Status",
+            "Status",
+            "Status"
+        ],
+        "three records, one poll (its outcome and the two waits are the status writes)"
     );
 }

@@ -51,14 +51,19 @@ pub fn evaluate(
         operator_ns,
         breaker_default,
     );
-    let scene = incident::Scene {
+    let bare = incident::Scene {
         snap,
         report: &report,
         policies,
         operator_namespace: operator_ns,
         breakers: &breakers,
-        // A new incident's plan, as the rows say: no open incident polls for it.
         pollers: &policy::Pollers::new(),
+    };
+    // As the operator decides a pass in which every failure is new.
+    let pollers = incident::pollers(&bare, []);
+    let scene = incident::Scene {
+        pollers: &pollers,
+        ..bare
     };
     let rows = report
         .diagnoses

@@ -88,7 +88,17 @@ pub async fn pass(ctx: &Arc<Context>) {
     let work = work_of(ctx, &report, &records, &busy);
     let orphans = orphans_of(ctx, &snap, &records, &busy);
     let items = work.len() + orphans.len();
-    let pollers = incident::pollers(&snap, records.values());
+    let pollers = incident::pollers(
+        &incident::Scene {
+            snap: &snap,
+            report: &report,
+            policies: &policies,
+            operator_namespace: &ctx.opts.namespace,
+            breakers: &breakers,
+            pollers: &policy::Pollers::new(),
+        },
+        records.values(),
+    );
     let pass = Arc::new(Pass {
         report,
         snap,

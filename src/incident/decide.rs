@@ -26,46 +26,72 @@ pub struct Scene<'a> {
 }
 
 /// Which incident polls each source for a fix, per namespace ([`policy::Pollers`]): of the
-/// open incidents whose plan is to poll the source, one polling now (in its backoff) if there
-/// is one, else the next in line (waiting on a poller that stopped), the first by target
-/// either way, so every pass names the same one. Only records fluxmedic's seal verifies and
-/// that are not frozen count: a record a tenant wrote or edited cannot make another incident
-/// wait.
+/// incidents whose plan is to poll the source, one polling now (in its backoff) if there is
+/// one, else the next in line (its record waiting on a poller that stopped), else a new one
+/// (a failure no open record covers yet whose plan polls now: consumers of one source
+/// failing in one pass poll it once), the first by target in each tier, so every pass names the same one. Only
+/// records fluxmedic's seal verifies and that are not frozen count: a record a tenant wrote
+/// or edited cannot make another incident wait.
 pub fn pollers<'r>(
-    snap: &Snapshot,
+    scene: &Scene<'_>,
     records: impl IntoIterator<Item = &'r Record>,
 ) -> policy::Pollers {
+    let snap = scene.snap;
     let cooldown = policy::Blocked::Cooldown { until: 0 }.label();
     let awaiting = policy::Blocked::AwaitingFix(String::new()).label();
-    // (namespace, source) → (polling now, target), the least by that order
-    let mut best: BTreeMap<(String, ObjectKey), (bool, ObjectKey)> = BTreeMap::new();
-    for r in records {
-        let s = &r.status;
-        let reason = s.blocked_reason.as_deref();
-        if !(r.is_open()
-            && r.trust == super::Trust::Ours
-            && s.frozen.is_none()
-            && r.case == crate::diagnose::Case::InvalidManifests
-            && s.planned.as_deref() == Some("reconcile-source")
-            && (reason == Some(cooldown) || reason == Some(awaiting)))
-        {
-            continue;
-        }
-        let Some(source) = snap
-            .objects
-            .get(&r.target)
-            .and_then(|o| o.source_ref.clone())
-        else {
-            continue;
+    let source_of = |t: &ObjectKey| snap.objects.get(t).and_then(|o| o.source_ref.clone());
+    // (namespace, source) → (tier, target), the least by that order
+    let mut best: BTreeMap<(String, ObjectKey), (u8, ObjectKey)> = BTreeMap::new();
+    let mut offer = |target: &ObjectKey, tier: u8| {
+        let Some(source) = source_of(target) else {
+            return;
         };
-        let rank = (reason != Some(cooldown), r.target.clone());
-        best.entry((r.target.namespace.clone(), source))
+        let rank = (tier, target.clone());
+        best.entry((target.namespace.clone(), source))
             .and_modify(|b| {
                 if rank < *b {
                     *b = rank.clone();
                 }
             })
             .or_insert(rank);
+    };
+    let mut covered = std::collections::HashSet::new();
+    for r in records {
+        if r.is_open() && r.trust != super::Trust::Foreign {
+            covered.insert(r.target.clone());
+        }
+        let s = &r.status;
+        let reason = s.blocked_reason.as_deref();
+        if r.is_open()
+            && r.trust == super::Trust::Ours
+            && s.frozen.is_none()
+            && r.case == crate::diagnose::Case::InvalidManifests
+            && s.planned.as_deref() == Some("reconcile-source")
+            && (reason == Some(cooldown) || reason == Some(awaiting))
+        {
+            offer(&r.target, if reason == Some(cooldown) { 0 } else { 1 });
+        }
+    }
+    // A new failure is in line only if its own plan, on its own, polls now: one that its
+    // policy leaves alone or blocks gets no record that polls, and must not hold others.
+    let none = policy::Pollers::new();
+    let alone = Scene {
+        pollers: &none,
+        ..*scene
+    };
+    for d in &scene.report.diagnoses {
+        if d.case != crate::diagnose::Case::InvalidManifests || covered.contains(&d.target) {
+            continue;
+        }
+        let polls = plan_target(&alone, &d.target, Some(d), None)
+            .decision
+            .is_some_and(|dec| {
+                dec.blocked.is_none()
+                    && matches!(dec.planned, Some(policy::Action::ReconcileSource { .. }))
+            });
+        if polls {
+            offer(&d.target, 2);
+        }
     }
     best.into_iter().map(|(k, (_, t))| (k, t)).collect()
 }
@@ -298,6 +324,73 @@ mod tests {
         }
     }
 
+    /// [`pollers`] in a pass over `snap` under `policies`.
+    fn in_scene(snap: &Snapshot, policies: &[Policy], records: &[Record]) -> policy::Pollers {
+        let report = crate::diagnose::diagnose(snap);
+        let breakers = policy::Breakers::new(
+            report.diagnoses.iter().map(|d| d.target.namespace.as_str()),
+            policies,
+            "fluxmedic",
+            1000,
+        );
+        let none = policy::Pollers::new();
+        let scene = Scene {
+            snap,
+            report: &report,
+            policies,
+            operator_namespace: "fluxmedic",
+            breakers: &breakers,
+            pollers: &none,
+        };
+        pollers(&scene, records)
+    }
+
+    fn failing(name: &str) -> flux::FluxObject {
+        flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+            "metadata": {"name": name, "namespace": "apps"},
+            "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo"}},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
+                "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"}]}}))
+        .unwrap()
+    }
+
+    fn policy(name: &str, mode: &str, targets: &[&str]) -> Policy {
+        let spec: crate::api::RemediationPolicySpec = serde_json::from_value(json!({
+            "targets": {"names": targets},
+            "rules": [{"case": "invalid-manifests", "mode": mode}]}))
+        .unwrap();
+        Policy::new("apps", name, spec).unwrap()
+    }
+
+    #[test]
+    fn consumers_failing_in_one_pass_poll_once_through_one_that_will_poll() {
+        let snap = Snapshot::new([failing("a"), failing("b"), failing("c")], 0);
+        let source = snap
+            .objects
+            .values()
+            .find_map(|o| o.source_ref.clone())
+            .unwrap();
+        let key = ("apps".to_string(), source);
+        let name = |p: &policy::Pollers| p.get(&key).map(|t| t.name.clone());
+        // Every one would poll: the first by name polls for all.
+        let auto = [policy("all", "Auto", &[])];
+        assert_eq!(name(&in_scene(&snap, &auto, &[])), Some("a".into()));
+        // The first is left alone by its policy (it gets no record that polls): the next
+        // that would poll is named instead, never one that will not.
+        let a_off = [
+            policy("a-off", "Off", &["a"]),
+            policy("rest", "Auto", &["b", "c"]),
+        ];
+        assert_eq!(name(&in_scene(&snap, &a_off, &[])), Some("b".into()));
+        let approval = [policy("all", "RequireApproval", &[])];
+        assert_eq!(name(&in_scene(&snap, &approval, &[])), None);
+        assert_eq!(
+            name(&in_scene(&snap, &[], &[])),
+            None,
+            "no policy: nobody polls"
+        );
+    }
+
     #[test]
     fn one_incident_polls_a_source_per_namespace_and_only_records_fluxmedic_wrote_count() {
         let (a, b, c, other) = (
@@ -314,13 +407,14 @@ mod tests {
             record(&a, "awaiting-fix", Trust::Ours),
             record(&b, "cooldown", Trust::Ours),
         ];
-        let p = pollers(&snap, &records);
+        let p = in_scene(&snap, &[], &records);
         assert_eq!(p.get(&key("apps")), Some(&b.key));
         // Another namespace's incidents poll for themselves: tenant-2's poller is not apps'.
         assert_eq!(p.get(&key("tenant-2")), None);
         // With no one polling, the first waiting in line polls.
-        let p = pollers(
+        let p = in_scene(
             &snap,
+            &[],
             &[
                 record(&c, "awaiting-fix", Trust::Ours),
                 record(&a, "awaiting-fix", Trust::Ours),
@@ -340,10 +434,13 @@ mod tests {
             closed,
             record(&a, "awaiting-approval", Trust::Ours),
         ] {
-            assert!(pollers(&snap, [&r]).is_empty(), "{r:?}");
+            assert!(
+                in_scene(&snap, &[], std::slice::from_ref(&r)).is_empty(),
+                "{r:?}"
+            );
         }
         // A record whose target is gone (no source to name) counts for nothing either.
         let gone = Snapshot::new([b.clone()], 0);
-        assert!(pollers(&gone, &[record(&a, "cooldown", Trust::Ours)]).is_empty());
+        assert!(in_scene(&gone, &[], &[record(&a, "cooldown", Trust::Ours)]).is_empty());
     }
 }
