@@ -29,9 +29,10 @@ pub struct Scene<'a> {
 /// incidents whose plan is to poll the source, one polling now (in its backoff) if there is
 /// one, else the next in line (its record waiting on a poller that stopped), else a new one
 /// (a failure no open record covers yet whose plan polls now: consumers of one source
-/// failing in one pass poll it once), the first by target in each tier, so every pass names the same one. Only
-/// records fluxmedic's seal verifies and that are not frozen count: a record a tenant wrote
-/// or edited cannot make another incident wait.
+/// failing in one pass poll it once), the first by target in each tier (among new ones the
+/// oldest failure, so one failing later never takes over), and every pass names the same
+/// one. Only records fluxmedic's seal verifies and that are not frozen count: a record a
+/// tenant wrote or edited cannot make another incident wait.
 pub fn pollers<'r>(
     scene: &Scene<'_>,
     records: impl IntoIterator<Item = &'r Record>,
@@ -40,13 +41,21 @@ pub fn pollers<'r>(
     let cooldown = policy::Blocked::Cooldown { until: 0 }.label();
     let awaiting = policy::Blocked::AwaitingFix(String::new()).label();
     let source_of = |t: &ObjectKey| snap.objects.get(t).and_then(|o| o.source_ref.clone());
-    // (namespace, source) → (tier, target), the least by that order
-    let mut best: BTreeMap<(String, ObjectKey), (u8, ObjectKey)> = BTreeMap::new();
+    // (namespace, source) → (tier, failing since, target), the least by that order
+    type Rank = (u8, Option<jiff::Timestamp>, ObjectKey); // unknown age: last
+    let mut best: BTreeMap<(String, ObjectKey), Rank> = BTreeMap::new();
     let mut offer = |target: &ObjectKey, tier: u8| {
         let Some(source) = source_of(target) else {
             return;
         };
-        let rank = (tier, target.clone());
+        // New failures by age: one that fails later never takes over from one named before.
+        let since = (tier == 2).then(|| {
+            snap.objects
+                .get(target)
+                .and_then(|o| o.failing_since())
+                .unwrap_or(jiff::Timestamp::MAX)
+        });
+        let rank = (tier, since, target.clone());
         best.entry((target.namespace.clone(), source))
             .and_modify(|b| {
                 if rank < *b {
@@ -93,7 +102,7 @@ pub fn pollers<'r>(
             offer(&d.target, 2);
         }
     }
-    best.into_iter().map(|(k, (_, t))| (k, t)).collect()
+    best.into_iter().map(|(k, (_, _, t))| (k, t)).collect()
 }
 
 /// One target's plan: the policy that governs it, the incident as the plan saw it, and the
@@ -346,10 +355,14 @@ mod tests {
     }
 
     fn failing(name: &str) -> flux::FluxObject {
+        failing_since(name, "2026-01-01T00:00:00Z")
+    }
+
+    fn failing_since(name: &str, since: &str) -> flux::FluxObject {
         flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
             "metadata": {"name": name, "namespace": "apps"},
             "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo"}},
-            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed",
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed", "lastTransitionTime": since,
                 "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"}]}}))
         .unwrap()
     }
@@ -382,6 +395,16 @@ mod tests {
             policy("rest", "Auto", &["b", "c"]),
         ];
         assert_eq!(name(&in_scene(&snap, &a_off, &[])), Some("b".into()));
+        // One that began failing later never takes over, whatever its name.
+        let later = Snapshot::new(
+            [
+                failing_since("0-later", "2026-01-01T00:00:05Z"),
+                failing("a"),
+                failing("b"),
+            ],
+            0,
+        );
+        assert_eq!(name(&in_scene(&later, &auto, &[])), Some("a".into()));
         let approval = [policy("all", "RequireApproval", &[])];
         assert_eq!(name(&in_scene(&snap, &approval, &[])), None);
         assert_eq!(
