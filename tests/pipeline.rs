@@ -1241,3 +1241,30 @@ fn consumers_failing_together_poll_their_source_once() {
         "three records, one poll (its outcome and the two waits are the status writes)"
     );
 }
+
+/// Consumers waiting on the incident polling their source, which a person then suspends (a
+/// block that comes before any wait about polling): their records settle; nobody is named,
+/// blocked and named again pass after pass, rewriting every waiting record each time.
+#[test]
+fn waiting_consumers_settle_when_a_person_suspends_them() {
+    let mut world = polling_world();
+    world.apply(&Ev::Flux(repo_consumer("app", false)));
+    world.passes();
+    world.handle_repo_request();
+    for name in ["web", "api"] {
+        world.apply(&Ev::Flux(repo_consumer(name, false)));
+    }
+    world.passes();
+    for name in ["app", "web", "api"] {
+        let mut o = repo_consumer(name, false);
+        o["spec"]["suspend"] = json!(true);
+        world.apply(&Ev::Flux(o));
+    }
+    let changed = world.passes();
+    assert_eq!(
+        world.passes(),
+        changed,
+        "{:?}",
+        &world.call_kinds()[changed..]
+    );
+}

@@ -37,10 +37,11 @@ const NOTE_MAX: usize = 1024;
 /// Events as they will be written, each with how many queued Events it stands for. While a
 /// publisher keeps up, that is each Event as it came. Behind by [`BACKLOG`] or more (a storm,
 /// when the API server's write capacity is what every incident waits on), the Events about
-/// one object from one incident (one regarding, one related record) are merged into one, in
-/// the place of the first: the latest reason and action, Warning if any was, and every note
-/// in order behind its reason (`FailureDetected: …; ActionSucceeded: …`), cut at the API
-/// server's 1 KiB. Nothing is lost that Flux's alerting reads: each occurrence still went to
+/// one object from one incident (one regarding, one related record) that follow each other
+/// (nothing else about that object between) are merged into one, in the place of the first:
+/// the latest reason, action and type, and every note in order behind its reason
+/// (`FailureDetected: …; ActionSucceeded: …`), the oldest cut first to the API server's
+/// 1 KiB. Nothing is lost that Flux's alerting reads: each occurrence still went to
 /// notification-controller as it happened. (client-go's event correlator merges similar
 /// Events under pressure for the same reason.)
 fn coalesce(queued: Vec<(Event, ObjectReference)>) -> Vec<(Event, ObjectReference, usize)> {
@@ -54,15 +55,18 @@ fn coalesce(queued: Vec<(Event, ObjectReference)>) -> Vec<(Event, ObjectReferenc
             })
             .collect();
     }
-    let mut at: std::collections::HashMap<(String, Option<String>), usize> = Default::default();
-    for (ev, regarding) in queued {
-        let key = (
-            reference_key(&regarding),
-            ev.secondary.as_ref().map(reference_key),
-        );
-        let Some(&i) = at.get(&key) else {
-            at.insert(key, out.len());
-            let mut ev = ev;
+    // Per object, where its latest Event is in `out`: one about the same incident right
+    // after it (nothing else about that object between) is merged into it.
+    let mut last: std::collections::HashMap<String, usize> = Default::default();
+    for (mut ev, regarding) in queued {
+        let object = reference_key(&regarding);
+        let incident = ev.secondary.as_ref().map(reference_key);
+        let into = last
+            .get(&object)
+            .copied()
+            .filter(|&i| out[i].0.secondary.as_ref().map(reference_key) == incident);
+        let Some(i) = into else {
+            last.insert(object, out.len());
             ev.note = ev.note.map(|n| cut(n, NOTE_MAX));
             out.push((ev, regarding, 1));
             continue;
@@ -76,15 +80,26 @@ fn coalesce(queued: Vec<(Event, ObjectReference)>) -> Vec<(Event, ObjectReferenc
             merged.0.note.take().unwrap_or_default(),
             labelled(&ev)
         );
-        merged.0.note = Some(cut(note, NOTE_MAX));
+        // The latest note is kept whole where it fits: what is cut is the oldest.
+        merged.0.note = Some(cut_front(note, NOTE_MAX));
         merged.0.reason = ev.reason;
         merged.0.action = ev.action;
-        if ev.type_ == kube::runtime::events::EventType::Warning {
-            merged.0.type_ = ev.type_;
-        }
+        merged.0.type_ = ev.type_;
         merged.2 += 1;
     }
     out
+}
+
+/// `s` without its start, so that at most `max` bytes are left (on a character boundary).
+fn cut_front(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    s[start..].to_string()
 }
 
 fn reference_key(r: &ObjectReference) -> String {
@@ -302,7 +317,7 @@ mod tests {
         let (first, regarding, n) = &out[0];
         assert_eq!((regarding.name.as_deref(), *n), (Some("k0"), 2));
         assert_eq!(first.reason, "ActionFailed", "the latest reason");
-        assert_eq!(first.type_, EventType::Warning, "a warning stays one");
+        assert_eq!(first.type_, EventType::Warning, "the latest type");
         assert_eq!(
             first.note.as_deref(),
             Some("FailureDetected: FailureDetected; ActionFailed: no"),
@@ -330,6 +345,37 @@ mod tests {
             assert!(note.len() <= NOTE_MAX, "{}", note.len());
         }
         assert_eq!(out[0].2, 2);
+    }
+
+    #[test]
+    fn a_merge_keeps_the_latest_note_and_type_and_the_order_per_object() {
+        let of = |e: Event, record: &str| {
+            let mut e = e;
+            e.secondary = Some(about(record));
+            (e, about("x"))
+        };
+        let mut queued: Vec<_> = (0..BACKLOG)
+            .map(|i| (ev("Other"), about(&format!("o{i}"))))
+            .collect();
+        queued.push(of(warning("FailureDetected", &"a".repeat(1000)), "r1"));
+        queued.push(of(ev("Recovered"), "r1"));
+        queued.push(of(warning("FailureDetected", "again"), "r2"));
+        queued.push(of(ev("Recovered"), "r1"));
+        let out: Vec<_> = coalesce(queued).into_iter().skip(BACKLOG).collect();
+        // r1's two, then r2's, then r1's again: nothing about x is moved across another.
+        assert_eq!(out.iter().map(|o| o.2).collect::<Vec<_>>(), [2, 1, 1]);
+        let merged = &out[0].0;
+        assert_eq!(
+            merged.type_,
+            EventType::Normal,
+            "the latest type: recovered"
+        );
+        let note = merged.note.as_deref().unwrap();
+        assert!(note.len() <= NOTE_MAX);
+        assert!(
+            note.ends_with("; Recovered: Recovered"),
+            "the latest note kept: {note}"
+        );
     }
 
     #[tokio::test]

@@ -25,84 +25,90 @@ pub struct Scene<'a> {
     pub pollers: &'a policy::Pollers,
 }
 
-/// Which incident polls each source for a fix, per namespace ([`policy::Pollers`]): of the
-/// incidents whose plan is to poll the source, one polling now (in its backoff) if there is
-/// one, else the next in line (its record waiting on a poller that stopped), else a new one
-/// (a failure no open record covers yet whose plan polls now: consumers of one source
-/// failing in one pass poll it once), the first by target in each tier (among new ones the
-/// oldest failure, so one failing later never takes over), and every pass names the same
-/// one. Only records fluxmedic's seal verifies and that are not frozen count: a record a
-/// tenant wrote or edited cannot make another incident wait.
+/// Which incident polls each source for a fix, per namespace ([`policy::Pollers`]). Each
+/// failing invalid-manifests target is planned on its own (no pollers, with its record):
+/// only one whose own plan is to poll the source, now or after a wait that is about the
+/// polling itself (its backoff, the previous request not handled yet, the source fetching
+/// as often by itself), is named; one its policy leaves alone or blocks for anything else
+/// never is. Of those, one that has polled, else one with a record in line, else a new
+/// failure (the oldest, so one failing later never takes over), the first by target in
+/// each tier. Being named or not never changes a target's own plan, so the name is stable
+/// from pass to pass. Only records fluxmedic's seal verifies and that are not frozen count:
+/// a record a tenant wrote or edited cannot make another incident wait.
 pub fn pollers<'r>(
     scene: &Scene<'_>,
     records: impl IntoIterator<Item = &'r Record>,
 ) -> policy::Pollers {
     let snap = scene.snap;
-    let cooldown = policy::Blocked::Cooldown { until: 0 }.label();
-    let awaiting = policy::Blocked::AwaitingFix(String::new()).label();
-    let source_of = |t: &ObjectKey| snap.objects.get(t).and_then(|o| o.source_ref.clone());
     // (namespace, source) → (tier, failing since, target), the least by that order
     type Rank = (u8, Option<jiff::Timestamp>, ObjectKey); // unknown age: last
     let mut best: BTreeMap<(String, ObjectKey), Rank> = BTreeMap::new();
-    let mut offer = |target: &ObjectKey, tier: u8| {
-        let Some(source) = source_of(target) else {
-            return;
-        };
-        // New failures by age: one that fails later never takes over from one named before.
-        let since = (tier == 2).then(|| {
-            snap.objects
-                .get(target)
-                .and_then(|o| o.failing_since())
-                .unwrap_or(jiff::Timestamp::MAX)
-        });
-        let rank = (tier, since, target.clone());
-        best.entry((target.namespace.clone(), source))
-            .and_modify(|b| {
-                if rank < *b {
-                    *b = rank.clone();
-                }
-            })
-            .or_insert(rank);
-    };
     let mut covered = std::collections::HashSet::new();
-    for r in records {
-        if r.is_open() && r.trust != super::Trust::Foreign {
+    let mut ours = std::collections::HashMap::new();
+    for r in records.into_iter().filter(|r| r.is_open()) {
+        if r.trust != super::Trust::Foreign {
             covered.insert(r.target.clone());
         }
-        let s = &r.status;
-        let reason = s.blocked_reason.as_deref();
-        if r.is_open()
-            && r.trust == super::Trust::Ours
-            && s.frozen.is_none()
-            && r.case == crate::diagnose::Case::InvalidManifests
-            && s.planned.as_deref() == Some("reconcile-source")
-            && (reason == Some(cooldown) || reason == Some(awaiting))
-        {
-            offer(&r.target, if reason == Some(cooldown) { 0 } else { 1 });
+        if r.trust == super::Trust::Ours && r.status.frozen.is_none() {
+            ours.insert(r.target.clone(), r);
         }
     }
-    // A new failure is in line only if its own plan, on its own, polls now: one that its
-    // policy leaves alone or blocks gets no record that polls, and must not hold others.
     let none = policy::Pollers::new();
     let alone = Scene {
         pollers: &none,
         ..*scene
     };
     for d in &scene.report.diagnoses {
-        if d.case != crate::diagnose::Case::InvalidManifests || covered.contains(&d.target) {
+        let record = ours.get(&d.target).copied();
+        if d.case != crate::diagnose::Case::InvalidManifests
+            || (record.is_none() && covered.contains(&d.target))
+        {
             continue;
         }
-        let polls = plan_target(&alone, &d.target, Some(d), None)
-            .decision
-            .is_some_and(|dec| {
-                dec.blocked.is_none()
-                    && matches!(dec.planned, Some(policy::Action::ReconcileSource { .. }))
-            });
-        if polls {
-            offer(&d.target, 2);
+        let (Some(dec), Some(source)) = (
+            plan_target(&alone, &d.target, Some(d), record).decision,
+            snap.objects
+                .get(&d.target)
+                .and_then(|o| o.source_ref.clone()),
+        ) else {
+            continue;
+        };
+        if !polls_for_others(&dec) {
+            continue;
         }
+        let rank = match record {
+            Some(r) if r.status.polls > 0 => (0, None, d.target.clone()),
+            Some(_) => (1, None, d.target.clone()),
+            None => {
+                let since = snap.objects.get(&d.target).and_then(|o| o.failing_since());
+                (
+                    2,
+                    Some(since.unwrap_or(jiff::Timestamp::MAX)),
+                    d.target.clone(),
+                )
+            }
+        };
+        best.entry((d.target.namespace.clone(), source))
+            .and_modify(|b| {
+                if rank < *b {
+                    *b = rank.clone();
+                }
+            })
+            .or_insert(rank);
     }
     best.into_iter().map(|(k, (_, _, t))| (k, t)).collect()
+}
+
+/// A plan that polls its source, now or after a wait that is about the polling itself.
+fn polls_for_others(dec: &policy::Decision) -> bool {
+    use policy::Blocked;
+    matches!(dec.planned, Some(policy::Action::ReconcileSource { .. }))
+        && matches!(
+            dec.blocked,
+            None | Some(
+                Blocked::Cooldown { .. } | Blocked::FluxRemediating(_) | Blocked::AwaitingFix(_)
+            )
+        )
 }
 
 /// One target's plan: the policy that governs it, the incident as the plan saw it, and the
@@ -304,17 +310,20 @@ mod tests {
     fn consumer(ns: &str, name: &str) -> flux::FluxObject {
         flux::from_value(&json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo", "namespace": "shared"}}}))
+            "spec": {"sourceRef": {"kind": "GitRepository", "name": "repo"}},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "reason": "BuildFailed", "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "message": "kustomize build failed: yaml: line 3: mapping values are not allowed in this context"}]}}))
         .unwrap()
     }
 
-    /// A record of `target`'s incident, as the lifecycle reads it.
-    fn record(target: &flux::FluxObject, reason: &str, trust: Trust) -> Record {
+    /// A record of `target`'s incident, as the lifecycle reads it, after `polls` polls (the
+    /// last one just now, at the snapshots' time 0).
+    fn record(target: &flux::FluxObject, polls: u32, trust: Trust) -> Record {
         let status = RemediationStatus {
             phase: crate::api::Phase::Detected,
-            planned: Some("reconcile-source".into()),
-            blocked_reason: Some(reason.into()),
-            polls: 1,
+            detected_at: Some(crate::incident::rfc3339(0)),
+            last_action_at: (polls > 0).then(|| crate::incident::rfc3339(0)),
+            polls,
             ..Default::default()
         };
         Record {
@@ -425,45 +434,60 @@ mod tests {
         let source = a.source_ref.clone().unwrap();
         let snap = Snapshot::new([a.clone(), b.clone(), c.clone(), other.clone()], 0);
         let key = |ns: &str| (ns.to_string(), source.clone());
-        // One polling now (b) beats one waiting in line (a), even with a smaller name.
-        let records = [
-            record(&a, "awaiting-fix", Trust::Ours),
-            record(&b, "cooldown", Trust::Ours),
-        ];
-        let p = in_scene(&snap, &[], &records);
-        assert_eq!(p.get(&key("apps")), Some(&b.key));
-        // Another namespace's incidents poll for themselves: tenant-2's poller is not apps'.
-        assert_eq!(p.get(&key("tenant-2")), None);
-        // With no one polling, the first waiting in line polls.
-        let p = in_scene(
-            &snap,
-            &[],
-            &[
-                record(&c, "awaiting-fix", Trust::Ours),
-                record(&a, "awaiting-fix", Trust::Ours),
-            ],
-        );
-        assert_eq!(p.get(&key("apps")), Some(&a.key));
-        // A record a tenant wrote (no seal) or edited cannot make anyone wait; nor can a
-        // frozen, closed or otherwise blocked one.
-        let mut frozen = record(&a, "cooldown", Trust::Ours);
+        let auto = [policy("all", "Auto", &[])];
+        let named = |records: &[Record]| in_scene(&snap, &auto, records).get(&key("apps")).cloned();
+        // One that has polled (in its backoff now) beats one in line, even with a smaller
+        // name, and both beat a new failure.
+        let records = [record(&a, 0, Trust::Ours), record(&b, 1, Trust::Ours)];
+        assert_eq!(named(&records), Some(b.key.clone()));
+        assert_eq!(named(&records[..1]), Some(a.key.clone()));
+        // Another namespace's incidents are named for it alone (apps' policy does not
+        // cover tenant-2's consumer, so no one is named there).
+        let p = in_scene(&snap, &auto, &records);
+        assert!(p.keys().all(|(ns, _)| ns == "apps"), "{p:?}");
+        // A record a tenant edited, or a frozen one, names nobody and is not taken for new;
+        // a forged one is nobody's: its target counts as a new failure.
+        let mut frozen = record(&b, 1, Trust::Ours);
         frozen.status.frozen = Some("edited".into());
-        let mut closed = record(&a, "cooldown", Trust::Ours);
-        closed.closed = true;
-        for r in [
-            record(&a, "cooldown", Trust::Foreign),
-            record(&a, "cooldown", Trust::Edited),
-            frozen,
-            closed,
-            record(&a, "awaiting-approval", Trust::Ours),
-        ] {
-            assert!(
-                in_scene(&snap, &[], std::slice::from_ref(&r)).is_empty(),
+        for r in [record(&b, 1, Trust::Edited), frozen] {
+            assert_eq!(
+                named(std::slice::from_ref(&r)),
+                Some(a.key.clone()),
                 "{r:?}"
             );
         }
-        // A record whose target is gone (no source to name) counts for nothing either.
-        let gone = Snapshot::new([b.clone()], 0);
-        assert!(in_scene(&gone, &[], &[record(&a, "cooldown", Trust::Ours)]).is_empty());
+        assert_eq!(named(&[record(&b, 1, Trust::Foreign)]), Some(a.key.clone()));
+        // A target that no longer fails is never named, whatever its record says.
+        let recovered = Snapshot::new([c.clone()], 0);
+        let p = in_scene(&recovered, &auto, &[record(&b, 1, Trust::Ours)]);
+        assert_eq!(p.get(&key("apps")), Some(&c.key));
+    }
+
+    /// Whether a target is named never depends on what its own record last said, so a
+    /// blocked consumer cannot be named, blocked, un-named and named again each pass (every
+    /// waiting record rewritten each time).
+    #[test]
+    fn the_name_does_not_feed_back_into_itself() {
+        let (a, b, c) = (
+            consumer("apps", "a"),
+            consumer("apps", "b"),
+            consumer("apps", "c"),
+        );
+        let snap = Snapshot::new([a.clone(), b.clone(), c.clone()], 0);
+        let records = [
+            record(&a, 0, Trust::Ours),
+            record(&b, 0, Trust::Ours),
+            record(&c, 0, Trust::Ours),
+        ];
+        // Their policy now only observes: nobody polls, nobody is named, pass after pass.
+        let observe = [policy("all", "Observe", &[])];
+        for _ in 0..3 {
+            assert!(in_scene(&snap, &observe, &records).is_empty());
+        }
+        // Everyone may poll again: one is named, and stays so.
+        let auto = [policy("all", "Auto", &[])];
+        let first = in_scene(&snap, &auto, &records);
+        assert_eq!(first.len(), 1);
+        assert_eq!(in_scene(&snap, &auto, &records), first);
     }
 }
