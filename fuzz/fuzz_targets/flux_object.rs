@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             shared_root: false,
             operator_namespace: "flux-system",
             controllers_down: &report.controllers_down,
+            pollers: &fluxmedic::policy::Pollers::new(),
         };
         let inc = IncidentView {
             detected_at: snap.now,
