@@ -88,24 +88,15 @@ pub async fn pass(ctx: &Arc<Context>) {
     let work = work_of(ctx, &report, &records, &busy);
     let orphans = orphans_of(ctx, &snap, &records, &busy);
     let items = work.len() + orphans.len();
-    let pollers = incident::pollers(
-        &incident::Scene {
-            snap: &snap,
-            report: &report,
-            policies: &policies,
-            operator_namespace: &ctx.opts.namespace,
-            breakers: &breakers,
-            pollers: &policy::Pollers::new(),
-        },
-        records.values(),
-    );
-    let pass = Arc::new(Pass {
+    let mut pass = Pass {
         report,
         snap,
         policies,
         breakers,
-        pollers,
-    });
+        pollers: policy::Pollers::new(),
+    };
+    pass.pollers = incident::pollers(&pass.scene(ctx), records.values());
+    let pass = Arc::new(pass);
     let ctx2 = ctx.clone();
     futures::stream::iter(fair(work))
         .for_each_concurrent(ctx.opts.concurrency, |w| {
@@ -353,19 +344,27 @@ struct Pass {
     pollers: policy::Pollers,
 }
 
+impl Pass {
+    /// The pass as every target is decided against it ([`incident::pollers`] ignores the
+    /// pollers it is given: it names them).
+    fn scene<'a>(&'a self, ctx: &'a Context) -> incident::Scene<'a> {
+        incident::Scene {
+            snap: &self.snap,
+            report: &self.report,
+            policies: &self.policies,
+            operator_namespace: &ctx.opts.namespace,
+            breakers: &self.breakers,
+            pollers: &self.pollers,
+        }
+    }
+}
+
 async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work) -> Result<()> {
     let token = fresh_token();
     let nonce = fresh_nonce();
     let snap = &pass.snap;
     let effects = incident::decide(
-        &incident::Scene {
-            snap,
-            report: &pass.report,
-            policies: &pass.policies,
-            operator_namespace: &ctx.opts.namespace,
-            breakers: &pass.breakers,
-            pollers: &pass.pollers,
-        },
+        &pass.scene(ctx),
         &w.key,
         w.diagnosis.as_ref(),
         w.record.as_ref(),

@@ -274,6 +274,23 @@ fn decide(s: &Scenario, p: Option<&Policy>) -> (Diagnosis, Decision) {
     (d, dec)
 }
 
+/// The plan context of a snapshot with one failing target, under the operator's namespace.
+fn one_failing<'a>(
+    snap: &'a Snapshot,
+    down: &'a std::collections::BTreeMap<String, String>,
+    pollers: &'a Pollers,
+) -> PlanContext<'a> {
+    PlanContext {
+        snapshot: snap,
+        failing_targets: 1,
+        circuit_breaker: 20,
+        shared_root: false,
+        operator_namespace: "fluxmedic",
+        controllers_down: down,
+        pollers,
+    }
+}
+
 #[test]
 fn every_case_under_every_mode() {
     let all_actions = [
@@ -571,15 +588,7 @@ fn a_consumer_waits_on_the_incident_that_polls_its_source() {
     let d = report.get(&s.target).unwrap();
     let with = |poller: ObjectKey, inc: &IncidentView| {
         let pollers = Pollers::from([(("apps".to_string(), source.clone()), poller)]);
-        let ctx = PlanContext {
-            snapshot: &s.snap,
-            failing_targets: 1,
-            circuit_breaker: 20,
-            shared_root: false,
-            operator_namespace: "fluxmedic",
-            controllers_down: &report.controllers_down,
-            pollers: &pollers,
-        };
+        let ctx = one_failing(&s.snap, &report.controllers_down, &pollers);
         plan(d, &s.snap.objects[&s.target], Some(&p), inc, &ctx)
     };
     let other = ObjectKey::new(flux::FluxKind::Kustomization, "apps", "other");
@@ -1339,15 +1348,7 @@ fn nothing_goes_through_a_controller_that_is_not_working_and_it_escalates_at_onc
         "source-controller".to_string(),
         "source-controller has not handled the reconcile request on GitRepository/apps/repo made 300s ago: it is not processing its objects".to_string(),
     )]);
-    let ctx = PlanContext {
-        snapshot: &s.snap,
-        failing_targets: 1,
-        circuit_breaker: 20,
-        shared_root: false,
-        operator_namespace: "fluxmedic",
-        controllers_down: &down,
-        pollers: NO_POLLERS,
-    };
+    let ctx = one_failing(&s.snap, &down, NO_POLLERS);
     let dec = plan(d, &s.snap.objects[&s.target], Some(&p), &s.inc, &ctx);
     assert!(
         matches!(dec.blocked, Some(Blocked::ControllerDown(ref m)) if m.contains("source-controller")),
