@@ -239,6 +239,23 @@ async fn create_all(client: &Client, ns: &str, n: usize) {
         .await;
 }
 
+/// FLUXMEDIC_LOAD_HEAPTRACK=<fifo or file>: record the operator's heap with heaptrack's
+/// preload library (only the operator's process; the harness and kubectl are not traced).
+/// Read it with `heaptrack_interpret < <file> | gzip > ht.gz; heaptrack_print ht.gz`
+/// (docs/measurements.md).
+fn heap_profile() -> Vec<(&'static str, String)> {
+    match std::env::var("FLUXMEDIC_LOAD_HEAPTRACK") {
+        Ok(out) => vec![
+            (
+                "LD_PRELOAD",
+                "/usr/lib/heaptrack/libheaptrack_preload.so".into(),
+            ),
+            ("DUMP_HEAPTRACK_OUTPUT", out),
+        ],
+        Err(_) => vec![],
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::var("FLUXMEDIC_LOAD_OBJECTS")
@@ -303,6 +320,7 @@ async fn main() {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::null(),
         })
+        .envs(heap_profile())
         .spawn()
         .unwrap();
     let pid = child.id();

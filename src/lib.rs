@@ -15,6 +15,7 @@ pub mod diagnose;
 pub mod error;
 pub mod executor;
 pub mod flux;
+pub mod gitfix;
 pub mod helm;
 pub mod incident;
 pub mod input;

@@ -270,6 +270,12 @@ pub struct FluxObject {
     /// status.lastHandledReconcileAt: the last `requestedAt` token its controller handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// spec.path of a Kustomization: where in its source its manifests are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// status.lastAppliedRevision of a Kustomization: the last revision that applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
     pub interval: Option<Duration>,
     pub retry_interval: Option<Duration>,
     pub timeout: Option<Duration>,

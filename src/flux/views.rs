@@ -74,6 +74,8 @@ struct KustomizationSpec {
     retry_interval: Option<String>,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -85,6 +87,8 @@ struct CommonStatus {
     observed_generation: Option<i64>,
     #[serde(default)]
     last_attempted_revision: Option<String>,
+    #[serde(default)]
+    last_applied_revision: Option<String>,
     #[serde(default)]
     artifact: Option<Artifact>,
     #[serde(default)]
@@ -359,6 +363,8 @@ fn base_object(kind: FluxKind, namespace: &str, meta: Meta) -> FluxObject {
         artifact_revision: None,
         last_attempted_revision: None,
         last_handled_reconcile_at: None,
+        path: None,
+        last_applied_revision: None,
         interval: None,
         retry_interval: None,
         timeout: None,
@@ -426,6 +432,8 @@ fn read_kustomization(
     out.conditions = status.conditions;
     out.observed_generation = status.observed_generation;
     out.last_attempted_revision = status.last_attempted_revision;
+    out.last_applied_revision = status.last_applied_revision;
+    out.path = spec.path;
     out.last_handled_reconcile_at = status.last_handled_reconcile_at;
     Ok(())
 }
@@ -586,7 +594,17 @@ fn bound(o: &mut FluxObject) {
     if let Some(h) = o.helm.as_mut() {
         h.history.truncate(MAX_LIST);
     }
+    // A path or revision no Flux controller or person writes: not kept rather than cut (a cut
+    // one would name another path or commit).
+    for s in [&mut o.path, &mut o.last_applied_revision] {
+        if s.as_ref().is_some_and(|v| v.len() > MAX_REF) {
+            *s = None;
+        }
+    }
 }
+
+/// Longest path or revision kept (a Flux revision is about 60 characters).
+pub const MAX_REF: usize = 1024;
 
 #[cfg(test)]
 mod bound_tests {
@@ -736,6 +754,26 @@ mod tests {
         ));
         let bad = json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization", "metadata": {}});
         assert_eq!(from_value(&bad), Err(ParseError::Missing("metadata.name")));
+    }
+
+    #[test]
+    fn a_kustomization_names_its_path_and_the_revision_that_last_applied() {
+        let ks = |path: &str| {
+            json!({"apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
+                "metadata": {"name": "apps", "namespace": "team"},
+                "spec": {"path": path, "sourceRef": {"kind": "GitRepository", "name": "repo"}},
+                "status": {"lastAppliedRevision": "main@sha1:1111111111111111111111111111111111111111",
+                           "lastAttemptedRevision": "main@sha1:2222222222222222222222222222222222222222"}})
+        };
+        let o = from_value(&ks("./apps/web")).unwrap();
+        assert_eq!(o.path.as_deref(), Some("./apps/web"));
+        assert_eq!(
+            o.last_applied_revision.as_deref(),
+            Some("main@sha1:1111111111111111111111111111111111111111")
+        );
+        // One no person writes is dropped, not cut into another path.
+        let o = from_value(&ks(&"a/".repeat(MAX_REF))).unwrap();
+        assert_eq!(o.path, None);
     }
 
     #[test]
