@@ -1,6 +1,7 @@
 //! Acting on the cluster, the Flux-native way. Every operation is idempotent: running it
 //! again after a crash, with the same token, has no further effect.
 
+pub mod forge;
 pub mod kubeconfig;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
