@@ -52,6 +52,27 @@ pub type Files = BTreeMap<String, Option<Vec<u8>>>;
 pub struct Change {
     pub path: String,
     pub content: Option<Vec<u8>>,
+    /// Git's id of the blob it replaces at the branch's head (`None`: the file is new): a forge
+    /// refuses the write if the file changed since it was read.
+    pub replaces: Option<String>,
+}
+
+/// Git's id of a blob with this content (SHA-1, or SHA-256 in a repository of that format).
+pub fn blob_id(content: &[u8], sha256: bool) -> String {
+    use ring::digest;
+    let alg = if sha256 {
+        &digest::SHA256
+    } else {
+        &digest::SHA1_FOR_LEGACY_USE_ONLY
+    };
+    let mut ctx = digest::Context::new(alg);
+    ctx.update(format!("blob {}\0", content.len()).as_bytes());
+    ctx.update(content);
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Why no revert is proposed; the record says it.
@@ -198,11 +219,13 @@ pub fn touched(culprits: &[&Commit]) -> Result<Vec<String>, NoProposal> {
 
 /// Each touched file back to its content at the revision that applied, provided nobody changed
 /// it after the failing commit; files the culprits left as they were are not written.
+/// `sha256`: the repository's object format is SHA-256 (its commit ids are 64 hex digits).
 pub fn revert(
     files: &[String],
     applied: &Files,
     failing: &Files,
     head: &Files,
+    sha256: bool,
 ) -> Result<Vec<Change>, NoProposal> {
     let read = |at: &Files, f: &String| at.get(f).cloned().ok_or(NoProposal::Unread(f.clone()));
     let mut out = vec![];
@@ -215,6 +238,7 @@ pub fn revert(
             out.push(Change {
                 path: f.clone(),
                 content: before,
+                replaces: now.as_deref().map(|b| blob_id(b, sha256)),
             });
         }
     }

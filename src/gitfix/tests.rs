@@ -163,21 +163,24 @@ fn a_revert_restores_each_file_unless_it_changed_after_the_failure() {
         (&names[1], Some(GOOD)),
         (&names[2], None),
     ]);
-    let changes = revert(&names, &applied, &failing, &failing).unwrap();
+    let changes = revert(&names, &applied, &failing, &failing, false).unwrap();
     assert_eq!(
         changes,
         [
             Change {
                 path: names[0].clone(),
-                content: Some(GOOD.into())
+                content: Some(GOOD.into()),
+                replaces: Some(blob_id(BROKEN.as_bytes(), false)),
             },
             Change {
                 path: names[1].clone(),
-                content: None
+                content: None,
+                replaces: Some(blob_id(GOOD.as_bytes(), false)),
             },
             Change {
                 path: names[2].clone(),
-                content: Some(GOOD.into())
+                content: Some(GOOD.into()),
+                replaces: None,
             },
         ]
     );
@@ -185,18 +188,18 @@ fn a_revert_restores_each_file_unless_it_changed_after_the_failure() {
     let mut head = failing.clone();
     head.insert(names[0].clone(), Some(b"fixed by hand".to_vec()));
     assert_eq!(
-        revert(&names, &applied, &failing, &head),
+        revert(&names, &applied, &failing, &head, false),
         Err(NoProposal::Conflict(names[0].clone()))
     );
     // A file the forge was not asked for is never taken as absent (that would delete it).
     let mut partial = failing.clone();
     partial.remove(&names[1]);
     assert_eq!(
-        revert(&names, &applied, &failing, &partial),
+        revert(&names, &applied, &failing, &partial, false),
         Err(NoProposal::Unread(names[1].clone()))
     );
     assert!(matches!(
-        revert(&names[..1], &applied, &applied, &applied),
+        revert(&names[..1], &applied, &applied, &applied, false),
         Err(NoProposal::StillFails(_))
     ));
 }
@@ -244,10 +247,12 @@ fn the_reverted_tree_must_pass_the_check_that_failed() {
             Change {
                 path: "a/x.yaml".into(),
                 content: Some(GOOD.into()),
+                replaces: None,
             },
             Change {
                 path: "a/new.yaml".into(),
                 content: None,
+                replaces: None,
             },
         ],
     );
@@ -306,6 +311,7 @@ fn a_proposal_names_its_incident_and_the_reverted_commits_in_trailers() {
     let change = vec![Change {
         path: "apps/web/cm.yaml".into(),
         content: Some(GOOD.into()),
+        replaces: None,
     }];
     let p = propose_text(
         &incident("apps-7f3k2", "kustomize build failed"),
@@ -382,4 +388,18 @@ fn tenant_text_stays_quoted_and_cut() {
     for bad in ["", "Evil", "a/../b", ".hidden", "x.lock", "a..b"] {
         assert_eq!(branch_of(bad), Err(NoProposal::BadName(bad.into())));
     }
+}
+
+#[test]
+fn blob_ids_are_git_s() {
+    // `git hash-object` of an empty file and of "hello\n".
+    assert_eq!(
+        blob_id(b"", false),
+        "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    );
+    assert_eq!(
+        blob_id(b"hello\n", false),
+        "ce013625030ba8dba906f756967f9e9ca394464a"
+    );
+    assert_eq!(blob_id(b"", true).len(), 64);
 }

@@ -97,9 +97,10 @@ pub trait Forge {
         dir: &str,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<String>, ForgeError>> + Send;
-    /// The pull request from `branch`, in whatever state.
+    /// The newest pull request from `branch` into `base`, in whatever state.
     fn find_pull(
         &self,
+        base: &str,
         branch: &str,
     ) -> impl Future<Output = Result<Option<Pull>, ForgeError>> + Send;
     /// The head commit of `branch`, `None` when there is no such branch.
@@ -107,7 +108,8 @@ pub trait Forge {
         &self,
         branch: &str,
     ) -> impl Future<Output = Result<Option<String>, ForgeError>> + Send;
-    /// Creates `branch` at `base` with one commit of `changes`; [`ForgeError::Exists`] when the
+    /// Creates `branch` from the head of the branch `base` with one commit of `changes` (each
+    /// refused if the file it replaces is no longer that blob); [`ForgeError::Exists`] when the
     /// branch exists. Returns the commit.
     fn create_branch(
         &self,
@@ -174,7 +176,7 @@ pub async fn propose<F: Forge + Sync>(f: &F, ask: &Ask<'_>) -> Result<Proposed, 
         Err(why) => return Ok(Proposed::Refused(why)),
     };
     if let Some(pull) = f
-        .find_pull(&branch)
+        .find_pull(ask.base, &branch)
         .await
         .map_err(at("finding the pull request"))?
     {
@@ -187,7 +189,7 @@ pub async fn propose<F: Forge + Sync>(f: &F, ask: &Ask<'_>) -> Result<Proposed, 
     write_branch(f, ask, &p).await?;
     let pull = match f.open_pull(ask.base, &p.branch, &p.title, &p.body).await {
         Err(ForgeError::Exists(_)) => f
-            .find_pull(&p.branch)
+            .find_pull(ask.base, &p.branch)
             .await
             .map_err(at("finding the pull request"))?
             .ok_or_else(|| {
@@ -245,7 +247,8 @@ async fn plan<F: Forge + Sync>(
         read(failing.into()).await?,
         read(head.clone()).await?,
     );
-    let changes = match gitfix::revert(&files, &before, &broken, &now) {
+    let sha256 = failing.len() == 64;
+    let changes = match gitfix::revert(&files, &before, &broken, &now, sha256) {
         Ok(c) => c,
         Err(why) => return Ok(Err(why)),
     };
@@ -317,9 +320,8 @@ async fn write_branch<F: Forge + Sync>(
     ask: &Ask<'_>,
     p: &gitfix::Proposal,
 ) -> Result<(), ProposeError> {
-    let head = f.head(ask.base).await.map_err(at("reading the branch"))?;
     match f
-        .create_branch(&head, &p.branch, &p.message, &p.changes)
+        .create_branch(ask.base, &p.branch, &p.message, &p.changes)
         .await
     {
         Ok(_) => Ok(()),
@@ -372,6 +374,7 @@ async fn is_this_proposal<F: Forge + Sync>(
 /// by another route), saying so. Nothing else is closed.
 pub async fn withdraw<F: Forge + Sync>(
     f: &F,
+    base: &str,
     incident_name: &str,
     why: &str,
 ) -> Result<Option<Pull>, ProposeError> {
@@ -379,7 +382,7 @@ pub async fn withdraw<F: Forge + Sync>(
         return Ok(None);
     };
     match f
-        .find_pull(&branch)
+        .find_pull(base, &branch)
         .await
         .map_err(at("finding the pull request"))?
     {
@@ -393,6 +396,7 @@ pub async fn withdraw<F: Forge + Sync>(
     }
 }
 
+pub mod gitea;
 #[cfg(test)]
 pub mod memory;
 #[cfg(test)]

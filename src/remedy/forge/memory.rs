@@ -219,12 +219,10 @@ impl Forge for MemForge {
         })
     }
 
-    async fn find_pull(&self, branch: &str) -> Result<Option<Pull>, ForgeError> {
+    async fn find_pull(&self, base: &str, branch: &str) -> Result<Option<Pull>, ForgeError> {
         self.call("find_pull", |s| {
-            Ok(s.pulls
-                .iter()
-                .find(|p| p.branch == branch)
-                .map(|p| p.pull.clone()))
+            let from = |p: &&PullRecord| p.branch == branch && p.base == base;
+            Ok(s.pulls.iter().rev().find(from).map(|p| p.pull.clone()))
         })
     }
 
@@ -243,14 +241,26 @@ impl Forge for MemForge {
             if s.branches.contains_key(branch) {
                 return Err(ForgeError::Exists(format!("branch {branch}")));
             }
-            let mut tree = s.known(base)?.tree.clone();
+            let head = s
+                .branches
+                .get(base)
+                .cloned()
+                .ok_or_else(|| ForgeError::NotFound(format!("branch {base}")))?;
+            let mut tree = s.known(&head)?.tree.clone();
             for c in changes {
+                let now = tree.get(&c.path).map(|b| gitfix::blob_id(b, false));
+                if now != c.replaces {
+                    return Err(ForgeError::Status {
+                        status: 422,
+                        what: format!("{} changed", c.path),
+                    });
+                }
                 match &c.content {
                     Some(b) => tree.insert(c.path.clone(), b.clone()),
                     None => tree.remove(&c.path),
                 };
             }
-            let sha = s.new_commit(vec![base.into()], message, tree);
+            let sha = s.new_commit(vec![head], message, tree);
             s.branches.insert(branch.into(), sha.clone());
             s.writes.push(format!("create_branch {branch}"));
             Ok(sha)

@@ -278,6 +278,7 @@ async fn a_fix_landing_another_way_closes_the_open_pull_request_with_a_comment()
     };
     let closed = withdraw(
         &f,
+        "main",
         "apps-x7k2p",
         "The Kustomization is Ready again; not needed.",
     )
@@ -292,7 +293,10 @@ async fn a_fix_landing_another_way_closes_the_open_pull_request_with_a_comment()
         );
     });
     // Closed already, or another incident's: nothing.
-    assert_eq!(withdraw(&f, "apps-x7k2p", "again").await.unwrap(), None);
-    assert_eq!(withdraw(&f, "other", "x").await.unwrap(), None);
+    assert_eq!(
+        withdraw(&f, "main", "apps-x7k2p", "again").await.unwrap(),
+        None
+    );
+    assert_eq!(withdraw(&f, "main", "other", "x").await.unwrap(), None);
     assert_eq!(f.with(|s| s.writes.len()), 3);
 }
