@@ -208,7 +208,12 @@ async fn plan<F: Forge + Sync>(
     f: &F,
     ask: &Ask<'_>,
 ) -> Result<Result<gitfix::Proposal, NoProposal>, ProposeError> {
-    let dir = ask.incident.path;
+    // The path as kustomize-controller reads it, whatever form the Kustomization wrote.
+    let dir = match gitfix::normalize_path(ask.incident.path) {
+        Ok(d) => d,
+        Err(why) => return Ok(Err(why)),
+    };
+    let dir = dir.as_str();
     let (Some(applied), Some(failing)) = (
         gitfix::commit_of(ask.applied),
         gitfix::commit_of(ask.failing),

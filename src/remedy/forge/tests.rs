@@ -217,6 +217,25 @@ async fn no_proposal_when_the_revert_would_conflict_or_still_fail() {
 }
 
 #[tokio::test]
+async fn the_path_is_read_as_kustomize_controller_reads_it() {
+    let (f, applied, failing) = broken_repo();
+    let mut a = ask(&applied, &failing);
+    a.incident.path = "./apps/web/";
+    assert!(matches!(
+        propose(&f, &a).await.unwrap(),
+        Proposed::Opened { .. }
+    ));
+    let (f, applied, failing) = broken_repo();
+    let mut a = ask(&applied, &failing);
+    a.incident.path = "apps/../../etc";
+    assert_eq!(
+        propose(&f, &a).await.unwrap(),
+        Proposed::Refused(NoProposal::BadPath("apps/../../etc".into()))
+    );
+    f.with(|s| assert!(s.writes.is_empty()));
+}
+
+#[tokio::test]
 async fn a_forge_error_names_its_step_and_writes_nothing() {
     for call in [
         "find_pull",
