@@ -49,10 +49,12 @@ fn now_s() -> i64 {
 }
 
 /// One target to evaluate: its diagnosis (if failing) and its open record (if any).
-struct Work {
-    key: ObjectKey,
-    diagnosis: Option<Diagnosis>,
-    record: Option<Record>,
+/// One target's work in a pass, borrowed from the pass (its diagnosis) and the records read
+/// for it: nothing is copied per target.
+struct Work<'a> {
+    key: &'a ObjectKey,
+    diagnosis: Option<&'a Diagnosis>,
+    record: Option<&'a Record>,
 }
 
 /// One evaluation pass over the whole index.
@@ -85,9 +87,6 @@ pub async fn pass(ctx: &Arc<Context>) {
     let failing = report_breakers(ctx, &breakers);
     let records = read_records(ctx, &remediations, now).await;
     let busy = ctx.busy_targets();
-    let work = work_of(ctx, &report, &records, &busy);
-    let orphans = orphans_of(ctx, &snap, &records, &busy);
-    let items = work.len() + orphans.len();
     let mut pass = Pass {
         report,
         snap,
@@ -95,20 +94,19 @@ pub async fn pass(ctx: &Arc<Context>) {
         breakers,
         pollers: policy::Pollers::new(),
     };
-    pass.pollers = incident::pollers(&pass.scene(ctx), records.values());
-    let pass = Arc::new(pass);
-    let ctx2 = ctx.clone();
+    pass.pollers = incident::pollers(&pass.scene(ctx), records.values().map(|r| &**r));
+    let pass = &pass;
+    let work = work_of(ctx, &pass.report, &records, &busy);
+    let orphans = orphans_of(ctx, &pass.snap, &records, &busy);
+    let items = work.len() + orphans.len();
     futures::stream::iter(fair(work))
-        .for_each_concurrent(ctx.opts.concurrency, |w| {
-            let (ctx, pass) = (ctx2.clone(), pass.clone());
-            async move {
-                let key = w.key.clone();
-                if !ctx.backoff_ready(&key, now) {
-                    return;
-                }
-                let res = handle(&ctx, &pass, w).await;
-                settle_backoff(&ctx, &key, now, res);
+        .for_each_concurrent(ctx.opts.concurrency, |w| async move {
+            if !ctx.backoff_ready(w.key, now) {
+                return;
             }
+            let key = w.key.clone();
+            let res = handle(ctx, pass, w).await;
+            settle_backoff(ctx, &key, now, res);
         })
         .await;
     for o in orphans {
@@ -198,22 +196,26 @@ fn report_breakers(ctx: &Context, breakers: &policy::Breakers) -> usize {
     failing
 }
 
+/// A pass's records by namespace and name, each boxed (a record is about 2 KB before its
+/// strings; a table of a thousand is sized in buckets of pointers, not of records).
+type Records = HashMap<(String, String), Box<Record>>;
+
 /// Records, read through their seals and the ledger. Foreign ones are left out entirely.
 async fn read_records(
     ctx: &Context,
     remediations: &BTreeMap<(String, String), Arc<Remediation>>,
     now: i64,
-) -> HashMap<(String, String), Record> {
+) -> Records {
     let mut store = ctx.ledger.write().await;
     let present: HashSet<&str> = remediations
         .values()
         .filter_map(|r| r.metadata.uid.as_deref())
         .collect();
     store.keep_only(&present, now);
-    let read: HashMap<(String, String), Record> = remediations
+    let read: Records = remediations
         .iter()
         .filter_map(|(k, r)| {
-            Record::read(r, &ctx.sealer, &store.ledger).map(|rec| (k.clone(), rec))
+            Record::read(r, &ctx.sealer, &store.ledger).map(|rec| (k.clone(), Box::new(rec)))
         })
         .filter(|(_, r)| r.trust != Trust::Foreign)
         .collect();
@@ -227,20 +229,20 @@ async fn read_records(
 /// This pass's work: every failing target in scope with its open record, then every open
 /// record whose target no longer fails (closed when Ready or gone, holds kept). Busy targets
 /// (a rollback running) wait for the next pass.
-fn work_of(
+fn work_of<'a>(
     ctx: &Context,
-    report: &Report,
-    records: &HashMap<(String, String), Record>,
+    report: &'a Report,
+    records: &'a Records,
     busy: &HashSet<ObjectKey>,
-) -> Vec<Work> {
-    let mut open: HashMap<ObjectKey, Record> = HashMap::new();
+) -> Vec<Work<'a>> {
+    let mut open: HashMap<&ObjectKey, &Record> = HashMap::new();
     for r in records.values().filter(|r| r.is_open()) {
         // Two open records for one target cannot come from fluxmedic; keep the newest.
         let newer = open
             .get(&r.target)
             .is_none_or(|o| o.status.detected_at < r.status.detected_at);
         if newer {
-            open.insert(r.target.clone(), r.clone());
+            open.insert(&r.target, &**r);
         }
     }
     ctx.metrics.open_incidents.clear();
@@ -251,20 +253,20 @@ fn work_of(
         };
         ctx.metrics.open_incidents.get_or_create(&labels).inc();
     }
-    let mut work = vec![];
+    let mut work = Vec::with_capacity(report.diagnoses.len() + open.len());
     for d in &report.diagnoses {
         if !ctx.in_scope(&d.target.namespace) || busy.contains(&d.target) {
             continue;
         }
         let record = open.remove(&d.target);
         work.push(Work {
-            key: d.target.clone(),
-            diagnosis: Some(d.clone()),
+            key: &d.target,
+            diagnosis: Some(d),
             record,
         });
     }
     for (key, rec) in open {
-        if !busy.contains(&key) {
+        if !busy.contains(key) {
             work.push(Work {
                 key,
                 diagnosis: None,
@@ -279,7 +281,7 @@ fn work_of(
 fn orphans_of(
     ctx: &Context,
     snap: &Snapshot,
-    records: &HashMap<(String, String), Record>,
+    records: &Records,
     busy: &HashSet<ObjectKey>,
 ) -> Vec<Arc<FluxObject>> {
     snap.objects
@@ -289,7 +291,8 @@ fn orphans_of(
             let owner = o
                 .reconcile_annotations
                 .get(crate::api::SUSPENDED_BY_ANNOTATION)
-                .and_then(|n| records.get(&(o.key.namespace.clone(), n.clone())));
+                .and_then(|n| records.get(&(o.key.namespace.clone(), n.clone())))
+                .map(|r| &**r);
             !busy.contains(&o.key) && incident::orphaned_hold(o, owner, &ctx.sealer)
         })
         .cloned()
@@ -298,7 +301,7 @@ fn orphans_of(
 
 /// The pass's work in turns: each namespace's first target, then each one's second, and so
 /// on, so that one namespace with many failures does not hold the others back.
-fn fair(work: Vec<Work>) -> Vec<Work> {
+fn fair(work: Vec<Work<'_>>) -> Vec<Work<'_>> {
     in_turns(work, |w| w.key.namespace.clone())
 }
 
@@ -359,15 +362,15 @@ impl Pass {
     }
 }
 
-async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work) -> Result<()> {
+async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work<'_>) -> Result<()> {
     let token = fresh_token();
     let nonce = fresh_nonce();
     let snap = &pass.snap;
     let effects = incident::decide(
         &pass.scene(ctx),
-        &w.key,
-        w.diagnosis.as_ref(),
-        w.record.as_ref(),
+        w.key,
+        w.diagnosis,
+        w.record,
         &token,
         &nonce,
     );
@@ -375,8 +378,8 @@ async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work) -> Result<()> {
         return Ok(());
     }
     log_rewrites(&w, &effects);
-    let target = executor::Target::of(snap, &w.key);
-    let cur = w.record.as_ref().map(|r| Cur {
+    let target = executor::Target::of(snap, w.key);
+    let cur = w.record.map(|r| Cur {
         name: r.name.clone(),
         case: r.case,
         uid: r.uid.clone(),
@@ -398,11 +401,11 @@ async fn handle(ctx: &Arc<Context>, pass: &Pass, w: Work) -> Result<()> {
 }
 
 /// At debug level: which fields of a stored status a write changes (where write budget goes).
-fn log_rewrites(w: &Work, t: &incident::Transition) {
+fn log_rewrites(w: &Work<'_>, t: &incident::Transition) {
     if !tracing::enabled!(tracing::Level::DEBUG) {
         return;
     }
-    let Some(stored) = w.record.as_ref().and_then(|r| r.stored.as_ref()) else {
+    let Some(stored) = w.record.and_then(|r| r.stored.as_ref()) else {
         return;
     };
     let old = serde_json::to_value(stored).unwrap_or_default();
@@ -659,7 +662,7 @@ async fn enrich_secrets(ctx: &Arc<Context>, mut snap: Snapshot) -> Snapshot {
 }
 
 /// Keep at most `history_limit` closed records per target (fluxmedic's own only).
-async fn gc_history(ctx: &Arc<Context>, records: &HashMap<(String, String), Record>) {
+async fn gc_history(ctx: &Arc<Context>, records: &Records) {
     let mut by_target: HashMap<&ObjectKey, Vec<&Record>> = HashMap::new();
     for r in records.values() {
         if r.trust == Trust::Ours && !r.is_open() {
@@ -694,9 +697,13 @@ pub const JOB_GRACE: Duration = Duration::from_secs(20);
 mod tests {
     use super::*;
 
-    fn work(ns: &str, name: &str) -> Work {
+    fn key(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(FluxKind::Kustomization, ns, name)
+    }
+
+    fn work(key: &ObjectKey) -> Work<'_> {
         Work {
-            key: ObjectKey::new(FluxKind::Kustomization, ns, name),
+            key,
             diagnosis: None,
             record: None,
         }
@@ -704,9 +711,10 @@ mod tests {
 
     #[test]
     fn a_pass_takes_targets_in_turns_across_namespaces() {
-        let mut w: Vec<Work> = (0..5).map(|i| work("busy", &format!("a{i}"))).collect();
-        w.push(work("quiet", "b0"));
-        w.push(work("other", "c0"));
+        let mut keys: Vec<ObjectKey> = (0..5).map(|i| key("busy", &format!("a{i}"))).collect();
+        keys.push(key("quiet", "b0"));
+        keys.push(key("other", "c0"));
+        let w: Vec<Work> = keys.iter().map(work).collect();
         let order: Vec<String> = fair(w).into_iter().map(|w| w.key.to_string()).collect();
         // Each namespace's first target comes before any namespace's second.
         assert_eq!(

@@ -279,7 +279,8 @@ pub struct FluxObject {
     pub interval: Option<Duration>,
     pub retry_interval: Option<Duration>,
     pub timeout: Option<Duration>,
-    pub helm: Option<HelmReleaseInfo>,
+    /// Boxed: most Flux objects are not HelmReleases, and the index holds thousands.
+    pub helm: Option<Box<HelmReleaseInfo>>,
 }
 
 impl FluxObject {

@@ -468,7 +468,13 @@ fn read_helmrelease(
     out.observed_generation = status.observed_generation;
     out.last_handled_reconcile_at = status.last_handled_reconcile_at.clone();
     out.last_attempted_revision = status.last_attempted_revision.clone();
-    out.helm = Some(helm_info(spec, status, &namespace, name, out.timeout)?);
+    out.helm = Some(Box::new(helm_info(
+        spec,
+        status,
+        &namespace,
+        name,
+        out.timeout,
+    )?));
     Ok(())
 }
 
