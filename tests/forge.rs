@@ -156,7 +156,7 @@ async fn a_broken_commit_gets_one_revert_pull_request_on_gitea() {
         None,
     );
     assert_eq!(code, 200);
-    assert_eq!(pr["head"]["ref"], "fluxmedic/revert-apps-x7k2p");
+    assert_eq!(pr["head"]["ref"], "fluxmedic/revert-team/apps-x7k2p");
     assert_eq!(pr["base"]["ref"], "main");
     assert_eq!(pr["title"], "Revert \"web: new labels\"");
     let (_, after) = api("GET", &format!("/repos/{OWNER}/{repo}/branches/main"), None);
@@ -166,7 +166,7 @@ async fn a_broken_commit_gets_one_revert_pull_request_on_gitea() {
     );
     let (_, branch) = api(
         "GET",
-        &format!("/repos/{OWNER}/{repo}/branches/fluxmedic%2Frevert-apps-x7k2p"),
+        &format!("/repos/{OWNER}/{repo}/branches/fluxmedic%2Frevert-team%2Fapps-x7k2p"),
         None,
     );
     let tip = branch["commit"]["id"].as_str().unwrap().to_string();
@@ -200,9 +200,14 @@ async fn a_broken_commit_gets_one_revert_pull_request_on_gitea() {
     );
     assert_eq!(open.as_array().unwrap().len(), 1);
     // The fix landed another way: closed with a comment, and left closed.
-    let closed = withdraw(&g, "main", incident, "Ready again without this revert.")
-        .await
-        .unwrap();
+    let closed = withdraw(
+        &g,
+        "main",
+        ("team", incident),
+        "Ready again without this revert.",
+    )
+    .await
+    .unwrap();
     assert_eq!(closed.map(|p| p.number), Some(pull.number));
     let (_, pr) = api(
         "GET",
@@ -235,7 +240,7 @@ async fn a_branch_of_that_name_someone_else_pushed_is_never_proposed_on_gitea() 
         "main",
         "Revert\n\nFluxmedic-Incident: team/apps-x7k2p",
         &[("apps/web/cm.yaml", "kind: Secret\n")],
-        Some("fluxmedic/revert-apps-x7k2p"),
+        Some("fluxmedic/revert-team/apps-x7k2p"),
     );
     let err = propose(&client(&repo), &ask("apps-x7k2p", &applied, &failing))
         .await

@@ -86,6 +86,10 @@ pub enum NoProposal {
     BadPath(String),
     #[error("the failing commit {0} is no longer in the branch (force-pushed away)")]
     Rewritten(String),
+    #[error("the revision that applied is not an ancestor of the failing one")]
+    NotAncestor,
+    #[error("the forge names a file `{0}` no repository can hold")]
+    BadFile(String),
     #[error("no commit since {applied} changes `{path}`")]
     NoCulprit { applied: String, path: String },
     #[error("more than {MAX_COMMITS} commits changed `{0}` since the revision that applied")]
@@ -141,6 +145,16 @@ pub fn normalize_path(path: &str) -> Result<String, NoProposal> {
     Ok(parts.join("/"))
 }
 
+/// A path a forge may name for a file fluxmedic writes: relative, no empty, `.`, `..` or `.git`
+/// segment, no control character (a forge that normalises `a/../b` would write elsewhere).
+pub fn plain_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 4096
+        && !p.chars().any(char::is_control)
+        && p.split('/')
+            .all(|seg| !matches!(seg, "" | "." | "..") && !seg.eq_ignore_ascii_case(".git"))
+}
+
 /// `file` lies under `dir` (both from the repository's root, `dir` normalised).
 pub fn under(dir: &str, file: &str) -> bool {
     dir.is_empty()
@@ -160,6 +174,8 @@ pub struct History {
     pub between: Vec<Commit>,
     /// The failing commit is still an ancestor of the branch's head.
     pub failing_in_branch: bool,
+    /// The revision that applied is an ancestor of the failing one (the same history).
+    pub applied_before_failing: bool,
 }
 
 /// The commits to revert: those in the history that change a file under `dir`. Refused as
@@ -169,6 +185,9 @@ pub fn culprits<'h>(dir: &str, h: &'h History) -> Result<Vec<&'h Commit>, NoProp
     let failing = commit_of(&h.failing).ok_or_else(|| NoProposal::NotACommit(h.failing.clone()))?;
     if !h.failing_in_branch {
         return Err(NoProposal::Rewritten(failing.into()));
+    }
+    if !h.applied_before_failing {
+        return Err(NoProposal::NotAncestor);
     }
     let found: Vec<&Commit> = h
         .between
@@ -191,6 +210,9 @@ pub fn culprits<'h>(dir: &str, h: &'h History) -> Result<Vec<&'h Commit>, NoProp
 }
 
 fn refuse_commit(dir: &str, c: &Commit) -> Result<(), NoProposal> {
+    if let Some(f) = c.files.iter().find(|f| !plain_path(f)) {
+        return Err(NoProposal::BadFile(f.chars().take(300).collect()));
+    }
     if c.parents.len() != 1 {
         return Err(NoProposal::Merge(c.sha.clone()));
     }
@@ -287,8 +309,23 @@ fn is_yaml(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 
+/// A YAML alias (`*name`) in the text: a node can only start after a line's start, blank or
+/// flow indicator, so this finds every alias (and, in quoted text, a few that are not).
+fn has_alias(body: &[u8]) -> bool {
+    body.windows(2).enumerate().any(|(i, w)| {
+        w[0] == b'*'
+            && !w[1].is_ascii_whitespace()
+            && (i == 0 || b" \t\r\n[{,-:?".contains(&body[i - 1]))
+    }) || body.first() == Some(&b'*')
+}
+
 fn check_file(path: &str, body: &[u8]) -> Result<(), String> {
     use serde::Deserialize;
+    // Expanding aliases costs memory quadratic in the text (a 30 KB file can take gigabytes),
+    // whatever the parser's own limit; Kubernetes manifests do not need them.
+    if has_alias(body) {
+        return Err("uses YAML aliases, which fluxmedic does not expand to check".into());
+    }
     let name = path.rsplit('/').next().unwrap_or(path);
     let kustomize_own = matches!(name, "kustomization.yaml" | "kustomization.yml");
     for (i, doc) in serde_yaml_ng::Deserializer::from_slice(body).enumerate() {

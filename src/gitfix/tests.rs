@@ -25,6 +25,7 @@ fn history(between: Vec<Commit>) -> History {
         failing: rev('c'),
         between,
         failing_in_branch: true,
+        applied_before_failing: true,
     }
 }
 
@@ -111,6 +112,24 @@ fn what_is_never_reverted() {
         &["apps/web/a.yaml"],
     );
     assert_eq!(refused(vec![own]), NoProposal::Own(sha('c')));
+    for bad in [
+        "apps/web/../../x.yaml",
+        "apps/web/.git/config",
+        "apps/web//x",
+        "apps/web/a\nb",
+    ] {
+        let odd = commit('c', 'b', "x", &[bad]);
+        assert!(
+            matches!(refused(vec![odd]), NoProposal::BadFile(_)),
+            "{bad:?}"
+        );
+    }
+    let mut unrelated = history(vec![commit('c', 'b', "x", &["apps/web/a.yaml"])]);
+    unrelated.applied_before_failing = false;
+    assert_eq!(
+        culprits("apps/web", &unrelated),
+        Err(NoProposal::NotAncestor)
+    );
     let wide = commit('c', 'b', "both", &["apps/web/a.yaml", "apps/db/a.yaml"]);
     assert!(
         matches!(refused(vec![wide]), NoProposal::Outside { file, .. } if file == "apps/db/a.yaml")
@@ -276,6 +295,22 @@ fn hostile_manifests_are_refused_within_bounds() {
         Err(NoProposal::StillFails(_))
     ));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // One wide anchor aliased many times: within the parser's own limit, quadratic in memory
+    // (a 30 KB file took gigabytes). Refused before it is parsed.
+    let wide = format!(
+        "apiVersion: v1\nkind: ConfigMap\na: &a [{}]\nb: [{}]\n",
+        vec!["x"; 1000].join(","),
+        vec!["*a"; 3000].join(",")
+    );
+    let started = std::time::Instant::now();
+    match check_manifests(&tree(&[("a/x.yaml", &wide)])) {
+        Err(NoProposal::StillFails(m)) => assert!(m.contains("aliases"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Anchors alone, and stars inside scalars, are not aliases.
+    let fine = "apiVersion: v1\nkind: ConfigMap\ndata:\n  glob: a*b\n  x: &keep 1\n";
+    assert_eq!(check_manifests(&tree(&[("a/x.yaml", fine)])), Ok(()));
     let big = "#".repeat(MAX_FILE_BYTES + 1);
     assert!(matches!(
         check_manifests(&tree(&[("a/x.yaml", &big)])),
@@ -320,7 +355,7 @@ fn a_proposal_names_its_incident_and_the_reverted_commits_in_trailers() {
         change,
     )
     .unwrap();
-    assert_eq!(p.branch, "fluxmedic/revert-apps-7f3k2");
+    assert_eq!(p.branch, "fluxmedic/revert-team/apps-7f3k2");
     assert_eq!(
         p.title,
         "Revert 2 commits that broke Kustomization team/apps"
@@ -386,8 +421,24 @@ fn tenant_text_stays_quoted_and_cut() {
     let p = propose_text(&forged, &h, &found, vec![]).unwrap();
     assert_eq!(p.message.matches(&format!("\n{TRAILER}:")).count(), 1);
     for bad in ["", "Evil", "a/../b", ".hidden", "x.lock", "a..b"] {
-        assert_eq!(branch_of(bad), Err(NoProposal::BadName(bad.into())));
+        assert_eq!(
+            branch_of("team", bad),
+            Err(NoProposal::BadName(format!("team/{bad}")))
+        );
     }
+    // Two namespaces' incidents of one name never share a branch.
+    assert_ne!(branch_of("a", "r").unwrap(), branch_of("b", "r").unwrap());
+    // Invisible characters that reorder what a reviewer reads are removed.
+    let h = history(vec![commit(
+        'c',
+        'a',
+        "fix \u{202E}lmth.exe\u{200B}",
+        &["apps/web/a.yaml"],
+    )]);
+    let found = culprits("apps/web", &h).unwrap();
+    let p = propose_text(&incident("r", "m\u{2066}x"), &h, &found, vec![]).unwrap();
+    assert_eq!(p.title, "Revert \"fix lmth.exe\"");
+    assert!(!p.body.contains('\u{2066}') && !p.message.contains('\u{202E}'));
 }
 
 #[test]

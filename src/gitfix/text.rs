@@ -40,20 +40,22 @@ const MAX_QUOTE: usize = 2000;
 /// Longest commit subject quoted.
 const MAX_SUBJECT: usize = 100;
 
-/// The branch fluxmedic writes for an incident.
-pub fn branch_of(name: &str) -> Result<String, NoProposal> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with('.')
-        && !name.contains("..")
-        && !name.ends_with(".lock");
-    if !ok {
-        return Err(NoProposal::BadName(name.into()));
+/// The branch fluxmedic writes for an incident: named from its namespace and name, so two
+/// namespaces' incidents can never share one in a repository they share.
+pub fn branch_of(namespace: &str, name: &str) -> Result<String, NoProposal> {
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 200
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !s.starts_with('.')
+            && !s.contains("..")
+            && !s.ends_with(".lock")
+    };
+    if !label(namespace) || !label(name) {
+        return Err(NoProposal::BadName(format!("{namespace}/{name}")));
     }
-    Ok(format!("fluxmedic/revert-{name}"))
+    Ok(format!("fluxmedic/revert-{namespace}/{name}"))
 }
 
 /// The proposal for `culprits` (newest first, as [`super::culprits`] returns them).
@@ -63,7 +65,7 @@ pub fn propose_text(
     culprits: &[&Commit],
     changes: Vec<Change>,
 ) -> Result<Proposal, NoProposal> {
-    let branch = branch_of(incident.name)?;
+    let branch = branch_of(incident.namespace, incident.name)?;
     let oldest_first: Vec<&Commit> = culprits.iter().rev().copied().collect();
     let title = match oldest_first.as_slice() {
         [one] => format!("Revert \"{}\"", inline(subject(&one.message), MAX_SUBJECT)),
@@ -152,9 +154,16 @@ fn subject(message: &str) -> &str {
     message.lines().next().unwrap_or("")
 }
 
-/// On one line, without control characters, at most `max` characters.
+/// Invisible characters that reorder or hide text (bidirectional controls, zero-width
+/// characters): a title or message shown to a reviewer must read as it is.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// On one line, without control or invisible characters, at most `max` characters.
 fn inline(s: &str, max: usize) -> String {
     s.chars()
+        .filter(|c| !invisible(*c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(max)
         .collect()
@@ -164,7 +173,7 @@ fn inline(s: &str, max: usize) -> String {
 fn fenced(s: &str, max: usize) -> String {
     let body: String = s
         .chars()
-        .filter(|c| *c == '\n' || !c.is_control())
+        .filter(|c| *c == '\n' || !(c.is_control() || invisible(*c)))
         .take(max)
         .collect();
     format!("~~~text\n{}\n~~~", body.replace("~~~", "~ ~ ~"))

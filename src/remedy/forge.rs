@@ -9,8 +9,8 @@
 use std::{collections::BTreeMap, future::Future};
 
 use crate::gitfix::{
-    self, Change, Commit, Files, History, Incident, MAX_COMMITS, MAX_TREE_FILES, NoProposal,
-    TRAILER,
+    self, Change, Commit, Files, History, Incident, MAX_COMMITS, MAX_TREE_BYTES, MAX_TREE_FILES,
+    NoProposal, TRAILER,
 };
 
 /// A pull request as the forge reports it.
@@ -171,7 +171,7 @@ fn at(step: &'static str) -> impl FnOnce(ForgeError) -> ProposeError {
 /// Proposes the revert for one incident, idempotently: the branch named from the incident is
 /// the key; an existing pull request is returned as it is (a closed one is never reopened).
 pub async fn propose<F: Forge + Sync>(f: &F, ask: &Ask<'_>) -> Result<Proposed, ProposeError> {
-    let branch = match gitfix::branch_of(ask.incident.name) {
+    let branch = match gitfix::branch_of(ask.incident.namespace, ask.incident.name) {
         Ok(b) => b,
         Err(why) => return Ok(Proposed::Refused(why)),
     };
@@ -182,11 +182,11 @@ pub async fn propose<F: Forge + Sync>(f: &F, ask: &Ask<'_>) -> Result<Proposed, 
     {
         return Ok(Proposed::Found(pull));
     }
-    let p = match plan(f, ask).await? {
+    let (p, head) = match plan(f, ask).await? {
         Ok(p) => p,
         Err(why) => return Ok(Proposed::Refused(why)),
     };
-    write_branch(f, ask, &p).await?;
+    write_branch(f, ask, &p, &head).await?;
     let pull = match f.open_pull(ask.base, &p.branch, &p.title, &p.body).await {
         Err(ForgeError::Exists(_)) => f
             .find_pull(ask.base, &p.branch)
@@ -203,11 +203,12 @@ pub async fn propose<F: Forge + Sync>(f: &F, ask: &Ask<'_>) -> Result<Proposed, 
     })
 }
 
-/// The proposal, from what the forge answers; `Err` inside: why none is made.
+/// The proposal and the head it was made on, from what the forge answers; `Err` inside: why
+/// none is made.
 async fn plan<F: Forge + Sync>(
     f: &F,
     ask: &Ask<'_>,
-) -> Result<Result<gitfix::Proposal, NoProposal>, ProposeError> {
+) -> Result<Result<(gitfix::Proposal, String), NoProposal>, ProposeError> {
     // The path as kustomize-controller reads it, whatever form the Kustomization wrote.
     let dir = match gitfix::normalize_path(ask.incident.path) {
         Ok(d) => d,
@@ -237,6 +238,10 @@ async fn plan<F: Forge + Sync>(
             .contains(&head, failing)
             .await
             .map_err(at("reading the branch"))?,
+        applied_before_failing: f
+            .contains(failing, applied)
+            .await
+            .map_err(at("reading the branch"))?,
     };
     let culprits = match gitfix::culprits(dir, &history) {
         Ok(c) => c,
@@ -263,12 +268,7 @@ async fn plan<F: Forge + Sync>(
     {
         return Ok(Err(why));
     }
-    Ok(gitfix::propose_text(
-        &ask.incident,
-        &history,
-        &culprits,
-        changes,
-    ))
+    Ok(gitfix::propose_text(&ask.incident, &history, &culprits, changes).map(|p| (p, head)))
 }
 
 async fn read_files<F: Forge + Sync>(
@@ -277,8 +277,15 @@ async fn read_files<F: Forge + Sync>(
     files: Vec<String>,
 ) -> Result<Files, ProposeError> {
     let mut out = BTreeMap::new();
+    let mut total = 0;
     for path in files {
         let body = f.file(&commit, &path).await.map_err(at("reading a file"))?;
+        total += body.as_ref().map_or(0, Vec::len);
+        if total > MAX_TREE_BYTES {
+            return Err(at("reading a file")(ForgeError::TooLarge(format!(
+                "more than {MAX_TREE_BYTES} bytes of changed files"
+            ))));
+        }
         out.insert(path, body);
     }
     Ok(out)
@@ -303,10 +310,18 @@ async fn read_tree<F: Forge + Sync>(
             "more than {MAX_TREE_FILES} files to check"
         ))));
     }
-    let mut out = BTreeMap::new();
+    let (mut out, mut total) = (BTreeMap::new(), 0);
     for path in yaml {
         match f.file(head, &path).await {
             Ok(Some(body)) => {
+                // Bounded while reading, not after: a thousand files of a megabyte each compress
+                // to little in Git.
+                total += body.len();
+                if total > MAX_TREE_BYTES {
+                    return Ok(Err(NoProposal::TooLarge(
+                        "manifests too large to check".into(),
+                    )));
+                }
                 out.insert(path, body);
             }
             Ok(None) => {}
@@ -324,6 +339,7 @@ async fn write_branch<F: Forge + Sync>(
     f: &F,
     ask: &Ask<'_>,
     p: &gitfix::Proposal,
+    head: &str,
 ) -> Result<(), ProposeError> {
     match f
         .create_branch(ask.base, &p.branch, &p.message, &p.changes)
@@ -331,7 +347,7 @@ async fn write_branch<F: Forge + Sync>(
     {
         Ok(_) => Ok(()),
         Err(ForgeError::Exists(_)) => {
-            if is_this_proposal(f, p).await? {
+            if is_this_proposal(f, p, head).await? {
                 Ok(())
             } else {
                 Err(at("writing the branch")(ForgeError::Exists(format!(
@@ -344,9 +360,12 @@ async fn write_branch<F: Forge + Sync>(
     }
 }
 
+/// The branch is one commit on `head` that is exactly the proposal (its parent checked too:
+/// commits below a matching tip could change anything).
 async fn is_this_proposal<F: Forge + Sync>(
     f: &F,
     p: &gitfix::Proposal,
+    head: &str,
 ) -> Result<bool, ProposeError> {
     let Some(tip) = f
         .branch(&p.branch)
@@ -356,7 +375,8 @@ async fn is_this_proposal<F: Forge + Sync>(
         return Ok(false);
     };
     let c = f.commit(&tip).await.map_err(at("reading the branch"))?;
-    let ours = c.message == p.message
+    let ours = c.parents == [head]
+        && c.message == p.message
         && c.message.lines().any(|l| l.starts_with(TRAILER))
         && c.files.len() == p.changes.len()
         && p.changes.iter().all(|ch| c.files.contains(&ch.path));
@@ -380,10 +400,10 @@ async fn is_this_proposal<F: Forge + Sync>(
 pub async fn withdraw<F: Forge + Sync>(
     f: &F,
     base: &str,
-    incident_name: &str,
+    (namespace, name): (&str, &str),
     why: &str,
 ) -> Result<Option<Pull>, ProposeError> {
-    let Ok(branch) = gitfix::branch_of(incident_name) else {
+    let Ok(branch) = gitfix::branch_of(namespace, name) else {
         return Ok(None);
     };
     match f

@@ -170,7 +170,7 @@ impl Gitea {
             .json(Method::GET, &path, None, StatusCode::OK)
             .await?
             .ok_or_else(|| ForgeError::NotFound(format!("commit {to}")))?;
-        Ok(list.into_iter().map(GiteaCommit::into_commit).collect())
+        list.into_iter().map(GiteaCommit::into_commit).collect()
     }
 }
 
@@ -225,8 +225,19 @@ struct FileName {
 }
 
 impl GiteaCommit {
-    fn into_commit(self) -> Commit {
-        Commit {
+    /// A commit whose id or parents are not commit ids is an answer fluxmedic cannot use.
+    fn into_commit(self) -> Result<Commit, ForgeError> {
+        let ids = std::iter::once(&self.sha).chain(self.parents.iter().map(|p| &p.sha));
+        if let Some(bad) = ids.into_iter().find(|id| hex(id).is_err()) {
+            return Err(ForgeError::Parse {
+                what: "a commit".into(),
+                why: format!(
+                    "`{}` is not a commit id",
+                    bad.chars().take(80).collect::<String>()
+                ),
+            });
+        }
+        Ok(Commit {
             sha: self.sha,
             parents: self.parents.into_iter().map(|p| p.sha).collect(),
             message: self.commit.message,
@@ -236,7 +247,7 @@ impl GiteaCommit {
                 .into_iter()
                 .map(|f| f.filename)
                 .collect(),
-        }
+        })
     }
 }
 
@@ -354,7 +365,7 @@ impl Forge for Gitea {
             .json(Method::GET, &path, None, StatusCode::OK)
             .await?
             .ok_or_else(|| ForgeError::NotFound(format!("commit {sha}")))?;
-        Ok(c.into_commit())
+        c.into_commit()
     }
 
     async fn file(&self, commit: &str, path: &str) -> Result<Option<Vec<u8>>, ForgeError> {

@@ -56,7 +56,7 @@ fn ask<'a>(applied: &'a str, failing: &'a str) -> Ask<'a> {
     }
 }
 
-const BRANCH: &str = "fluxmedic/revert-apps-x7k2p";
+const BRANCH: &str = "fluxmedic/revert-team/apps-x7k2p";
 
 async fn run(f: &MemForge, applied: &str, failing: &str) -> Result<Proposed, ProposeError> {
     propose(f, &ask(applied, failing)).await
@@ -154,6 +154,33 @@ async fn a_branch_of_that_name_someone_else_wrote_is_never_proposed() {
         );
         assert!(s.writes.is_empty());
     });
+}
+
+#[tokio::test]
+async fn a_matching_tip_over_someone_else_s_commit_is_not_adopted() {
+    // What fluxmedic writes, learnt on one forge...
+    let (a, applied, failing) = broken_repo();
+    run(&a, &applied, &failing).await.unwrap();
+    let (message, good) = a.with(|s| {
+        let tip = &s.commits[&s.branches[BRANCH]];
+        (tip.message.clone(), tip.tree["apps/web/cm.yaml"].clone())
+    });
+    // ...is replayed on another with the same history, on top of a commit of one's own.
+    let (f, applied, failing) = broken_repo();
+    f.with(|s| {
+        let main = s.branches["main"].clone();
+        s.branches.insert(BRANCH.into(), main);
+        s.commit_on(
+            BRANCH,
+            "innocent",
+            &[("apps/db/cm.yaml", Some("kind: Secret\n"))],
+        );
+        let good = String::from_utf8(good).unwrap();
+        s.commit_on(BRANCH, &message, &[("apps/web/cm.yaml", Some(&good))]);
+    });
+    let err = run(&f, &applied, &failing).await.unwrap_err();
+    assert!(matches!(err.source, ForgeError::Exists(_)), "{err}");
+    f.with(|s| assert!(s.pulls.is_empty()));
 }
 
 #[tokio::test]
@@ -298,7 +325,7 @@ async fn a_fix_landing_another_way_closes_the_open_pull_request_with_a_comment()
     let closed = withdraw(
         &f,
         "main",
-        "apps-x7k2p",
+        ("team", "apps-x7k2p"),
         "The Kustomization is Ready again; not needed.",
     )
     .await
@@ -313,9 +340,14 @@ async fn a_fix_landing_another_way_closes_the_open_pull_request_with_a_comment()
     });
     // Closed already, or another incident's: nothing.
     assert_eq!(
-        withdraw(&f, "main", "apps-x7k2p", "again").await.unwrap(),
+        withdraw(&f, "main", ("team", "apps-x7k2p"), "again")
+            .await
+            .unwrap(),
         None
     );
-    assert_eq!(withdraw(&f, "main", "other", "x").await.unwrap(), None);
+    assert_eq!(
+        withdraw(&f, "main", ("team", "other"), "x").await.unwrap(),
+        None
+    );
     assert_eq!(f.with(|s| s.writes.len()), 3);
 }
