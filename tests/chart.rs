@@ -628,8 +628,17 @@ async fn a_forbidden_write_is_recorded_survived_and_retried() {
         }
     })
     .await;
-    let evs = events_about(&client, &ns, "app").await;
-    assert!(evs.iter().any(|(r, _)| r == "Forbidden"), "{evs:?}");
+    // Events are published from a queue, paced by the write budget, after the step's error is
+    // counted: wait for it as for the metric.
+    wait_for("the Forbidden Event", Duration::from_secs(15), || async {
+        let evs = events_about(&client, &ns, "app").await;
+        if evs.iter().any(|(r, _)| r == "Forbidden") {
+            Ok(())
+        } else {
+            Err(format!("{evs:?}"))
+        }
+    })
+    .await;
     assert!(
         child.0.try_wait().unwrap().is_none(),
         "the operator survives API errors"
