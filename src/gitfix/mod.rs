@@ -305,7 +305,8 @@ pub fn check_manifests(tree: &BTreeMap<String, Vec<u8>>) -> Result<(), NoProposa
     Ok(())
 }
 
-fn is_yaml(path: &str) -> bool {
+/// A file kustomize reads as YAML.
+pub fn is_yaml(path: &str) -> bool {
     path.ends_with(".yaml") || path.ends_with(".yml")
 }
 

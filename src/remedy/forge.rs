@@ -215,16 +215,12 @@ async fn plan<F: Forge + Sync>(
         Err(why) => return Ok(Err(why)),
     };
     let dir = dir.as_str();
-    let (Some(applied), Some(failing)) = (
-        gitfix::commit_of(ask.applied),
-        gitfix::commit_of(ask.failing),
-    ) else {
-        let bad = if gitfix::commit_of(ask.applied).is_none() {
-            ask.applied
-        } else {
-            ask.failing
-        };
-        return Ok(Err(NoProposal::NotACommit(bad.into())));
+    fn commit(r: &str) -> Result<&str, NoProposal> {
+        gitfix::commit_of(r).ok_or_else(|| NoProposal::NotACommit(r.into()))
+    }
+    let (applied, failing) = match (commit(ask.applied), commit(ask.failing)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(why), _) | (_, Err(why)) => return Ok(Err(why)),
     };
     let head = f.head(ask.base).await.map_err(at("reading the branch"))?;
     let history = History {
@@ -301,10 +297,7 @@ async fn read_tree<F: Forge + Sync>(
         .tree(head, dir, MAX_TREE_FILES + 1)
         .await
         .map_err(at("listing the path"))?;
-    let yaml: Vec<String> = paths
-        .into_iter()
-        .filter(|p| p.ends_with(".yaml") || p.ends_with(".yml"))
-        .collect();
+    let yaml: Vec<String> = paths.into_iter().filter(|p| gitfix::is_yaml(p)).collect();
     if yaml.len() > MAX_TREE_FILES {
         return Ok(Err(NoProposal::TooLarge(format!(
             "more than {MAX_TREE_FILES} files to check"

@@ -155,6 +155,17 @@ impl Gitea {
         }
     }
 
+    /// A GET whose 404 means the commit asked about is not on the forge.
+    async fn found<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        commit: &str,
+    ) -> Result<T, ForgeError> {
+        self.json(Method::GET, path, None, StatusCode::OK)
+            .await?
+            .ok_or_else(|| ForgeError::NotFound(format!("commit {commit}")))
+    }
+
     async fn page_of_commits(
         &self,
         to: &str,
@@ -166,10 +177,7 @@ impl Gitea {
             hex(to)?,
             hex(from)?
         );
-        let list: Vec<GiteaCommit> = self
-            .json(Method::GET, &path, None, StatusCode::OK)
-            .await?
-            .ok_or_else(|| ForgeError::NotFound(format!("commit {to}")))?;
+        let list: Vec<GiteaCommit> = self.found(&path, to).await?;
         list.into_iter().map(GiteaCommit::into_commit).collect()
     }
 }
@@ -361,10 +369,7 @@ impl Forge for Gitea {
             "/git/commits/{}?files=true&stat=false&verification=false",
             hex(sha)?
         );
-        let c: GiteaCommit = self
-            .json(Method::GET, &path, None, StatusCode::OK)
-            .await?
-            .ok_or_else(|| ForgeError::NotFound(format!("commit {sha}")))?;
+        let c: GiteaCommit = self.found(&path, sha).await?;
         c.into_commit()
     }
 
@@ -394,10 +399,7 @@ impl Forge for Gitea {
                 "/git/trees/{}?recursive=true&per_page=1000&page={page}",
                 hex(commit)?
             );
-            let t: Tree = self
-                .json(Method::GET, &path, None, StatusCode::OK)
-                .await?
-                .ok_or_else(|| ForgeError::NotFound(format!("commit {commit}")))?;
+            let t: Tree = self.found(&path, commit).await?;
             let files = t
                 .tree
                 .into_iter()
